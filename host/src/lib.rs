@@ -1,1 +1,13 @@
-
+//! `host`: a CI/CD pipeline runner whose stages are sandboxed WebAssembly
+//! components.
+//!
+//! - [`pipeline`]: the pipeline file model and its validation.
+//! - [`runtime`]: wasmtime engine, component cache, per-stage sandbox.
+//! - [`caps`]: the host capabilities a stage may be granted (one module each).
+//! - [`run`]: the executor (DAG scheduling, retries, cancellation) and run records.
+//! - [`cli`]: the `host` command line.
+pub mod caps;
+pub mod cli;
+pub mod pipeline;
+pub mod run;
+pub mod runtime;

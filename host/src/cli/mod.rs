@@ -1,0 +1,105 @@
+//! The `host` command line.
+mod check;
+mod plugin;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "host",
+    version,
+    about = "Run CI/CD pipelines whose stages are sandboxed WebAssembly components",
+    propagate_version = true
+)]
+struct Cli {
+    /// Where run records and the compiled-plugin cache live.
+    /// Default: $XDG_STATE_HOME/pipeline-host (~/.local/state/pipeline-host).
+    #[arg(long, global = true, env = "HOST_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// More host logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline.
+    Run(run::RunArgs),
+    /// Validate a pipeline file and its plugins without running any stage.
+    Check(check::CheckArgs),
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+/// Exit codes: 0 success, 1 pipeline failed, 2 bad input, 130 cancelled.
+pub mod exit {
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CANCELLED: u8 = 130;
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Run(a) => run::run(a, &state_dir).await,
+            Command::Check(a) => check::check(a, &state_dir).await,
+            Command::Plugin(c) => plugin::plugin(c, &state_dir).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "host=debug,info",
+        _ => "host=trace,debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("pipeline-host");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/pipeline-host"),
+        None => PathBuf::from(".pipeline-host"),
+    }
+}
+
+/// The runtime with its compiled-component cache under the state dir.
+fn runtime(state_dir: &std::path::Path) -> anyhow::Result<crate::runtime::Runtime> {
+    crate::runtime::Runtime::new(state_dir.join("cache").join("components"))
+}

@@ -1,0 +1,166 @@
+//! `host run`: run a pipeline against the current checkout.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::caps::secrets::SecretStore;
+use crate::cli::{check, exit};
+use crate::pipeline;
+use crate::run::console::Console;
+use crate::run::{git, Executor, RunOptions, RunStore, Status};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// Branch being built (default: the checkout's current branch).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Tag being built, e.g. v1.2.3 (default: a tag pointing at HEAD).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Commit sha (default: the checkout's HEAD).
+    #[arg(long)]
+    pub sha: Option<String>,
+    /// Build number (default: one more than the last recorded run).
+    #[arg(long)]
+    pub build_number: Option<u64>,
+    /// What triggered the run: push, tag, pull_request, manual...
+    #[arg(long, default_value = "push")]
+    pub event: String,
+    /// Set a variable stages may be granted by name (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_kv)]
+    pub env: Vec<(String, String)>,
+    /// Directory mounted at /workspace (default: the current directory).
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+    /// Link to show in notifications.
+    #[arg(long, default_value = "")]
+    pub url: String,
+    /// Do not print stage log lines while running.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the run record as JSON on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected K=V, got `{s}`"))?;
+    if k.is_empty() {
+        return Err(format!("empty variable name in `{s}`"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
+    let pipeline = match pipeline::load(&args.file) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let workspace = match &args.workspace {
+        Some(w) => w.clone(),
+        None => std::env::current_dir()?,
+    };
+    let workspace = workspace
+        .canonicalize()
+        .with_context(|| format!("workspace {}", workspace.display()))?;
+    guard_state_dir(&pipeline, &workspace, state_dir)?;
+
+    let runtime = Arc::new(super::runtime(state_dir)?);
+    let diags = check::check_plugins(&pipeline, &runtime).await;
+    if !diags.is_empty() {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        return Ok(exit::USAGE);
+    }
+    let executor = Executor::new(runtime);
+    let plugins = executor.load_plugins(&pipeline)?;
+
+    let store = RunStore::open(state_dir)?;
+    let checkout = git::read(&workspace);
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let mut opts = RunOptions::new(id, workspace);
+    opts.build_number = match args.build_number {
+        Some(n) => n,
+        None => store.next_build_number(&pipeline.name)?,
+    };
+    opts.commit_sha = args.sha.or(checkout.sha).unwrap_or_default();
+    opts.tag = args.tag.or(if args.branch.is_none() { checkout.tag } else { None });
+    opts.branch = args
+        .branch
+        .or(if opts.tag.is_none() { checkout.branch } else { None });
+    opts.event = args.event;
+    opts.url = args.url;
+    opts.env.extend(args.env);
+
+    let env = opts.env.clone();
+    let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned());
+    let names: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
+    let console = Arc::new(Console::new(!args.quiet, &names));
+    eprintln!(
+        "run {} of `{}` #{} — {} @ {}",
+        opts.id,
+        pipeline.name,
+        opts.build_number,
+        opts.tag
+            .as_deref()
+            .map(|t| format!("tag {t}"))
+            .or(opts.branch.as_deref().map(|b| format!("branch {b}")))
+            .unwrap_or_else(|| "no branch".into()),
+        if opts.commit_sha.is_empty() { "no commit" } else { &opts.commit_sha[..opts.commit_sha.len().min(12)] }
+    );
+
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ncancelling: stopping running stages…");
+                cancel.cancel();
+            }
+        });
+    }
+    let record = executor
+        .run(pipeline, plugins, opts, secrets, console.clone(), cancel)
+        .await;
+    store.save(&record).context("saving the run record")?;
+    console.summary(&record);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    }
+    Ok(match record.status {
+        Status::Success => 0,
+        Status::Cancelled => exit::CANCELLED,
+        _ => exit::FAILED,
+    })
+}
+
+/// Compiled plugins in the cache are native code: a stage that can write
+/// the workspace must not be able to reach the state directory.
+fn guard_state_dir(p: &pipeline::Pipeline, workspace: &Path, state_dir: &Path) -> Result<()> {
+    let rw = p
+        .stages
+        .iter()
+        .any(|s| s.grants.workspace == Some(pipeline::WorkspaceAccess::ReadWrite));
+    std::fs::create_dir_all(state_dir)?;
+    let state = state_dir.canonicalize()?;
+    if rw && state.starts_with(workspace) {
+        bail!(
+            "the state directory {} is inside the workspace {}, which a stage may write: \
+             use --state-dir (or HOST_STATE_DIR) outside it",
+            state.display(),
+            workspace.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! `pipeline.toml`: the model of a pipeline and its validation.
+//!
+//! Loading goes text → [`parse`] (serde structs that keep source spans) →
+//! [`validate`] (every semantic check, all problems collected) → [`files`]
+//! (plugin files on disk, only in [`load`]). Every problem becomes a
+//! [`Diagnostic`] with `file:line:col` so `host check` can point at it.
+
+mod dag;
+mod files;
+mod parse;
+mod units;
+mod validate;
+mod when;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_SIZE, MIN_SIZE};
+pub use when::{Trigger, When};
+
+/// Stage timeout when neither the stage nor `[pipeline]` sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Stage memory cap when neither the stage nor `[pipeline]` sets one.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// Upper bound for `retries`.
+pub const MAX_RETRIES: u32 = 10;
+
+/// A validated pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    /// The file as given to [`load`] / [`parse`].
+    pub file: PathBuf,
+    /// Directory of the file; plugin and secret file paths are relative to it.
+    pub dir: PathBuf,
+    pub name: String,
+    pub default_branch: String,
+    pub plugins: BTreeMap<String, PluginRef>,
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// In file order.
+    pub stages: Vec<Stage>,
+}
+
+/// One `[plugins]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRef {
+    pub name: String,
+    /// The reference as written (a path today; `oci://…`/`https://…` later).
+    pub source: String,
+    /// `source` resolved against the pipeline's directory.
+    pub path: PathBuf,
+    /// Where the entry's value is, for errors about this plugin.
+    pub location: Location,
+}
+
+/// Where the host reads a secret's value from when a stage uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `{ env = "VAR" }`: the host's environment variable `VAR`.
+    Env(String),
+    /// `{ file = "path" }`: a file, resolved against the pipeline directory.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub name: String,
+    /// Key into [`Pipeline::plugins`].
+    pub plugin: String,
+    /// Names of stages that must succeed first, as written (no duplicates).
+    pub needs: Vec<String>,
+    pub when: When,
+    /// The `with` table as JSON; always an object. TOML datetimes become
+    /// strings in their TOML spelling.
+    pub with: serde_json::Value,
+    pub grants: Grants,
+    pub timeout: Duration,
+    /// Linear memory cap in bytes.
+    pub memory: u64,
+    pub retries: u32,
+    /// Deployment environment name (e.g. `production`), passed to the plugin.
+    pub environment: Option<String>,
+    /// Location of the stage's `name` value.
+    pub location: Location,
+}
+
+/// What a stage may do beyond computing. Everything defaults to nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `/workspace` preopen; `None` means no filesystem at all.
+    pub workspace: Option<WorkspaceAccess>,
+    /// Host environment variables passed through by name.
+    pub env: Vec<String>,
+    /// URL glob patterns for outgoing HTTP (e.g. `https://hooks.slack.com/*`).
+    pub http: Vec<String>,
+    /// Secrets the plugin may *use* via `${secret:NAME}` in capability calls.
+    pub secrets: Vec<String>,
+    /// Secrets whose *value* the plugin may read (`secrets-read`).
+    pub secrets_read: Vec<String>,
+    pub docker: DockerGrants,
+    /// May ask the host to run an image scan.
+    pub scan: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum WorkspaceAccess {
+    #[serde(rename = "ro")]
+    ReadOnly,
+    #[serde(rename = "rw")]
+    ReadWrite,
+}
+
+/// `grants.docker`: patterns for image/container names, parsed and checked
+/// for syntax here; enforcement lives in the docker capability.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerGrants {
+    pub build: Vec<String>,
+    pub run: Vec<String>,
+    pub tag: Vec<String>,
+    pub push: Vec<String>,
+    pub containers: Vec<String>,
+    pub ports: Vec<PortRange>,
+}
+
+/// An inclusive host port range; a single port has `start == end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.start..=self.end).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// A position in a pipeline file; line and column are 1-based, the column
+/// counts characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+    }
+}
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Every problem found, sorted by position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PipelineError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl PipelineError {
+    fn new(mut diagnostics: Vec<Diagnostic>) -> Self {
+        // Stable: problems at the same spot keep the order they were found.
+        diagnostics.sort_by(|a, b| {
+            (a.location.line, a.location.col).cmp(&(b.location.line, b.location.col))
+        });
+        PipelineError { diagnostics }
+    }
+}
+
+/// Reads, parses and validates `path`, including the plugin files on disk.
+pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(PipelineError::new(vec![Diagnostic {
+                location: Location {
+                    file: path.to_path_buf(),
+                    line: 1,
+                    col: 1,
+                },
+                message: format!("cannot read pipeline file: {e}"),
+            }]))
+        }
+    };
+    let (pipeline, mut diags) = check(path, &text);
+    if let Some(p) = &pipeline {
+        diags.extend(files::check_plugin_files(p.plugins.values()));
+    }
+    match pipeline {
+        Some(p) if diags.is_empty() => Ok(p),
+        _ => Err(PipelineError::new(diags)),
+    }
+}
+
+/// Parses and validates `text` as if read from `path`, without touching the
+/// disk (plugin files are not checked; see [`load`]).
+pub fn parse(path: &Path, text: &str) -> Result<Pipeline, PipelineError> {
+    match check(path, text) {
+        (Some(p), diags) if diags.is_empty() => Ok(p),
+        (_, diags) => Err(PipelineError::new(diags)),
+    }
+}
+
+/// The model (when the TOML decoded at all) plus every problem found.
+fn check(path: &Path, text: &str) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    let src = parse::Source::new(path, text);
+    match parse::decode(&src) {
+        Ok(raw) => {
+            let (p, diags) = validate::build(&src, raw);
+            (Some(p), diags)
+        }
+        Err(d) => (None, vec![d]),
+    }
+}
+
+impl Pipeline {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<&PluginRef> {
+        self.plugins.get(name)
+    }
+
+    /// Where plugin `name` is declared, to report runtime problems with it
+    /// (e.g. a component of the wrong world) against the file.
+    pub fn location_of_plugin(&self, name: &str) -> Option<&Location> {
+        self.plugins.get(name).map(|p| &p.location)
+    }
+
+    /// The plugin entry a stage runs.
+    pub fn plugin_of(&self, stage: &Stage) -> Option<&PluginRef> {
+        self.plugins.get(&stage.plugin)
+    }
+
+    /// Stages so that each comes after everything it `needs`; among stages
+    /// that are ready at the same time, file order wins. Meant for validated
+    /// pipelines (acyclic); any stages left in a cycle come last in file order.
+    pub fn topo_order(&self) -> Vec<&Stage> {
+        let needs = self.needs_indices();
+        dag::topo_order(&needs)
+            .into_iter()
+            .map(|i| &self.stages[i])
+            .collect()
+    }
+
+    /// Names of the stages that directly `need` `name`, in file order.
+    pub fn dependents(&self, name: &str) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter(|s| s.needs.iter().any(|n| n == name))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// Names of every stage that depends on `name` directly or through
+    /// others, in file order (what a failure of `name` skips).
+    pub fn transitive_dependents(&self, name: &str) -> Vec<&str> {
+        let Some(start) = self.stages.iter().position(|s| s.name == name) else {
+            return Vec::new();
+        };
+        let needs = self.needs_indices();
+        let hit = dag::reverse_reachable(&needs, start);
+        self.stages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != start && hit[*i])
+            .map(|(_, s)| s.name.as_str())
+            .collect()
+    }
+
+    /// For each stage, the indices of the stages it needs (unknown names
+    /// dropped).
+    fn needs_indices(&self) -> Vec<Vec<usize>> {
+        let index: BTreeMap<&str, usize> = self
+            .stages
+            .iter()
+            .enumerate()
+            .rev() // first occurrence wins
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        self.stages
+            .iter()
+            .map(|s| {
+                s.needs
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied())
+                    .collect()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,715 @@
+//! Raw structs → [`Pipeline`], collecting every semantic problem so one
+//! `host check` shows all of them instead of one per run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+
+use super::parse::{RawDocker, RawFile, RawGrants, RawStage, RawWhen, Source, Str, StrList};
+use super::{
+    dag, units, when, Diagnostic, DockerGrants, Grants, Location, Pipeline, PluginRef, PortRange,
+    SecretSource, Stage, When, DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
+};
+
+const STAGE_NAME_RULE: &str =
+    "lower-case letters, digits, `-` and `_`, starting with a letter or digit";
+const ID_RULE: &str = "letters, digits, `-`, `_` and `.`, starting with a letter or digit";
+
+struct Ctx<'s, 'a> {
+    src: &'s Source<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_, '_> {
+    fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        let d = self.src.diag(span, message);
+        self.diags.push(d);
+    }
+    fn loc(&self, span: std::ops::Range<usize>) -> Location {
+        self.src.span(span)
+    }
+}
+
+pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic>) {
+    let mut cx = Ctx {
+        src,
+        diags: Vec::new(),
+    };
+    let dir = match src.file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+
+    // [pipeline]
+    let mut name = String::new();
+    let mut default_branch = "main".to_string();
+    let mut default_timeout = DEFAULT_TIMEOUT;
+    let mut default_memory = DEFAULT_MEMORY;
+    match raw.pipeline {
+        None => cx.err(
+            0..0,
+            "missing [pipeline] table; expected `[pipeline]` with `name = \"...\"`",
+        ),
+        Some(p) => {
+            let span = p.span();
+            let p = p.into_inner();
+            match p.name {
+                None => cx.err(
+                    span,
+                    "missing `name` in [pipeline]; expected `name = \"...\"`",
+                ),
+                Some(n) if n.get_ref().trim().is_empty() => {
+                    cx.err(n.span(), "[pipeline] `name` must not be empty")
+                }
+                Some(n) => name = n.into_inner(),
+            }
+            if let Some(b) = p.default_branch {
+                if b.get_ref().trim().is_empty() {
+                    cx.err(b.span(), "`default-branch` must not be empty");
+                } else {
+                    default_branch = b.into_inner();
+                }
+            }
+            if let Some(t) = p.timeout {
+                default_timeout = duration(&mut cx, &t).unwrap_or(default_timeout);
+            }
+            if let Some(m) = p.memory {
+                default_memory = size(&mut cx, &m).unwrap_or(default_memory);
+            }
+        }
+    }
+
+    // [plugins]
+    let mut plugins = BTreeMap::new();
+    for (key, value) in raw.plugins {
+        check_id(&mut cx, &key, "plugin");
+        let location = cx.loc(value.span());
+        let source = match value.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            other => {
+                cx.err(
+                    value.span(),
+                    format!(
+                        "plugin `{}` must be a path string like \"plugins/tag.wasm\", found {}",
+                        key.get_ref(),
+                        type_name(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        let path = match plugin_path(&source, &dir) {
+            Ok(p) => p,
+            Err(msg) => {
+                cx.err(value.span(), format!("plugin `{}`: {msg}", key.get_ref()));
+                PathBuf::new()
+            }
+        };
+        let name = key.into_inner();
+        plugins.insert(
+            name.clone(),
+            PluginRef {
+                name,
+                source,
+                path,
+                location,
+            },
+        );
+    }
+
+    // [secrets]
+    let mut secrets = BTreeMap::new();
+    for (key, value) in raw.secrets {
+        check_id(&mut cx, &key, "secret");
+        let span = value.span();
+        let s = value.into_inner();
+        let source = match (s.env, s.file) {
+            (Some(env), None) => {
+                check_env_name(&mut cx, &env, "secret source");
+                SecretSource::Env(env.into_inner())
+            }
+            (None, Some(file)) => {
+                if file.get_ref().trim().is_empty() {
+                    cx.err(file.span(), "secret `file` must not be empty");
+                }
+                SecretSource::File(dir.join(file.get_ref()))
+            }
+            (Some(_), Some(_)) | (None, None) => {
+                cx.err(
+                    span,
+                    format!(
+                        "secret `{}` needs exactly one source: `{{ env = \"VAR\" }}` or `{{ file = \"path\" }}`",
+                        key.get_ref()
+                    ),
+                );
+                continue;
+            }
+        };
+        secrets.insert(key.into_inner(), source);
+    }
+
+    // [[stage]]
+    if raw.stage.is_empty() {
+        cx.err(
+            src.text.len()..src.text.len(),
+            "no stages; expected at least one `[[stage]]` table",
+        );
+    }
+    let mut stages = Vec::new();
+    // Spans of each stage's `needs` entries, parallel to `Stage::needs`.
+    let mut needs_spans: Vec<Vec<std::ops::Range<usize>>> = Vec::new();
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    let all_names: HashSet<&str> = raw
+        .stage
+        .iter()
+        .filter_map(|s| s.get_ref().name.as_ref().map(|n| n.get_ref().as_str()))
+        .collect();
+    let stage_list = sorted_list(all_names.iter().copied());
+    let plugin_list = sorted_list(plugins.keys().map(String::as_str));
+    let defaults = (default_timeout, default_memory);
+    for raw_stage in &raw.stage {
+        let (stage, spans) = build_stage(
+            &mut cx,
+            raw_stage,
+            defaults,
+            &plugins,
+            &plugin_list,
+            &secrets,
+            &all_names,
+            &stage_list,
+        );
+        if !stage.name.is_empty() {
+            if let Some(line) = first_seen.get(&stage.name) {
+                let msg = format!(
+                    "duplicate stage name `{}`; it is first defined at line {line}",
+                    stage.name
+                );
+                cx.diags.push(Diagnostic {
+                    location: stage.location.clone(),
+                    message: msg,
+                });
+            } else {
+                first_seen.insert(stage.name.clone(), stage.location.line);
+            }
+        }
+        stages.push(stage);
+        needs_spans.push(spans);
+    }
+
+    check_cycles(&mut cx, &stages, &needs_spans);
+
+    let pipeline = Pipeline {
+        file: src.file.clone(),
+        dir,
+        name,
+        default_branch,
+        plugins,
+        secrets,
+        stages,
+    };
+    (pipeline, cx.diags)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_stage(
+    cx: &mut Ctx<'_, '_>,
+    raw: &Spanned<RawStage>,
+    (default_timeout, default_memory): (Duration, u64),
+    plugins: &BTreeMap<String, PluginRef>,
+    plugin_list: &str,
+    secrets: &BTreeMap<String, SecretSource>,
+    all_names: &HashSet<&str>,
+    stage_list: &str,
+) -> (Stage, Vec<std::ops::Range<usize>>) {
+    let stage_span = raw.span();
+    let r = raw.get_ref();
+
+    let (name, location) = match &r.name {
+        None => {
+            cx.err(
+                stage_span.clone(),
+                "stage is missing `name`; expected `name = \"...\"`",
+            );
+            (String::new(), cx.loc(stage_span.clone()))
+        }
+        Some(n) => {
+            if !valid_stage_name(n.get_ref()) {
+                cx.err(
+                    n.span(),
+                    format!(
+                        "invalid stage name {:?}; expected {STAGE_NAME_RULE}",
+                        n.get_ref()
+                    ),
+                );
+            }
+            (n.get_ref().clone(), cx.loc(n.span()))
+        }
+    };
+    let label = if name.is_empty() { "stage" } else { &name };
+
+    let plugin = match &r.plugin {
+        None => {
+            cx.err(
+                stage_span.clone(),
+                format!(
+                    "stage `{label}` is missing `plugin`; expected the name of a [plugins] entry"
+                ),
+            );
+            String::new()
+        }
+        Some(p) => {
+            if !plugins.contains_key(p.get_ref()) {
+                let known = if plugins.is_empty() {
+                    "no plugins are declared in [plugins]".to_string()
+                } else {
+                    format!("declared plugins: {plugin_list}")
+                };
+                cx.err(
+                    p.span(),
+                    format!("unknown plugin `{}`; {known}", p.get_ref()),
+                );
+            }
+            p.get_ref().clone()
+        }
+    };
+
+    let mut needs = Vec::new();
+    let mut needs_spans = Vec::new();
+    for n in r.needs.iter().flatten() {
+        let target = n.get_ref();
+        if !name.is_empty() && *target == name {
+            cx.err(n.span(), format!("stage `{name}` needs itself"));
+        } else if !all_names.contains(target.as_str()) {
+            cx.err(
+                n.span(),
+                format!("`needs` names unknown stage `{target}`; stages: {stage_list}"),
+            );
+        } else if needs.contains(target) {
+            cx.err(n.span(), format!("`needs` lists `{target}` twice"));
+        } else {
+            needs.push(target.clone());
+            needs_spans.push(n.span());
+        }
+    }
+
+    let when = r
+        .when
+        .as_ref()
+        .map(|w| build_when(cx, w))
+        .unwrap_or_default();
+
+    let with = match &r.with {
+        None => serde_json::Value::Object(Default::default()),
+        Some(w) => match w.get_ref() {
+            toml::Value::Table(_) => {
+                let mut problems = Vec::new();
+                let json = to_json(w.get_ref(), "with", &mut problems);
+                for p in problems {
+                    cx.err(w.span(), p);
+                }
+                json
+            }
+            other => {
+                cx.err(
+                    w.span(),
+                    format!(
+                        "`with` must be a table like `{{ key = \"value\" }}`, found {}",
+                        type_name(other)
+                    ),
+                );
+                serde_json::Value::Object(Default::default())
+            }
+        },
+    };
+
+    let grants = r
+        .grants
+        .as_ref()
+        .map(|g| build_grants(cx, g, secrets))
+        .unwrap_or_default();
+
+    let timeout = r
+        .timeout
+        .as_ref()
+        .and_then(|t| duration(cx, t))
+        .unwrap_or(default_timeout);
+    let memory = r
+        .memory
+        .as_ref()
+        .and_then(|m| size(cx, m))
+        .unwrap_or(default_memory);
+
+    let retries = match &r.retries {
+        None => 0,
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(v) if v <= MAX_RETRIES => v,
+            _ => {
+                cx.err(
+                    n.span(),
+                    format!(
+                        "`retries` must be between 0 and {MAX_RETRIES}, found {}",
+                        n.get_ref()
+                    ),
+                );
+                0
+            }
+        },
+    };
+
+    let environment = match &r.environment {
+        Some(e) if e.get_ref().trim().is_empty() => {
+            cx.err(e.span(), "`environment` must not be empty");
+            None
+        }
+        Some(e) => Some(e.get_ref().clone()),
+        None => None,
+    };
+
+    let stage = Stage {
+        name,
+        plugin,
+        needs,
+        when,
+        with,
+        grants,
+        timeout,
+        memory,
+        retries,
+        environment,
+        location,
+    };
+    (stage, needs_spans)
+}
+
+fn build_when(cx: &mut Ctx<'_, '_>, w: &Spanned<RawWhen>) -> When {
+    let r = w.get_ref();
+    let branch = patterns(cx, r.branch.as_ref(), "when.branch");
+    let tag = patterns(cx, r.tag.as_ref(), "when.tag");
+    let event = patterns(cx, r.event.as_ref(), "when.event");
+    if !branch.is_empty() && !tag.is_empty() {
+        cx.err(
+            w.span(),
+            "`when` has both `branch` and `tag`, which can never match together: a build is either a branch build or a tag build; use two stages",
+        );
+    }
+    When {
+        branch,
+        tag,
+        event,
+        always: r.always.unwrap_or(false),
+    }
+}
+
+/// Non-empty glob patterns (see `when.rs` for the rules).
+fn patterns(cx: &mut Ctx<'_, '_>, list: Option<&StrList>, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in list.into_iter().flatten() {
+        if p.get_ref().is_empty() {
+            cx.err(p.span(), format!("`{key}` pattern must not be empty"));
+        } else if let Err(e) = when::compile(p.get_ref()) {
+            cx.err(
+                p.span(),
+                format!("invalid glob pattern in `{key}`: {}", e.kind()),
+            );
+        } else {
+            out.push(p.get_ref().clone());
+        }
+    }
+    out
+}
+
+fn build_grants(
+    cx: &mut Ctx<'_, '_>,
+    g: &RawGrants,
+    secrets: &BTreeMap<String, SecretSource>,
+) -> Grants {
+    let mut env = Vec::new();
+    for e in g.env.iter().flatten() {
+        check_env_name(cx, e, "grants.env");
+        env.push(e.get_ref().clone());
+    }
+
+    let mut http = Vec::new();
+    for h in g.http.iter().flatten() {
+        let p = h.get_ref();
+        if !(p.starts_with("https://") || p.starts_with("http://")) {
+            cx.err(
+                h.span(),
+                format!("`grants.http` pattern {p:?} must start with `https://` or `http://`, e.g. \"https://hooks.slack.com/*\""),
+            );
+        } else if let Err(e) = when::compile(p) {
+            cx.err(
+                h.span(),
+                format!("invalid glob pattern in `grants.http`: {}", e.kind()),
+            );
+        } else {
+            http.push(p.clone());
+        }
+    }
+
+    let declared = sorted_list(secrets.keys().map(String::as_str));
+    let mut secret_names = |list: Option<&StrList>, key: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for s in list.into_iter().flatten() {
+            if !secrets.contains_key(s.get_ref()) {
+                let known = if secrets.is_empty() {
+                    "no secrets are declared in [secrets]".to_string()
+                } else {
+                    format!("declared secrets: {declared}")
+                };
+                cx.err(
+                    s.span(),
+                    format!("`{key}` names undeclared secret `{}`; {known}", s.get_ref()),
+                );
+            } else if !out.contains(s.get_ref()) {
+                out.push(s.get_ref().clone());
+            }
+        }
+        out
+    };
+    let secret_use = secret_names(g.secrets.as_ref(), "grants.secrets");
+    let secrets_read = secret_names(g.secrets_read.as_ref(), "grants.secrets-read");
+
+    let docker = g
+        .docker
+        .as_ref()
+        .map(|d| build_docker(cx, d))
+        .unwrap_or_default();
+
+    Grants {
+        workspace: g.workspace,
+        env,
+        http,
+        secrets: secret_use,
+        secrets_read,
+        docker,
+        scan: g.scan.unwrap_or(false),
+    }
+}
+
+fn build_docker(cx: &mut Ctx<'_, '_>, d: &RawDocker) -> DockerGrants {
+    let mut ports = Vec::new();
+    for p in d.ports.iter().flatten() {
+        match port_range(p.get_ref()) {
+            Ok(r) => ports.push(r),
+            Err(msg) => cx.err(p.span(), msg),
+        }
+    }
+    DockerGrants {
+        build: patterns(cx, d.build.as_ref(), "grants.docker.build"),
+        run: patterns(cx, d.run.as_ref(), "grants.docker.run"),
+        tag: patterns(cx, d.tag.as_ref(), "grants.docker.tag"),
+        push: patterns(cx, d.push.as_ref(), "grants.docker.push"),
+        containers: patterns(cx, d.containers.as_ref(), "grants.docker.containers"),
+        ports,
+    }
+}
+
+fn port_range(v: &toml::Value) -> Result<PortRange, String> {
+    const HINT: &str = "expected a port (1-65535) or a range string like \"8000-8100\"";
+    let port = |n: i64| -> Result<u16, String> {
+        u16::try_from(n)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("port {n} is out of range; {HINT}"))
+    };
+    let parse = |s: &str| -> Result<u16, String> {
+        let n: i64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{HINT}, found {s:?}"))?;
+        port(n)
+    };
+    match v {
+        toml::Value::Integer(n) => port(*n).map(|p| PortRange { start: p, end: p }),
+        toml::Value::String(s) => {
+            let (start, end) = match s.split_once('-') {
+                Some((a, b)) => (parse(a)?, parse(b)?),
+                None => {
+                    let p = parse(s)?;
+                    (p, p)
+                }
+            };
+            if start > end {
+                return Err(format!("port range {s:?} is reversed; {HINT}"));
+            }
+            Ok(PortRange { start, end })
+        }
+        other => Err(format!("{HINT}, found {}", type_name(other))),
+    }
+}
+
+fn check_cycles(
+    cx: &mut Ctx<'_, '_>,
+    stages: &[Stage],
+    needs_spans: &[Vec<std::ops::Range<usize>>],
+) {
+    // First stage with each name wins; duplicates are reported already.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in stages.iter().enumerate() {
+        index.entry(s.name.as_str()).or_insert(i);
+    }
+    let edges: Vec<Vec<usize>> = stages
+        .iter()
+        .map(|s| {
+            s.needs
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    for cycle in dag::cycles(&edges) {
+        let mut names: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
+        names.push(names[0]);
+        // Point at the first stage's `needs` entry that starts the cycle.
+        let (a, b) = (cycle[0], cycle[1 % cycle.len()]);
+        let span = stages[a]
+            .needs
+            .iter()
+            .position(|n| *n == stages[b].name)
+            .and_then(|k| needs_spans[a].get(k).cloned());
+        let message = format!("cycle in `needs`: {}", names.join(" -> "));
+        match span {
+            Some(span) => cx.err(span, message),
+            None => cx.diags.push(Diagnostic {
+                location: stages[a].location.clone(),
+                message,
+            }),
+        }
+    }
+}
+
+fn duration(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<Duration> {
+    let result = match v.get_ref() {
+        toml::Value::String(s) => units::parse_duration(s),
+        other => Err(format!(
+            "expected a duration string like \"30s\" or \"5m\", found {}",
+            type_name(other)
+        )),
+    };
+    result
+        .map_err(|m| cx.err(v.span(), format!("`timeout`: {m}")))
+        .ok()
+}
+
+fn size(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<u64> {
+    let result = match v.get_ref() {
+        toml::Value::String(s) => units::parse_size(s),
+        other => Err(format!(
+            "expected a size string like \"256MiB\" or \"1GiB\", found {}",
+            type_name(other)
+        )),
+    };
+    result
+        .map_err(|m| cx.err(v.span(), format!("`memory`: {m}")))
+        .ok()
+}
+
+/// Where a plugin comes from. Only plain paths for now; the scheme check
+/// keeps room for `oci://` and `https://` references later.
+fn plugin_path(source: &str, dir: &Path) -> Result<PathBuf, String> {
+    if source.trim().is_empty() {
+        return Err("path must not be empty; expected a path like \"plugins/tag.wasm\"".into());
+    }
+    if let Some((scheme, _)) = source.split_once("://") {
+        return Err(match scheme {
+            "oci" | "https" | "http" => format!(
+                "`{scheme}://` plugin references are not supported yet; use a path to a .wasm component file"
+            ),
+            _ => format!(
+                "unknown plugin reference scheme `{scheme}://`; expected a path to a .wasm component file"
+            ),
+        });
+    }
+    Ok(dir.join(source))
+}
+
+fn valid_stage_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Plugin and secret names: they appear in `${secret:NAME}` and CLI output,
+/// so keep them to a plain, unambiguous alphabet.
+fn check_id(cx: &mut Ctx<'_, '_>, key: &Str, what: &str) {
+    let s = key.get_ref();
+    let mut chars = s.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        cx.err(
+            key.span(),
+            format!("invalid {what} name {s:?}; expected {ID_RULE}"),
+        );
+    }
+}
+
+fn check_env_name(cx: &mut Ctx<'_, '_>, name: &Str, key: &str) {
+    let s = name.get_ref();
+    let mut chars = s.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        cx.err(
+            name.span(),
+            format!("invalid environment variable name {s:?} in `{key}`; expected letters, digits and `_`, not starting with a digit"),
+        );
+    }
+}
+
+fn sorted_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = names.filter(|n| !n.is_empty()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a datetime",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// TOML → JSON for `with`. Datetimes become their TOML text; NaN and
+/// infinities have no JSON form and are reported.
+fn to_json(v: &toml::Value, path: &str, problems: &mut Vec<String>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(n) => J::from(*n),
+        toml::Value::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => J::Number(n),
+            None => {
+                problems.push(format!(
+                    "`{path}` is {f}, which cannot be passed to a plugin (JSON has no NaN or infinity)"
+                ));
+                J::Null
+            }
+        },
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| to_json(x, &format!("{path}[{i}]"), problems))
+                .collect(),
+        ),
+        toml::Value::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, x)| (k.clone(), to_json(x, &format!("{path}.{k}"), problems)))
+                .collect(),
+        ),
+    }
+}

@@ -1,0 +1,150 @@
+//! What a person sees while a run goes: one line per stage event, the
+//! stage's log lines prefixed with its name, and a summary table at the end.
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use crate::caps::log::LogLine;
+use crate::run::executor::RunObserver;
+use crate::run::record::{RunRecord, StageRecord, Status};
+
+pub struct Console {
+    /// Print stage log lines as they come.
+    pub show_logs: bool,
+    color: bool,
+    out: Mutex<std::io::Stderr>,
+    width: usize,
+}
+
+impl Console {
+    pub fn new(show_logs: bool, stage_names: &[String]) -> Self {
+        Self {
+            show_logs,
+            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            out: Mutex::new(std::io::stderr()),
+            width: stage_names.iter().map(|n| n.len()).max().unwrap_or(8),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn status_word(&self, s: Status, warning: bool) -> String {
+        let (code, word) = match s {
+            Status::Success if warning => ("33", "✔ warning"),
+            Status::Success => ("32", "✔ success"),
+            Status::Failure => ("31", "✘ failure"),
+            Status::Skipped => ("90", "○ skipped"),
+            Status::Cancelled => ("33", "■ cancelled"),
+            Status::Running => ("36", "▶ running"),
+            Status::Pending => ("90", "· pending"),
+        };
+        self.paint(code, word)
+    }
+
+    fn line(&self, text: &str) {
+        let mut out = self.out.lock().unwrap();
+        let _ = writeln!(out, "{text}");
+    }
+
+    /// The table printed when the run ends.
+    pub fn summary(&self, run: &RunRecord) {
+        let w = self.width.max(5);
+        let mut text = format!(
+            "\n{} #{} ({})\n{:<w$}  {:<11}  {:>9}  {}\n",
+            run.pipeline, run.build_number, run.id, "STAGE", "STATUS", "DURATION", "SUMMARY"
+        );
+        for s in &run.stages {
+            let detail = if s.summary.is_empty() {
+                s.error.clone().unwrap_or_default()
+            } else {
+                s.summary.clone()
+            };
+            // Pad the status before colouring so columns line up.
+            let status = format!("{:<11}", plain_status(s));
+            let status = self.paint(status_code(s), &status);
+            text.push_str(&format!(
+                "{:<w$}  {status}  {:>9}  {}\n",
+                s.name,
+                format_duration(s.duration_ms),
+                first_line(&detail)
+            ));
+        }
+        let overall = self.status_word(run.status, false);
+        text.push_str(&format!(
+            "\nrun {overall} in {}\n",
+            format_duration(run.duration_ms)
+        ));
+        self.line(&text);
+    }
+}
+
+fn plain_status(s: &StageRecord) -> String {
+    if s.warning && s.status == Status::Success {
+        "warning".into()
+    } else {
+        s.status.to_string()
+    }
+}
+
+fn status_code(s: &StageRecord) -> &'static str {
+    match s.status {
+        Status::Success if s.warning => "33",
+        Status::Success => "32",
+        Status::Failure => "31",
+        Status::Cancelled => "33",
+        _ => "90",
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+pub fn format_duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+impl RunObserver for Console {
+    fn stage_started(&self, stage: &str, attempt: u32) {
+        let what = if attempt > 1 {
+            format!("▶ retry {attempt}")
+        } else {
+            "▶ started".to_string()
+        };
+        self.line(&format!("{:<w$}  {}", stage, self.paint("36", &what), w = self.width));
+    }
+
+    fn stage_log(&self, stage: &str, line: &LogLine) {
+        if self.show_logs {
+            let prefix = self.paint("90", &format!("{stage:>w$} │", w = self.width));
+            self.line(&format!("{prefix} {}", line.text));
+        }
+    }
+
+    fn stage_finished(&self, r: &StageRecord) {
+        let detail = if r.summary.is_empty() {
+            r.error.clone().unwrap_or_default()
+        } else {
+            r.summary.clone()
+        };
+        self.line(&format!(
+            "{:<w$}  {}  {}  {}",
+            r.name,
+            self.status_word(r.status, r.warning),
+            format_duration(r.duration_ms),
+            first_line(&detail),
+            w = self.width
+        ));
+    }
+}

@@ -1,0 +1,479 @@
+//! Runs a pipeline: stages as a DAG, independent ones concurrently.
+//!
+//! Rules:
+//! - a stage starts once every stage it `needs` has finished;
+//! - it is skipped when its `when` does not match the trigger, or when a
+//!   needed stage did not succeed, unless it says `when.always = true`;
+//! - a failure (report `failed`, trap, timeout, limit) is retried up to
+//!   `retries` times;
+//! - cancelling (Ctrl-C) drops every running stage's future, which drops its
+//!   store: the guest stops at its next epoch tick.
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::caps::http::{Allowlist, HttpCap, HttpLimits};
+use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
+use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
+use crate::caps::{docker::DockerCap, scan::ScanCap, StageCaps};
+use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
+use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status};
+use crate::runtime::bindings::{
+    ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary,
+    Upstream,
+};
+use crate::runtime::sandbox::Sandbox;
+use crate::runtime::{Plugin, Runtime};
+
+/// What a run is about (the trigger) and where it runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub id: String,
+    pub build_number: u64,
+    pub commit_sha: String,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub event: String,
+    pub url: String,
+    /// Directory mounted at `/workspace` for stages granted it.
+    pub workspace: PathBuf,
+    /// Environment a stage's `env` grant picks names from.
+    pub env: BTreeMap<String, String>,
+    pub log_limit: usize,
+}
+
+impl RunOptions {
+    pub fn new(id: String, workspace: PathBuf) -> Self {
+        Self {
+            id,
+            build_number: 1,
+            commit_sha: String::new(),
+            branch: None,
+            tag: None,
+            event: "push".into(),
+            url: String::new(),
+            workspace,
+            env: std::env::vars().collect(),
+            log_limit: DEFAULT_LOG_LIMIT,
+        }
+    }
+
+    fn trigger(&self) -> Trigger {
+        Trigger {
+            branch: self.branch.clone(),
+            tag: self.tag.clone(),
+            event: self.event.clone(),
+        }
+    }
+}
+
+/// Hears about a run as it happens (console, server, tests).
+pub trait RunObserver: Send + Sync {
+    fn stage_started(&self, _stage: &str, _attempt: u32) {}
+    fn stage_log(&self, _stage: &str, _line: &LogLine) {}
+    fn stage_finished(&self, _record: &StageRecord) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl RunObserver for Quiet {}
+
+pub struct Executor {
+    runtime: Arc<Runtime>,
+    http: reqwest::Client,
+    http_limits: HttpLimits,
+}
+
+/// Everything one stage task needs, shared read-only across tasks.
+struct RunShared {
+    pipeline: Arc<Pipeline>,
+    plugins: BTreeMap<String, Plugin>,
+    opts: RunOptions,
+    secrets: Arc<SecretStore>,
+    observer: Arc<dyn RunObserver>,
+    runtime: Arc<Runtime>,
+    http: reqwest::Client,
+    http_limits: HttpLimits,
+}
+
+impl Executor {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self {
+            runtime,
+            http: HttpCap::client(),
+            http_limits: HttpLimits::default(),
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Load every plugin the pipeline's stages use (compiling or from cache).
+    pub fn load_plugins(&self, pipeline: &Pipeline) -> Result<BTreeMap<String, Plugin>> {
+        let mut plugins = BTreeMap::new();
+        for stage in &pipeline.stages {
+            if plugins.contains_key(&stage.plugin) {
+                continue;
+            }
+            let r = pipeline
+                .plugin_of(stage)
+                .with_context(|| format!("stage `{}`: unknown plugin `{}`", stage.name, stage.plugin))?;
+            let p = self
+                .runtime
+                .load(&r.path)
+                .with_context(|| format!("{}: plugin `{}`", r.location, r.name))?;
+            tracing::info!(plugin = %r.name, cache = ?p.cache, ms = p.load_time.as_millis() as u64, "plugin loaded");
+            plugins.insert(stage.plugin.clone(), p);
+        }
+        Ok(plugins)
+    }
+
+    /// Run the pipeline to the end (or until `cancel`), returning its record.
+    pub async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        plugins: BTreeMap<String, Plugin>,
+        opts: RunOptions,
+        secrets: SecretStore,
+        observer: Arc<dyn RunObserver>,
+        cancel: CancellationToken,
+    ) -> RunRecord {
+        let started = Instant::now();
+        let mut record = RunRecord {
+            id: opts.id.clone(),
+            pipeline: pipeline.name.clone(),
+            file: pipeline.file.display().to_string(),
+            build_number: opts.build_number,
+            commit_sha: opts.commit_sha.clone(),
+            branch: opts.branch.clone(),
+            tag: opts.tag.clone(),
+            event: opts.event.clone(),
+            status: Status::Running,
+            started_at: now_rfc3339(),
+            duration_ms: 0,
+            stages: pipeline
+                .stages
+                .iter()
+                .map(|s| StageRecord::pending(&s.name, &s.plugin))
+                .collect(),
+        };
+        let shared = Arc::new(RunShared {
+            pipeline: pipeline.clone(),
+            plugins,
+            opts,
+            secrets: Arc::new(secrets),
+            observer,
+            runtime: self.runtime.clone(),
+            http: self.http.clone(),
+            http_limits: self.http_limits.clone(),
+        });
+
+        let mut done: HashMap<String, StageRecord> = HashMap::new();
+        let mut finished_order: Vec<String> = Vec::new();
+        let mut started_set: std::collections::HashSet<String> = Default::default();
+        let mut tasks: JoinSet<StageRecord> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
+        let trigger = shared.opts.trigger();
+        let mut cancelled = false;
+
+        loop {
+            // Start (or skip) everything whose needs are all done.
+            if !cancelled {
+                let mut progressed = true;
+                while progressed {
+                    progressed = false;
+                    for stage in pipeline.topo_order() {
+                        if started_set.contains(&stage.name)
+                            || !stage.needs.iter().all(|n| done.contains_key(n))
+                        {
+                            continue;
+                        }
+                        started_set.insert(stage.name.clone());
+                        if let Some(reason) = skip_reason(stage, &trigger, &done) {
+                            let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
+                            rec.status = Status::Skipped;
+                            rec.error = Some(reason);
+                            shared.observer.stage_finished(&rec);
+                            finished_order.push(rec.name.clone());
+                            done.insert(stage.name.clone(), rec);
+                            progressed = true;
+                            continue;
+                        }
+                        let ctx = stage_context(&shared, stage, &done, &finished_order);
+                        let s = shared.clone();
+                        let st = stage.clone();
+                        let handle = tasks.spawn(async move { run_stage(s, st, ctx).await });
+                        running.insert(handle.id(), stage.name.clone());
+                    }
+                }
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            tokio::select! {
+                joined = tasks.join_next_with_id() => {
+                    let Some(joined) = joined else { break };
+                    let rec = match joined {
+                        Ok((id, rec)) => { running.remove(&id); rec }
+                        Err(e) => {
+                            // A panic in the host's own stage task: keep going, fail the stage.
+                            let name = running.remove(&e.id()).unwrap_or_default();
+                            let plugin = pipeline.stage(&name).map(|s| s.plugin.clone()).unwrap_or_default();
+                            let mut rec = StageRecord::pending(&name, &plugin);
+                            rec.status = Status::Failure;
+                            rec.error = Some(format!("host error while running the stage: {e}"));
+                            rec
+                        }
+                    };
+                    shared.observer.stage_finished(&rec);
+                    finished_order.push(rec.name.clone());
+                    done.insert(rec.name.clone(), rec);
+                }
+                _ = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    tasks.abort_all();
+                }
+            }
+        }
+
+        // Whatever did not finish was cancelled.
+        for rec in record.stages.iter_mut() {
+            match done.remove(&rec.name) {
+                Some(r) => *rec = r,
+                None => {
+                    rec.status = Status::Cancelled;
+                    rec.error = Some("run cancelled".into());
+                    shared.observer.stage_finished(rec);
+                }
+            }
+        }
+        record.status = if cancelled {
+            Status::Cancelled
+        } else if record.stages.iter().any(|s| s.status == Status::Failure) {
+            Status::Failure
+        } else {
+            Status::Success
+        };
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        record
+    }
+}
+
+/// Why a ready stage does not run, if it does not.
+fn skip_reason(stage: &Stage, trigger: &Trigger, done: &HashMap<String, StageRecord>) -> Option<String> {
+    if !stage.when.matches(trigger) {
+        return Some("`when` does not match this run".into());
+    }
+    if stage.when.always {
+        return None;
+    }
+    stage
+        .needs
+        .iter()
+        .find(|n| done.get(*n).is_some_and(|r| r.status != Status::Success))
+        .map(|n| format!("needed stage `{n}` did not succeed"))
+}
+
+fn stage_status(s: Status) -> StageStatus {
+    match s {
+        Status::Success => StageStatus::Success,
+        Status::Skipped => StageStatus::Skipped,
+        Status::Cancelled => StageStatus::Cancelled,
+        _ => StageStatus::Failure,
+    }
+}
+
+fn stage_context(
+    shared: &RunShared,
+    stage: &Stage,
+    done: &HashMap<String, StageRecord>,
+    finished_order: &[String],
+) -> StageContext {
+    let o = &shared.opts;
+    StageContext {
+        run: RunContext {
+            run_id: o.id.clone(),
+            pipeline: shared.pipeline.name.clone(),
+            build_number: o.build_number,
+            commit_sha: o.commit_sha.clone(),
+            branch: o.branch.clone(),
+            tag: o.tag.clone(),
+            event: o.event.clone(),
+            environment: stage.environment.clone(),
+            default_branch: shared.pipeline.default_branch.clone(),
+            url: o.url.clone(),
+        },
+        stage: stage.name.clone(),
+        config: stage.with.to_string(),
+        needs: stage
+            .needs
+            .iter()
+            .filter_map(|n| done.get(n))
+            .map(|r| Upstream {
+                stage: r.name.clone(),
+                status: stage_status(r.status),
+                outputs: r.outputs.clone().into_iter().collect(),
+            })
+            .collect(),
+        finished: finished_order
+            .iter()
+            .filter_map(|n| done.get(n))
+            .map(|r| StageSummary {
+                stage: r.name.clone(),
+                status: stage_status(r.status),
+                duration_ms: r.duration_ms,
+                summary: if r.summary.is_empty() {
+                    r.error.clone().unwrap_or_default()
+                } else {
+                    r.summary.clone()
+                },
+            })
+            .collect(),
+    }
+}
+
+/// Build one attempt's capabilities and sandbox from the stage's grants.
+fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox), String> {
+    let g = &stage.grants;
+    let masker: Masker = shared.secrets.masker().clone();
+    let observer = shared.observer.clone();
+    let sink: LogSink = Arc::new(move |stage: &str, line: &LogLine| observer.stage_log(stage, line));
+    let secrets = Arc::new(SecretsCap::new(
+        &stage.name,
+        g.secrets.clone(),
+        g.secrets_read.clone(),
+        shared.secrets.clone(),
+    ));
+    secrets.check_available()?;
+    let allow = Allowlist::new(&g.http).map_err(|e| format!("bad `grants.http` pattern: {e}"))?;
+    let caps = StageCaps {
+        log: StageLog::new(&stage.name, shared.opts.log_limit, masker, Some(sink)),
+        http: HttpCap::new(
+            &stage.name,
+            allow,
+            shared.http.clone(),
+            shared.http_limits.clone(),
+            secrets.clone(),
+        ),
+        secrets,
+        docker: DockerCap::new(&stage.name, g.docker != Default::default()),
+        scan: ScanCap::new(&stage.name, g.scan),
+    };
+    let workspace = g
+        .workspace
+        .map(|a| (shared.opts.workspace.clone(), a == WorkspaceAccess::ReadWrite));
+    let env = g
+        .env
+        .iter()
+        .filter_map(|k| shared.opts.env.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
+    Ok((
+        caps,
+        Sandbox {
+            workspace,
+            env,
+            memory_bytes: stage.memory,
+            timeout: stage.timeout,
+        },
+    ))
+}
+
+async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> StageRecord {
+    let masker = shared.secrets.masker().clone();
+    let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
+    rec.started_at = Some(now_rfc3339());
+    rec.status = Status::Running;
+    let started = Instant::now();
+    let Some(plugin) = shared.plugins.get(&stage.plugin) else {
+        rec.status = Status::Failure;
+        rec.error = Some(format!("plugin `{}` was not loaded", stage.plugin));
+        return rec;
+    };
+    rec.plugin_sha256 = plugin.sha256.clone();
+
+    let attempts = stage.retries + 1;
+    for attempt in 1..=attempts {
+        rec.attempts = attempt;
+        shared.observer.stage_started(&stage.name, attempt);
+        let (caps, sandbox) = match build_caps(&shared, &stage) {
+            Ok(x) => x,
+            Err(e) => {
+                rec.status = Status::Failure;
+                rec.error = Some(masker.mask(&e));
+                break;
+            }
+        };
+        let log = caps.log.clone();
+        let outcome = shared.runtime.run_stage(plugin, &sandbox, caps, &ctx).await;
+        let mut lines = log.finish();
+        if attempt > 1 {
+            lines.insert(
+                0,
+                LogLine {
+                    at_ms: 0,
+                    stream: "host".into(),
+                    text: format!("attempt {attempt} of {attempts}"),
+                },
+            );
+        }
+        rec.log.extend(lines);
+        match outcome {
+            Ok(report) => {
+                apply_report(&mut rec, report, &masker);
+                if rec.status == Status::Success {
+                    break;
+                }
+            }
+            Err(failure) => {
+                rec.status = Status::Failure;
+                rec.summary.clear();
+                rec.error = Some(masker.mask(&failure.to_string()));
+            }
+        }
+    }
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    rec
+}
+
+fn apply_report(rec: &mut StageRecord, report: StageReport, masker: &Masker) {
+    rec.summary = masker.mask(&report.summary);
+    rec.outputs = report
+        .outputs
+        .into_iter()
+        .map(|(k, v)| (k, masker.mask(&v)))
+        .collect();
+    rec.annotations = report
+        .annotations
+        .into_iter()
+        .map(|a| AnnotationRecord {
+            level: level_name(a.level).into(),
+            title: masker.mask(&a.title),
+            message: masker.mask(&a.message),
+            file: a.file,
+            line: a.line,
+        })
+        .collect();
+    match report.status {
+        ReportStatus::Passed | ReportStatus::Warning => {
+            rec.status = Status::Success;
+            rec.warning = report.status == ReportStatus::Warning;
+            rec.error = None;
+        }
+        ReportStatus::Failed => {
+            rec.status = Status::Failure;
+            rec.error = Some(rec.summary.clone());
+        }
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,8 @@
+//! Running pipelines: the executor, the console view and run records.
+pub mod console;
+pub mod executor;
+pub mod git;
+pub mod record;
+
+pub use executor::{Executor, Quiet, RunObserver, RunOptions};
+pub use record::{RunRecord, RunStore, StageRecord, Status};

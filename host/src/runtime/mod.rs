@@ -1,0 +1,339 @@
+//! The wasmtime side: one engine per host process, a linker holding every
+//! capability, precompiled-component cache, and per-stage stores.
+pub mod bindings;
+pub mod cache;
+pub mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{types::{ComponentExtern, ComponentItem}, Component, HasData, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::ResourceTable;
+
+use crate::caps::{self, StageCaps};
+use bindings::{PluginInfo, StageContext, StageError, StagePre, StageReport};
+use cache::{CacheOutcome, ComponentCache};
+use sandbox::{Limits, MemoryLimitExceeded, Sandbox, StageState};
+
+/// The WIT package every plugin must target.
+pub const WORLD: &str = "ci:stage/stage@0.1.0";
+
+/// Epoch tick: the granularity of stage timeouts and of async yields.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StageState>,
+    cache: ComponentCache,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// A loaded, linked plugin ready to instantiate.
+#[derive(Clone)]
+pub struct Plugin {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub component: Component,
+    pub cache: CacheOutcome,
+    pub load_time: Duration,
+    pre: StagePre<StageState>,
+}
+
+/// Why a plugin file cannot be used as a stage.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly component: {reason}")]
+    NotComponent { path: PathBuf, reason: String },
+    #[error("{path} does not implement the `{WORLD}` world: {reason}")]
+    WrongWorld { path: PathBuf, reason: String },
+}
+
+/// How a stage ended when it did not return a report.
+#[derive(Debug, thiserror::Error)]
+pub enum StageFailure {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Memory(String),
+    #[error("{0}")]
+    LogLimit(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("{0}")]
+    Plugin(String),
+    #[error("cannot start: {0}")]
+    Setup(String),
+}
+
+// One marker type per capability: the linker hands each interface only its
+// own field of the store, so capabilities cannot reach into each other.
+struct LogCap;
+impl HasData for LogCap {
+    type Data<'a> = &'a mut caps::log::StageLog;
+}
+struct HttpCap;
+impl HasData for HttpCap {
+    type Data<'a> = &'a mut caps::http::HttpCap;
+}
+struct SecretsCap;
+impl HasData for SecretsCap {
+    type Data<'a> = &'a mut Arc<caps::secrets::SecretsCap>;
+}
+struct DockerCap;
+impl HasData for DockerCap {
+    type Data<'a> = &'a mut caps::docker::DockerCap;
+}
+struct ScanCap;
+impl HasData for ScanCap {
+    type Data<'a> = &'a mut caps::scan::ScanCap;
+}
+
+impl bindings::ci::stage::types::Host for StageState {}
+
+impl Runtime {
+    /// `cache_dir` holds precompiled components (trusted, host-only).
+    pub fn new(cache_dir: PathBuf) -> Result<Self> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<StageState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        use bindings::ci::stage as wit;
+        wit::types::add_to_linker::<_, HasSelf<StageState>>(&mut linker, |s| s)?;
+        wit::log::add_to_linker::<_, LogCap>(&mut linker, |s| &mut s.caps.log)?;
+        wit::http::add_to_linker::<_, HttpCap>(&mut linker, |s| &mut s.caps.http)?;
+        wit::secrets::add_to_linker::<_, SecretsCap>(&mut linker, |s| &mut s.caps.secrets)?;
+        wit::docker::add_to_linker::<_, DockerCap>(&mut linker, |s| &mut s.caps.docker)?;
+        wit::scan::add_to_linker::<_, ScanCap>(&mut linker, |s| &mut s.caps.scan)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })?;
+        }
+        let cache = ComponentCache::new(&engine, cache_dir);
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        self.cache.dir()
+    }
+
+    /// Read, verify, compile (or load from cache) and link a plugin.
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        self.load_bytes(path, &bytes, sha256, started)
+    }
+
+    fn load_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: String,
+        started: Instant,
+    ) -> Result<Plugin, LoadError> {
+        check_component_header(path, bytes)?;
+        let (component, cache) = self
+            .cache
+            .load(&self.engine, &sha256, bytes)
+            .map_err(|e| LoadError::NotComponent {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = StagePre::new(instance_pre).map_err(wrong_world)?;
+        Ok(Plugin {
+            path: path.to_path_buf(),
+            sha256,
+            component,
+            cache,
+            load_time: started.elapsed(),
+            pre,
+        })
+    }
+
+    /// Imports and exports of a component, by name (for `plugin inspect`).
+    pub fn interface(&self, plugin: &Plugin) -> (Vec<String>, Vec<String>) {
+        let ty = plugin.component.component_type();
+        let name = |(n, item): (&str, ComponentExtern<'_>)| match item.ty {
+            ComponentItem::ComponentFunc(_) => format!("func {n}"),
+            ComponentItem::ComponentInstance(_) => format!("interface {n}"),
+            _ => n.to_string(),
+        };
+        let imports = ty.imports(&self.engine).map(name).collect();
+        let exports = ty.exports(&self.engine).map(name).collect();
+        (imports, exports)
+    }
+
+    /// Call `describe` in a sandbox with no grants at all.
+    pub async fn describe(&self, plugin: &Plugin) -> Result<PluginInfo> {
+        let caps = StageCaps::ungranted("describe");
+        let sandbox = Sandbox {
+            workspace: None,
+            env: vec![],
+            memory_bytes: 64 * 1024 * 1024,
+            timeout: Duration::from_secs(10),
+        };
+        let mut store = self.store(&sandbox, caps)?;
+        let fut = async {
+            let stage = plugin.pre.instantiate_async(&mut store).await?;
+            stage.call_describe(&mut store).await
+        };
+        tokio::time::timeout(sandbox.timeout, fut)
+            .await
+            .context("describe() timed out")?
+            .map_err(anyhow::Error::from)
+            .context("describe() failed")
+    }
+
+    fn store(&self, sandbox: &Sandbox, caps: StageCaps) -> Result<Store<StageState>> {
+        let wasi = sandbox.wasi_ctx(&caps)?;
+        let mut store = Store::new(
+            &self.engine,
+            StageState {
+                wasi,
+                table: ResourceTable::new(),
+                limits: Limits {
+                    memory_bytes: usize::try_from(sandbox.memory_bytes).unwrap_or(usize::MAX),
+                    memory_hit: false,
+                },
+                caps,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        // Yield to tokio every tick: the stage can then be cancelled by
+        // dropping its future (timeout, Ctrl-C) even in a busy loop.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
+    }
+
+    /// Run one stage to its report, within its sandbox and limits.
+    pub async fn run_stage(
+        &self,
+        plugin: &Plugin,
+        sandbox: &Sandbox,
+        caps: StageCaps,
+        ctx: &StageContext,
+    ) -> Result<StageReport, StageFailure> {
+        let log = caps.log.clone();
+        let mut store = self
+            .store(sandbox, caps)
+            .map_err(|e| StageFailure::Setup(format!("{e:#}")))?;
+        let fut = async {
+            let stage = plugin.pre.instantiate_async(&mut store).await?;
+            stage.call_run(&mut store, ctx).await
+        };
+        let outcome = tokio::time::timeout(sandbox.timeout, fut).await;
+        match outcome {
+            Err(_) => Err(StageFailure::Timeout(sandbox.timeout)),
+            Ok(Ok(Ok(report))) => Ok(report),
+            Ok(Ok(Err(e))) => Err(StageFailure::Plugin(describe_stage_error(&e))),
+            Ok(Err(trap)) => Err(classify_trap(trap, &log, store.data().limits.memory_hit)),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn describe_stage_error(e: &StageError) -> String {
+    match e {
+        StageError::Config(m) => format!("configuration error: {m}"),
+        StageError::Capability(c) => format!("capability error: {}", caps::describe(c)),
+        StageError::Internal(m) => m.clone(),
+    }
+}
+
+fn classify_trap(err: wasmtime::Error, log: &caps::log::StageLog, memory_hit: bool) -> StageFailure {
+    if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<caps::log::LogLimitExceeded>()) {
+        return StageFailure::LogLimit(e.to_string());
+    }
+    if log.limit_exceeded() {
+        return StageFailure::LogLimit(format!(
+            "stage exceeded its log limit ({})",
+            err.root_cause()
+        ));
+    }
+    if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<MemoryLimitExceeded>()) {
+        return StageFailure::Memory(e.to_string());
+    }
+    if memory_hit {
+        return StageFailure::Memory(format!(
+            "stage exceeded its memory limit ({})",
+            err.root_cause()
+        ));
+    }
+    // The root cause is the useful part (e.g. "wasm trap: unreachable");
+    // add the guest's panic message if it printed one.
+    let mut msg = err.root_cause().to_string();
+    if let Some(panic) = log
+        .finish()
+        .iter()
+        .rev()
+        .find(|l| l.stream == "stderr" && l.text.contains("panicked at"))
+    {
+        msg = format!("{msg} ({})", panic.text);
+    }
+    StageFailure::Trap(msg)
+}
+
+/// Cheap checks before handing bytes to the compiler, for clear messages.
+pub fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let not = |reason: &str| LoadError::NotComponent {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(not("it does not start with the Wasm magic `\\0asm`"));
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(not(
+            "it is a core Wasm module; build it as a component (e.g. `--target wasm32-wasip2`)",
+        ));
+    }
+    Ok(())
+}
