@@ -197,7 +197,7 @@ impl Host for Arc<SecretsCap> {
     }
 
     async fn read(&mut self, name: String) -> wasmtime::Result<Result<String, CapError>> {
-        if !self.readable.iter().any(|n| *n == name) {
+        if !self.readable.contains(&name) {
             return Ok(Err(denied(&self.stage, "secrets-read", name)));
         }
         Ok(self.store.get(&name).map(str::to_string).map_err(CapError::Failed))

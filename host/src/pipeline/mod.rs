@@ -1,9 +1,13 @@
 //! `pipeline.toml`: the model of a pipeline and its validation.
 //!
-//! Loading goes text → [`parse`] (serde structs that keep source spans) →
-//! [`validate`] (every semantic check, all problems collected) → [`files`]
+//! Loading goes text → `parse.rs` (serde structs that keep source spans) →
+//! `validate.rs` (every semantic check, all problems collected) → `files.rs`
 //! (plugin files on disk, only in [`load`]). Every problem becomes a
 //! [`Diagnostic`] with `file:line:col` so `host check` can point at it.
+//!
+//! Glob patterns in `when` use `when.rs` rules: `*` does not cross `/`, `**`
+//! does. Only plain paths are accepted as plugin references for now;
+//! `oci://` and `https://` are refused with "not supported yet".
 
 mod dag;
 mod files;
@@ -33,7 +37,7 @@ pub const MAX_RETRIES: u32 = 10;
 /// A validated pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
-    /// The file as given to [`load`] / [`parse`].
+    /// The file as given to [`load`] / [`parse()`].
     pub file: PathBuf,
     /// Directory of the file; plugin and secret file paths are relative to it.
     pub dir: PathBuf,

@@ -781,6 +781,11 @@ fn when_matching() {
     both.tag = Some("v1".into());
     assert!(!w.matches(&both), "a trigger with a tag is a tag build");
 
+    let odd = When {
+        branch: strings(&["release-**"]),
+        ..When::default()
+    };
+    assert!(odd.matches(&branch("release-1.2", "push")));
     let deep = When {
         branch: strings(&["feature/**"]),
         ..When::default()

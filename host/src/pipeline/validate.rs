@@ -439,7 +439,7 @@ fn build_grants(
                 h.span(),
                 format!("`grants.http` pattern {p:?} must start with `https://` or `http://`, e.g. \"https://hooks.slack.com/*\""),
             );
-        } else if let Err(e) = when::compile(p) {
+        } else if let Err(e) = http_glob(p) {
             cx.err(
                 h.span(),
                 format!("invalid glob pattern in `grants.http`: {}", e.kind()),
@@ -505,6 +505,15 @@ fn build_docker(cx: &mut Ctx<'_, '_>, d: &RawDocker) -> DockerGrants {
         containers: patterns(cx, d.containers.as_ref(), "grants.docker.containers"),
         ports,
     }
+}
+
+/// URL patterns are matched by the http capability, where `*` may cross
+/// `/`; compile them with the same settings so validity agrees with it.
+fn http_glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()
 }
 
 fn port_range(v: &toml::Value) -> Result<PortRange, String> {
