@@ -1,16 +1,25 @@
 //! Hostile plugins: each attack must fail with a clear error while the host
 //! survives and the other stages of the same run still complete.
+use host::run::{RunRecord, Status};
 use pipeline_tests::harness::Harness;
 use pipeline_tests::http::TestServer;
-use host::run::{RunRecord, Status};
 
 fn assert_failed_with(run: &RunRecord, stage: &str, fragments: &[&str]) {
-    let s = run.stage(stage).unwrap_or_else(|| panic!("no stage {stage}"));
+    let s = run
+        .stage(stage)
+        .unwrap_or_else(|| panic!("no stage {stage}"));
     let text = format!("{} {}", s.summary, s.error.clone().unwrap_or_default());
-    assert_eq!(s.status, Status::Failure, "stage {stage} should fail: {text}");
+    assert_eq!(
+        s.status,
+        Status::Failure,
+        "stage {stage} should fail: {text}"
+    );
     assert!(!text.contains("ESCAPED"), "stage {stage} escaped: {text}");
     for f in fragments {
-        assert!(text.contains(f), "stage {stage}: expected `{f}` in `{text}`");
+        assert!(
+            text.contains(f),
+            "stage {stage}: expected `{f}` in `{text}`"
+        );
     }
 }
 
@@ -32,7 +41,8 @@ async fn every_attack_fails_alone_and_the_rest_completes() {
     let mut h = Harness::new().unwrap();
     std::fs::write(h.path().join("outside.txt"), "outside the workspace").unwrap();
     std::fs::write(h.workspace.join("inside.txt"), "inside").unwrap();
-    h.env.insert("HOST_ONLY_TOKEN".into(), "env-secret-value".into());
+    h.env
+        .insert("HOST_ONLY_TOKEN".into(), "env-secret-value".into());
     h.env.insert("GRANTED_VAR".into(), "granted-value".into());
     h.env.insert("API_TOKEN".into(), "tok-7a1b2c3d".into());
 
@@ -40,6 +50,8 @@ async fn every_attack_fails_alone_and_the_rest_completes() {
     let forbidden = TestServer::start(None).await.unwrap();
     let redirector = TestServer::start(Some(forbidden.url("/ok"))).await.unwrap();
 
+    let allowed_pattern = format!("http://{}/*", allowed.addr);
+    let redirect_pattern = format!("http://{}/*", redirector.addr);
     let pipeline = format!(
         r#"
 [pipeline]
@@ -157,9 +169,9 @@ grants = {{ env = ["GRANTED_VAR"] }}
         outside = h.path().join("outside.txt").display(),
         forbidden_url = forbidden.url("/ok"),
         allowed_url = allowed.url("/ok"),
-        allowed_pattern = format!("http://{}/*", allowed.addr),
+        allowed_pattern = allowed_pattern,
         redirect_url = redirector.url("/redirect"),
-        redirect_pattern = format!("http://{}/*", redirector.addr),
+        redirect_pattern = redirect_pattern,
     );
     let run = h.run(&pipeline).await;
     // Shown when the test fails: what each stage said.
@@ -172,7 +184,10 @@ grants = {{ env = ["GRANTED_VAR"] }}
     assert_failed_with(&run, "read-tmp", &["failed"]);
     assert_failed_with(&run, "read-no-grant", &["failed"]);
     assert_failed_with(&run, "write-ro", &["write-workspace", "failed"]);
-    assert!(!h.workspace.join("planted.txt").exists(), "read-only workspace was written");
+    assert!(
+        !h.workspace.join("planted.txt").exists(),
+        "read-only workspace was written"
+    );
     assert_failed_with(&run, "env-not-granted", &["HOST_ONLY_TOKEN"]);
     assert_failed_with(
         &run,
@@ -180,7 +195,11 @@ grants = {{ env = ["GRANTED_VAR"] }}
         &["denied", "secret-not-granted", "secrets-read", "api-token"],
     );
     assert_failed_with(&run, "secret-use-only", &["denied", "secrets-read"]);
-    assert_failed_with(&run, "http-not-allowed", &["denied", "http-not-allowed", "http", &forbidden.url("/ok")]);
+    assert_failed_with(
+        &run,
+        "http-not-allowed",
+        &["denied", "http-not-allowed", "http", &forbidden.url("/ok")],
+    );
     assert_failed_with(&run, "http-redirect", &["denied", "redirect"]);
     assert_eq!(forbidden.hits(), 0, "a denied request reached the server");
     assert_eq!(redirector.hits(), 1, "the allowed first hop is made");
@@ -191,11 +210,17 @@ grants = {{ env = ["GRANTED_VAR"] }}
 
     assert_passed(&run, "benign");
     assert_passed(&run, "after-benign");
-    assert_eq!(run.stage("after-benign").unwrap().outputs["content"], "inside");
+    assert_eq!(
+        run.stage("after-benign").unwrap().outputs["content"],
+        "inside"
+    );
     assert_passed(&run, "allowed-http");
     assert_eq!(allowed.hits(), 1);
     assert_passed(&run, "granted-env");
-    assert_eq!(run.stage("granted-env").unwrap().outputs["value"], "granted-value");
+    assert_eq!(
+        run.stage("granted-env").unwrap().outputs["value"],
+        "granted-value"
+    );
 
     // Nothing secret in the record, whatever the stages did.
     let json = serde_json::to_string(&run).unwrap();
@@ -224,7 +249,10 @@ grants = { workspace = "rw" }
         )
         .await;
     assert_passed(&run, "write");
-    assert_eq!(std::fs::read_to_string(h.workspace.join("out.txt")).unwrap(), "hello");
+    assert_eq!(
+        std::fs::read_to_string(h.workspace.join("out.txt")).unwrap(),
+        "hello"
+    );
 }
 
 /// A secret granted for reading is readable, and masked in the record.

@@ -92,7 +92,13 @@ async fn stop_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("slack-receiver: {e:#}");
+            std::process::exit(2);
+        }
+    };
     let mut out = match &args.out {
         Some(path) => Some(
             tokio::fs::OpenOptions::new()

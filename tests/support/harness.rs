@@ -60,8 +60,11 @@ impl Harness {
             Ok(p) => Arc::new(p),
             Err(e) => panic!("invalid test pipeline:\n{e}"),
         };
+        let plugins = match host::run::preflight::load_plugins(&pipeline, &self.runtime).await {
+            Ok(p) => p,
+            Err(diags) => panic!("test pipeline fails its checks: {diags:?}"),
+        };
         let executor = Executor::new(self.runtime.clone());
-        let plugins = executor.load_plugins(&pipeline).expect("plugins load");
         let mut opts = RunOptions::new("test-run".into(), self.workspace.clone());
         opts.env = self.env.clone();
         opts.branch = Some("main".into());
@@ -70,7 +73,14 @@ impl Harness {
         let env = opts.env.clone();
         let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned());
         executor
-            .run(pipeline, plugins, opts, secrets, Arc::new(Quiet), CancellationToken::new())
+            .run(
+                pipeline,
+                plugins,
+                opts,
+                secrets,
+                Arc::new(Quiet),
+                CancellationToken::new(),
+            )
             .await
     }
 }

@@ -56,8 +56,9 @@ pub struct Config {
     /// Where to listen; port 0 picks a free port.
     pub listen: SocketAddr,
     /// Messages a hook path may post back to back before `429 rate_limited`
-    /// (Slack: "1 per second, short bursts >1 allowed"). `0` rate-limits every
-    /// request, which makes a `429` deterministic in tests.
+    /// (Slack: "1 per second, short bursts >1 allowed"); only messages that
+    /// pass every other check count. `0` rate-limits every valid message,
+    /// which makes a `429` deterministic in tests.
     pub burst: u32,
     /// Tokens given back to each hook path's bucket per second (Slack: 1).
     pub refill_per_sec: f64,
@@ -399,12 +400,6 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         "archived" => return plain(StatusCode::GONE, "channel_is_archived"),
         _ => {}
     }
-    // Slack: "1 per second per channel, short bursts >1 allowed"; here the
-    // hook path stands for the channel.
-    if let Err(retry_after) = shared.take_token(&path) {
-        return rate_limited(retry_after);
-    }
-
     let payload = match parse_payload(&headers, body).await {
         Some(Value::Object(payload)) => payload,
         _ => return plain(StatusCode::BAD_REQUEST, "invalid_payload"),
@@ -419,6 +414,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
     if payload.get("channel").and_then(Value::as_str) == Some("#does-not-exist") {
         return plain(StatusCode::NOT_FOUND, "channel_not_found");
+    }
+
+    // Slack: "Posting messages 1 per second [per channel]. Short bursts >1
+    // allowed." The hook path stands for the channel, and only a message that
+    // would be posted takes a token, so refused requests never use one up.
+    if let Err(retry_after) = shared.take_token(&path) {
+        return rate_limited(retry_after);
     }
 
     shared.record(message(path, Value::Object(payload), &headers));

@@ -32,10 +32,17 @@ impl DockerCap {
 }
 
 impl Host for DockerCap {
-    async fn build(&mut self, req: BuildRequest) -> wasmtime::Result<Result<BuildResult, CapError>> {
+    async fn build(
+        &mut self,
+        req: BuildRequest,
+    ) -> wasmtime::Result<Result<BuildResult, CapError>> {
         self.refuse("build", &req.image)
     }
-    async fn tag(&mut self, _source: String, target: String) -> wasmtime::Result<Result<(), CapError>> {
+    async fn tag(
+        &mut self,
+        _source: String,
+        target: String,
+    ) -> wasmtime::Result<Result<(), CapError>> {
         self.refuse("tag", &target)
     }
     async fn push(
@@ -54,7 +61,11 @@ impl Host for DockerCap {
     async fn start(&mut self, name: String) -> wasmtime::Result<Result<(), CapError>> {
         self.refuse("start", &name)
     }
-    async fn stop(&mut self, name: String, _t: Option<u32>) -> wasmtime::Result<Result<(), CapError>> {
+    async fn stop(
+        &mut self,
+        name: String,
+        _t: Option<u32>,
+    ) -> wasmtime::Result<Result<(), CapError>> {
         self.refuse("stop", &name)
     }
     async fn remove(&mut self, name: String) -> wasmtime::Result<Result<(), CapError>> {
@@ -63,7 +74,10 @@ impl Host for DockerCap {
     async fn inspect(&mut self, name: String) -> wasmtime::Result<Result<ContainerInfo, CapError>> {
         self.refuse("inspect", &name)
     }
-    async fn list_containers(&mut self, label: String) -> wasmtime::Result<Result<Vec<ContainerInfo>, CapError>> {
+    async fn list_containers(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Vec<ContainerInfo>, CapError>> {
         self.refuse("list", &label)
     }
 }

@@ -104,7 +104,11 @@ impl HttpCap {
     }
 
     fn deny(&self, url_as_written: &str) -> CapError {
-        denied(&self.stage, "http", self.secrets.masker().mask(url_as_written))
+        denied(
+            &self.stage,
+            "http",
+            self.secrets.masker().mask(url_as_written),
+        )
     }
 
     async fn send(&self, req: Request) -> Result<Response, CapError> {
@@ -149,7 +153,10 @@ impl HttpCap {
         let mut method = method;
         let mut body = body;
         for _ in 0..=self.limits.max_redirects {
-            let mut rb = self.client.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut rb = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(b) = &body {
                 rb = rb.body(b.clone());
             }
@@ -159,21 +166,27 @@ impl HttpCap {
                 .map_err(|e| CapError::Failed(self.describe_error(&written, &e)))?;
             if resp.status().is_redirection() {
                 if let Some(loc) = resp.headers().get(reqwest::header::LOCATION) {
-                    let loc = loc
-                        .to_str()
-                        .map_err(|_| CapError::Failed("redirect with a non-text Location".into()))?;
+                    let loc = loc.to_str().map_err(|_| {
+                        CapError::Failed("redirect with a non-text Location".into())
+                    })?;
                     let next = url
                         .join(loc)
                         .map_err(|e| CapError::Failed(format!("bad redirect Location: {e}")))?;
                     let m = self.secrets.masker();
-                    let shown = format!("{} (redirect from {})", m.mask(next.as_str()), m.mask(&written));
+                    let shown = format!(
+                        "{} (redirect from {})",
+                        m.mask(next.as_str()),
+                        m.mask(&written)
+                    );
                     let next = self.check_url(next.as_str(), &shown)?;
                     if next.origin() != url.origin() {
                         // Credentials stay with the origin they were meant for.
                         headers.remove(reqwest::header::AUTHORIZATION);
                         headers.remove(reqwest::header::COOKIE);
                     }
-                    if matches!(resp.status().as_u16(), 301..=303) && method != reqwest::Method::HEAD {
+                    if matches!(resp.status().as_u16(), 301..=303)
+                        && method != reqwest::Method::HEAD
+                    {
                         method = reqwest::Method::GET;
                         body = None;
                     }
@@ -199,7 +212,12 @@ impl HttpCap {
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let max = self.limits.max_response_body;
         if resp.content_length().is_some_and(|n| n as usize > max) {
@@ -244,7 +262,10 @@ impl HttpCap {
     /// would otherwise slip past a `http://allowed:*` pattern.
     fn check_url(&self, url: &str, written: &str) -> Result<reqwest::Url, CapError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| {
-            CapError::Invalid(format!("bad URL `{}`: {e}", self.secrets.masker().mask(written)))
+            CapError::Invalid(format!(
+                "bad URL `{}`: {e}",
+                self.secrets.masker().mask(written)
+            ))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(CapError::Invalid(format!(
@@ -268,8 +289,12 @@ impl Host for HttpCap {
         let shown = self.secrets.masker().mask(&req.url);
         let result = HttpCap::send(self, req).await;
         match &result {
-            Ok(r) => tracing::debug!(stage = %self.stage, %method, url = %shown, status = r.status, "http"),
-            Err(e) => tracing::debug!(stage = %self.stage, %method, url = %shown, error = %crate::caps::describe(e), "http"),
+            Ok(r) => {
+                tracing::debug!(stage = %self.stage, %method, url = %shown, status = r.status, "http")
+            }
+            Err(e) => {
+                tracing::debug!(stage = %self.stage, %method, url = %shown, error = %crate::caps::describe(e), "http")
+            }
         }
         Ok(result)
     }
@@ -281,7 +306,11 @@ mod tests {
 
     #[test]
     fn allowlist_globs_match_whole_urls() {
-        let a = Allowlist::new(&["https://hooks.slack.com/*".into(), "http://127.0.0.1:*/ok".into()]).unwrap();
+        let a = Allowlist::new(&[
+            "https://hooks.slack.com/*".into(),
+            "http://127.0.0.1:*/ok".into(),
+        ])
+        .unwrap();
         assert!(a.allows("https://hooks.slack.com/services/T/B/x"));
         assert!(a.allows("http://127.0.0.1:8080/ok"));
         assert!(!a.allows("http://127.0.0.1:8080/ok/more"));

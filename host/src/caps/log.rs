@@ -79,7 +79,12 @@ impl StageLog {
         self.push_locked(&mut inner, stream, text)
     }
 
-    fn push_locked(&self, inner: &mut Inner, stream: &str, text: &str) -> Result<(), LogLimitExceeded> {
+    fn push_locked(
+        &self,
+        inner: &mut Inner,
+        stream: &str,
+        text: &str,
+    ) -> Result<(), LogLimitExceeded> {
         if inner.exceeded {
             return Err(self.exceeded());
         }
@@ -173,7 +178,8 @@ impl StageLog {
             });
             if !buf.is_empty() {
                 let text = String::from_utf8_lossy(&buf).to_string();
-                let _ = self.push_locked(&mut inner, if stdout { "stdout" } else { "stderr" }, &text);
+                let _ =
+                    self.push_locked(&mut inner, if stdout { "stdout" } else { "stderr" }, &text);
             }
         }
         inner.lines.clone()
@@ -289,7 +295,8 @@ mod tests {
     #[test]
     fn splits_stream_output_into_masked_lines() {
         let log = StageLog::new("s", 1024, Masker::new(["hunter2".to_string()]), None);
-        log.write_stream(true, b"hello\npass=hunter2\npart").unwrap();
+        log.write_stream(true, b"hello\npass=hunter2\npart")
+            .unwrap();
         log.write_stream(true, b"ial\n").unwrap();
         let lines: Vec<String> = log.finish().into_iter().map(|l| l.text).collect();
         assert_eq!(lines, ["hello", "pass=***", "partial"]);
@@ -306,9 +313,14 @@ mod tests {
             }
         }
         let err = err.expect("limit must trip");
-        assert!(err.to_string().contains("`flood` exceeded its log limit of 100 bytes"));
+        assert!(err
+            .to_string()
+            .contains("`flood` exceeded its log limit of 100 bytes"));
         let lines = log.finish();
         assert!(lines.last().unwrap().text.starts_with("log truncated"));
-        assert!(log.push("info", "x").is_err(), "stays closed after the limit");
+        assert!(
+            log.push("info", "x").is_err(),
+            "stays closed after the limit"
+        );
     }
 }

@@ -200,7 +200,11 @@ impl Host for Arc<SecretsCap> {
         if !self.readable.contains(&name) {
             return Ok(Err(denied(&self.stage, "secrets-read", name)));
         }
-        Ok(self.store.get(&name).map(str::to_string).map_err(CapError::Failed))
+        Ok(self
+            .store
+            .get(&name)
+            .map(str::to_string)
+            .map_err(CapError::Failed))
     }
 }
 
@@ -210,7 +214,10 @@ mod tests {
 
     fn cap(usable: &[&str], readable: &[&str]) -> SecretsCap {
         let store = SecretStore::from_values([
-            ("hook".to_string(), "https://hooks.example/T0/B0/xyz".to_string()),
+            (
+                "hook".to_string(),
+                "https://hooks.example/T0/B0/xyz".to_string(),
+            ),
             ("token".to_string(), "s3cr3t&x".to_string()),
         ]);
         SecretsCap::new(
@@ -235,14 +242,20 @@ mod tests {
             }
             other => panic!("expected denial, got {other:?}"),
         }
-        assert!(matches!(c.expand("${secret:hook"), Err(CapError::Invalid(_))));
+        assert!(matches!(
+            c.expand("${secret:hook"),
+            Err(CapError::Invalid(_))
+        ));
     }
 
     #[test]
     fn masks_values_and_url_encoded_forms() {
         let c = cap(&[], &[]);
         let m = c.masker();
-        assert_eq!(m.mask("url=https://hooks.example/T0/B0/xyz done"), "url=*** done");
+        assert_eq!(
+            m.mask("url=https://hooks.example/T0/B0/xyz done"),
+            "url=*** done"
+        );
         assert_eq!(m.mask("t=s3cr3t%26x"), "t=***");
         assert_eq!(m.mask("nothing here"), "nothing here");
     }
@@ -250,7 +263,10 @@ mod tests {
     #[tokio::test]
     async fn read_needs_read_grant() {
         let mut c = Arc::new(cap(&["token"], &[]));
-        assert!(matches!(c.read("token".into()).await.unwrap(), Err(CapError::Denied(_))));
+        assert!(matches!(
+            c.read("token".into()).await.unwrap(),
+            Err(CapError::Denied(_))
+        ));
         let mut c = Arc::new(cap(&[], &["token"]));
         assert_eq!(c.read("token".into()).await.unwrap().unwrap(), "s3cr3t&x");
     }
@@ -258,7 +274,11 @@ mod tests {
     #[test]
     fn missing_secret_is_reported_by_name() {
         let store = SecretStore::from_results(
-            [("x".to_string(), Err("environment variable `X` is not set".to_string()))].into(),
+            [(
+                "x".to_string(),
+                Err("environment variable `X` is not set".to_string()),
+            )]
+            .into(),
         );
         let c = SecretsCap::new("s", vec!["x".into()], vec![], Arc::new(store));
         let err = c.check_available().unwrap_err();

@@ -7,10 +7,10 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::caps::secrets::SecretStore;
-use crate::cli::{check, exit};
+use crate::cli::exit;
 use crate::pipeline;
 use crate::run::console::Console;
-use crate::run::{git, Executor, RunOptions, RunStore, Status};
+use crate::run::{git, preflight, Executor, RunOptions, RunStore, Status};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -76,15 +76,16 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
     guard_state_dir(&pipeline, &workspace, state_dir)?;
 
     let runtime = Arc::new(super::runtime(state_dir)?);
-    let diags = check::check_plugins(&pipeline, &runtime).await;
-    if !diags.is_empty() {
-        for d in &diags {
-            eprintln!("{d}");
+    let plugins = match preflight::load_plugins(&pipeline, &runtime).await {
+        Ok(p) => p,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            return Ok(exit::USAGE);
         }
-        return Ok(exit::USAGE);
-    }
+    };
     let executor = Executor::new(runtime);
-    let plugins = executor.load_plugins(&pipeline)?;
 
     let store = RunStore::open(state_dir)?;
     let checkout = git::read(&workspace);
@@ -95,10 +96,16 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
         None => store.next_build_number(&pipeline.name)?,
     };
     opts.commit_sha = args.sha.or(checkout.sha).unwrap_or_default();
-    opts.tag = args.tag.or(if args.branch.is_none() { checkout.tag } else { None });
-    opts.branch = args
-        .branch
-        .or(if opts.tag.is_none() { checkout.branch } else { None });
+    opts.tag = args.tag.or(if args.branch.is_none() {
+        checkout.tag
+    } else {
+        None
+    });
+    opts.branch = args.branch.or(if opts.tag.is_none() {
+        checkout.branch
+    } else {
+        None
+    });
     opts.event = args.event;
     opts.url = args.url;
     opts.env.extend(args.env);
@@ -117,7 +124,11 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
             .map(|t| format!("tag {t}"))
             .or(opts.branch.as_deref().map(|b| format!("branch {b}")))
             .unwrap_or_else(|| "no branch".into()),
-        if opts.commit_sha.is_empty() { "no commit" } else { &opts.commit_sha[..opts.commit_sha.len().min(12)] }
+        if opts.commit_sha.is_empty() {
+            "no commit"
+        } else {
+            &opts.commit_sha[..opts.commit_sha.len().min(12)]
+        }
     );
 
     let cancel = CancellationToken::new();

@@ -122,7 +122,12 @@ impl RunObserver for Console {
         } else {
             "▶ started".to_string()
         };
-        self.line(&format!("{:<w$}  {}", stage, self.paint("36", &what), w = self.width));
+        self.line(&format!(
+            "{:<w$}  {}",
+            stage,
+            self.paint("36", &what),
+            w = self.width
+        ));
     }
 
     fn stage_log(&self, stage: &str, line: &LogLine) {

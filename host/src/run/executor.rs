@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -24,8 +23,7 @@ use crate::caps::{docker::DockerCap, scan::ScanCap, StageCaps};
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status};
 use crate::runtime::bindings::{
-    ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary,
-    Upstream,
+    ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
 };
 use crate::runtime::sandbox::Sandbox;
 use crate::runtime::{Plugin, Runtime};
@@ -112,26 +110,6 @@ impl Executor {
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
-    }
-
-    /// Load every plugin the pipeline's stages use (compiling or from cache).
-    pub fn load_plugins(&self, pipeline: &Pipeline) -> Result<BTreeMap<String, Plugin>> {
-        let mut plugins = BTreeMap::new();
-        for stage in &pipeline.stages {
-            if plugins.contains_key(&stage.plugin) {
-                continue;
-            }
-            let r = pipeline
-                .plugin_of(stage)
-                .with_context(|| format!("stage `{}`: unknown plugin `{}`", stage.name, stage.plugin))?;
-            let p = self
-                .runtime
-                .load(&r.path)
-                .with_context(|| format!("{}: plugin `{}`", r.location, r.name))?;
-            tracing::info!(plugin = %r.name, cache = ?p.cache, ms = p.load_time.as_millis() as u64, "plugin loaded");
-            plugins.insert(stage.plugin.clone(), p);
-        }
-        Ok(plugins)
     }
 
     /// Run the pipeline to the end (or until `cancel`), returning its record.
@@ -222,12 +200,17 @@ impl Executor {
                     let rec = match joined {
                         Ok((id, rec)) => { running.remove(&id); rec }
                         Err(e) => {
-                            // A panic in the host's own stage task: keep going, fail the stage.
                             let name = running.remove(&e.id()).unwrap_or_default();
                             let plugin = pipeline.stage(&name).map(|s| s.plugin.clone()).unwrap_or_default();
                             let mut rec = StageRecord::pending(&name, &plugin);
-                            rec.status = Status::Failure;
-                            rec.error = Some(format!("host error while running the stage: {e}"));
+                            if e.is_cancelled() {
+                                rec.status = Status::Cancelled;
+                                rec.error = Some("run cancelled".into());
+                            } else {
+                                // A panic in the host's own stage task: fail the stage, go on.
+                                rec.status = Status::Failure;
+                                rec.error = Some(format!("host error while running the stage: {e}"));
+                            }
                             rec
                         }
                     };
@@ -266,7 +249,11 @@ impl Executor {
 }
 
 /// Why a ready stage does not run, if it does not.
-fn skip_reason(stage: &Stage, trigger: &Trigger, done: &HashMap<String, StageRecord>) -> Option<String> {
+fn skip_reason(
+    stage: &Stage,
+    trigger: &Trigger,
+    done: &HashMap<String, StageRecord>,
+) -> Option<String> {
     if !stage.when.matches(trigger) {
         return Some("`when` does not match this run".into());
     }
@@ -343,7 +330,8 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
     let g = &stage.grants;
     let masker: Masker = shared.secrets.masker().clone();
     let observer = shared.observer.clone();
-    let sink: LogSink = Arc::new(move |stage: &str, line: &LogLine| observer.stage_log(stage, line));
+    let sink: LogSink =
+        Arc::new(move |stage: &str, line: &LogLine| observer.stage_log(stage, line));
     let secrets = Arc::new(SecretsCap::new(
         &stage.name,
         g.secrets.clone(),
@@ -365,9 +353,12 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
         docker: DockerCap::new(&stage.name, g.docker != Default::default()),
         scan: ScanCap::new(&stage.name, g.scan),
     };
-    let workspace = g
-        .workspace
-        .map(|a| (shared.opts.workspace.clone(), a == WorkspaceAccess::ReadWrite));
+    let workspace = g.workspace.map(|a| {
+        (
+            shared.opts.workspace.clone(),
+            a == WorkspaceAccess::ReadWrite,
+        )
+    });
     let env = g
         .env
         .iter()

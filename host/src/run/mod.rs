@@ -2,6 +2,7 @@
 pub mod console;
 pub mod executor;
 pub mod git;
+pub mod preflight;
 pub mod record;
 
 pub use executor::{Executor, Quiet, RunObserver, RunOptions};

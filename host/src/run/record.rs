@@ -121,7 +121,8 @@ impl RunStore {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
         let path = state_dir.join("runs.db");
-        let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
@@ -170,7 +171,9 @@ impl RunStore {
     pub fn get(&self, id: &str) -> Result<Option<RunRecord>> {
         let text: Option<String> = self
             .conn
-            .query_row("SELECT record FROM runs WHERE id = ?1", params![id], |r| r.get(0))
+            .query_row("SELECT record FROM runs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
             .optional()?;
         text.map(|t| serde_json::from_str(&t).context("corrupt run record"))
             .transpose()
@@ -178,9 +181,9 @@ impl RunStore {
 
     /// Most recent first.
     pub fn list(&self, limit: usize) -> Result<Vec<RunRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT record FROM runs ORDER BY started_at DESC, build_number DESC LIMIT ?1")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT record FROM runs ORDER BY started_at DESC, build_number DESC LIMIT ?1",
+        )?;
         let rows = stmt.query_map(params![limit as i64], |r| r.get::<_, String>(0))?;
         rows.map(|r| Ok(serde_json::from_str(&r?)?)).collect()
     }

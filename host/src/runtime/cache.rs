@@ -72,8 +72,7 @@ impl ComponentCache {
         let tmp = self
             .dir
             .join(format!(".{sha256}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &compiled)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, &compiled).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &entry)?;
         // SAFETY: produced just above by this engine.
         let component = unsafe { Component::deserialize(engine, &compiled)? };

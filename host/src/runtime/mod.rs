@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{types::{ComponentExtern, ComponentItem}, Component, HasData, HasSelf, Linker};
+use wasmtime::component::{
+    types::{ComponentExtern, ComponentItem},
+    Component, HasData, HasSelf, Linker,
+};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::ResourceTable;
 
@@ -169,18 +172,21 @@ impl Runtime {
         started: Instant,
     ) -> Result<Plugin, LoadError> {
         check_component_header(path, bytes)?;
-        let (component, cache) = self
-            .cache
-            .load(&self.engine, &sha256, bytes)
-            .map_err(|e| LoadError::NotComponent {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
+        let (component, cache) =
+            self.cache
+                .load(&self.engine, &sha256, bytes)
+                .map_err(|e| LoadError::NotComponent {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
         let pre = StagePre::new(instance_pre).map_err(wrong_world)?;
         Ok(Plugin {
             path: path.to_path_buf(),
@@ -288,8 +294,15 @@ fn describe_stage_error(e: &StageError) -> String {
     }
 }
 
-fn classify_trap(err: wasmtime::Error, log: &caps::log::StageLog, memory_hit: bool) -> StageFailure {
-    if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<caps::log::LogLimitExceeded>()) {
+fn classify_trap(
+    err: wasmtime::Error,
+    log: &caps::log::StageLog,
+    memory_hit: bool,
+) -> StageFailure {
+    if let Some(e) = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<caps::log::LogLimitExceeded>())
+    {
         return StageFailure::LogLimit(e.to_string());
     }
     if log.limit_exceeded() {
@@ -298,7 +311,10 @@ fn classify_trap(err: wasmtime::Error, log: &caps::log::StageLog, memory_hit: bo
             err.root_cause()
         ));
     }
-    if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<MemoryLimitExceeded>()) {
+    if let Some(e) = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<MemoryLimitExceeded>())
+    {
         return StageFailure::Memory(e.to_string());
     }
     if memory_hit {

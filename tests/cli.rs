@@ -1,0 +1,293 @@
+//! The `host` binary as a user runs it: check, run, plugin inspect, Ctrl-C.
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pipeline_tests::plugins::{host_bin, plugin, root};
+use pipeline_tests::slack::SlackReceiver;
+
+fn host(state: &Path, args: &[&str]) -> Output {
+    Command::new(host_bin())
+        .env("HOST_STATE_DIR", state)
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .expect("running host")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_no_panic(out: &Output) {
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("panicked"), "host panicked:\n{all}");
+}
+
+#[test]
+fn check_reports_file_line_col_for_a_malformed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("broken.toml");
+    std::fs::write(
+        &file,
+        "[pipeline]\nname = \"x\"\n\n[[stage]]\nname = \"a\"\nplugin = \"nope\"\ntimeout = \"5 minutes\"\n",
+    )
+    .unwrap();
+    let out = host(&state, &["check", file.to_str().unwrap()]);
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    let f = file.display().to_string();
+    assert!(
+        err.contains(&format!("{f}:6:10")),
+        "plugin location missing:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:7:11")),
+        "timeout location missing:\n{err}"
+    );
+
+    // A TOML syntax error, too.
+    std::fs::write(&file, "[pipeline]\nname = \"x\n").unwrap();
+    let out = host(&state, &["check", file.to_str().unwrap()]);
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&format!("{f}:2:")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Machine-readable.
+    let out = host(&state, &["check", "--json", file.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"][0]["line"], 2);
+}
+
+#[test]
+fn check_refuses_plugins_that_are_not_stage_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A valid component of another world: it exports nothing.
+    std::fs::write(
+        dir.path().join("other.wasm"),
+        wat::parse_str("(component)").unwrap(),
+    )
+    .unwrap();
+    // A core module, not a component.
+    std::fs::write(
+        dir.path().join("core.wasm"),
+        wat::parse_str("(module)").unwrap(),
+    )
+    .unwrap();
+    for (plugin, location, expected) in [
+        (
+            "other.wasm",
+            "p.toml:4:8",
+            "does not implement the `ci:stage/stage@0.1.0` world",
+        ),
+        ("core.wasm", "p.toml:4:8", "core WebAssembly module"),
+    ] {
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            format!("[pipeline]\nname = \"x\"\n[plugins]\nplug = \"{plugin}\"\n[[stage]]\nname = \"a\"\nplugin = \"plug\"\n"),
+        )
+        .unwrap();
+        let out = host(&state, &["check", file.to_str().unwrap()]);
+        assert_no_panic(&out);
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(err.contains(location) && err.contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn check_validates_with_keys_against_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[pipeline]
+name = "x"
+[plugins]
+tag = "{}"
+[[stage]]
+name = "tag"
+plugin = "tag"
+with = {{ imgae = "typo" }}
+"#,
+            plugin("tag").display()
+        ),
+    )
+    .unwrap();
+    let out = host(&state, &["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`with.imgae` is not a setting of plugin `tag`"),
+        "{err}"
+    );
+    assert!(err.contains("needs `with.image`"), "{err}");
+}
+
+#[test]
+fn run_example_pipeline_prints_summary_and_reuses_the_cache() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let slack = rt.block_on(SlackReceiver::start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    plugin("tag"); // make sure target/plugins is built
+    let file = root().join("pipelines/tag-notify.toml");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-v", "run", "--build-number", "7", "--branch", "main"];
+        args.extend_from_slice(extra);
+        args.push(file.to_str().unwrap());
+        Command::new(host_bin())
+            .env("HOST_STATE_DIR", &state)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "host=info")
+            .env("SLACK_WEBHOOK_URL", slack.webhook_url())
+            .current_dir(root())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("STAGE") && err.contains("DURATION"),
+        "no summary table:\n{err}"
+    );
+    assert!(err.contains("run ✔ success"), "{err}");
+    assert!(err.contains("cache=Compiled"), "first run compiles:\n{err}");
+    assert!(
+        !err.contains(&slack.webhook_url()),
+        "webhook leaked to the console"
+    );
+    assert_eq!(slack.messages().len(), 1);
+
+    let out = run(&["--json"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("cache=Hit") && !err.contains("cache=Compiled"),
+        "second run must use the cache:\n{err}"
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "success");
+    assert_eq!(record["stages"][0]["name"], "tag");
+    assert!(record["stages"][0]["outputs"]["tags"]
+        .as_str()
+        .unwrap()
+        .contains("build-7"));
+    assert_eq!(slack.messages().len(), 2);
+}
+
+#[test]
+fn plugin_inspect_shows_world_imports_and_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = host(
+        &dir.path().join("state"),
+        &[
+            "plugin",
+            "inspect",
+            "--json",
+            plugin("slack-notify").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["world"], "ci:stage/stage@0.1.0");
+    assert_eq!(v["describe"]["name"], "slack-notify");
+    let imports = v["imports"].to_string();
+    assert!(imports.contains("ci:stage/http@0.1.0"), "{imports}");
+    assert!(v["exports"].to_string().contains("run"));
+}
+
+#[test]
+fn help_on_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+        vec!["plugin", "--help"],
+        vec!["plugin", "inspect", "--help"],
+    ] {
+        let out = host(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(text(&out.stdout).contains("Usage:"), "{args:?}");
+    }
+}
+
+/// Ctrl-C stops a running stage, records the run as cancelled, exits 130.
+#[test]
+fn ctrl_c_cancels_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[pipeline]
+name = "spin"
+[plugins]
+hostile = "{}"
+[[stage]]
+name = "spin"
+plugin = "hostile"
+with = {{ attack = "loop" }}
+timeout = "5m"
+[[stage]]
+name = "after"
+plugin = "hostile"
+needs = ["spin"]
+with = {{ attack = "ok" }}
+"#,
+            plugin("hostile").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(host_bin())
+        .env("HOST_STATE_DIR", &state)
+        .env("NO_COLOR", "1")
+        .args(["run", "--json", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the looping stage has started.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    loop {
+        let line = lines.next().expect("host ended early").unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("spin") && line.contains("started") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stage never started:\n{seen}");
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{seen}{}", rest.join("\n"));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "cancelled");
+    assert_eq!(record["stages"][0]["status"], "cancelled");
+    assert_eq!(record["stages"][1]["status"], "cancelled");
+}
