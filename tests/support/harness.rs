@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use host::caps::docker::DockerEngine;
 use host::caps::secrets::SecretStore;
 use host::run::{Executor, Quiet, RunOptions, RunRecord};
 use host::runtime::Runtime;
@@ -13,6 +14,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub workspace: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// Engine connection for docker stages (default: the local engine).
+    pub docker: Option<DockerEngine>,
     runtime: Arc<Runtime>,
 }
 
@@ -21,11 +24,14 @@ impl Harness {
         let dir = tempfile::tempdir()?;
         let workspace = dir.path().join("workspace");
         std::fs::create_dir_all(&workspace)?;
+        // Canonical, as `host run` makes it (the engine needs real paths).
+        let workspace = workspace.canonicalize()?;
         let runtime = Arc::new(Runtime::new(dir.path().join("state/cache"))?);
         Ok(Self {
             dir,
             workspace,
             env: BTreeMap::new(),
+            docker: None,
             runtime,
         })
     }
@@ -64,7 +70,10 @@ impl Harness {
             Ok(p) => p,
             Err(diags) => panic!("test pipeline fails its checks: {diags:?}"),
         };
-        let executor = Executor::new(self.runtime.clone());
+        let mut executor = Executor::new(self.runtime.clone());
+        if let Some(d) = &self.docker {
+            executor = executor.with_docker(d.clone());
+        }
         let mut opts = RunOptions::new("test-run".into(), self.workspace.clone());
         opts.env = self.env.clone();
         opts.branch = Some("main".into());

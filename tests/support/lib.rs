@@ -4,4 +4,5 @@
 pub mod harness;
 pub mod http;
 pub mod plugins;
+pub mod services;
 pub mod slack;

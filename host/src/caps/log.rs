@@ -15,6 +15,19 @@ use crate::runtime::bindings::{ci::stage::log::Host, Level};
 pub const DEFAULT_LOG_LIMIT: usize = 2 * 1024 * 1024;
 /// A single line longer than this is cut.
 const MAX_LINE: usize = 16 * 1024;
+/// Budget for output of work the host does for a stage (builds, containers).
+pub const EXTERNAL_LOG_LIMIT: usize = 8 * 1024 * 1024;
+
+fn truncate_line(text: &mut String) {
+    if text.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" …[line cut]");
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogLine {
@@ -32,6 +45,9 @@ struct Inner {
     lines: Vec<LogLine>,
     used: usize,
     exceeded: bool,
+    /// Output of work the host does for the stage (container, build).
+    external_used: usize,
+    external_truncated: bool,
     partial_stdout: Vec<u8>,
     partial_stderr: Vec<u8>,
 }
@@ -63,6 +79,8 @@ impl StageLog {
                 lines: Vec::new(),
                 used: 0,
                 exceeded: false,
+                external_used: 0,
+                external_truncated: false,
                 partial_stdout: Vec::new(),
                 partial_stderr: Vec::new(),
             })),
@@ -102,14 +120,7 @@ impl StageLog {
         }
         inner.used += cost;
         let mut text = self.masker.mask(text);
-        if text.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push_str(" …[line cut]");
-        }
+        truncate_line(&mut text);
         let line = LogLine {
             at_ms: self.started.elapsed().as_millis() as u64,
             stream: stream.to_string(),
@@ -131,6 +142,39 @@ impl StageLog {
             stage: self.stage.to_string(),
             limit: self.limit,
         }
+    }
+
+    /// A line of output of something the host runs for the stage (a build,
+    /// a container). It has its own budget: chatty tools are cut, not
+    /// fatal, and cannot spend the plugin's own log budget.
+    pub fn append_external(&self, stream: &str, text: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.external_truncated {
+            return;
+        }
+        let cost = text.len() + 1;
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        if inner.external_used + cost > EXTERNAL_LOG_LIMIT {
+            inner.external_truncated = true;
+            let note = LogLine {
+                at_ms,
+                stream: "host".into(),
+                text: format!("{stream} output truncated after {EXTERNAL_LOG_LIMIT} bytes"),
+            };
+            self.emit(&note);
+            inner.lines.push(note);
+            return;
+        }
+        inner.external_used += cost;
+        let mut text = self.masker.mask(text);
+        truncate_line(&mut text);
+        let line = LogLine {
+            at_ms,
+            stream: stream.to_string(),
+            text,
+        };
+        self.emit(&line);
+        inner.lines.push(line);
     }
 
     /// Raw bytes from stdout/stderr: split into lines, keep the tail.

@@ -35,6 +35,10 @@ pub fn describe(e: &CapError) -> String {
         CapError::Limit(m) => format!("limit exceeded: {m}"),
         CapError::Failed(m) => format!("failed: {m}"),
         CapError::Unsupported(m) => format!("unsupported: {m}"),
+        CapError::Remote(r) => {
+            let status = r.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+            format!("{}: {}{status}: {}", r.service, r.code, r.message)
+        }
     }
 }
 
@@ -67,8 +71,15 @@ impl StageCaps {
                 http::HttpLimits::default(),
                 secrets.clone(),
             ),
+            docker: docker::DockerCap::new(
+                docker::policy::DockerPolicy::new(stage, &Default::default(), None)
+                    .expect("empty docker grants"),
+                docker::DockerEngine::default(),
+                secrets.clone(),
+                log::StageLog::new(stage, 0, secrets::Masker::default(), None),
+                stage,
+            ),
             secrets,
-            docker: docker::DockerCap::new(stage, false),
             scan: scan::ScanCap::new(stage, false),
         }
     }

@@ -16,10 +16,11 @@ use std::time::Instant;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::caps::docker::{policy::DockerPolicy, DockerCap, DockerEngine};
 use crate::caps::http::{Allowlist, HttpCap, HttpLimits};
 use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
 use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
-use crate::caps::{docker::DockerCap, scan::ScanCap, StageCaps};
+use crate::caps::{scan::ScanCap, StageCaps};
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status};
 use crate::runtime::bindings::{
@@ -85,6 +86,7 @@ pub struct Executor {
     runtime: Arc<Runtime>,
     http: reqwest::Client,
     http_limits: HttpLimits,
+    docker: DockerEngine,
 }
 
 /// Everything one stage task needs, shared read-only across tasks.
@@ -97,6 +99,7 @@ struct RunShared {
     runtime: Arc<Runtime>,
     http: reqwest::Client,
     http_limits: HttpLimits,
+    docker: DockerEngine,
 }
 
 impl Executor {
@@ -105,7 +108,14 @@ impl Executor {
             runtime,
             http: HttpCap::client(),
             http_limits: HttpLimits::default(),
+            docker: DockerEngine::default(),
         }
+    }
+
+    /// Use this engine connection (tests point it at a recording socket).
+    pub fn with_docker(mut self, docker: DockerEngine) -> Self {
+        self.docker = docker;
+        self
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -150,6 +160,7 @@ impl Executor {
             runtime: self.runtime.clone(),
             http: self.http.clone(),
             http_limits: self.http_limits.clone(),
+            docker: self.docker.clone(),
         });
 
         let mut done: HashMap<String, StageRecord> = HashMap::new();
@@ -340,8 +351,15 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
     ));
     secrets.check_available()?;
     let allow = Allowlist::new(&g.http).map_err(|e| format!("bad `grants.http` pattern: {e}"))?;
+    let workspace = g.workspace.map(|a| {
+        (
+            shared.opts.workspace.clone(),
+            a == WorkspaceAccess::ReadWrite,
+        )
+    });
+    let log = StageLog::new(&stage.name, shared.opts.log_limit, masker, Some(sink));
     let caps = StageCaps {
-        log: StageLog::new(&stage.name, shared.opts.log_limit, masker, Some(sink)),
+        log: log.clone(),
         http: HttpCap::new(
             &stage.name,
             allow,
@@ -349,16 +367,16 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
             shared.http_limits.clone(),
             secrets.clone(),
         ),
+        docker: DockerCap::new(
+            DockerPolicy::new(&stage.name, &g.docker, workspace.clone())?,
+            shared.docker.clone(),
+            secrets.clone(),
+            log,
+            &shared.opts.id,
+        ),
         secrets,
-        docker: DockerCap::new(&stage.name, g.docker != Default::default()),
         scan: ScanCap::new(&stage.name, g.scan),
     };
-    let workspace = g.workspace.map(|a| {
-        (
-            shared.opts.workspace.clone(),
-            a == WorkspaceAccess::ReadWrite,
-        )
-    });
     let env = g
         .env
         .iter()

@@ -45,7 +45,9 @@ pub async fn load_plugins(
             continue;
         };
         let with = stage.with.as_object().cloned().unwrap_or_default();
-        for key in with.keys() {
+        // A plugin that declares a `*` key takes free-form settings.
+        let open = info.config.iter().any(|k| k.name == "*");
+        for key in with.keys().filter(|_| !open) {
             if !info.config.iter().any(|k| &k.name == key) {
                 let known: Vec<&str> = info.config.iter().map(|k| k.name.as_str()).collect();
                 diags.push(at(

@@ -155,6 +155,7 @@ impl CapError {
             CapError::Limit(m) => format!("host limit: {m}"),
             CapError::Failed(m) => format!("failed: {m}"),
             CapError::Unsupported(m) => format!("unsupported: {m}"),
+            CapError::Remote(r) => remote_message(r),
         }
     }
 }
@@ -288,4 +289,10 @@ mod tests {
         assert_eq!(info.config[1].default_value.as_deref(), Some("true"));
         assert_eq!(info.capabilities, vec!["http".to_string()]);
     }
+}
+
+/// `registry: UNAUTHORIZED (HTTP 401): authentication required`.
+fn remote_message(r: &bindings::ci::stage::types::RemoteError) -> String {
+    let status = r.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    format!("{}: {}{status}: {}", r.service, r.code, r.message)
 }

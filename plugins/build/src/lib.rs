@@ -1,0 +1,467 @@
+//! `build` stage: builds an image through the host's `docker::build`.
+//!
+//! `with` keys:
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `image` | required | full reference the result is tagged with, e.g. `local/demo-app:build-7` |
+//! | `context` | `"."` | build context, relative to the workspace (no `..`, not absolute) |
+//! | `dockerfile` | `"Dockerfile"` | Dockerfile path relative to the context |
+//! | `build-args` | `{}` | `--build-arg` values (strings, numbers or booleans) |
+//! | `labels` | `{}` | image labels (strings, numbers or booleans) |
+//!
+//! Standard label added automatically (a `labels` entry with the same key
+//! wins): `org.opencontainers.image.revision` = the commit sha, when known.
+//! `org.opencontainers.image.created` is left out on purpose (it would make
+//! every build of the same commit a different image).
+//!
+//! Outputs: `image` (the reference, as given) and `image-id` (`sha256:...`).
+//! A build the engine refuses or fails is a failed report whose summary is
+//! the error's first line; the full error (with the build log tail) is an
+//! annotation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use stage_sdk::docker::{BuildRequest, BuildResult};
+use stage_sdk::{Annotation, CapError, ConfigKey, Context, PluginInfo, Report, Stage, StageError};
+
+/// Label carrying the commit sha.
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+
+/// The `with` table.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct With {
+    pub image: String,
+    #[serde(default = "dot")]
+    pub context: String,
+    #[serde(default = "dockerfile")]
+    pub dockerfile: String,
+    #[serde(default)]
+    pub build_args: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, Scalar>,
+}
+
+fn dot() -> String {
+    ".".into()
+}
+
+fn dockerfile() -> String {
+    "Dockerfile".into()
+}
+
+/// A TOML/JSON scalar used as a build-arg or label value.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Str(s) => s.clone(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// The one capability call of this stage (a fake in the tests).
+pub trait Engine {
+    fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError>;
+}
+
+/// The host's `docker::build`.
+pub struct HostEngine;
+
+impl Engine for HostEngine {
+    fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError> {
+        stage_sdk::docker::build(req)
+    }
+}
+
+/// Checks a full image reference `[host[:port]/]path:tag`: lower-case
+/// repository path, a tag matching `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, no digest.
+pub fn validate_reference(image: &str) -> Result<(), String> {
+    if image.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if image.contains('@') {
+        return Err(format!("{image:?} must not contain a digest"));
+    }
+    let slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let Some(colon) = image[slash..].rfind(':').map(|i| i + slash) else {
+        return Err(format!(
+            "{image:?} needs a tag, e.g. \"{image}:build-1\" (the build is tagged with it)"
+        ));
+    };
+    let (repo, tag) = (&image[..colon], &image[colon + 1..]);
+    let tb = tag.as_bytes();
+    let tag_ok = !tb.is_empty()
+        && tb.len() <= 128
+        && (tb[0].is_ascii_alphanumeric() || tb[0] == b'_')
+        && tb
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if !tag_ok {
+        return Err(format!(
+            "{image:?}: tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+        ));
+    }
+    let mut parts: Vec<&str> = repo.split('/').collect();
+    let first = parts[0];
+    if parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost") {
+        parts.remove(0);
+    }
+    for p in parts {
+        let ok = !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && p.as_bytes()[0].is_ascii_alphanumeric()
+            && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric();
+        if !ok {
+            return Err(format!(
+                "{image:?}: path component {p:?} must be lower-case [a-z0-9] separated by '.', '_' or '-'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a workspace-relative path (`context`, `dockerfile`).
+pub fn validate_relative(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if path.starts_with('/') || path.starts_with('\\') {
+        return Err(format!("{path:?} must be relative to the workspace"));
+    }
+    if path.split(['/', '\\']).any(|c| c == "..") {
+        return Err(format!("{path:?} must not contain '..'"));
+    }
+    Ok(())
+}
+
+/// The request for `with` and the commit sha ("" when unknown).
+pub fn build_request(with: &With, commit_sha: &str) -> BuildRequest {
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    if !commit_sha.is_empty() {
+        labels.insert(REVISION_LABEL.into(), commit_sha.into());
+    }
+    for (k, v) in &with.labels {
+        labels.insert(k.clone(), v.text());
+    }
+    BuildRequest {
+        context: with.context.clone(),
+        dockerfile: Some(with.dockerfile.clone()),
+        image: with.image.clone(),
+        build_args: with
+            .build_args
+            .iter()
+            .map(|(k, v)| (k.clone(), v.text()))
+            .collect(),
+        labels: labels.into_iter().collect(),
+    }
+}
+
+/// `sha256:0123456789ab…` (the full id when it is short).
+pub fn short_id(id: &str) -> String {
+    let (algo, hex) = id.split_once(':').unwrap_or(("", id));
+    if hex.chars().count() <= 12 {
+        return id.to_string();
+    }
+    let cut: String = hex.chars().take(12).collect();
+    if algo.is_empty() {
+        format!("{cut}…")
+    } else {
+        format!("{algo}:{cut}…")
+    }
+}
+
+/// The summary line of a failed build: `build local/x:1 failed: <first line>`.
+pub fn failure_summary(image: &str, err: &CapError) -> String {
+    let msg = err.message();
+    let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let first: String = first.chars().take(300).collect();
+    format!("build {image} failed: {}", first.trim())
+}
+
+/// Everything but the export glue.
+pub fn build(ctx: &Context, engine: &mut impl Engine) -> Result<Report, StageError> {
+    let with: With = ctx.config()?;
+    validate_reference(&with.image).map_err(|e| StageError::config(format!("with.image: {e}")))?;
+    validate_relative(&with.context)
+        .map_err(|e| StageError::config(format!("with.context: {e}")))?;
+    validate_relative(&with.dockerfile)
+        .map_err(|e| StageError::config(format!("with.dockerfile: {e}")))?;
+    for key in with.build_args.keys().chain(with.labels.keys()) {
+        if key.is_empty() || key.contains('=') {
+            return Err(StageError::config(format!(
+                "with: key {key:?} must be non-empty and must not contain '='"
+            )));
+        }
+    }
+    let req = build_request(&with, &ctx.run().commit_sha);
+    stage_sdk::log::info!(
+        "building {} from {} (dockerfile {}, {} build-args, {} labels)",
+        req.image,
+        req.context,
+        with.dockerfile,
+        req.build_args.len(),
+        req.labels.len()
+    );
+    match engine.build(&req) {
+        Ok(res) => {
+            for line in res.log_tail.lines() {
+                stage_sdk::log::debug(line);
+            }
+            Ok(Report::passed(format!(
+                "built {} ({})",
+                with.image,
+                short_id(&res.image_id)
+            ))
+            .output("image", with.image.as_str())
+            .output("image-id", res.image_id))
+        }
+        Err(err) => {
+            stage_sdk::log::error!("build of {} failed: {}", with.image, err.message());
+            Ok(Report::failed(failure_summary(&with.image, &err))
+                .annotate(Annotation::error(
+                    format!("docker build {}", with.image),
+                    err.message(),
+                ))
+                .output("image", with.image.as_str()))
+        }
+    }
+}
+
+struct Build;
+
+impl Stage for Build {
+    fn describe() -> PluginInfo {
+        PluginInfo::new(
+            "build",
+            env!("CARGO_PKG_VERSION"),
+            "Builds a container image from a Dockerfile in the workspace",
+        )
+        .key(ConfigKey::required(
+            "image",
+            "Full reference to tag the build with, e.g. local/demo-app:build-7",
+        ))
+        .key(ConfigKey::optional(
+            "context",
+            "Build context, relative to the workspace",
+            "\".\"",
+        ))
+        .key(ConfigKey::optional(
+            "dockerfile",
+            "Dockerfile path relative to the context",
+            "\"Dockerfile\"",
+        ))
+        .key(ConfigKey::optional(
+            "build-args",
+            "Build arguments (table of scalars)",
+            "{}",
+        ))
+        .key(ConfigKey::optional(
+            "labels",
+            "Image labels (table of scalars); org.opencontainers.image.revision is added",
+            "{}",
+        ))
+        .capability("docker.build")
+    }
+
+    fn run(ctx: Context) -> Result<Report, StageError> {
+        build(&ctx, &mut HostEngine)
+    }
+}
+
+stage_sdk::export_stage!(Build);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stage_sdk::bindings::ci::stage::types::RemoteError;
+    use stage_sdk::ReportStatus;
+
+    #[derive(Default)]
+    struct Fake {
+        seen: Vec<BuildRequest>,
+        fail: Option<CapError>,
+    }
+
+    impl Engine for Fake {
+        fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError> {
+            self.seen.push(req.clone());
+            match self.fail.take() {
+                Some(e) => Err(e),
+                None => Ok(BuildResult {
+                    image_id: "sha256:abcdef0123456789abcdef".into(),
+                    log_tail: "Step 1/2\nSuccessfully built".into(),
+                }),
+            }
+        }
+    }
+
+    fn run(json: &str, fake: &mut Fake) -> Result<Report, StageError> {
+        build(&Context::for_test("build", json), fake)
+    }
+
+    fn config_err(json: &str) -> String {
+        match run(json, &mut Fake::default()) {
+            Err(StageError::Config(m)) => m,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn builds_with_defaults_and_revision_label() {
+        let mut fake = Fake::default();
+        let r = run(r#"{"image":"local/demo-app:build-7"}"#, &mut fake).unwrap();
+        assert_eq!(r.status, ReportStatus::Passed);
+        assert_eq!(
+            r.summary,
+            "built local/demo-app:build-7 (sha256:abcdef012345…)"
+        );
+        assert_eq!(r.get_output("image"), Some("local/demo-app:build-7"));
+        assert_eq!(
+            r.get_output("image-id"),
+            Some("sha256:abcdef0123456789abcdef")
+        );
+        let req = &fake.seen[0];
+        assert_eq!(req.context, ".");
+        assert_eq!(req.dockerfile.as_deref(), Some("Dockerfile"));
+        assert_eq!(req.image, "local/demo-app:build-7");
+        assert!(req.build_args.is_empty());
+        assert_eq!(
+            req.labels,
+            vec![(
+                REVISION_LABEL.to_string(),
+                "0123456789abcdef0123456789abcdef01234567".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn passes_context_dockerfile_args_and_labels() {
+        let mut fake = Fake::default();
+        let json = r#"{"image":"127.0.0.1:5000/demo-app:1","context":"pipelines/demo-app",
+            "dockerfile":"Dockerfile.test","build-args":{"VERSION":"1.2.3","N":3,"X":true},
+            "labels":{"team":"ci","org.opencontainers.image.revision":"override"}}"#;
+        run(json, &mut fake).unwrap();
+        let req = &fake.seen[0];
+        assert_eq!(req.context, "pipelines/demo-app");
+        assert_eq!(req.dockerfile.as_deref(), Some("Dockerfile.test"));
+        assert_eq!(
+            req.build_args,
+            vec![
+                ("N".to_string(), "3".to_string()),
+                ("VERSION".into(), "1.2.3".into()),
+                ("X".into(), "true".into())
+            ]
+        );
+        assert_eq!(
+            req.labels,
+            vec![
+                (REVISION_LABEL.to_string(), "override".to_string()),
+                ("team".into(), "ci".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn no_revision_label_outside_git() {
+        let mut raw = Context::for_test("build", r#"{"image":"a:1"}"#).into_raw();
+        raw.run.commit_sha.clear();
+        let mut fake = Fake::default();
+        build(&Context::new(raw), &mut fake).unwrap();
+        assert!(fake.seen[0].labels.is_empty());
+    }
+
+    #[test]
+    fn engine_failure_is_a_failed_report() {
+        let mut fake = Fake {
+            fail: Some(CapError::Failed(
+                "build failed: COPY failed: file not found\nStep 2/4 : COPY dist/demo-app /demo-app"
+                    .into(),
+            )),
+            ..Fake::default()
+        };
+        let r = run(r#"{"image":"local/demo-app:build-7"}"#, &mut fake).unwrap();
+        assert_eq!(r.status, ReportStatus::Failed);
+        assert_eq!(
+            r.summary,
+            "build local/demo-app:build-7 failed: failed: build failed: COPY failed: file not found"
+        );
+        assert!(r.annotations[0].message.contains("Step 2/4"));
+
+        let mut fake = Fake {
+            fail: Some(CapError::Remote(RemoteError {
+                service: "docker".into(),
+                status: Some(500),
+                code: "BUILD_FAILED".into(),
+                message: "boom".into(),
+                transient: false,
+            })),
+            ..Fake::default()
+        };
+        let r = run(r#"{"image":"local/demo-app:build-7"}"#, &mut fake).unwrap();
+        assert_eq!(r.status, ReportStatus::Failed);
+        assert!(r.summary.contains("BUILD_FAILED"), "{}", r.summary);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        assert_eq!(config_err("{}"), "with.image: required key is missing");
+        assert!(config_err(r#"{"image":"local/demo"}"#).starts_with("with.image:"));
+        assert!(config_err(r#"{"image":"Local/Demo:1"}"#).starts_with("with.image:"));
+        assert!(config_err(r#"{"image":"a:1","context":"/etc"}"#).starts_with("with.context:"));
+        assert!(config_err(r#"{"image":"a:1","context":"../x"}"#).starts_with("with.context:"));
+        assert!(config_err(r#"{"image":"a:1","dockerfile":"a/../../D"}"#)
+            .starts_with("with.dockerfile:"));
+        assert!(
+            config_err(r#"{"image":"a:1","build-args":{"A":[1]}}"#).starts_with("with.build-args")
+        );
+        assert!(config_err(r#"{"image":"a:1","tags":[]}"#).starts_with("with.tags:"));
+    }
+
+    #[test]
+    fn reference_validation() {
+        for ok in [
+            "demo:1",
+            "local/demo-app:build-7",
+            "127.0.0.1:5000/demo-app:1.2.3",
+            "localhost/a_b:latest",
+            "ghcr.io/org/app:_x",
+        ] {
+            assert_eq!(validate_reference(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "demo",
+            "127.0.0.1:5000/demo-app",
+            "demo:",
+            "demo:-x",
+            "Demo:1",
+            "a//b:1",
+            "a@sha256:abc",
+            "a:1:2",
+        ] {
+            assert!(validate_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn short_ids() {
+        assert_eq!(short_id("sha256:0123456789abcdef"), "sha256:0123456789ab…");
+        assert_eq!(short_id("sha256:0123"), "sha256:0123");
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab…");
+    }
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Install (when missing) and start (when not running) the real services the
+# Docker-facing tests and the demo use: the Docker engine and a CNCF
+# distribution registry on 127.0.0.1:5000 with htpasswd authentication.
+# Idempotent: a second run neither fails nor starts duplicates.
+set -euo pipefail
+
+REGISTRY_ADDR="${REGISTRY_ADDR:-127.0.0.1:5000}"
+# Test credentials for the local registry (not a secret: it listens on
+# loopback only and holds throwaway images).
+REGISTRY_USER="${REGISTRY_USER:-ci}"
+REGISTRY_PASSWORD="${REGISTRY_PASSWORD:-ci-registry-password}"
+STATE="${SERVICES_DIR:-/var/lib/pipeline-host-services}"
+
+need_install=()
+command -v dockerd >/dev/null 2>&1 || need_install+=(docker.io)
+command -v docker-registry >/dev/null 2>&1 || need_install+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || need_install+=(apache2-utils)
+[ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -qx httpd || need_install+=(busybox-static)
+if [ ${#need_install[@]} -gt 0 ]; then
+  echo "installing: ${need_install[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
+fi
+mkdir -p "$STATE"
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs=$1 what=$2; shift 2
+  for _ in $(seq 1 $((secs * 10))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out after ${secs}s waiting for $what" >&2
+  return 1
+}
+
+# --- Docker engine ---------------------------------------------------------
+if ! docker version >/dev/null 2>&1; then
+  if ! pgrep -x dockerd >/dev/null; then
+    echo "starting dockerd"
+    nohup dockerd >"$STATE/dockerd.log" 2>&1 &
+  fi
+  wait_for 60 "the Docker engine (see $STATE/dockerd.log)" docker version || {
+    tail -n 30 "$STATE/dockerd.log" >&2; exit 1; }
+fi
+echo "docker: $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
+
+# --- Registry with htpasswd auth -------------------------------------------
+if [ ! -f "$STATE/htpasswd" ] || ! htpasswd -vb "$STATE/htpasswd" "$REGISTRY_USER" "$REGISTRY_PASSWORD" >/dev/null 2>&1; then
+  htpasswd -Bbc "$STATE/htpasswd" "$REGISTRY_USER" "$REGISTRY_PASSWORD" 2>/dev/null
+fi
+cat >"$STATE/registry.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE/registry-data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+auth:
+  htpasswd:
+    realm: pipeline-host-registry
+    path: $STATE/htpasswd
+YAML
+registry_up() { curl -s -o /dev/null -w '%{http_code}' "http://$REGISTRY_ADDR/v2/" | grep -q 401; }
+if ! registry_up; then
+  if ! pgrep -f "docker-registry serve $STATE/registry.yml" >/dev/null; then
+    echo "starting the registry on $REGISTRY_ADDR"
+    nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 &
+  fi
+  wait_for 30 "the registry (see $STATE/registry.log)" registry_up || {
+    tail -n 30 "$STATE/registry.log" >&2; exit 1; }
+fi
+echo "registry: http://$REGISTRY_ADDR (htpasswd user $REGISTRY_USER)"
