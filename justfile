@@ -10,14 +10,18 @@ build: plugins
 plugins:
     bash plugins/build.sh
 
+# Install (once) and start (when down) the Docker engine and the local registry.
+services:
+    bash scripts/services.sh
+
 # Formatting, lints and every test (what CI runs).
-test: plugins
+test: services plugins
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
-# Run the example pipeline (tag + Slack notify) against a local Slack-compatible receiver.
-demo: build
+# Run the demo app's CI/CD flow (pipelines/demo.toml) on the real engine and registry.
+demo: services build
     bash scripts/demo.sh
 
 # Validate a pipeline file without running it.

@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# The demo: a local Slack-compatible receiver on 127.0.0.1, then the example
-# pipeline twice (the second run loads plugins from the compiled cache).
+# The demo: the demo app's whole flow (pipelines/demo.toml: test → build →
+# tag → push → notify) on the real Docker engine and registry, with a local
+# Slack-compatible receiver; then the small tag + notify pipeline twice, the
+# second run loading its plugins from the compiled cache.
+# Expects `just services` and `just build` (which `just demo` runs first).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash pipelines/demo-app/build.sh
 cargo build --quiet -p pipeline-tests --bin slack-receiver
+
 log="$(mktemp)"
-rm -f target/demo-slack-messages.jsonl
-./target/debug/slack-receiver --listen 127.0.0.1:0 --out target/demo-slack-messages.jsonl >/dev/null 2>"$log" &
+messages=target/demo-slack-messages.jsonl
+rm -f "$messages"
+./target/debug/slack-receiver --listen 127.0.0.1:0 --out "$messages" >/dev/null 2>"$log" &
 receiver=$!
 trap 'kill $receiver 2>/dev/null || true' EXIT
-# Wait for the receiver to say where it listens.
 for _ in $(seq 1 100); do
   addr="$(sed -n 's/^listening on //p' "$log")"
   [ -n "$addr" ] && break
   sleep 0.1
 done
 [ -n "$addr" ] || { echo "slack receiver did not start:"; cat "$log"; exit 1; }
+
 export SLACK_WEBHOOK_URL="$addr/services/T000DEMO/B000DEMO/demo-token"
-export HOST_STATE_DIR="${HOST_STATE_DIR:-$PWD/target/demo-state}"
-./target/debug/host run pipelines/tag-notify.toml
+# The local registry's test credentials (scripts/services.sh).
+export REGISTRY_AUTH="${REGISTRY_USER:-ci}:${REGISTRY_PASSWORD:-ci-registry-password}"
+
+./target/debug/host run pipelines/demo.toml --branch main
 echo
-echo "second run (plugins come from the compiled cache):"
-./target/debug/host -v run --quiet pipelines/tag-notify.toml 2>&1 | grep -E "plugin loaded|^run " || true
+echo "tags of demo-app in the registry:"
+curl -s -u "$REGISTRY_AUTH" http://127.0.0.1:5000/v2/demo-app/tags/list; echo
+
 echo
-echo "the Slack-compatible receiver got $(wc -l < target/demo-slack-messages.jsonl) message(s): target/demo-slack-messages.jsonl"
+echo "tag + notify, twice (the second run loads plugins from the compiled cache):"
+./target/debug/host run --quiet pipelines/tag-notify.toml >/dev/null 2>&1
+./target/debug/host -v run --quiet pipelines/tag-notify.toml 2>&1 | grep -E "plugin loaded|^run "
+echo
+echo "the Slack-compatible receiver got $(wc -l < "$messages") message(s): $messages"

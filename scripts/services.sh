@@ -16,6 +16,8 @@ need_install=()
 command -v dockerd >/dev/null 2>&1 || need_install+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || need_install+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || need_install+=(apache2-utils)
+command -v curl >/dev/null 2>&1 || need_install+=(curl)
+command -v file >/dev/null 2>&1 || need_install+=(file)
 [ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -qx httpd || need_install+=(busybox-static)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing: ${need_install[*]}"

@@ -47,3 +47,37 @@ pub fn host_bin() -> PathBuf {
     }
     p
 }
+
+/// `pipelines/demo-app/dist/` (static binary + busybox), built once per
+/// test process by `pipelines/demo-app/build.sh`.
+pub fn demo_app_dist() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(root().join("pipelines/demo-app/build.sh"))
+            .status()
+            .expect("running pipelines/demo-app/build.sh");
+        assert!(status.success(), "pipelines/demo-app/build.sh failed");
+    });
+    root().join("pipelines/demo-app/dist")
+}
+
+/// Copy the demo app's build contexts (Dockerfiles, tests, dist/) into
+/// `workspace/demo-app`, so a test's workspace holds only what it needs.
+pub fn demo_app_workspace(workspace: &Path) -> PathBuf {
+    let src = root().join("pipelines/demo-app");
+    demo_app_dist();
+    let dst = workspace.join("demo-app");
+    for rel in [
+        "Dockerfile",
+        "Dockerfile.test",
+        "tests/container-tests.sh",
+        "dist/demo-app",
+        "dist/busybox",
+    ] {
+        let to = dst.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(src.join(rel), &to).unwrap_or_else(|e| panic!("copying {rel}: {e}"));
+    }
+    dst
+}

@@ -71,3 +71,14 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Remove every local image whose repository contains `name` (test cleanup).
+pub fn remove_images(name: &str) {
+    let list = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let refs: Vec<&str> = list.lines().filter(|l| l.contains(name)).collect();
+    if !refs.is_empty() {
+        let mut args = vec!["image", "rm", "-f"];
+        args.extend(refs);
+        docker(&args);
+    }
+}

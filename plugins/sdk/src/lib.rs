@@ -74,8 +74,8 @@ pub use bindings::ci::stage::docker;
 /// Image scanning import (raw generated bindings).
 pub use bindings::ci::stage::scan;
 pub use bindings::ci::stage::types::{
-    Annotation, CapError, ConfigKey, Denial, Level, PluginInfo, ReportStatus, RunContext,
-    StageContext, StageError, StageReport, StageStatus, StageSummary, Upstream,
+    Annotation, CapError, ConfigKey, Denial, Level, PluginInfo, RemoteError, ReportStatus,
+    RunContext, StageContext, StageError, StageReport, StageStatus, StageSummary, Upstream,
 };
 
 pub use context::{overall_status, Context};
@@ -259,6 +259,12 @@ impl ReportStatus {
     }
 }
 
+/// `registry: UNAUTHORIZED (HTTP 401): authentication required`.
+fn remote_message(r: &bindings::ci::stage::types::RemoteError) -> String {
+    let status = r.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    format!("{}: {}{status}: {}", r.service, r.code, r.message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,10 +295,4 @@ mod tests {
         assert_eq!(info.config[1].default_value.as_deref(), Some("true"));
         assert_eq!(info.capabilities, vec!["http".to_string()]);
     }
-}
-
-/// `registry: UNAUTHORIZED (HTTP 401): authentication required`.
-fn remote_message(r: &bindings::ci::stage::types::RemoteError) -> String {
-    let status = r.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
-    format!("{}: {}{status}: {}", r.service, r.code, r.message)
 }

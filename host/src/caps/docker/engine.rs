@@ -294,18 +294,6 @@ pub async fn push(
             Err(bollard::errors::Error::DockerStreamError { error }) => {
                 return Err(CapError::Remote(registry_error(&error)))
             }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code,
-                message,
-            }) if status_code == 404 => {
-                return Err(CapError::Remote(RemoteError {
-                    service: "docker".into(),
-                    status: Some(404),
-                    code: "NOT_FOUND".into(),
-                    message,
-                    transient: false,
-                }))
-            }
             Err(e) => return Err(engine_error(e)),
         };
         if let Some(e) = info.error {
