@@ -460,3 +460,57 @@ async fn container_lifecycle_with_a_port_on_loopback() {
     docker(&["rm", "-f", &foreign]);
     docker(&["image", "rm", "-f", &image]);
 }
+
+/// Cancelling a run (Ctrl-C) stops its containers and removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_removes_its_containers() {
+    services::require();
+    let h = Harness::new().unwrap();
+    let ctx = h.path().join("ctx");
+    busybox_context(&ctx);
+    let image = format!("local/{}:1", unique("ph-test-cancel"));
+    docker(&["build", "-q", "-t", &image, ctx.to_str().unwrap()]);
+    let run_id = unique("cancel");
+    let text = format!(
+        r#"
+[pipeline]
+name = "cancel"
+[plugins]
+hostile = "{{plugin:hostile}}"
+[[stage]]
+name = "sleeper"
+plugin = "hostile"
+with = {{ attack = "docker", op = "run", image = "{image}", command = ["/bin/sleep", "20"] }}
+grants = {{ docker = {{ run = ["{image}"] }} }}
+"#
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let filter = format!("label=pipeline-host.run={run_id}");
+    let watcher = {
+        let cancel = cancel.clone();
+        let filter = filter.clone();
+        tokio::spawn(async move {
+            // Cancel once the container is really running.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while docker(&["ps", "-q", "--filter", &filter]).is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the container never started"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            cancel.cancel();
+        })
+    };
+    let id = run_id.clone();
+    let run = h.run_full(&text, move |o| o.id = id, cancel).await;
+    watcher.await.unwrap();
+    assert_eq!(run.status, Status::Cancelled);
+    assert_eq!(stage(&run, "sleeper").status, Status::Cancelled);
+    assert_eq!(
+        docker(&["ps", "-aq", "--filter", &filter]),
+        "",
+        "containers left behind"
+    );
+    docker(&["image", "rm", "-f", &image]);
+}

@@ -61,6 +61,16 @@ impl Harness {
     }
 
     pub async fn run_with(&self, text: &str, tweak: impl FnOnce(&mut RunOptions)) -> RunRecord {
+        self.run_full(text, tweak, CancellationToken::new()).await
+    }
+
+    /// Run with a cancellation token the test controls (Ctrl-C).
+    pub async fn run_full(
+        &self,
+        text: &str,
+        tweak: impl FnOnce(&mut RunOptions),
+        cancel: CancellationToken,
+    ) -> RunRecord {
         let path = self.write_pipeline(text);
         let pipeline = match host::pipeline::load(&path) {
             Ok(p) => Arc::new(p),
@@ -82,14 +92,7 @@ impl Harness {
         let env = opts.env.clone();
         let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned());
         executor
-            .run(
-                pipeline,
-                plugins,
-                opts,
-                secrets,
-                Arc::new(Quiet),
-                CancellationToken::new(),
-            )
+            .run(pipeline, plugins, opts, secrets, Arc::new(Quiet), cancel)
             .await
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -254,6 +254,9 @@ impl Executor {
         } else {
             Status::Success
         };
+        if cancelled {
+            self.docker.finish_cleanups(Duration::from_secs(20)).await;
+        }
         record.duration_ms = started.elapsed().as_millis() as u64;
         record
     }

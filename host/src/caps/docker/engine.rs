@@ -31,14 +31,29 @@ pub struct DockerEngine {
     /// A unix socket to use instead of the local default (`DOCKER_HOST`,
     /// then `/var/run/docker.sock`).
     socket: Option<PathBuf>,
+    /// Removals of containers whose stage was cancelled mid-run.
+    cleanups: tokio_util::task::TaskTracker,
 }
 
 impl DockerEngine {
     pub fn at_socket(socket: PathBuf) -> Self {
         Self {
-            client: Default::default(),
             socket: Some(socket),
+            ..Default::default()
         }
+    }
+
+    /// Wait (bounded) for the removal of containers of cancelled stages, so
+    /// a cancelled run leaves nothing behind when the process exits.
+    pub async fn finish_cleanups(&self, limit: Duration) {
+        self.cleanups.close();
+        if tokio::time::timeout(limit, self.cleanups.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some containers of cancelled stages may not be removed yet");
+        }
+        self.cleanups.reopen();
     }
 
     pub async fn client(&self) -> Result<&Docker, CapError> {
@@ -386,6 +401,7 @@ struct RemoveOnDrop {
     docker: Docker,
     name: String,
     armed: bool,
+    cleanups: tokio_util::task::TaskTracker,
 }
 
 impl RemoveOnDrop {
@@ -403,7 +419,8 @@ impl Drop for RemoveOnDrop {
         let docker = self.docker.clone();
         let name = std::mem::take(&mut self.name);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { remove_forced(&docker, &name).await });
+            self.cleanups
+                .spawn_on(async move { remove_forced(&docker, &name).await }, &handle);
         }
     }
 }
@@ -430,6 +447,7 @@ pub struct RunOutcome {
 /// Run a container to completion, streaming its output into the stage log,
 /// and always remove it.
 pub async fn run(
+    engine: &DockerEngine,
     docker: &Docker,
     r: ContainerRequest,
     timeout: Duration,
@@ -441,6 +459,7 @@ pub async fn run(
         docker: docker.clone(),
         name: name.clone(),
         armed: true,
+        cleanups: engine.cleanups.clone(),
     };
     docker
         .start_container(&name, None::<q::StartContainerOptions>)

@@ -149,6 +149,7 @@ impl DockerCap {
             .unwrap_or(DEFAULT_RUN_TIMEOUT);
         let docker = self.engine.client().await?;
         let r = engine::run(
+            &self.engine,
             docker,
             ContainerRequest {
                 name: self.container_name(),
