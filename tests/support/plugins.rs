@@ -34,17 +34,16 @@ pub fn plugin(name: &str) -> PathBuf {
     p
 }
 
-/// The `host` binary cargo built for this test run.
+/// The `host` binary. Cargo does not build another package's binary for
+/// these tests, and building it from inside `cargo test` would wait on the
+/// build lock, so `just test` builds it first.
 pub fn host_bin() -> PathBuf {
     let p = target_dir().join("debug").join("host");
-    if !p.exists() {
-        let status = Command::new("cargo")
-            .args(["build", "-p", "host"])
-            .current_dir(root())
-            .status()
-            .expect("cargo build -p host");
-        assert!(status.success());
-    }
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p host` first (`just test` does)",
+        p.display()
+    );
     p
 }
 
