@@ -70,7 +70,7 @@ pub mod __private {
 }
 
 /// Docker engine import (raw generated bindings).
-pub use bindings::ci::stage::docker;
+pub mod docker;
 /// Image scanning import (raw generated bindings).
 pub use bindings::ci::stage::scan;
 pub use bindings::ci::stage::types::{

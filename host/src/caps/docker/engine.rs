@@ -536,11 +536,18 @@ pub async fn inspect(docker: &Docker, name: &str) -> Result<(ContainerInfo, bool
     let labels = config.labels.unwrap_or_default();
     let managed = labels.get(MANAGED_LABEL).is_some_and(|v| v == "true");
     let state = c.state.unwrap_or_default();
-    let ports = c
-        .network_settings
-        .and_then(|n| n.ports)
-        .map(|m| port_mappings(&m))
+    let network = c.network_settings.unwrap_or_default();
+    let ports = network
+        .ports
+        .as_ref()
+        .map(port_mappings)
         .unwrap_or_default();
+    let address = network
+        .networks
+        .as_ref()
+        .and_then(|n| n.get("bridge"))
+        .and_then(|b| b.ip_address.clone())
+        .filter(|a| !a.is_empty());
     let info = ContainerInfo {
         id: c.id.unwrap_or_default(),
         name: c
@@ -554,6 +561,7 @@ pub async fn inspect(docker: &Docker, name: &str) -> Result<(ContainerInfo, bool
         health: state.health.and_then(|h| h.status).map(|s| s.to_string()),
         ports,
         labels: sorted(labels),
+        address,
     };
     Ok((info, managed))
 }
