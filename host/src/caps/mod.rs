@@ -80,7 +80,12 @@ impl StageCaps {
                 stage,
             ),
             secrets,
-            scan: scan::ScanCap::new(stage, false),
+            scan: scan::ScanCap::new(
+                stage,
+                false,
+                scan::ScanConfig::from_env(&std::env::temp_dir()),
+                docker::DockerEngine::default(),
+            ),
         }
     }
 }

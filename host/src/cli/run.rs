@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
 use crate::cli::exit;
 use crate::pipeline;
@@ -85,7 +86,7 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
             return Ok(exit::USAGE);
         }
     };
-    let executor = Executor::new(runtime);
+    let executor = Executor::new(runtime).with_scanner(ScanConfig::from_env(state_dir));
 
     let store = RunStore::open(state_dir)?;
     let checkout = git::read(&workspace);

@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::caps::docker::{policy::DockerPolicy, DockerCap, DockerEngine};
 use crate::caps::http::{Allowlist, HttpCap, HttpLimits};
 use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
+use crate::caps::scan::{ScanCap, ScanConfig};
 use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
-use crate::caps::{scan::ScanCap, StageCaps};
+use crate::caps::StageCaps;
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status};
 use crate::runtime::bindings::{
@@ -87,6 +88,7 @@ pub struct Executor {
     http: reqwest::Client,
     http_limits: HttpLimits,
     docker: DockerEngine,
+    scan: ScanConfig,
 }
 
 /// Everything one stage task needs, shared read-only across tasks.
@@ -100,6 +102,7 @@ struct RunShared {
     http: reqwest::Client,
     http_limits: HttpLimits,
     docker: DockerEngine,
+    scan: ScanConfig,
 }
 
 impl Executor {
@@ -109,7 +112,14 @@ impl Executor {
             http: HttpCap::client(),
             http_limits: HttpLimits::default(),
             docker: DockerEngine::default(),
+            scan: ScanConfig::from_env(&std::env::temp_dir().join("pipeline-host")),
         }
+    }
+
+    /// Run Trivy this way (binary, cache and work directories).
+    pub fn with_scanner(mut self, scan: ScanConfig) -> Self {
+        self.scan = scan;
+        self
     }
 
     /// Use this engine connection (tests point it at a recording socket).
@@ -161,6 +171,7 @@ impl Executor {
             http: self.http.clone(),
             http_limits: self.http_limits.clone(),
             docker: self.docker.clone(),
+            scan: self.scan.clone(),
         });
 
         let mut done: HashMap<String, StageRecord> = HashMap::new();
@@ -378,7 +389,12 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
             &shared.opts.id,
         ),
         secrets,
-        scan: ScanCap::new(&stage.name, g.scan),
+        scan: ScanCap::new(
+            &stage.name,
+            g.scan,
+            shared.scan.clone(),
+            shared.docker.clone(),
+        ),
     };
     let env = g
         .env
