@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use host::caps::docker::DockerEngine;
 use host::caps::secrets::SecretStore;
+use host::run::approvals::ApprovalStore;
 use host::run::{Executor, Quiet, RunOptions, RunRecord};
 use host::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,15 @@ impl Harness {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The state directory (run records, approvals).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn approvals(&self) -> ApprovalStore {
+        ApprovalStore::open(&self.state_dir()).expect("approval store")
     }
 
     /// Write `pipeline.toml` (plugin paths may use `{plugin:NAME}`, replaced
@@ -80,7 +90,7 @@ impl Harness {
             Ok(p) => p,
             Err(diags) => panic!("test pipeline fails its checks: {diags:?}"),
         };
-        let mut executor = Executor::new(self.runtime.clone());
+        let mut executor = Executor::new(self.runtime.clone()).with_approvals(self.approvals());
         if let Some(d) = &self.docker {
             executor = executor.with_docker(d.clone());
         }

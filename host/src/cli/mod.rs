@@ -1,4 +1,5 @@
 //! The `host` command line.
+mod approve;
 mod check;
 mod plugin;
 mod run;
@@ -38,6 +39,12 @@ enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Approve a stage waiting to deploy to its environment.
+    Approve(approve::DecideArgs),
+    /// Reject a stage waiting to deploy to its environment (it fails).
+    Reject(approve::DecideArgs),
+    /// List the stages waiting for approval.
+    Approvals(approve::PendingArgs),
 }
 
 /// Exit codes: 0 success, 1 pipeline failed, 2 bad input, 130 cancelled.
@@ -66,6 +73,13 @@ pub fn main() -> ExitCode {
             Command::Run(a) => run::run(a, &state_dir).await,
             Command::Check(a) => check::check(a, &state_dir).await,
             Command::Plugin(c) => plugin::plugin(c, &state_dir).await,
+            Command::Approve(a) => {
+                approve::decide(a, crate::run::approvals::Decision::Approved, &state_dir).await
+            }
+            Command::Reject(a) => {
+                approve::decide(a, crate::run::approvals::Decision::Rejected, &state_dir).await
+            }
+            Command::Approvals(a) => approve::pending(a, &state_dir).await,
         }
     });
     match result {

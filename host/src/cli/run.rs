@@ -10,6 +10,7 @@ use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
 use crate::cli::exit;
 use crate::pipeline;
+use crate::run::approvals::ApprovalStore;
 use crate::run::console::Console;
 use crate::run::{git, preflight, Executor, RunOptions, RunStore, Status};
 
@@ -38,6 +39,10 @@ pub struct RunArgs {
     /// Directory mounted at /workspace (default: the current directory).
     #[arg(long)]
     pub workspace: Option<PathBuf>,
+    /// The environment this run deploys to (default: from `[environments]`
+    /// by branch or tag).
+    #[arg(long)]
+    pub environment: Option<String>,
     /// Link to show in notifications.
     #[arg(long, default_value = "")]
     pub url: String,
@@ -86,7 +91,9 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
             return Ok(exit::USAGE);
         }
     };
-    let executor = Executor::new(runtime).with_scanner(ScanConfig::from_env(state_dir));
+    let executor = Executor::new(runtime)
+        .with_scanner(ScanConfig::from_env(state_dir))
+        .with_approvals(ApprovalStore::open(state_dir)?);
 
     let store = RunStore::open(state_dir)?;
     let checkout = git::read(&workspace);
@@ -109,6 +116,15 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
     });
     opts.event = args.event;
     opts.url = args.url;
+    if let Some(env) = args.environment {
+        if pipeline.environment(&env).is_none() {
+            anyhow::bail!(
+                "--environment {env}: not declared in [environments] of {}",
+                args.file.display()
+            );
+        }
+        opts.environment = Some(env);
+    }
     opts.env.extend(args.env);
 
     let env = opts.env.clone();

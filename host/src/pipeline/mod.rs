@@ -45,9 +45,26 @@ pub struct Pipeline {
     pub default_branch: String,
     pub plugins: BTreeMap<String, PluginRef>,
     pub secrets: BTreeMap<String, SecretSource>,
+    /// `[environments]`, in file order (the first that matches a run wins).
+    pub environments: Vec<Environment>,
     /// In file order.
     pub stages: Vec<Stage>,
 }
+
+/// A deployment environment: the runs that deploy to it (by branch or tag
+/// pattern) and whether its stages wait for a person's approval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Environment {
+    pub name: String,
+    /// Only `branch` and `tag` are used.
+    pub when: When,
+    pub approval: bool,
+    pub approval_timeout: Duration,
+    pub location: Location,
+}
+
+/// How long an approval waits when the environment does not say.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// One `[plugins]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +273,19 @@ fn check(path: &Path, text: &str) -> (Option<Pipeline>, Vec<Diagnostic>) {
 }
 
 impl Pipeline {
+    /// The environment a run deploys to: the first whose branch/tag
+    /// patterns match its trigger.
+    pub fn environment_for(&self, trigger: &Trigger) -> Option<&Environment> {
+        self.environments.iter().find(|e| {
+            let w = &e.when;
+            (!w.branch.is_empty() || !w.tag.is_empty()) && w.matches(trigger)
+        })
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
     }

@@ -28,7 +28,20 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub secrets: BTreeMap<Str, Spanned<RawSecret>>,
     #[serde(default)]
+    pub environments: BTreeMap<Str, Spanned<RawEnvironment>>,
+    #[serde(default)]
     pub stage: Vec<Spanned<RawStage>>,
+}
+
+/// `[environments.NAME]`: which runs deploy to it, and whether a person
+/// must approve first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawEnvironment {
+    pub branch: Option<StrList>,
+    pub tag: Option<StrList>,
+    pub approval: Option<bool>,
+    pub approval_timeout: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

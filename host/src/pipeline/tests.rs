@@ -83,6 +83,14 @@ needs = ["build", "tag"]
 when = { always = true }
 with = { webhook = "${secret:slack-webhook}", channel = "#deploys" }
 grants = { http = ["https://hooks.slack.com/*"], secrets = ["slack-webhook"] }
+
+[environments.staging]
+branch = ["trunk"]
+
+[environments.production]
+tag = ["v*"]
+approval = true
+approval-timeout = "30m"
 "##;
 
 fn write_full(dir: &Path) -> PathBuf {
@@ -169,6 +177,28 @@ fn full_example_loads() {
     assert_eq!(b.memory, DEFAULT_MEMORY);
     assert_eq!(b.retries, 2);
     assert_eq!(b.environment.as_deref(), Some("staging"));
+    assert_eq!(p.environments.len(), 2);
+    let trigger = |branch: Option<&str>, tag: Option<&str>| Trigger {
+        branch: branch.map(str::to_string),
+        tag: tag.map(str::to_string),
+        event: "push".into(),
+    };
+    let prod = p.environment("production").unwrap();
+    assert!(prod.approval);
+    assert_eq!(prod.approval_timeout, Duration::from_secs(30 * 60));
+    assert_eq!(
+        p.environment_for(&trigger(Some("trunk"), None))
+            .map(|e| e.name.as_str()),
+        Some("staging")
+    );
+    assert_eq!(
+        p.environment_for(&trigger(None, Some("v1.2.0")))
+            .map(|e| e.name.as_str()),
+        Some("production")
+    );
+    assert!(p
+        .environment_for(&trigger(Some("feature/x"), None))
+        .is_none());
 
     let n = p.stage("notify").unwrap();
     assert!(n.when.always);
@@ -228,7 +258,7 @@ fn unknown_keys() {
         "[pipeline]\nname = \"x\"\n[foo]\n",
         3,
         2,
-        "expected one of `pipeline`, `plugins`, `secrets`, `stage`",
+        "expected one of `pipeline`, `plugins`, `secrets`, `environments`, `stage`",
     );
     let stage = |extra: &str| format!("{HEAD}[[stage]]\nname = \"a\"\nplugin = \"tag\"\n{extra}\n");
     assert_diag(
@@ -930,4 +960,23 @@ fn display_formats() {
         message: "boom".into(),
     };
     assert_eq!(d.to_string(), "a/p.toml:3:7: boom");
+}
+
+#[test]
+fn stage_environment_must_be_declared() {
+    let text = "[pipeline]\nname = \"x\"\n[environments.dev]\nbranch = [\"develop\"]\n[[stage]]\nname = \"a\"\nplugin = \"p\"\nenvironment = \"prod\"\n";
+    let err = parse(Path::new("ci/pipeline.toml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "ci/pipeline.toml:8:15: unknown environment `prod` (declared environments: dev)"
+        ),
+        "{err}"
+    );
+    let text = "[pipeline]\nname = \"x\"\n[environments.dev]\napproval-timeout = \"soon\"\n[[stage]]\nname = \"a\"\nplugin = \"p\"\n";
+    let err = parse(Path::new("ci/pipeline.toml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ci/pipeline.toml:4:20"), "{err}");
 }

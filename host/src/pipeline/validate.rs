@@ -9,8 +9,9 @@ use serde_spanned::Spanned;
 
 use super::parse::{RawDocker, RawFile, RawGrants, RawStage, RawWhen, Source, Str, StrList};
 use super::{
-    dag, units, when, Diagnostic, DockerGrants, Grants, Location, Pipeline, PluginRef, PortRange,
-    SecretSource, Stage, When, DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
+    dag, units, when, Diagnostic, DockerGrants, Environment, Grants, Location, Pipeline, PluginRef,
+    PortRange, SecretSource, Stage, When, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY,
+    DEFAULT_TIMEOUT, MAX_RETRIES,
 };
 
 const STAGE_NAME_RULE: &str =
@@ -150,6 +151,33 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         secrets.insert(key.into_inner(), source);
     }
 
+    // [environments], in file order.
+    let mut raw_envs: Vec<_> = raw.environments.into_iter().collect();
+    raw_envs.sort_by_key(|(k, _)| k.span().start);
+    let mut environments = Vec::new();
+    for (key, value) in raw_envs {
+        check_id(&mut cx, &key, "environment");
+        let e = value.get_ref();
+        let when = When {
+            branch: patterns(&mut cx, e.branch.as_ref(), "environments.branch"),
+            tag: patterns(&mut cx, e.tag.as_ref(), "environments.tag"),
+            event: vec![],
+            always: false,
+        };
+        let approval_timeout = match &e.approval_timeout {
+            Some(v) => duration(&mut cx, v).unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
+            None => DEFAULT_APPROVAL_TIMEOUT,
+        };
+        environments.push(Environment {
+            name: key.get_ref().clone(),
+            when,
+            approval: e.approval.unwrap_or(false),
+            approval_timeout,
+            location: cx.loc(key.span()),
+        });
+    }
+    let env_names: Vec<&str> = environments.iter().map(|e| e.name.as_str()).collect();
+
     // [[stage]]
     if raw.stage.is_empty() {
         cx.err(
@@ -177,6 +205,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
             &plugins,
             &plugin_list,
             &secrets,
+            &env_names,
             &all_names,
             &stage_list,
         );
@@ -207,6 +236,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         default_branch,
         plugins,
         secrets,
+        environments,
         stages,
     };
     (pipeline, cx.diags)
@@ -220,6 +250,7 @@ fn build_stage(
     plugins: &BTreeMap<String, PluginRef>,
     plugin_list: &str,
     secrets: &BTreeMap<String, SecretSource>,
+    env_names: &[&str],
     all_names: &HashSet<&str>,
     stage_list: &str,
 ) -> (Stage, Vec<std::ops::Range<usize>>) {
@@ -361,6 +392,18 @@ fn build_stage(
     let environment = match &r.environment {
         Some(e) if e.get_ref().trim().is_empty() => {
             cx.err(e.span(), "`environment` must not be empty");
+            None
+        }
+        Some(e) if !env_names.contains(&e.get_ref().as_str()) => {
+            let known = if env_names.is_empty() {
+                "no environments are declared in [environments]".to_string()
+            } else {
+                format!("declared environments: {}", env_names.join(", "))
+            };
+            cx.err(
+                e.span(),
+                format!("unknown environment `{}` ({known})", e.get_ref()),
+            );
             None
         }
         Some(e) => Some(e.get_ref().clone()),

@@ -130,6 +130,24 @@ impl RunObserver for Console {
         ));
     }
 
+    fn approval_requested(
+        &self,
+        run_id: &str,
+        stage: &str,
+        environment: &str,
+        timeout: std::time::Duration,
+    ) {
+        self.line(&format!(
+            "{:<w$}  {}  deploying to `{environment}` needs approval (times out in {}):\n{:<w$}    approve: host approve {run_id} {stage}\n{:<w$}    reject:  host reject {run_id} {stage} --comment \"why\"",
+            stage,
+            self.paint("35", "⏸ waiting"),
+            format_duration(timeout.as_millis() as u64),
+            "",
+            "",
+            w = self.width
+        ));
+    }
+
     fn stage_log(&self, stage: &str, line: &LogLine) {
         if self.show_logs {
             let prefix = self.paint("90", &format!("{stage:>w$} │", w = self.width));

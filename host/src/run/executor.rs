@@ -23,6 +23,7 @@ use crate::caps::scan::{ScanCap, ScanConfig};
 use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
 use crate::caps::StageCaps;
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
+use crate::run::approvals::{ApprovalStore, Decision};
 use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status};
 use crate::runtime::bindings::{
     ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
@@ -40,6 +41,9 @@ pub struct RunOptions {
     pub tag: Option<String>,
     pub event: String,
     pub url: String,
+    /// The environment this run deploys to; default: the first
+    /// `[environments]` entry whose branch/tag patterns match.
+    pub environment: Option<String>,
     /// Directory mounted at `/workspace` for stages granted it.
     pub workspace: PathBuf,
     /// Environment a stage's `env` grant picks names from.
@@ -57,6 +61,7 @@ impl RunOptions {
             tag: None,
             event: "push".into(),
             url: String::new(),
+            environment: None,
             workspace,
             env: std::env::vars().collect(),
             log_limit: DEFAULT_LOG_LIMIT,
@@ -75,6 +80,15 @@ impl RunOptions {
 /// Hears about a run as it happens (console, server, tests).
 pub trait RunObserver: Send + Sync {
     fn stage_started(&self, _stage: &str, _attempt: u32) {}
+    /// A stage waits for a person to approve its deployment.
+    fn approval_requested(
+        &self,
+        _run_id: &str,
+        _stage: &str,
+        _environment: &str,
+        _timeout: Duration,
+    ) {
+    }
     fn stage_log(&self, _stage: &str, _line: &LogLine) {}
     fn stage_finished(&self, _record: &StageRecord) {}
 }
@@ -89,6 +103,7 @@ pub struct Executor {
     http_limits: HttpLimits,
     docker: DockerEngine,
     scan: ScanConfig,
+    approvals: Option<ApprovalStore>,
 }
 
 /// Everything one stage task needs, shared read-only across tasks.
@@ -103,6 +118,7 @@ struct RunShared {
     http_limits: HttpLimits,
     docker: DockerEngine,
     scan: ScanConfig,
+    approvals: Option<ApprovalStore>,
 }
 
 impl Executor {
@@ -113,7 +129,14 @@ impl Executor {
             http_limits: HttpLimits::default(),
             docker: DockerEngine::default(),
             scan: ScanConfig::from_env(&std::env::temp_dir().join("pipeline-host")),
+            approvals: None,
         }
+    }
+
+    /// Where approvals are asked for and decided (`host approve`).
+    pub fn with_approvals(mut self, approvals: ApprovalStore) -> Self {
+        self.approvals = Some(approvals);
+        self
     }
 
     /// Run Trivy this way (binary, cache and work directories).
@@ -143,6 +166,12 @@ impl Executor {
         cancel: CancellationToken,
     ) -> RunRecord {
         let started = Instant::now();
+        let mut opts = opts;
+        if opts.environment.is_none() {
+            opts.environment = pipeline
+                .environment_for(&opts.trigger())
+                .map(|e| e.name.clone());
+        }
         let mut record = RunRecord {
             id: opts.id.clone(),
             pipeline: pipeline.name.clone(),
@@ -152,6 +181,7 @@ impl Executor {
             branch: opts.branch.clone(),
             tag: opts.tag.clone(),
             event: opts.event.clone(),
+            environment: opts.environment.clone(),
             status: Status::Running,
             started_at: now_rfc3339(),
             duration_ms: 0,
@@ -172,6 +202,7 @@ impl Executor {
             http_limits: self.http_limits.clone(),
             docker: self.docker.clone(),
             scan: self.scan.clone(),
+            approvals: self.approvals.clone(),
         });
 
         let mut done: HashMap<String, StageRecord> = HashMap::new();
@@ -195,7 +226,9 @@ impl Executor {
                             continue;
                         }
                         started_set.insert(stage.name.clone());
-                        if let Some(reason) = skip_reason(stage, &trigger, &done) {
+                        if let Some(reason) =
+                            skip_reason(stage, &trigger, shared.opts.environment.as_deref(), &done)
+                        {
                             let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
                             rec.status = Status::Skipped;
                             rec.error = Some(reason);
@@ -277,10 +310,19 @@ impl Executor {
 fn skip_reason(
     stage: &Stage,
     trigger: &Trigger,
+    run_environment: Option<&str>,
     done: &HashMap<String, StageRecord>,
 ) -> Option<String> {
     if !stage.when.matches(trigger) {
         return Some("`when` does not match this run".into());
+    }
+    if let Some(env) = &stage.environment {
+        if run_environment != Some(env.as_str()) {
+            return Some(format!(
+                "deploys to `{env}`; this run deploys to {}",
+                run_environment.map_or("no environment".to_string(), |e| format!("`{e}`"))
+            ));
+        }
     }
     if stage.when.always {
         return None;
@@ -425,6 +467,13 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
     };
     rec.plugin_sha256 = plugin.sha256.clone();
 
+    if let Err(reason) = approval_gate(&shared, &stage, &mut rec).await {
+        rec.status = Status::Failure;
+        rec.error = Some(reason);
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        return rec;
+    }
+
     let attempts = stage.retries + 1;
     for attempt in 1..=attempts {
         rec.attempts = attempt;
@@ -467,6 +516,63 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
     }
     rec.duration_ms = started.elapsed().as_millis() as u64;
     rec
+}
+
+/// Wait for a person's approval when the stage's environment asks for one.
+async fn approval_gate(
+    shared: &RunShared,
+    stage: &Stage,
+    rec: &mut StageRecord,
+) -> Result<(), String> {
+    let Some(env) = stage
+        .environment
+        .as_deref()
+        .and_then(|e| shared.pipeline.environment(e))
+        .filter(|e| e.approval)
+    else {
+        return Ok(());
+    };
+    let Some(store) = &shared.approvals else {
+        return Err(format!(
+            "deploying to `{}` needs an approval, and this host has no approval store",
+            env.name
+        ));
+    };
+    shared.observer.approval_requested(
+        &shared.opts.id,
+        &stage.name,
+        &env.name,
+        env.approval_timeout,
+    );
+    let approval = store
+        .request(
+            &shared.opts.id,
+            &stage.name,
+            &env.name,
+            env.approval_timeout,
+        )
+        .await
+        .map_err(|e| format!("approval: {e:#}"))?;
+    let outcome = match approval.decision {
+        Decision::Approved => Ok(()),
+        Decision::Rejected => Err(format!(
+            "deployment to `{}` rejected by {}{}",
+            env.name,
+            approval.by.as_deref().unwrap_or("someone"),
+            approval
+                .comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        )),
+        Decision::TimedOut => Err(format!(
+            "no approval for `{}` within {}",
+            env.name,
+            crate::run::console::format_duration(env.approval_timeout.as_millis() as u64)
+        )),
+    };
+    rec.approval = Some(approval);
+    outcome
 }
 
 fn apply_report(rec: &mut StageRecord, report: StageReport, masker: &Masker) {

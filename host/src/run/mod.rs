@@ -1,4 +1,5 @@
 //! Running pipelines: the executor, the console view and run records.
+pub mod approvals;
 pub mod console;
 pub mod executor;
 pub mod git;

@@ -8,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::caps::log::LogLine;
+use crate::run::approvals::ApprovalRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +67,9 @@ pub struct StageRecord {
     pub annotations: Vec<AnnotationRecord>,
     /// Why the stage failed, was skipped or cancelled.
     pub error: Option<String>,
+    /// The approval the stage waited for, if its environment needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRecord>,
     pub log: Vec<LogLine>,
 }
 
@@ -84,6 +88,7 @@ impl StageRecord {
             outputs: BTreeMap::new(),
             annotations: Vec::new(),
             error: None,
+            approval: None,
             log: Vec::new(),
         }
     }
@@ -99,6 +104,9 @@ pub struct RunRecord {
     pub branch: Option<String>,
     pub tag: Option<String>,
     pub event: String,
+    /// The environment this run deploys to (`[environments]`), if any.
+    #[serde(default)]
+    pub environment: Option<String>,
     pub status: Status,
     pub started_at: String,
     pub duration_ms: u64,
