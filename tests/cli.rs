@@ -291,3 +291,133 @@ with = {{ attack = "ok" }}
     assert_eq!(record["stages"][0]["status"], "cancelled");
     assert_eq!(record["stages"][1]["status"], "cancelled");
 }
+
+/// `host rollback` redeploys the previous image recorded in run history.
+#[test]
+fn rollback_redeploys_a_recorded_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("pipeline.toml");
+    let write = |image: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                r#"[pipeline]
+name = "rb"
+[plugins]
+hostile = "{}"
+[environments.prod]
+branch = ["main"]
+approval = true
+[[stage]]
+name = "build"
+plugin = "hostile"
+with = {{ attack = "ok" }}
+[[stage]]
+name = "deploy"
+plugin = "hostile"
+needs = ["build"]
+environment = "prod"
+with = {{ attack = "echo", image = "{image}" }}
+"#,
+                plugin("hostile").display()
+            ),
+        )
+        .unwrap()
+    };
+    let host_cmd = |args: &[&str]| {
+        Command::new(host_bin())
+            .env("HOST_STATE_DIR", &state)
+            .env("NO_COLOR", "1")
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Three deployments; approvals are given by a second process.
+    for v in ["app:1", "app:2", "app:3"] {
+        write(v);
+        let mut child = Command::new(host_bin())
+            .env("HOST_STATE_DIR", &state)
+            .env("NO_COLOR", "1")
+            .current_dir(dir.path())
+            .args(["run", "--branch", "main", "--quiet", file.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let approve = loop {
+            let line = lines.next().expect("no approval asked").unwrap();
+            if let Some(i) = line.find("approve: host ") {
+                break line[i + "approve: host ".len()..].trim().to_string();
+            }
+        };
+        let args: Vec<&str> = approve.split_whitespace().collect();
+        assert!(host_cmd(&args).status.success());
+        let _ = lines.count();
+        assert!(child.wait().unwrap().success());
+    }
+    let image_of = |out: &Output| {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let deploy = v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "deploy")
+            .unwrap()
+            .clone();
+        (
+            v["event"].clone(),
+            deploy["outputs"]["image"].clone(),
+            v["stages"][0]["status"].clone(),
+        )
+    };
+    let out = host_cmd(&[
+        "rollback",
+        "prod",
+        "-f",
+        file.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("from app:3 to app:2"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (event, image, build) = image_of(&out);
+    assert_eq!(
+        (event.as_str(), image.as_str()),
+        (Some("rollback"), Some("app:2"))
+    );
+    assert_eq!(build, "skipped", "only the deploy stage runs");
+
+    let out = host_cmd(&[
+        "rollback",
+        "prod",
+        "--to",
+        "app:1",
+        "-f",
+        file.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(image_of(&out).1, "app:1");
+
+    let out = host_cmd(&[
+        "rollback",
+        "prod",
+        "--to",
+        "app:9",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("no recorded deployment matches `app:9`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -2,6 +2,7 @@
 mod approve;
 mod check;
 mod plugin;
+mod rollback;
 mod run;
 
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ enum Command {
     Reject(approve::DecideArgs),
     /// List the stages waiting for approval.
     Approvals(approve::PendingArgs),
+    /// Redeploy an image an earlier run deployed to an environment.
+    Rollback(rollback::RollbackArgs),
 }
 
 /// Exit codes: 0 success, 1 pipeline failed, 2 bad input, 130 cancelled.
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
                 approve::decide(a, crate::run::approvals::Decision::Rejected, &state_dir).await
             }
             Command::Approvals(a) => approve::pending(a, &state_dir).await,
+            Command::Rollback(a) => rollback::rollback(a, &state_dir).await,
         }
     });
     match result {

@@ -54,7 +54,7 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("expected K=V, got `{s}`"))?;
@@ -72,37 +72,10 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
             return Ok(exit::USAGE);
         }
     };
-    let workspace = match &args.workspace {
-        Some(w) => w.clone(),
-        None => std::env::current_dir()?,
-    };
-    let workspace = workspace
-        .canonicalize()
-        .with_context(|| format!("workspace {}", workspace.display()))?;
-    guard_state_dir(&pipeline, &workspace, state_dir)?;
-
-    let runtime = Arc::new(super::runtime(state_dir)?);
-    let plugins = match preflight::load_plugins(&pipeline, &runtime).await {
-        Ok(p) => p,
-        Err(diags) => {
-            for d in &diags {
-                eprintln!("{d}");
-            }
-            return Ok(exit::USAGE);
-        }
-    };
-    let executor = Executor::new(runtime)
-        .with_scanner(ScanConfig::from_env(state_dir))
-        .with_approvals(ApprovalStore::open(state_dir)?);
-
+    let workspace = resolve_workspace(args.workspace.as_deref())?;
     let store = RunStore::open(state_dir)?;
     let checkout = git::read(&workspace);
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let mut opts = RunOptions::new(id, workspace);
-    opts.build_number = match args.build_number {
-        Some(n) => n,
-        None => store.next_build_number(&pipeline.name)?,
-    };
+    let mut opts = new_options(&pipeline, workspace, &store, args.build_number)?;
     opts.commit_sha = args.sha.or(checkout.sha).unwrap_or_default();
     opts.tag = args.tag.or(if args.branch.is_none() {
         checkout.tag
@@ -126,13 +99,66 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
         opts.environment = Some(env);
     }
     opts.env.extend(args.env);
+    execute(pipeline, opts, state_dir, &store, args.quiet, args.json).await
+}
+
+/// The workspace directory, canonical (default: the current directory).
+pub(super) fn resolve_workspace(dir: Option<&Path>) -> Result<PathBuf> {
+    let workspace = match dir {
+        Some(w) => w.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
+    workspace
+        .canonicalize()
+        .with_context(|| format!("workspace {}", workspace.display()))
+}
+
+/// Options of a new run: a fresh id and the next build number.
+pub(super) fn new_options(
+    pipeline: &pipeline::Pipeline,
+    workspace: PathBuf,
+    store: &RunStore,
+    build_number: Option<u64>,
+) -> Result<RunOptions> {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let mut opts = RunOptions::new(id, workspace);
+    opts.build_number = match build_number {
+        Some(n) => n,
+        None => store.next_build_number(&pipeline.name)?,
+    };
+    Ok(opts)
+}
+
+/// Check, load plugins, run with a console and Ctrl-C handling, record.
+pub(super) async fn execute(
+    pipeline: Arc<pipeline::Pipeline>,
+    opts: RunOptions,
+    state_dir: &Path,
+    store: &RunStore,
+    quiet: bool,
+    json: bool,
+) -> Result<u8> {
+    guard_state_dir(&pipeline, &opts.workspace, state_dir)?;
+    let runtime = Arc::new(super::runtime(state_dir)?);
+    let plugins = match preflight::load_plugins(&pipeline, &runtime).await {
+        Ok(p) => p,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            return Ok(exit::USAGE);
+        }
+    };
+    let executor = Executor::new(runtime)
+        .with_scanner(ScanConfig::from_env(state_dir))
+        .with_approvals(ApprovalStore::open(state_dir)?);
 
     let env = opts.env.clone();
     let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned());
     let names: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
-    let console = Arc::new(Console::new(!args.quiet, &names));
+    let console = Arc::new(Console::new(!quiet, &names));
     eprintln!(
-        "run {} of `{}` #{} — {} @ {}",
+        "run {} of `{}` #{} — {} @ {}{}",
         opts.id,
         pipeline.name,
         opts.build_number,
@@ -145,7 +171,11 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
             "no commit"
         } else {
             &opts.commit_sha[..opts.commit_sha.len().min(12)]
-        }
+        },
+        opts.environment
+            .as_deref()
+            .map(|e| format!(" → {e}"))
+            .unwrap_or_default()
     );
 
     let cancel = CancellationToken::new();
@@ -163,7 +193,7 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
         .await;
     store.save(&record).context("saving the run record")?;
     console.summary(&record);
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     }
     Ok(match record.status {

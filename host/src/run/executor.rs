@@ -44,6 +44,14 @@ pub struct RunOptions {
     /// The environment this run deploys to; default: the first
     /// `[environments]` entry whose branch/tag patterns match.
     pub environment: Option<String>,
+    /// Run only these stages (the others are skipped, and the selected ones
+    /// do not wait for their `needs`): `host rollback` runs one deploy.
+    pub only: Option<Vec<String>>,
+    /// Keys merged into a stage's `with` (stage → JSON object).
+    pub overrides: BTreeMap<String, serde_json::Value>,
+    /// Approvals already given (stage → who): `host rollback` is itself a
+    /// person's explicit decision.
+    pub approved_by: BTreeMap<String, String>,
     /// Directory mounted at `/workspace` for stages granted it.
     pub workspace: PathBuf,
     /// Environment a stage's `env` grant picks names from.
@@ -62,6 +70,9 @@ impl RunOptions {
             event: "push".into(),
             url: String::new(),
             environment: None,
+            only: None,
+            overrides: BTreeMap::new(),
+            approved_by: BTreeMap::new(),
             workspace,
             env: std::env::vars().collect(),
             log_limit: DEFAULT_LOG_LIMIT,
@@ -226,9 +237,7 @@ impl Executor {
                             continue;
                         }
                         started_set.insert(stage.name.clone());
-                        if let Some(reason) =
-                            skip_reason(stage, &trigger, shared.opts.environment.as_deref(), &done)
-                        {
+                        if let Some(reason) = skip_reason(stage, &trigger, &shared.opts, &done) {
                             let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
                             rec.status = Status::Skipped;
                             rec.error = Some(reason);
@@ -310,9 +319,15 @@ impl Executor {
 fn skip_reason(
     stage: &Stage,
     trigger: &Trigger,
-    run_environment: Option<&str>,
+    opts: &RunOptions,
     done: &HashMap<String, StageRecord>,
 ) -> Option<String> {
+    let run_environment = opts.environment.as_deref();
+    if let Some(only) = &opts.only {
+        if !only.contains(&stage.name) {
+            return Some("not selected for this run".into());
+        }
+    }
     if !stage.when.matches(trigger) {
         return Some("`when` does not match this run".into());
     }
@@ -324,7 +339,7 @@ fn skip_reason(
             ));
         }
     }
-    if stage.when.always {
+    if stage.when.always || opts.only.is_some() {
         return None;
     }
     stage
@@ -364,7 +379,10 @@ fn stage_context(
             url: o.url.clone(),
         },
         stage: stage.name.clone(),
-        config: stage.with.to_string(),
+        config: match shared.opts.overrides.get(&stage.name) {
+            Some(extra) => merged(&stage.with, extra).to_string(),
+            None => stage.with.to_string(),
+        },
         needs: stage
             .needs
             .iter()
@@ -390,6 +408,17 @@ fn stage_context(
             })
             .collect(),
     }
+}
+
+/// `base` with the keys of `extra` set (both JSON objects).
+fn merged(base: &serde_json::Value, extra: &serde_json::Value) -> serde_json::Value {
+    let mut out = base.clone();
+    if let (Some(o), Some(e)) = (out.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Build one attempt's capabilities and sandbox from the stage's grants.
@@ -532,6 +561,18 @@ async fn approval_gate(
     else {
         return Ok(());
     };
+    if let Some(by) = shared.opts.approved_by.get(&stage.name) {
+        let now = now_rfc3339();
+        rec.approval = Some(crate::run::approvals::ApprovalRecord {
+            environment: env.name.clone(),
+            requested_at: now.clone(),
+            decision: Decision::Approved,
+            decided_at: now,
+            by: Some(by.clone()),
+            comment: Some("given with the command that started the run".into()),
+        });
+        return Ok(());
+    }
     let Some(store) = &shared.approvals else {
         return Err(format!(
             "deploying to `{}` needs an approval, and this host has no approval store",
