@@ -1,0 +1,462 @@
+//! `trivy-gate` stage: a policy gate over a Trivy JSON report
+//! (SchemaVersion 2): vulnerabilities, secrets and failed misconfiguration
+//! checks at or above a severity threshold fail the stage.
+//!
+//! `with` keys:
+//! - `report` — path of a Trivy JSON report in the workspace (relative, no
+//!   `..`), **or** `image` — an image reference the host scans (`scan`
+//!   grant) with `scanners` (default `["vuln", "secret"]`). Exactly one.
+//! - `severity` — threshold (default `"HIGH"`): findings at this severity or
+//!   above block, lower ones are warnings. One of UNKNOWN < LOW < MEDIUM <
+//!   HIGH < CRITICAL (case-insensitive). A threshold, not a list of
+//!   severities (`block = [...]` is not supported).
+//! - `ignore-unfixed` (false) — vulnerabilities without a fixed version
+//!   (`FixedVersion` absent/empty, or `Status` other than `fixed`) are
+//!   ignored (counted in `ignored` and `ignored-unfixed`).
+//! - `ignore` — list of `{ id, reason, expires? }` tables; `reason` is
+//!   required, `expires` is `YYYY-MM-DD`. The entry applies while today
+//!   (UTC) is before `expires` (Trivy's `exp:` meaning); from that date it
+//!   ignores nothing and the report gets a warning.
+//! - `ignore-file` — workspace path of a plain-text `.trivyignore` (one ID
+//!   per line, `#` comments, `exp:YYYY-MM-DD`). YAML ignore files are not
+//!   supported (a config error says so).
+//! - `gate-secrets` (true), `gate-misconfig` (true) — when false, those
+//!   findings never block; they are reported as warnings.
+//! - `max-annotations` (100) — most annotations per group (blocking,
+//!   warnings, expired ignore entries), then one "N more" annotation.
+//!
+//! Outputs: `blocking`, `critical`, `high`, `medium`, `low`, `unknown` (not
+//! ignored findings by severity, all kinds), `ignored`, `ignored-unfixed`,
+//! `secrets`, `vulnerabilities`, `misconfigurations` (not ignored, by kind),
+//! `threshold`.
+//!
+//! An ignore rule matches a vulnerability ID (or vendor ID), a secret rule
+//! ID or a misconfiguration ID (`DS-0002` or `AVD-DS-0002`). Secrets are
+//! reported by rule, title and location only: their matched text is never
+//! read into the plugin.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use stage_sdk::scan::ScanRequest;
+use stage_sdk::{Annotation, CapError, ConfigKey, Context, PluginInfo, Report, Stage, StageError};
+
+pub mod date;
+pub mod gate;
+pub mod ignore;
+pub mod trivy;
+
+use date::Date;
+use gate::Policy;
+use ignore::{Ignores, Rule};
+use trivy::Severity;
+
+/// Where the host mounts the workspace.
+pub const WORKSPACE: &str = "/workspace";
+/// Largest report or ignore file read.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Scanners the host's Trivy offers.
+const SCANNERS: &[&str] = &["vuln", "secret", "misconfig", "license"];
+
+/// One `with.ignore` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IgnoreEntry {
+    pub id: String,
+    pub reason: String,
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// The `with` table.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct With {
+    #[serde(default)]
+    pub report: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub scanners: Option<Vec<String>>,
+    #[serde(default)]
+    pub severity: Option<String>,
+    #[serde(default)]
+    pub ignore_unfixed: bool,
+    #[serde(default)]
+    pub ignore: Vec<IgnoreEntry>,
+    #[serde(default)]
+    pub ignore_file: Option<String>,
+    #[serde(default = "yes")]
+    pub gate_secrets: bool,
+    #[serde(default = "yes")]
+    pub gate_misconfig: bool,
+    #[serde(default = "hundred")]
+    pub max_annotations: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn hundred() -> usize {
+    100
+}
+
+/// Where the report comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A workspace path (normalised, relative).
+    File(String),
+    /// An image the host scans.
+    Image {
+        image: String,
+        scanners: Vec<String>,
+    },
+}
+
+impl Source {
+    /// How messages name it.
+    pub fn name(&self) -> String {
+        match self {
+            Source::File(p) => p.clone(),
+            Source::Image { image, .. } => format!("image {image}"),
+        }
+    }
+}
+
+/// A relative workspace path: no absolute path, no `..`.
+pub fn workspace_path(key: &str, path: &str) -> Result<String, StageError> {
+    let mut p = path.trim();
+    while let Some(rest) = p.strip_prefix("./") {
+        p = rest;
+    }
+    if p.is_empty() {
+        return Err(StageError::config(format!("with.{key}: empty path")));
+    }
+    if p.starts_with('/') || p.starts_with('\\') {
+        return Err(StageError::config(format!(
+            "with.{key}: {path:?} must be relative to the workspace"
+        )));
+    }
+    if p.split(['/', '\\']).any(|c| c == "..") {
+        return Err(StageError::config(format!(
+            "with.{key}: {path:?}: `..` leaves the workspace"
+        )));
+    }
+    Ok(p.to_string())
+}
+
+fn read_file(workspace: &Path, rel: &str) -> Result<String, String> {
+    let path = workspace.join(rel);
+    let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        return Err("is a directory".into());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {} MiB limit",
+            meta.len(),
+            MAX_FILE_BYTES / (1024 * 1024)
+        ));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct Plan {
+    pub source: Source,
+    pub policy: Policy,
+    pub rules: Vec<Rule>,
+}
+
+/// Checks the `with` table and reads the ignore file.
+pub fn plan(ctx: &Context, workspace: &Path) -> Result<Plan, StageError> {
+    let w: With = ctx.config()?;
+    let image = w.image.as_deref().map(str::trim);
+    let source = match (&w.report, image) {
+        (Some(_), Some(_)) => {
+            return Err(StageError::config(
+                "with: give either `report` (a Trivy JSON file in the workspace) or `image` (scanned by the host), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(StageError::config(
+                "with: give `report` (a Trivy JSON file in the workspace) or `image` (an image for the host to scan)",
+            ))
+        }
+        (Some(r), None) => {
+            if w.scanners.is_some() {
+                return Err(StageError::config(
+                    "with.scanners: only used with `image` (the report is already scanned)",
+                ));
+            }
+            Source::File(workspace_path("report", r)?)
+        }
+        (None, Some(img)) => {
+            if img.is_empty() {
+                return Err(StageError::config("with.image: must not be empty"));
+            }
+            let scanners = match &w.scanners {
+                None => vec!["vuln".to_string(), "secret".to_string()],
+                Some(list) => {
+                    if list.is_empty() {
+                        return Err(StageError::config(
+                            "with.scanners: give at least one scanner (vuln, secret, misconfig, license)",
+                        ));
+                    }
+                    if let Some(bad) = list.iter().find(|s| !SCANNERS.contains(&s.as_str())) {
+                        return Err(StageError::config(format!(
+                            "with.scanners: unknown scanner {bad:?} (expected one of: {})",
+                            SCANNERS.join(", ")
+                        )));
+                    }
+                    list.clone()
+                }
+            };
+            Source::Image {
+                image: img.to_string(),
+                scanners,
+            }
+        }
+    };
+
+    let threshold = match &w.severity {
+        None => Severity::High,
+        Some(s) => Severity::parse(s).ok_or_else(|| {
+            StageError::config(format!(
+                "with.severity: {s:?} is not a severity (CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN)"
+            ))
+        })?,
+    };
+
+    let mut rules = Vec::new();
+    for (i, e) in w.ignore.iter().enumerate() {
+        let at = format!("with.ignore[{i}]");
+        let id = e.id.trim();
+        if id.is_empty() {
+            return Err(StageError::config(format!("{at}.id: must not be empty")));
+        }
+        let reason = e.reason.trim();
+        if reason.is_empty() {
+            return Err(StageError::config(format!(
+                "{at}.reason: say why {id} is ignored"
+            )));
+        }
+        let expires = match &e.expires {
+            None => None,
+            Some(d) => {
+                Some(Date::parse(d).map_err(|m| StageError::config(format!("{at}.expires: {m}")))?)
+            }
+        };
+        rules.push(Rule {
+            id: id.to_string(),
+            reason: reason.to_string(),
+            expires,
+            origin: at,
+        });
+    }
+    if let Some(f) = &w.ignore_file {
+        let rel = workspace_path("ignore-file", f)?;
+        let lower = rel.to_ascii_lowercase();
+        if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+            return Err(StageError::config(format!(
+                "with.ignore-file: {rel}: YAML ignore files are not supported; use a plain .trivyignore or `ignore` entries"
+            )));
+        }
+        let text = read_file(workspace, &rel)
+            .map_err(|e| StageError::config(format!("with.ignore-file: {rel}: {e}")))?;
+        let mut file_rules = ignore::parse_trivyignore(&rel, &text)
+            .map_err(|e| StageError::config(format!("with.ignore-file: {e}")))?;
+        rules.append(&mut file_rules);
+    }
+
+    let targets_are_files = matches!(source, Source::File(_));
+    Ok(Plan {
+        source,
+        policy: Policy {
+            threshold,
+            ignore_unfixed: w.ignore_unfixed,
+            gate_secrets: w.gate_secrets,
+            gate_misconfig: w.gate_misconfig,
+            max_annotations: w.max_annotations,
+            targets_are_files,
+        },
+        rules,
+    })
+}
+
+/// Scans images: the host's `scan` import, or a fake in tests.
+pub trait Scanner {
+    fn scan(&mut self, req: &ScanRequest) -> Result<String, CapError>;
+}
+
+/// The host's `scan.image` import.
+pub struct HostScanner;
+
+impl Scanner for HostScanner {
+    fn scan(&mut self, req: &ScanRequest) -> Result<String, CapError> {
+        stage_sdk::scan::image(req)
+    }
+}
+
+fn cannot(summary: String, title: &str, detail: String) -> Report {
+    stage_sdk::log::error!("{summary}");
+    Report::failed(summary).annotate(Annotation::error(title, detail))
+}
+
+/// Everything `run` does, with the scanner, the workspace and today given.
+pub fn execute(
+    ctx: &Context,
+    scanner: &mut dyn Scanner,
+    workspace: &Path,
+    today: Date,
+) -> Result<Report, StageError> {
+    let plan = plan(ctx, workspace)?;
+    let name = plan.source.name();
+
+    let text = match &plan.source {
+        Source::File(rel) => match read_file(workspace, rel) {
+            Ok(t) => t,
+            Err(e) => {
+                return Ok(cannot(
+                    format!("cannot read the Trivy report {rel}: {e}"),
+                    "unreadable Trivy report",
+                    format!("{rel}: {e}"),
+                ))
+            }
+        },
+        Source::Image { image, scanners } => {
+            stage_sdk::log::info!("scanning {image} ({})", scanners.join(", "));
+            let req = ScanRequest {
+                image: image.clone(),
+                scanners: scanners.clone(),
+            };
+            match scanner.scan(&req) {
+                Ok(t) => t,
+                Err(e) => {
+                    let msg = e.message();
+                    return Ok(cannot(
+                        format!("could not scan {image}: {msg}"),
+                        "scan failed",
+                        format!("scan.image {image}: {msg}"),
+                    ));
+                }
+            }
+        }
+    };
+
+    let parsed = match trivy::parse(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(cannot(
+                format!("invalid Trivy report from {name}: {e}"),
+                "invalid Trivy report",
+                format!("{name}: {e}"),
+            ))
+        }
+    };
+    stage_sdk::log::info!(
+        "{name}: {} results, {} findings{}",
+        parsed.results,
+        parsed.findings.len(),
+        parsed
+            .artifact
+            .as_deref()
+            .map(|a| format!(" (artifact {a})"))
+            .unwrap_or_default()
+    );
+
+    let ignores = Ignores::new(plan.rules, today);
+    let outcome = gate::evaluate(parsed.findings, &plan.policy, &ignores);
+    for (f, v) in &outcome.findings {
+        match v {
+            gate::Verdict::Ignored { origin, reason } => {
+                stage_sdk::log::info!("ignored {} in {} ({origin}: {reason})", f.id, f.target)
+            }
+            gate::Verdict::Unfixed => {
+                stage_sdk::log::info!("ignored {} in {} (no fix, ignore-unfixed)", f.id, f.target)
+            }
+            _ => {}
+        }
+    }
+    for r in &outcome.stale {
+        if let Some(d) = r.expires {
+            stage_sdk::log::warn!("ignore entry for {} expired on {d} ({})", r.id, r.origin);
+        }
+    }
+    let report = gate::report(&outcome, &plan.policy);
+    stage_sdk::log::info!("{}", report.summary);
+    Ok(report)
+}
+
+struct TrivyGate;
+
+impl Stage for TrivyGate {
+    fn describe() -> PluginInfo {
+        PluginInfo::new(
+            "trivy-gate",
+            env!("CARGO_PKG_VERSION"),
+            "Fails the pipeline on vulnerabilities, secrets and misconfigurations at or above a severity in a Trivy JSON report",
+        )
+        .key(ConfigKey::optional_no_default(
+            "report",
+            "Trivy JSON report (SchemaVersion 2) in the workspace, e.g. \"reports/trivy.json\"; give this or `image`",
+        ))
+        .key(ConfigKey::optional_no_default(
+            "image",
+            "Image reference for the host to scan with Trivy (needs the `scan` grant); give this or `report`",
+        ))
+        .key(ConfigKey::optional(
+            "scanners",
+            "Trivy scanners used with `image`: vuln, secret, misconfig, license",
+            "[\"vuln\",\"secret\"]",
+        ))
+        .key(ConfigKey::optional(
+            "severity",
+            "Threshold: findings at this severity or above block (CRITICAL, HIGH, MEDIUM, LOW, UNKNOWN); lower ones are warnings",
+            "\"HIGH\"",
+        ))
+        .key(ConfigKey::optional(
+            "ignore-unfixed",
+            "Ignore vulnerabilities without a fixed version (FixedVersion absent or Status not \"fixed\")",
+            "false",
+        ))
+        .key(ConfigKey::optional(
+            "ignore",
+            "Ignored findings: list of { id, reason, expires = \"YYYY-MM-DD\" (optional; the entry stops applying on that date) }",
+            "[]",
+        ))
+        .key(ConfigKey::optional_no_default(
+            "ignore-file",
+            "Plain-text .trivyignore in the workspace (one ID per line, # comments, exp:YYYY-MM-DD); YAML is not supported",
+        ))
+        .key(ConfigKey::optional(
+            "gate-secrets",
+            "Secrets at or above the threshold block (false: they only warn)",
+            "true",
+        ))
+        .key(ConfigKey::optional(
+            "gate-misconfig",
+            "Failed misconfiguration checks at or above the threshold block (false: they only warn)",
+            "true",
+        ))
+        .key(ConfigKey::optional(
+            "max-annotations",
+            "Most annotations per group (blocking, warnings, expired ignore entries) before one \"N more\"",
+            "100",
+        ))
+        .capability("scan")
+        .capability("workspace")
+    }
+
+    fn run(ctx: Context) -> Result<Report, StageError> {
+        execute(&ctx, &mut HostScanner, Path::new(WORKSPACE), Date::today())
+    }
+}
+
+stage_sdk::export_stage!(TrivyGate);
+
+#[cfg(test)]
+mod tests;
