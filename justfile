@@ -18,7 +18,7 @@ services:
 test: services plugins
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo build -p host --bin host
+    cargo build --workspace --all-targets
     cargo test --workspace
 
 # Run the demo app's CI/CD flow (pipelines/demo.toml) on the real engine and registry.

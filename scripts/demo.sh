@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash pipelines/demo-app/build.sh
+bash plugins/deploy-proxy/build.sh
 cargo build --quiet -p pipeline-tests --bin slack-receiver
 
 log="$(mktemp)"
@@ -26,7 +27,26 @@ export SLACK_WEBHOOK_URL="$addr/services/T000DEMO/B000DEMO/demo-token"
 # The local registry's test credentials (scripts/services.sh).
 export REGISTRY_AUTH="${REGISTRY_USER:-ci}:${REGISTRY_PASSWORD:-ci-registry-password}"
 
-./target/debug/host run pipelines/demo.toml --branch main
+# `main` deploys to `prod`, which needs an approval: the run waits and prints
+# the command; here the script plays the person who runs it.
+runlog="$(mktemp)"
+./target/debug/host run pipelines/demo.toml --branch main 2> >(tee "$runlog" >&2) &
+run=$!
+approve=""
+for _ in $(seq 1 1500); do
+  approve="$(sed -n 's/.*approve: \(host approve .*\)$/\1/p' "$runlog" | head -n 1)"
+  [ -n "$approve" ] && break
+  kill -0 "$run" 2>/dev/null || break
+  sleep 0.2
+done
+if [ -n "$approve" ]; then
+  echo ">>> demo: approving the deployment, as a person would: $approve"
+  ./target/debug/$approve --by demo --comment "approved by scripts/demo.sh"
+fi
+wait "$run"
+echo
+echo "the deployed app, through the switch proxy:"
+curl -s http://127.0.0.1:18080/health; echo
 echo
 echo "tags of demo-app in the registry:"
 curl -s -u "$REGISTRY_AUTH" http://127.0.0.1:5000/v2/demo-app/tags/list; echo
