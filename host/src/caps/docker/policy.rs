@@ -303,24 +303,35 @@ impl DockerPolicy {
         let Some((ws, _)) = &self.workspace else {
             return Err(denied(&self.stage, "workspace", "build context"));
         };
-        let ctx = inside(ws, context).ok_or_else(|| {
-            self.deny(
-                "build",
-                format!("context `{context}` outside the workspace"),
-            )
-        })?;
+        let ctx = match inside(ws, context) {
+            Ok(p) if p.is_dir() => p,
+            Ok(_) | Err(Resolve::Missing) => {
+                return Err(CapError::Invalid(format!(
+                    "no directory `{context}` in the workspace"
+                )))
+            }
+            Err(Resolve::Outside) => {
+                return Err(self.deny(
+                    "build",
+                    format!("context `{context}` outside the workspace"),
+                ))
+            }
+        };
         let dockerfile = dockerfile.unwrap_or("Dockerfile");
-        let df = inside(&ctx, dockerfile).ok_or_else(|| {
-            self.deny(
-                "build",
-                format!("Dockerfile `{dockerfile}` outside the build context"),
-            )
-        })?;
-        if !df.is_file() {
-            return Err(CapError::Invalid(format!(
-                "no Dockerfile at `{dockerfile}` in context `{context}`"
-            )));
-        }
+        let df = match inside(&ctx, dockerfile) {
+            Ok(p) if p.is_file() => p,
+            Ok(_) | Err(Resolve::Missing) => {
+                return Err(CapError::Invalid(format!(
+                    "no Dockerfile at `{dockerfile}` in context `{context}`"
+                )))
+            }
+            Err(Resolve::Outside) => {
+                return Err(self.deny(
+                    "build",
+                    format!("Dockerfile `{dockerfile}` outside the build context"),
+                ))
+            }
+        };
         let rel = df
             .strip_prefix(&ctx)
             .map(|p| p.to_string_lossy().into_owned())
@@ -329,14 +340,27 @@ impl DockerPolicy {
     }
 }
 
-/// `base/rel` if it stays inside `base` once symlinks are resolved.
-fn inside(base: &Path, rel: &str) -> Option<PathBuf> {
+enum Resolve {
+    Outside,
+    Missing,
+}
+
+/// `base/rel` if it exists and stays inside `base` once symlinks are
+/// resolved.
+fn inside(base: &Path, rel: &str) -> Result<PathBuf, Resolve> {
     let rel = Path::new(rel);
     if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
-        return None;
+        return Err(Resolve::Outside);
     }
-    let p = base.join(rel).canonicalize().ok()?;
-    p.starts_with(base).then_some(p)
+    let p = base
+        .join(rel)
+        .canonicalize()
+        .map_err(|_| Resolve::Missing)?;
+    if p.starts_with(base) {
+        Ok(p)
+    } else {
+        Err(Resolve::Outside)
+    }
 }
 
 #[cfg(test)]
