@@ -158,37 +158,7 @@ fn cfg_err(key: &str, msg: impl std::fmt::Display) -> StageError {
 
 /// `500ms`, `30s`, `5m`, `1h30m`, `1m30s` (at most 24h).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m)"));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => {
-                return Err(format!(
-                    "{text:?}: unit must be ms, s, m or h (e.g. 500ms, 30s)"
-                ))
-            }
-        };
-        total = total.saturating_add(d);
-    }
+    let total = stage_sdk::duration::parse(text)?;
     if total > Duration::from_secs(24 * 3600) {
         return Err(format!("{text:?} is more than 24h"));
     }
@@ -404,22 +374,9 @@ pub fn from_with(with: &With, ctx: &Context) -> Result<Config, StageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stage_sdk::{StageStatus, Upstream};
 
     fn ctx(json: &str, needs: Vec<(&str, Vec<(&str, &str)>)>) -> Context {
-        let mut raw = Context::for_test("deploy", json).into_raw();
-        raw.needs = needs
-            .into_iter()
-            .map(|(stage, outs)| Upstream {
-                stage: stage.into(),
-                status: StageStatus::Success,
-                outputs: outs
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            })
-            .collect();
-        Context::new(raw)
+        Context::for_test_with_needs("deploy", json, needs)
     }
 
     fn err(json: &str) -> String {

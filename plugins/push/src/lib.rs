@@ -401,7 +401,7 @@ stage_sdk::export_stage!(Push);
 mod tests {
     use super::*;
     use stage_sdk::bindings::ci::stage::types::RemoteError;
-    use stage_sdk::{Denial, ReportStatus, StageStatus, Upstream};
+    use stage_sdk::{Denial, ReportStatus};
     use std::cell::RefCell;
 
     fn remote(status: u16, code: &str, message: &str, transient: bool) -> CapError {
@@ -455,19 +455,7 @@ mod tests {
     }
 
     fn ctx_with_needs(json: &str, needs: Vec<(&str, Vec<(&str, &str)>)>) -> Context {
-        let mut raw = Context::for_test("push", json).into_raw();
-        raw.needs = needs
-            .into_iter()
-            .map(|(stage, outs)| Upstream {
-                stage: stage.into(),
-                status: StageStatus::Success,
-                outputs: outs
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            })
-            .collect();
-        Context::new(raw)
+        Context::for_test_with_needs("push", json, needs)
     }
 
     const REFS: &str = r#"{"refs":["127.0.0.1:5000/demo-app:1.2.3","127.0.0.1:5000/demo-app:latest"],"auth":"registry"}"#;

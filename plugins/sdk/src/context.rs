@@ -40,6 +40,28 @@ impl Context {
         })
     }
 
+    /// A test context whose `needs` are successful upstream stages with
+    /// these outputs: `[("tag", vec![("refs", "a:1,a:2")])]`.
+    pub fn for_test_with_needs(
+        stage: &str,
+        config_json: &str,
+        needs: Vec<(&str, Vec<(&str, &str)>)>,
+    ) -> Self {
+        let mut raw = Self::for_test(stage, config_json).into_raw();
+        raw.needs = needs
+            .into_iter()
+            .map(|(stage, outputs)| crate::Upstream {
+                stage: stage.into(),
+                status: crate::StageStatus::Success,
+                outputs: outputs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })
+            .collect();
+        Context::new(raw)
+    }
+
     /// The generated record.
     pub fn raw(&self) -> &StageContext {
         &self.inner

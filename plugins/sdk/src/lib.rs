@@ -36,6 +36,7 @@ extern crate self as stage_sdk;
 
 mod config;
 mod context;
+pub mod duration;
 pub mod http;
 pub mod log;
 mod report;

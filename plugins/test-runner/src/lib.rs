@@ -121,51 +121,11 @@ fn fifty() -> usize {
 
 /// Parses `90s`, `5m`, `1h30m`, `500ms`, `2h` into milliseconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total: u64 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration (like \"90s\", \"5m\", \"1h30m\")"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let ms_per = match rest[..unit_len].trim() {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "" => {
-                return Err(format!(
-                    "{text:?}: missing unit (ms, s, m, h or d) after {n}"
-                ))
-            }
-            u => return Err(format!("{text:?}: unknown unit {u:?} (ms, s, m, h or d)")),
-        };
-        rest = &rest[unit_len..];
-        total = n
-            .checked_mul(ms_per)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{text:?}: duration too large"))?;
-    }
-    if total == 0 {
+    let total = stage_sdk::duration::parse(text)?;
+    if total.is_zero() {
         return Err(format!("{text:?}: the timeout must be more than zero"));
     }
-    Ok(total)
+    u64::try_from(total.as_millis()).map_err(|_| format!("{text:?}: duration too large"))
 }
 
 /// The checked configuration.
