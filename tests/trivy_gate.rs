@@ -6,8 +6,16 @@ use pipeline_tests::harness::Harness;
 use pipeline_tests::plugins::root;
 use pipeline_tests::services::{self, planted_secret_image, remove_images};
 
+/// The real reports in `../shared/data/trivy` (shared/ sits beside the
+/// checkout, in CI as in development).
 fn shared_trivy(name: &str) -> std::path::PathBuf {
-    root().join("../shared/data/trivy").join(name)
+    let p = root().join("../shared/data/trivy").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: the tests expect shared/ beside the checkout",
+        p.display()
+    );
+    p
 }
 
 fn gate_pipeline(stages: &[(&str, &str)]) -> String {
