@@ -18,3 +18,10 @@ for c in "${crates[@]}"; do
   src="$build/wasm32-wasip2/release/${c//-/_}.wasm"
   cp -u "$src" "$target/plugins/$c.wasm"
 done
+# Plugins in other languages (Python, JavaScript) carry their own
+# build-component.sh, which installs its toolchain if needed and writes
+# "$1/<name>.wasm".
+for script in "$root"/plugins/*/build-component.sh; do
+  [ -e "$script" ] || continue
+  bash "$script" "$target/plugins"
+done
