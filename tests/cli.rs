@@ -4,26 +4,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use pipeline_tests::cli::{host, text};
 use pipeline_tests::plugins::{host_bin, plugin, root};
 use pipeline_tests::slack::SlackReceiver;
-
-fn host(state: &Path, args: &[&str]) -> Output {
-    Command::new(host_bin())
-        .env("HOST_STATE_DIR", state)
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .expect("running host")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_no_panic(out: &Output) {
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(!all.contains("panicked"), "host panicked:\n{all}");
-}
 
 #[test]
 fn check_reports_file_line_col_for_a_malformed_file() {
@@ -36,7 +19,6 @@ fn check_reports_file_line_col_for_a_malformed_file() {
     )
     .unwrap();
     let out = host(&state, &["check", file.to_str().unwrap()]);
-    assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     let f = file.display().to_string();
@@ -52,7 +34,6 @@ fn check_reports_file_line_col_for_a_malformed_file() {
     // A TOML syntax error, too.
     std::fs::write(&file, "[pipeline]\nname = \"x\n").unwrap();
     let out = host(&state, &["check", file.to_str().unwrap()]);
-    assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains(&format!("{f}:2:")),
@@ -98,7 +79,6 @@ fn check_refuses_plugins_that_are_not_stage_components() {
         )
         .unwrap();
         let out = host(&state, &["check", file.to_str().unwrap()]);
-        assert_no_panic(&out);
         assert_eq!(out.status.code(), Some(2));
         let err = text(&out.stderr);
         assert!(err.contains(location) && err.contains(expected), "{err}");
@@ -220,6 +200,11 @@ fn help_on_every_command() {
         vec!["check", "--help"],
         vec!["plugin", "--help"],
         vec!["plugin", "inspect", "--help"],
+        vec!["plugin", "push", "--help"],
+        vec!["plugin", "pull", "--help"],
+        vec!["plugin", "sign", "--help"],
+        vec!["plugin", "new", "--help"],
+        vec!["lock", "--help"],
     ] {
         let out = host(dir.path(), &args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");

@@ -8,6 +8,7 @@
 //! - [`cli`]: the `host` command line.
 pub mod caps;
 pub mod cli;
+pub mod distribution;
 pub mod pipeline;
 pub mod run;
 pub mod runtime;

@@ -73,3 +73,40 @@ async fn redirect(State(s): State<AppState>) -> impl IntoResponse {
         None => (StatusCode::NOT_FOUND, "no redirect configured").into_response(),
     }
 }
+
+/// Serves files from a map that a test can change while it runs (to
+/// publish a plugin, then tamper with it). Unknown paths answer 404.
+#[derive(Clone, Default)]
+pub struct FileServer {
+    files: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+}
+
+impl FileServer {
+    pub async fn start(&self) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+        let files = self.files.clone();
+        let app = Router::new().fallback(move |uri: axum::http::Uri| {
+            let files = files.clone();
+            async move {
+                match files.lock().unwrap().get(uri.path()) {
+                    Some(b) => (StatusCode::OK, b.clone()),
+                    None => (StatusCode::NOT_FOUND, b"not found".to_vec()),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok((addr, tx))
+    }
+
+    pub fn put(&self, path: &str, bytes: Vec<u8>) {
+        self.files.lock().unwrap().insert(path.to_string(), bytes);
+    }
+}

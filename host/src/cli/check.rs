@@ -6,7 +6,6 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::exit;
-use crate::pipeline;
 use crate::run::preflight;
 
 #[derive(Args)]
@@ -16,6 +15,9 @@ pub struct CheckArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Fail when a remote plugin is not pinned in the lock file yet.
+    #[arg(long)]
+    pub locked: bool,
 }
 
 #[derive(Serialize)]
@@ -36,7 +38,9 @@ struct JsonDiagnostic {
 }
 
 pub async fn check(args: CheckArgs, state_dir: &Path) -> Result<u8> {
-    let (pipeline, diags) = match pipeline::load(&args.file) {
+    let loaded =
+        super::run::load_resolved(&args.file, state_dir, super::run::lock_mode(args.locked)).await;
+    let (pipeline, diags) = match loaded {
         Err(e) => (None, e.diagnostics),
         Ok(p) => {
             let runtime = super::runtime(state_dir)?;

@@ -1,7 +1,9 @@
 //! The `host` command line.
 mod approve;
 mod check;
+mod lock;
 mod plugin;
+mod plugin_new;
 mod rollback;
 mod run;
 
@@ -37,6 +39,8 @@ enum Command {
     Run(run::RunArgs),
     /// Validate a pipeline file and its plugins without running any stage.
     Check(check::CheckArgs),
+    /// Pin the pipeline's remote plugins in its lock file.
+    Lock(lock::LockArgs),
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -75,6 +79,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(a) => run::run(a, &state_dir).await,
             Command::Check(a) => check::check(a, &state_dir).await,
+            Command::Lock(a) => lock::lock(a, state_dir.as_path()).await,
             Command::Plugin(c) => plugin::plugin(c, &state_dir).await,
             Command::Approve(a) => {
                 approve::decide(a, crate::run::approvals::Decision::Approved, &state_dir).await

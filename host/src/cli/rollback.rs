@@ -34,6 +34,9 @@ pub struct RollbackArgs {
     /// Print the run record as JSON on stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// Refuse to run unless every remote plugin is pinned in the lock file.
+    #[arg(long)]
+    pub locked: bool,
 }
 
 /// One deployment found in the history.
@@ -95,13 +98,16 @@ pub fn pick<'a>(history: &'a [Deployment], to: Option<&str>) -> Result<&'a Deplo
 }
 
 pub async fn rollback(args: RollbackArgs, state_dir: &Path) -> Result<u8> {
-    let pipeline = match pipeline::load(&args.file) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(super::exit::USAGE);
-        }
-    };
+    let pipeline =
+        match super::run::load_resolved(&args.file, state_dir, super::run::lock_mode(args.locked))
+            .await
+        {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(super::exit::USAGE);
+            }
+        };
     if pipeline.environment(&args.environment).is_none() {
         bail!(
             "environment `{}` is not declared in [environments] of {}",

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
 use crate::cli::exit;
+use crate::distribution::{self, LockMode};
 use crate::pipeline;
 use crate::run::approvals::ApprovalStore;
 use crate::run::console::Console;
@@ -52,6 +53,32 @@ pub struct RunArgs {
     /// Print the run record as JSON on stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// Refuse to run unless every remote plugin is already pinned in the
+    /// lock file (for CI: the lock file is never changed).
+    #[arg(long)]
+    pub locked: bool,
+}
+
+pub(super) fn lock_mode(locked: bool) -> LockMode {
+    if locked {
+        LockMode::Locked
+    } else {
+        LockMode::Normal
+    }
+}
+
+/// Load a pipeline and resolve its plugins to verified local files
+/// (fetching and pinning remote ones; see `crate::distribution`).
+pub(super) async fn load_resolved(
+    file: &Path,
+    state_dir: &Path,
+    mode: LockMode,
+) -> Result<pipeline::Pipeline, pipeline::PipelineError> {
+    let mut p = pipeline::load(file)?;
+    distribution::resolve(&mut p, state_dir, mode)
+        .await
+        .map_err(pipeline::PipelineError::new)?;
+    Ok(p)
 }
 
 pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -65,7 +92,7 @@ pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
-    let pipeline = match pipeline::load(&args.file) {
+    let pipeline = match load_resolved(&args.file, state_dir, lock_mode(args.locked)).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("{e}");

@@ -6,8 +6,8 @@
 //! [`Diagnostic`] with `file:line:col` so `host check` can point at it.
 //!
 //! Glob patterns in `when` use `when.rs` rules: `*` does not cross `/`, `**`
-//! does. Only plain paths are accepted as plugin references for now;
-//! `oci://` and `https://` are refused with "not supported yet".
+//! does. Plugin entries are paths, `oci://` references or pinned URLs;
+//! fetching and pinning remote ones is `crate::distribution`'s job.
 
 mod dag;
 mod files;
@@ -44,6 +44,9 @@ pub struct Pipeline {
     pub name: String,
     pub default_branch: String,
     pub plugins: BTreeMap<String, PluginRef>,
+    /// `[trust]`: keys every plugin must be signed by (empty: no signing
+    /// required).
+    pub trust: Trust,
     pub secrets: BTreeMap<String, SecretSource>,
     /// `[environments]`, in file order (the first that matches a run wins).
     pub environments: Vec<Environment>,
@@ -70,12 +73,53 @@ pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginRef {
     pub name: String,
-    /// The reference as written (a path today; `oci://…`/`https://…` later).
-    pub source: String,
-    /// `source` resolved against the pipeline's directory.
+    pub source: PluginSource,
+    /// Digest pinned in the pipeline file (`sha256 = "…"`, lowercase hex);
+    /// required for URLs.
+    pub sha256: Option<String>,
+    /// Where the component's bytes are: the file for a path entry; for a
+    /// remote entry, its blob in the local cache once resolved (empty
+    /// before).
     pub path: PathBuf,
     /// Where the entry's value is, for errors about this plugin.
     pub location: Location,
+}
+
+/// Where a plugin's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A file, as written (relative to the pipeline's directory).
+    Path(String),
+    /// An OCI reference without the scheme: `registry/repo:tag` or
+    /// `registry/repo@sha256:…`.
+    Oci(String),
+    /// An `https://` URL (or `http://` on loopback), always with a digest.
+    Url(String),
+}
+
+impl PluginSource {
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, PluginSource::Path(_))
+    }
+}
+
+impl fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginSource::Path(p) => f.write_str(p),
+            PluginSource::Oci(r) => write!(f, "oci://{r}"),
+            PluginSource::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// `[trust]`: who may have built the plugins this pipeline runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// Public keys as written (`ed25519:BASE64`); when not empty, every
+    /// plugin must carry a signature by one of them.
+    pub signed_by: Vec<String>,
+    pub location: Option<Location>,
 }
 
 /// Where the host reads a secret's value from when a stage uses it.
@@ -217,7 +261,7 @@ impl fmt::Display for PipelineError {
 }
 
 impl PipelineError {
-    fn new(mut diagnostics: Vec<Diagnostic>) -> Self {
+    pub fn new(mut diagnostics: Vec<Diagnostic>) -> Self {
         // Stable: problems at the same spot keep the order they were found.
         diagnostics.sort_by(|a, b| {
             (a.location.line, a.location.col).cmp(&(b.location.line, b.location.col))

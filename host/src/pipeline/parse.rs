@@ -25,12 +25,20 @@ pub(super) struct RawFile {
     pub pipeline: Option<Spanned<RawPipeline>>,
     #[serde(default)]
     pub plugins: BTreeMap<Str, Spanned<toml::Value>>,
+    pub trust: Option<Spanned<RawTrust>>,
     #[serde(default)]
     pub secrets: BTreeMap<Str, Spanned<RawSecret>>,
     #[serde(default)]
     pub environments: BTreeMap<Str, Spanned<RawEnvironment>>,
     #[serde(default)]
     pub stage: Vec<Spanned<RawStage>>,
+}
+
+/// `[trust]`: the keys plugins must be signed by.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawTrust {
+    pub signed_by: StrList,
 }
 
 /// `[environments.NAME]`: which runs deploy to it, and whether a person

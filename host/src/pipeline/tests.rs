@@ -116,7 +116,7 @@ fn full_example_loads() {
     assert_eq!(p.default_branch, "trunk");
 
     let tag = &p.plugins["tag"];
-    assert_eq!(tag.source, "plugins/tag.wasm");
+    assert_eq!(tag.source, PluginSource::Path("plugins/tag.wasm".into()));
     assert_eq!(tag.path, tmp.path().join("plugins/tag.wasm"));
     assert_eq!((tag.location.line, tag.location.col), (7, 7));
     assert_eq!(p.location_of_plugin("slack-notify").unwrap().line, 8);
@@ -258,7 +258,7 @@ fn unknown_keys() {
         "[pipeline]\nname = \"x\"\n[foo]\n",
         3,
         2,
-        "expected one of `pipeline`, `plugins`, `secrets`, `environments`, `stage`",
+        "expected one of `pipeline`, `plugins`, `trust`, `secrets`, `environments`, `stage`",
     );
     let stage = |extra: &str| format!("{HEAD}[[stage]]\nname = \"a\"\nplugin = \"tag\"\n{extra}\n");
     assert_diag(
@@ -310,10 +310,10 @@ fn wrong_shapes() {
         "invalid type",
     );
     assert_diag(
-        "[pipeline]\nname = \"x\"\n[plugins]\ntag = { path = \"t.wasm\" }\n",
+        "[pipeline]\nname = \"x\"\n[plugins]\ntag = 3\n",
         4,
         7,
-        "plugin `tag` must be a path string like \"plugins/tag.wasm\", found a table",
+        "plugin `tag`: found an integer; expected \"plugins/x.wasm\"",
     );
 }
 
@@ -401,21 +401,45 @@ fn unknown_plugin() {
 }
 
 #[test]
-fn plugin_schemes_not_supported_yet() {
-    let text = "[pipeline]\nname = \"x\"\n[plugins]\ntrivy = \"oci://127.0.0.1:5000/plugins/trivy:0.1\"\nweird = \"ftp://x\"\n[[stage]]\nname = \"a\"\nplugin = \"trivy\"\n";
-    assert_diag(
-        text,
-        4,
-        9,
-        "`oci://` plugin references are not supported yet",
+fn plugin_reference_forms() {
+    let digest = "a".repeat(64);
+    let text = format!(
+        "[pipeline]\nname = \"x\"\n[plugins]\ntrivy = \"oci://127.0.0.1:5000/plugins/trivy:0.1\"\nweb = {{ url = \"https://example.com/x.wasm\", sha256 = \"sha256:{digest}\" }}\nlocal = {{ path = \"x.wasm\" }}\n[[stage]]\nname = \"a\"\nplugin = \"trivy\"\n"
     );
+    let p = parse(Path::new("p.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.plugins["trivy"].source,
+        PluginSource::Oci("127.0.0.1:5000/plugins/trivy:0.1".into())
+    );
+    assert_eq!(
+        p.plugins["web"].source,
+        PluginSource::Url("https://example.com/x.wasm".into())
+    );
+    assert_eq!(p.plugins["web"].sha256.as_deref(), Some(digest.as_str()));
+    assert_eq!(p.plugins["local"].path, Path::new("./x.wasm"));
+}
+
+#[test]
+fn plugin_reference_errors() {
+    let text = "[pipeline]\nname = \"x\"\n[plugins]\nweb = \"https://example.com/x.wasm\"\nweird = \"ftp://x\"\nplain = \"http://example.com/x.wasm\"\nbad = { url = \"https://e.com/x.wasm\", sha256 = \"12\" }\nboth = { path = \"a.wasm\", oci = \"r/x:1\" }\nupper = \"oci://127.0.0.1:5000/Plugins/x:1\"\n[[stage]]\nname = \"a\"\nplugin = \"web\"\n";
+    assert_diag(text, 4, 7, "a URL needs its digest");
     assert_diag(text, 5, 9, "unknown plugin reference scheme `ftp://`");
+    assert_diag(text, 6, 9, "plain http is only allowed on loopback");
+    assert_diag(text, 7, 7, "`sha256`: ");
+    assert_diag(text, 8, 8, "give only one of `path`, `oci`, `url`");
+    assert_diag(text, 9, 9, "oci://127.0.0.1:5000/Plugins/x:1");
     assert_diag(
         "[pipeline]\nname = \"x\"\n[plugins]\n\"bad name\" = \"t.wasm\"\n[[stage]]\nname = \"a\"\nplugin = \"bad name\"\n",
         4,
         1,
         "invalid plugin name \"bad name\"",
     );
+}
+
+#[test]
+fn trust_keys_are_checked() {
+    let text = format!("{HEAD}[trust]\nsigned-by = [\"ed25519:nope\"]\n[[stage]]\nname = \"a\"\nplugin = \"tag\"\n");
+    assert_diag(&text, 11, 14, "`trust.signed-by`");
 }
 
 #[test]

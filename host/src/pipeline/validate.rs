@@ -10,8 +10,8 @@ use serde_spanned::Spanned;
 use super::parse::{RawDocker, RawFile, RawGrants, RawStage, RawWhen, Source, Str, StrList};
 use super::{
     dag, units, when, Diagnostic, DockerGrants, Environment, Grants, Location, Pipeline, PluginRef,
-    PortRange, SecretSource, Stage, When, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY,
-    DEFAULT_TIMEOUT, MAX_RETRIES,
+    PluginSource, PortRange, SecretSource, Stage, Trust, When, DEFAULT_APPROVAL_TIMEOUT,
+    DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
 };
 
 const STAGE_NAME_RULE: &str =
@@ -86,38 +86,28 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
     let mut plugins = BTreeMap::new();
     for (key, value) in raw.plugins {
         check_id(&mut cx, &key, "plugin");
-        let location = cx.loc(value.span());
-        let source = match value.get_ref() {
-            toml::Value::String(s) => s.clone(),
-            other => {
-                cx.err(
-                    value.span(),
-                    format!(
-                        "plugin `{}` must be a path string like \"plugins/tag.wasm\", found {}",
-                        key.get_ref(),
-                        type_name(other)
-                    ),
-                );
-                continue;
-            }
-        };
-        let path = match plugin_path(&source, &dir) {
-            Ok(p) => p,
-            Err(msg) => {
-                cx.err(value.span(), format!("plugin `{}`: {msg}", key.get_ref()));
-                PathBuf::new()
-            }
-        };
         let name = key.into_inner();
-        plugins.insert(
-            name.clone(),
-            PluginRef {
-                name,
-                source,
-                path,
-                location,
-            },
-        );
+        if let Some(p) = plugin_entry(&mut cx, &name, &value, &dir) {
+            plugins.insert(name, p);
+        }
+    }
+
+    // [trust]
+    let mut trust = Trust::default();
+    if let Some(t) = raw.trust {
+        trust.location = Some(cx.loc(t.span()));
+        for k in &t.get_ref().signed_by {
+            match crate::distribution::signing::PublicKey::parse(k.get_ref()) {
+                Ok(_) => trust.signed_by.push(k.get_ref().clone()),
+                Err(e) => cx.err(k.span(), format!("`trust.signed-by`: {e}")),
+            }
+        }
+        if t.get_ref().signed_by.is_empty() {
+            cx.err(
+                t.span(),
+                "`trust.signed-by` is empty; list the public keys (`ed25519:…`, from `host plugin keygen`) plugins must be signed by, or remove [trust]",
+            );
+        }
     }
 
     // [secrets]
@@ -235,6 +225,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         name,
         default_branch,
         plugins,
+        trust,
         secrets,
         environments,
         stages,
@@ -659,23 +650,128 @@ fn size(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<u64> {
         .ok()
 }
 
-/// Where a plugin comes from. Only plain paths for now; the scheme check
-/// keeps room for `oci://` and `https://` references later.
-fn plugin_path(source: &str, dir: &Path) -> Result<PathBuf, String> {
-    if source.trim().is_empty() {
+/// One `[plugins]` entry: `"path.wasm"`, `"oci://registry/repo:tag"`, or a
+/// table `{ path | oci | url = "…", sha256 = "…" }` (a URL needs `sha256`:
+/// nothing else says what its bytes should be).
+fn plugin_entry(
+    cx: &mut Ctx<'_, '_>,
+    name: &str,
+    value: &Spanned<toml::Value>,
+    dir: &Path,
+) -> Option<PluginRef> {
+    const FORMS: &str = "expected \"plugins/x.wasm\", \"oci://registry/repo:tag\" or { url = \"https://…/x.wasm\", sha256 = \"…\" }";
+    let span = value.span();
+    let location = cx.loc(span.clone());
+    let (written, sha256) = match value.get_ref() {
+        toml::Value::String(s) => (s.clone(), None),
+        toml::Value::Table(t) => {
+            let mut written = None;
+            let mut sha256 = None;
+            for (k, v) in t {
+                let Some(text) = v.as_str() else {
+                    cx.err(
+                        span.clone(),
+                        format!(
+                            "plugin `{name}`: `{k}` must be a string, found {}",
+                            type_name(v)
+                        ),
+                    );
+                    return None;
+                };
+                match k.as_str() {
+                    "path" | "oci" | "url" if written.is_some() => {
+                        cx.err(
+                            span.clone(),
+                            format!("plugin `{name}`: give only one of `path`, `oci`, `url`"),
+                        );
+                        return None;
+                    }
+                    "path" => written = Some(text.to_string()),
+                    "oci" if text.starts_with("oci://") => written = Some(text.to_string()),
+                    "oci" => written = Some(format!("oci://{text}")),
+                    "url" => written = Some(text.to_string()),
+                    "sha256" => sha256 = Some(text.to_string()),
+                    other => {
+                        cx.err(
+                            span.clone(),
+                            format!("plugin `{name}`: unknown key `{other}`; {FORMS}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            let Some(w) = written else {
+                cx.err(
+                    span.clone(),
+                    format!("plugin `{name}` needs one of `path`, `oci`, `url`; {FORMS}"),
+                );
+                return None;
+            };
+            (w, sha256)
+        }
+        other => {
+            cx.err(
+                span,
+                format!("plugin `{name}`: found {}; {FORMS}", type_name(other)),
+            );
+            return None;
+        }
+    };
+    let sha256 = match sha256.map(|d| crate::distribution::parse_sha256(&d)) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            cx.err(span, format!("plugin `{name}`: `sha256`: {e}"));
+            return None;
+        }
+    };
+    match plugin_source(&written, sha256.is_some()) {
+        Ok(source) => Some(PluginRef {
+            name: name.to_string(),
+            path: match &source {
+                PluginSource::Path(p) => dir.join(p),
+                _ => PathBuf::new(),
+            },
+            source,
+            sha256,
+            location,
+        }),
+        Err(msg) => {
+            cx.err(span, format!("plugin `{name}`: {msg}"));
+            None
+        }
+    }
+}
+
+fn plugin_source(written: &str, pinned: bool) -> Result<PluginSource, String> {
+    if written.trim().is_empty() {
         return Err("path must not be empty; expected a path like \"plugins/tag.wasm\"".into());
     }
-    if let Some((scheme, _)) = source.split_once("://") {
-        return Err(match scheme {
-            "oci" | "https" | "http" => format!(
-                "`{scheme}://` plugin references are not supported yet; use a path to a .wasm component file"
-            ),
-            _ => format!(
-                "unknown plugin reference scheme `{scheme}://`; expected a path to a .wasm component file"
-            ),
-        });
+    let Some((scheme, rest)) = written.split_once("://") else {
+        return Ok(PluginSource::Path(written.to_string()));
+    };
+    match scheme {
+        "oci" => crate::distribution::oci::parse_reference(rest)
+            .map(|_| PluginSource::Oci(rest.to_string()))
+            .map_err(|e| format!("`{written}`: {e}")),
+        "https" | "http" => {
+            let url = url::Url::parse(written).map_err(|e| format!("`{written}`: {e}"))?;
+            if scheme == "http" && !crate::distribution::is_loopback(url.host_str().unwrap_or("")) {
+                return Err(format!(
+                    "`{written}`: plain http is only allowed on loopback; use https"
+                ));
+            }
+            if !pinned {
+                return Err(format!(
+                    "a URL needs its digest: {{ url = \"{written}\", sha256 = \"…\" }} (`sha256sum x.wasm` prints it)"
+                ));
+            }
+            Ok(PluginSource::Url(written.to_string()))
+        }
+        _ => Err(format!(
+            "unknown plugin reference scheme `{scheme}://`; expected a path, `oci://` or `https://`"
+        )),
     }
-    Ok(dir.join(source))
 }
 
 fn valid_stage_name(s: &str) -> bool {

@@ -324,14 +324,13 @@ fn classify_trap(
         ));
     }
     // The root cause is the useful part (e.g. "wasm trap: unreachable");
-    // add the guest's panic message if it printed one.
+    // add the guest's panic message if it printed one: Rust's default hook
+    // writes "panicked at" to stderr, the SDK's hook logs "panic: …" at error.
     let mut msg = err.root_cause().to_string();
-    if let Some(panic) = log
-        .finish()
-        .iter()
-        .rev()
-        .find(|l| l.stream == "stderr" && l.text.contains("panicked at"))
-    {
+    if let Some(panic) = log.finish().iter().rev().find(|l| {
+        (l.stream == "stderr" && l.text.contains("panicked at"))
+            || (l.stream == "error" && l.text.starts_with("panic: "))
+    }) {
         msg = format!("{msg} ({})", panic.text);
     }
     StageFailure::Trap(msg)

@@ -87,53 +87,7 @@ impl Engine for HostEngine {
     }
 }
 
-/// Checks a full image reference `[host[:port]/]path:tag`: lower-case
-/// repository path, a tag matching `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, no digest.
-pub fn validate_reference(image: &str) -> Result<(), String> {
-    if image.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if image.contains('@') {
-        return Err(format!("{image:?} must not contain a digest"));
-    }
-    let slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
-    let Some(colon) = image[slash..].rfind(':').map(|i| i + slash) else {
-        return Err(format!(
-            "{image:?} needs a tag, e.g. \"{image}:build-1\" (the build is tagged with it)"
-        ));
-    };
-    let (repo, tag) = (&image[..colon], &image[colon + 1..]);
-    let tb = tag.as_bytes();
-    let tag_ok = !tb.is_empty()
-        && tb.len() <= 128
-        && (tb[0].is_ascii_alphanumeric() || tb[0] == b'_')
-        && tb
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
-    if !tag_ok {
-        return Err(format!(
-            "{image:?}: tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
-        ));
-    }
-    let mut parts: Vec<&str> = repo.split('/').collect();
-    let first = parts[0];
-    if parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost") {
-        parts.remove(0);
-    }
-    for p in parts {
-        let ok = !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-            && p.as_bytes()[0].is_ascii_alphanumeric()
-            && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric();
-        if !ok {
-            return Err(format!(
-                "{image:?}: path component {p:?} must be lower-case [a-z0-9] separated by '.', '_' or '-'"
-            ));
-        }
-    }
-    Ok(())
-}
+pub use stage_sdk::docker::validate_reference;
 
 /// Checks a workspace-relative path (`context`, `dockerfile`).
 pub fn validate_relative(path: &str) -> Result<(), String> {
@@ -275,6 +229,7 @@ impl Stage for Build {
             "Image labels (table of scalars); org.opencontainers.image.revision is added",
             "{}",
         ))
+        .capability("workspace")
         .capability("docker.build")
     }
 

@@ -388,6 +388,7 @@ impl Stage for Push {
             "500",
         ))
         .capability("docker.push")
+        .capability("secrets")
     }
 
     fn run(ctx: Context) -> Result<Report, StageError> {

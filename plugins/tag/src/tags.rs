@@ -160,51 +160,17 @@ pub fn sanitize(name: &str) -> Option<String> {
     }
 }
 
-/// Checks a Docker tag against `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-pub fn is_valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
+pub use stage_sdk::docker::is_valid_tag;
 
-/// Checks a repository name such as `127.0.0.1:5000/demo-app` or
-/// `ghcr.io/org/app`: no tag or digest, lower-case path components made of
-/// `[a-z0-9]` separated by `.`, `_`, `__` or `-`.
+/// Checks a repository name such as `127.0.0.1:5000/demo-app` (the tags
+/// are computed, so none may be given).
 pub fn validate_image(image: &str) -> Result<(), String> {
-    if image.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if image.contains('@') {
-        return Err(format!("{image:?} must not contain a digest"));
-    }
-    let mut parts: Vec<&str> = image.split('/').collect();
-    let first = parts[0];
-    let has_host =
-        parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_host {
-        parts.remove(0);
-    }
-    if parts.last().is_some_and(|p| p.contains(':')) {
-        return Err(format!(
-            "{image:?} must be a repository without a tag (the tags are computed)"
-        ));
-    }
-    for p in parts {
-        let ok = !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-            && p.as_bytes()[0].is_ascii_alphanumeric()
-            && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric();
-        if !ok {
-            return Err(format!(
-                "{image:?}: path component {p:?} must be lower-case [a-z0-9] separated by '.', '_' or '-'"
-            ));
-        }
-    }
-    Ok(())
+    stage_sdk::docker::validate_repository(image).map_err(|e| {
+        e.replace(
+            "must be a repository without a tag",
+            "must be a repository without a tag (the tags are computed)",
+        )
+    })
 }
 
 /// The tags for this run, deduplicated, in the order documented above.

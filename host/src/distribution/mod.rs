@@ -1,0 +1,386 @@
+//! Where plugin bytes come from and why the host trusts them.
+//!
+//! A `[plugins]` entry is a path, an `oci://` reference or a URL with a
+//! digest. [`resolve`] turns every entry into a local file before any stage
+//! runs:
+//! - remote entries are pinned in the pipeline's lock file ([`lock`]) and
+//!   fetched into a content-addressed cache ([`store`]), so later runs are
+//!   offline and run exactly the bytes of the first;
+//! - bytes that differ from a pin (the file's `sha256`, or the lock file's)
+//!   are refused, as is a tag that moved since it was locked;
+//! - with `[trust] signed-by`, every plugin needs an ed25519 signature by
+//!   one of those keys ([`signing`]).
+
+pub mod lock;
+pub mod oci;
+pub mod signing;
+pub mod store;
+mod url;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::pipeline::{Diagnostic, Location, Pipeline, PluginRef, PluginSource};
+use lock::{LockEntry, LockFile};
+use signing::{PublicKey, Signature, SignatureError};
+use store::BlobStore;
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `sha256:HEX` or `HEX` → lowercase hex.
+pub fn parse_sha256(s: &str) -> Result<String, String> {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{s:?} is not a sha256 digest (64 hex digits, optionally prefixed `sha256:`)"
+        ))
+    }
+}
+
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How a run treats the lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Use the pins; resolve and add entries that are missing or changed.
+    Normal,
+    /// Use the pins; refuse to run when one is missing (CI's `--locked`).
+    Locked,
+    /// Re-resolve every remote entry (`host lock --update`).
+    Update,
+}
+
+/// One resolved plugin, for `host lock` to print.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: String,
+    pub source: String,
+    pub sha256: String,
+    /// Fetched over the network in this call (not from the cache).
+    pub fetched: bool,
+    pub signed_by: Option<String>,
+}
+
+/// Make every plugin of `p` a verified local file (see the module docs).
+/// Sets each [`PluginRef::path`]; writes the lock file when it changed.
+pub async fn resolve(
+    p: &mut Pipeline,
+    state_dir: &Path,
+    mode: LockMode,
+) -> Result<Vec<Resolved>, Vec<Diagnostic>> {
+    let lock_path = lock::path_for(&p.file);
+    let file_diag = |message: String| Diagnostic {
+        location: Location {
+            file: p.file.clone(),
+            line: 1,
+            col: 1,
+        },
+        message,
+    };
+    let old = LockFile::read(&lock_path).map_err(|e| vec![file_diag(format!("{e:#}"))])?;
+    let trusted: Vec<PublicKey> = p
+        .trust
+        .signed_by
+        .iter()
+        .filter_map(|k| PublicKey::parse(k).ok())
+        .collect();
+    let r = Resolver {
+        store: BlobStore::new(state_dir),
+        auth: oci::auth_from_env(),
+        mode,
+        lock_name: lock_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let mut new = LockFile {
+        version: 1,
+        ..Default::default()
+    };
+    let mut diags = Vec::new();
+    let mut out = Vec::new();
+    for plugin in p.plugins.values_mut() {
+        let at = |message: String| Diagnostic {
+            location: plugin.location.clone(),
+            message: format!("plugin `{}` ({}): {message}", plugin.name, plugin.source),
+        };
+        let got = match &plugin.source {
+            PluginSource::Path(_) => r.local(plugin),
+            _ => r.remote(plugin, old.plugins.get(&plugin.name)).await,
+        };
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => {
+                diags.push(at(e));
+                continue;
+            }
+        };
+        let signed_by = if trusted.is_empty() {
+            None
+        } else {
+            match verify(&got, &trusted) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    diags.push(at(format!(
+                        "refused: [trust] requires a signature by a listed key, and {e}"
+                    )));
+                    continue;
+                }
+            }
+        };
+        plugin.path = got.path.clone();
+        if let Some(entry) = got.entry {
+            new.plugins.insert(plugin.name.clone(), entry);
+        }
+        out.push(Resolved {
+            name: plugin.name.clone(),
+            source: plugin.source.to_string(),
+            sha256: got.sha256,
+            fetched: got.fetched,
+            signed_by,
+        });
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    // A pipeline of local plugins only gets no lock file.
+    let wanted = lock_path.exists() || !new.plugins.is_empty();
+    if wanted && new != old {
+        if mode == LockMode::Locked {
+            return Err(vec![file_diag(format!(
+                "{} is out of date and --locked forbids changing it; run `host lock` and commit it",
+                lock_path.display()
+            ))]);
+        }
+        new.write(&lock_path)
+            .map_err(|e| vec![file_diag(format!("{e:#}"))])?;
+        tracing::info!(lock = %lock_path.display(), "lock file updated");
+    }
+    Ok(out)
+}
+
+/// A plugin's bytes on disk, and what the lock file should say about them.
+struct Got {
+    path: PathBuf,
+    sha256: String,
+    signature: Option<String>,
+    /// Where a missing signature would have been looked for.
+    signature_place: String,
+    entry: Option<LockEntry>,
+    fetched: bool,
+}
+
+struct Resolver {
+    store: BlobStore,
+    auth: oci_client::secrets::RegistryAuth,
+    mode: LockMode,
+    lock_name: String,
+}
+
+impl Resolver {
+    fn local(&self, plugin: &PluginRef) -> Result<Got, String> {
+        let bytes = std::fs::read(&plugin.path)
+            .map_err(|e| format!("cannot read {}: {e}", plugin.path.display()))?;
+        let sha256 = sha256_hex(&bytes);
+        if let Some(pin) = plugin.sha256.as_ref().filter(|pin| **pin != sha256) {
+            return Err(format!(
+                "refused: the file's sha256 is {sha256}, but the pipeline pins {pin}"
+            ));
+        }
+        let sig_path = PathBuf::from(format!("{}.sig", plugin.path.display()));
+        Ok(Got {
+            signature: std::fs::read_to_string(&sig_path).ok(),
+            signature_place: sig_path.display().to_string(),
+            path: plugin.path.clone(),
+            sha256,
+            entry: None,
+            fetched: false,
+        })
+    }
+
+    async fn remote(&self, plugin: &PluginRef, locked: Option<&LockEntry>) -> Result<Got, String> {
+        let source = plugin.source.to_string();
+        let usable = locked.filter(|l| {
+            self.mode != LockMode::Update
+                && l.source == source
+                && plugin.sha256.as_ref().is_none_or(|pin| *pin == l.sha256)
+        });
+        if let Some(l) = usable {
+            return self.locked(plugin, l).await;
+        }
+        if self.mode == LockMode::Locked {
+            return Err(format!(
+                "not pinned in {} (or its entry changed) and --locked forbids resolving it; run `host lock`",
+                self.lock_name
+            ));
+        }
+        let (bytes, resolved, signature) = self.fetch(&plugin.source).await?;
+        let sha256 = sha256_hex(&bytes);
+        if let Some(pin) = plugin.sha256.as_ref().filter(|pin| **pin != sha256) {
+            return Err(format!(
+                "refused: it resolved to bytes with sha256:{sha256}, but the pipeline pins sha256:{pin}"
+            ));
+        }
+        self.keep(&bytes, &signature)?;
+        Ok(Got {
+            path: self.store.path(&sha256),
+            entry: Some(LockEntry {
+                source,
+                resolved,
+                sha256: sha256.clone(),
+            }),
+            sha256,
+            signature_place: signature_place(&plugin.source),
+            signature,
+            fetched: true,
+        })
+    }
+
+    /// A pinned plugin: from the cache if there, else fetched and checked
+    /// against the pin.
+    async fn locked(&self, plugin: &PluginRef, l: &LockEntry) -> Result<Got, String> {
+        let got = |path, signature, fetched| Got {
+            path,
+            sha256: l.sha256.clone(),
+            signature,
+            signature_place: signature_place(&plugin.source),
+            entry: Some(l.clone()),
+            fetched,
+        };
+        if let Some(path) = self
+            .store
+            .get(&l.sha256)
+            .map_err(|e| format!("refused: {e}"))?
+        {
+            return Ok(got(path, self.store.signature(&l.sha256), false));
+        }
+        let (bytes, signature) = match &plugin.source {
+            PluginSource::Oci(r) => {
+                let tag = oci::parse_reference(r)?;
+                let pinned = l
+                    .resolved
+                    .strip_prefix("oci://")
+                    .and_then(|x| oci::parse_reference(x).ok())
+                    .filter(|x| x.digest().is_some())
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: entry `resolved` is not an oci://…@sha256 reference",
+                            self.lock_name
+                        )
+                    })?;
+                if tag.digest().is_none() {
+                    let now = oci::manifest_digest(&tag, &self.auth)
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                    if Some(now.as_str()) != pinned.digest() {
+                        return Err(format!(
+                            "refused: tag `{}` now points to {now}, but {} pins {}; if the new version is wanted, run `host lock --update`",
+                            tag.tag().unwrap_or("latest"),
+                            self.lock_name,
+                            pinned.digest().unwrap_or("?")
+                        ));
+                    }
+                }
+                let (bytes, a) = oci::pull(&pinned, &self.auth)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                (bytes, a.signature)
+            }
+            PluginSource::Url(u) => url::fetch(u).await.map_err(|e| format!("{e:#}"))?,
+            PluginSource::Path(_) => unreachable!("paths are not locked"),
+        };
+        let sha256 = sha256_hex(&bytes);
+        if sha256 != l.sha256 {
+            return Err(format!(
+                "refused: it now has sha256:{sha256}, but {} pins sha256:{} (the published bytes changed)",
+                self.lock_name, l.sha256
+            ));
+        }
+        self.keep(&bytes, &signature)?;
+        Ok(got(self.store.path(&sha256), signature, true))
+    }
+
+    /// Fetch a remote plugin fresh: (bytes, resolved reference, signature).
+    async fn fetch(
+        &self,
+        source: &PluginSource,
+    ) -> Result<(Vec<u8>, String, Option<String>), String> {
+        match source {
+            PluginSource::Oci(r) => {
+                let reference = oci::parse_reference(r)?;
+                let (bytes, a) = oci::pull(&reference, &self.auth)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                let pinned = reference.clone_with_digest(a.manifest_digest.clone());
+                let resolved = format!(
+                    "oci://{}/{}@{}",
+                    pinned.registry(),
+                    pinned.repository(),
+                    a.manifest_digest
+                );
+                Ok((bytes, resolved, a.signature))
+            }
+            PluginSource::Url(u) => {
+                let (bytes, sig) = url::fetch(u).await.map_err(|e| format!("{e:#}"))?;
+                Ok((bytes, u.clone(), sig))
+            }
+            PluginSource::Path(_) => unreachable!("paths are not fetched"),
+        }
+    }
+
+    fn keep(&self, bytes: &[u8], signature: &Option<String>) -> Result<(), String> {
+        let (sha256, _) = self.store.put(bytes).map_err(|e| e.to_string())?;
+        if let Some(s) = signature {
+            self.store
+                .put_signature(&sha256, s)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+fn signature_place(source: &PluginSource) -> String {
+    match source {
+        PluginSource::Oci(_) => format!("manifest annotation {}", oci::SIGNATURE_ANNOTATION),
+        other => format!("{other}.sig"),
+    }
+}
+
+/// The trusted key that signed `got`, or why none did.
+fn verify(got: &Got, trusted: &[PublicKey]) -> Result<String, SignatureError> {
+    let text = got
+        .signature
+        .as_deref()
+        .ok_or_else(|| SignatureError::Unsigned(got.signature_place.clone()))?;
+    let sig = Signature::from_json(text)?;
+    sig.verify(&got.sha256, trusted)?;
+    Ok(sig.key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_and_hosts() {
+        let d = "A".repeat(64);
+        assert_eq!(
+            parse_sha256(&format!("sha256:{d}")).unwrap(),
+            "a".repeat(64)
+        );
+        assert!(parse_sha256("sha256:12").is_err());
+        assert!(is_loopback("127.0.0.1") && is_loopback("localhost") && is_loopback("[::1]"));
+        assert!(!is_loopback("example.com"));
+    }
+}

@@ -1,0 +1,40 @@
+//! Running the `host` binary as a user would, with its own state dir.
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::plugins::host_bin;
+
+/// `host ARGS` with `HOST_STATE_DIR=state` and extra environment.
+pub fn host_env(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(host_bin());
+    cmd.env("HOST_STATE_DIR", state)
+        .env("NO_COLOR", "1")
+        .env_remove("HOST_REGISTRY_USERNAME")
+        .env_remove("HOST_REGISTRY_PASSWORD")
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running host");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("panicked"), "host panicked:\n{all}");
+    out
+}
+
+pub fn host(state: &Path, args: &[&str]) -> Output {
+    host_env(state, args, &[])
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// stdout and stderr, for assertion messages.
+pub fn shown(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
