@@ -1,6 +1,5 @@
 //! The `host` binary as a user runs it: check, run, plugin inspect, Ctrl-C.
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
