@@ -309,7 +309,10 @@ pub fn from_with(with: &With, ctx: &Context) -> Result<Config, StageError> {
         }
     }
     let range_len = u32::from(host_ports.1 - host_ports.0) + 1;
-    if range_len < with.replicas {
+    // The next version starts beside the running one (all of it for
+    // blue-green), so a range of only `replicas` ports runs out on the
+    // second deploy.
+    if range_len < 2 * with.replicas {
         return Err(cfg_err(
             "host-ports",
             format!(
@@ -444,13 +447,17 @@ mod tests {
         assert_eq!(c.proxy_image, "local/deploy-proxy:0.1.0");
         // Partial health table: the rest are defaults.
         let c = load(&ctx(
-            &format!(r#"{{{MIN},"health":{{"timeout":"5s"}},"host-ports":20000}}"#),
+            &format!(r#"{{{MIN},"health":{{"timeout":"5s"}},"host-ports":"20000-20001"}}"#),
             vec![],
         ))
         .unwrap();
         assert_eq!(c.health.path, "/health");
         assert_eq!(c.health.timeout, Duration::from_secs(5));
-        assert_eq!(c.host_ports, (20000, 20000));
+        assert_eq!(c.host_ports, (20000, 20001));
+        // A single port parses, but cannot hold the old and the new replica.
+        assert!(
+            err(&format!(r#"{{{MIN},"host-ports":20000}}"#)).contains("1 port(s) for 1 replicas")
+        );
     }
 
     #[test]
