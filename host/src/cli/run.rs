@@ -208,8 +208,14 @@ pub(super) async fn execute(
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
+        // Registered here, before any stage starts: `ctrl_c()` would only
+        // register when the spawned task is first polled, and a Ctrl-C
+        // before that would kill the process without a run record.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("installing the Ctrl-C handler")?;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupt.recv().await.is_some() {
                 eprintln!("\ncancelling: stopping running stages…");
                 cancel.cancel();
             }
