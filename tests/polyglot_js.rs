@@ -19,7 +19,7 @@ use host::run::{RunRecord, Status};
 use host::runtime::cache::CacheOutcome;
 use host::runtime::Runtime;
 use pipeline_tests::harness::Harness;
-use pipeline_tests::plugins::{plugin, root, target_dir};
+use pipeline_tests::plugins::{plugin, target_dir};
 
 // ---- a server with the answers the checks need -----------------------------
 
@@ -74,18 +74,9 @@ impl Server {
             )
             .layer(axum::middleware::from_fn_with_state(site.clone(), count))
             .with_state(site.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (addr, tx) = pipeline_tests::http::serve(app).await.unwrap();
         Self {
-            base,
+            base: format!("http://{addr}"),
             site,
             _shutdown: tx,
         }
@@ -510,21 +501,16 @@ async fn load_and_run_times() {
 async fn the_js_template_builds_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hello");
-    std::fs::create_dir_all(&dir).unwrap();
-    let templates = root().join("host/templates/js");
-    let wit = root().join("wit");
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(&templates).unwrap() {
-        let entry = entry.unwrap();
-        let text = std::fs::read_to_string(entry.path()).unwrap();
-        let text = text
-            .replace("{{name}}", "hello")
-            .replace("{{wit}}", &wit.display().to_string());
-        std::fs::write(dir.join(entry.file_name()), text).unwrap();
-        names.push(entry.file_name().to_string_lossy().into_owned());
-    }
+    pipeline_tests::cli::plugin_new("js", "hello", &dir);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
-    assert_eq!(names, ["README.md", "build.sh", "package.json", "stage.js"]);
+    assert_eq!(
+        names,
+        ["README.md", "build.sh", "package.json", "stage.js", "wit"]
+    );
 
     let out = tokio::process::Command::new("bash")
         .arg(dir.join("build.sh"))

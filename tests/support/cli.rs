@@ -38,3 +38,21 @@ pub fn shown(out: &Output) -> String {
         text(&out.stderr)
     )
 }
+
+/// `host plugin new NAME --lang LANG --dir DIR`: the project a user starts
+/// from, with the WIT contract copied in.
+pub fn plugin_new(lang: &str, name: &str, dir: &Path) {
+    let out = host(
+        dir.parent().expect("dir has a parent"),
+        &[
+            "plugin",
+            "new",
+            name,
+            "--lang",
+            lang,
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "plugin new failed:\n{}", shown(&out));
+}

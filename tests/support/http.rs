@@ -35,16 +35,7 @@ impl TestServer {
             .route("/redirect", get(redirect))
             .fallback(ok)
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (addr, tx) = serve(app).await?;
         Ok(Self {
             addr,
             hits,
@@ -74,6 +65,21 @@ async fn redirect(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// Serve `app` on a free 127.0.0.1 port until the sender is dropped.
+pub async fn serve(app: Router) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok((addr, tx))
+}
+
 /// Serves files from a map that a test can change while it runs (to
 /// publish a plugin, then tamper with it). Unknown paths answer 404.
 #[derive(Clone, Default)]
@@ -93,17 +99,7 @@ impl FileServer {
                 }
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-        Ok((addr, tx))
+        serve(app).await
     }
 
     pub fn put(&self, path: &str, bytes: Vec<u8>) {
