@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install (when missing) and start (when not running) the real services the
 # Docker-facing tests and the demo use: the Docker engine and a CNCF
-# distribution registry on 127.0.0.1:5000 with htpasswd authentication.
+# distribution registry on 127.0.0.1:5000 with htpasswd authentication;
+# also install Trivy, and Chromium with ChromeDriver for the web page tests.
 # Idempotent: a second run neither fails nor starts duplicates.
 set -euo pipefail
 
@@ -19,6 +20,8 @@ command -v htpasswd >/dev/null 2>&1 || need_install+=(apache2-utils)
 command -v curl >/dev/null 2>&1 || need_install+=(curl)
 command -v file >/dev/null 2>&1 || need_install+=(file)
 [ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -qx httpd || need_install+=(busybox-static)
+# Headless Chromium and ChromeDriver for the web page tests.
+command -v chromedriver >/dev/null 2>&1 || need_install+=(chromium chromium-driver)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing: ${need_install[*]}"
   apt-get update -qq

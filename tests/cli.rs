@@ -3,7 +3,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_tests::cli::{host, text};
+use pipeline_tests::cli::{host, shown, text};
 use pipeline_tests::plugins::{host_bin, plugin, root};
 use pipeline_tests::slack::SlackReceiver;
 
@@ -337,7 +337,8 @@ with = {{ attack = "echo", image = "{image}" }}
             }
         };
         let args: Vec<&str> = approve.split_whitespace().collect();
-        assert!(host_cmd(&args).status.success());
+        let out = host_cmd(&args);
+        assert!(out.status.success(), "{}", shown(&out));
         let _ = lines.count();
         assert!(child.wait().unwrap().success());
     }

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod harness;
 pub mod http;
 pub mod plugins;
+pub mod serve;
 pub mod services;
 pub mod slack;

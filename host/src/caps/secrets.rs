@@ -28,19 +28,66 @@ impl std::fmt::Debug for SecretStore {
     }
 }
 
+/// Where `{ file = "…" }` secrets may be read from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SecretFiles {
+    /// As written, relative to the pipeline file (`host run`: the person
+    /// running it wrote the file).
+    #[default]
+    AsWritten,
+    /// Relative to this directory and never outside it (`host serve`: the
+    /// pipeline file comes from the repository).
+    Within(std::path::PathBuf),
+    /// Not at all.
+    Denied(String),
+}
+
+impl SecretFiles {
+    fn read(&self, pipeline: &Pipeline, path: &std::path::Path) -> Result<String, String> {
+        let path = match self {
+            SecretFiles::AsWritten => path.to_path_buf(),
+            SecretFiles::Denied(why) => return Err(why.clone()),
+            SecretFiles::Within(dir) => {
+                let rel = path
+                    .strip_prefix(&pipeline.dir)
+                    .map_err(|_| "an absolute secret file path is not allowed here".to_string())?;
+                let full = dir.join(rel);
+                let (Ok(base), Ok(real)) = (dir.canonicalize(), full.canonicalize()) else {
+                    return Err(format!(
+                        "`{}` is not in the server's secrets directory",
+                        rel.display()
+                    ));
+                };
+                if !real.starts_with(&base) {
+                    return Err(format!(
+                        "`{}` leads outside the server's secrets directory",
+                        rel.display()
+                    ));
+                }
+                real
+            }
+        };
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+    }
+}
+
 impl SecretStore {
     /// Resolve every secret the pipeline declares. A missing one is kept as
     /// an error and reported when a stage that is granted it starts.
-    pub fn resolve(pipeline: &Pipeline, env: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub fn resolve(
+        pipeline: &Pipeline,
+        env: &dyn Fn(&str) -> Option<String>,
+        files: &SecretFiles,
+    ) -> Self {
         let mut values = BTreeMap::new();
         for (name, source) in &pipeline.secrets {
             let value = match source {
                 SecretSource::Env(var) => {
                     env(var).ok_or_else(|| format!("environment variable `{var}` is not set"))
                 }
-                SecretSource::File(path) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| format!("cannot read `{}`: {e}", path.display())),
+                SecretSource::File(path) => files.read(pipeline, path),
             }
             .and_then(|v| {
                 if v.is_empty() {

@@ -1,11 +1,13 @@
 //! The `host` command line.
 mod approve;
 mod check;
+pub mod history;
 mod lock;
 mod plugin;
 mod plugin_new;
 mod rollback;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +54,13 @@ enum Command {
     Approvals(approve::PendingArgs),
     /// Redeploy an image an earlier run deployed to an environment.
     Rollback(rollback::RollbackArgs),
+    /// Run the CI server: GitHub webhooks, a durable queue, run history
+    /// (JSON API, web pages) and Prometheus metrics.
+    Serve(serve::ServeArgs),
+    /// List recorded runs (`host runs show ID` for one).
+    Runs(history::RunsArgs),
+    /// Print a run's log (`--follow` to keep printing until it ends).
+    Logs(history::LogsArgs),
 }
 
 /// Exit codes: 0 success, 1 pipeline failed, 2 bad input, 130 cancelled.
@@ -89,6 +98,9 @@ pub fn main() -> ExitCode {
             }
             Command::Approvals(a) => approve::pending(a, &state_dir).await,
             Command::Rollback(a) => rollback::rollback(a, &state_dir).await,
+            Command::Serve(a) => serve::serve(a, &state_dir).await,
+            Command::Runs(a) => history::runs(a, &state_dir).await,
+            Command::Logs(a) => history::logs(a, &state_dir).await,
         }
     });
     match result {

@@ -159,7 +159,8 @@ pub async fn rollback(args: RollbackArgs, state_dir: &Path) -> Result<u8> {
     opts.approved_by
         .insert(stage.name.clone(), format!("{by} (host rollback)"));
     opts.env.extend(args.env);
-    super::run::execute(pipeline, opts, state_dir, &store, args.quiet, args.json).await
+    drop(store);
+    super::run::execute(pipeline, opts, state_dir, args.quiet, args.json).await
 }
 
 #[cfg(test)]

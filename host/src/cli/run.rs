@@ -2,18 +2,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
-use crate::caps::scan::ScanConfig;
-use crate::caps::secrets::SecretStore;
 use crate::cli::exit;
 use crate::distribution::{self, LockMode};
 use crate::pipeline;
-use crate::run::approvals::ApprovalStore;
 use crate::run::console::Console;
-use crate::run::{git, preflight, Executor, RunOptions, RunStore, Status};
+use crate::run::launch::{Launch, LaunchError, RunControl};
+use crate::run::{git, RunOptions, RunStore, Status};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -67,19 +64,7 @@ pub(super) fn lock_mode(locked: bool) -> LockMode {
     }
 }
 
-/// Load a pipeline and resolve its plugins to verified local files
-/// (fetching and pinning remote ones; see `crate::distribution`).
-pub(super) async fn load_resolved(
-    file: &Path,
-    state_dir: &Path,
-    mode: LockMode,
-) -> Result<pipeline::Pipeline, pipeline::PipelineError> {
-    let mut p = pipeline::load(file)?;
-    distribution::resolve(&mut p, state_dir, mode)
-        .await
-        .map_err(pipeline::PipelineError::new)?;
-    Ok(p)
-}
+pub(super) use distribution::load_resolved;
 
 pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
@@ -126,7 +111,8 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
         opts.environment = Some(env);
     }
     opts.env.extend(args.env);
-    execute(pipeline, opts, state_dir, &store, args.quiet, args.json).await
+    drop(store);
+    execute(pipeline, opts, state_dir, args.quiet, args.json).await
 }
 
 /// The workspace directory, canonical (default: the current directory).
@@ -147,8 +133,7 @@ pub(super) fn new_options(
     store: &RunStore,
     build_number: Option<u64>,
 ) -> Result<RunOptions> {
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let mut opts = RunOptions::new(id, workspace);
+    let mut opts = RunOptions::new(crate::run::record::new_run_id(), workspace);
     opts.build_number = match build_number {
         Some(n) => n,
         None => store.next_build_number(&pipeline.name)?,
@@ -161,27 +146,10 @@ pub(super) async fn execute(
     pipeline: Arc<pipeline::Pipeline>,
     opts: RunOptions,
     state_dir: &Path,
-    store: &RunStore,
     quiet: bool,
     json: bool,
 ) -> Result<u8> {
-    guard_state_dir(&pipeline, &opts.workspace, state_dir)?;
     let runtime = Arc::new(super::runtime(state_dir)?);
-    let plugins = match preflight::load_plugins(&pipeline, &runtime).await {
-        Ok(p) => p,
-        Err(diags) => {
-            for d in &diags {
-                eprintln!("{d}");
-            }
-            return Ok(exit::USAGE);
-        }
-    };
-    let executor = Executor::new(runtime)
-        .with_scanner(ScanConfig::from_env(state_dir))
-        .with_approvals(ApprovalStore::open(state_dir)?);
-
-    let env = opts.env.clone();
-    let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned());
     let names: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
     let console = Arc::new(Console::new(!quiet, &names));
     eprintln!(
@@ -205,9 +173,9 @@ pub(super) async fn execute(
             .unwrap_or_default()
     );
 
-    let cancel = CancellationToken::new();
+    let control = RunControl::new();
     {
-        let cancel = cancel.clone();
+        let control = control.clone();
         // Registered here, before any stage starts: `ctrl_c()` would only
         // register when the spawned task is first polled, and a Ctrl-C
         // before that would kill the process without a run record.
@@ -217,14 +185,26 @@ pub(super) async fn execute(
         tokio::spawn(async move {
             if interrupt.recv().await.is_some() {
                 eprintln!("\ncancelling: stopping running stages…");
-                cancel.cancel();
+                control.cancel("cancelled with Ctrl-C");
             }
         });
     }
-    let record = executor
-        .run(pipeline, plugins, opts, secrets, console.clone(), cancel)
-        .await;
-    store.save(&record).context("saving the run record")?;
+    let launch = Launch {
+        runtime,
+        state_dir,
+        observer: console.clone(),
+        control,
+    };
+    let record = match launch.run(pipeline, opts).await {
+        Ok(r) => r,
+        Err(LaunchError::Plugins(diags)) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            return Ok(exit::USAGE);
+        }
+        Err(LaunchError::Host(e)) => return Err(e),
+    };
     console.summary(&record);
     if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
@@ -234,24 +214,4 @@ pub(super) async fn execute(
         Status::Cancelled => exit::CANCELLED,
         _ => exit::FAILED,
     })
-}
-
-/// Compiled plugins in the cache are native code: a stage that can write
-/// the workspace must not be able to reach the state directory.
-fn guard_state_dir(p: &pipeline::Pipeline, workspace: &Path, state_dir: &Path) -> Result<()> {
-    let rw = p
-        .stages
-        .iter()
-        .any(|s| s.grants.workspace == Some(pipeline::WorkspaceAccess::ReadWrite));
-    std::fs::create_dir_all(state_dir)?;
-    let state = state_dir.canonicalize()?;
-    if rw && state.starts_with(workspace) {
-        bail!(
-            "the state directory {} is inside the workspace {}, which a stage may write: \
-             use --state-dir (or HOST_STATE_DIR) outside it",
-            state.display(),
-            workspace.display()
-        );
-    }
-    Ok(())
 }

@@ -72,6 +72,20 @@ pub struct Resolved {
     pub signed_by: Option<String>,
 }
 
+/// Load a pipeline file and resolve its plugins to verified local files
+/// (fetching and pinning remote ones).
+pub async fn load_resolved(
+    file: &Path,
+    state_dir: &Path,
+    mode: LockMode,
+) -> Result<crate::pipeline::Pipeline, crate::pipeline::PipelineError> {
+    let mut p = crate::pipeline::load(file)?;
+    resolve(&mut p, state_dir, mode)
+        .await
+        .map_err(crate::pipeline::PipelineError::new)?;
+    Ok(p)
+}
+
 /// Make every plugin of `p` a verified local file (see the module docs).
 /// Sets each [`PluginRef::path`]; writes the lock file when it changed.
 pub async fn resolve(

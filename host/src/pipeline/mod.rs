@@ -11,7 +11,7 @@
 
 mod dag;
 mod files;
-mod parse;
+pub(crate) mod parse;
 mod units;
 mod validate;
 mod when;
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_SIZE, MIN_SIZE};
-pub use when::{Trigger, When};
+pub use when::{compile as when_compile, Trigger, When};
 
 /// Stage timeout when neither the stage nor `[pipeline]` sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);

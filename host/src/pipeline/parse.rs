@@ -117,7 +117,7 @@ pub(super) struct RawDocker {
 
 /// The file being checked: its name for messages and its text for turning
 /// byte offsets into line:col.
-pub(super) struct Source<'a> {
+pub(crate) struct Source<'a> {
     pub file: PathBuf,
     pub text: &'a str,
     /// Byte offset where each line starts.
@@ -185,7 +185,7 @@ pub(super) fn decode(src: &Source<'_>) -> Result<RawFile, Diagnostic> {
 }
 
 /// toml's messages can span lines; a diagnostic is one line.
-fn tidy_message(message: &str) -> String {
+pub(crate) fn tidy_message(message: &str) -> String {
     let parts: Vec<&str> = message
         .lines()
         .map(str::trim)

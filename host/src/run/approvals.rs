@@ -107,35 +107,43 @@ impl ApprovalStore {
         Ok(c)
     }
 
-    /// Ask for an approval and wait for the decision (or the timeout).
-    pub async fn request(
+    /// Ask for an approval: once this returns, `host approve` finds it.
+    /// Then [`ApprovalStore::wait`] for the decision.
+    pub async fn ask(
         &self,
         run_id: &str,
         stage: &str,
         environment: &str,
         timeout: Duration,
-    ) -> Result<ApprovalRecord> {
+    ) -> Result<tokio::time::Instant> {
         let requested_at = now_rfc3339();
         let expires = unix_now() + timeout.as_secs().max(1) as i64;
-        {
-            let (run_id, stage, environment, requested_at, store) = (
-                run_id.to_string(),
-                stage.to_string(),
-                environment.to_string(),
-                requested_at.clone(),
-                self.clone(),
-            );
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                store.conn()?.execute(
-                    "INSERT OR REPLACE INTO approvals (run_id, stage, environment, requested_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![run_id, stage, environment, requested_at, expires],
-                )?;
-                Ok(())
-            })
-            .await??;
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let (run_id, stage, environment, store) = (
+            run_id.to_string(),
+            stage.to_string(),
+            environment.to_string(),
+            self.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            store.conn()?.execute(
+                "INSERT OR REPLACE INTO approvals (run_id, stage, environment, requested_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run_id, stage, environment, requested_at, expires],
+            )?;
+            Ok(())
+        })
+        .await??;
+        Ok(tokio::time::Instant::now() + timeout)
+    }
+
+    /// Wait for the decision on an approval [`ApprovalStore::ask`]ed for,
+    /// or time out at `deadline`.
+    pub async fn wait(
+        &self,
+        run_id: &str,
+        stage: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<ApprovalRecord> {
         loop {
             if let Some(rec) = self.decision(run_id, stage).await? {
                 return Ok(rec);

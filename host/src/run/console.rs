@@ -42,6 +42,7 @@ impl Console {
             Status::Cancelled => ("33", "■ cancelled"),
             Status::Running => ("36", "▶ running"),
             Status::Pending => ("90", "· pending"),
+            Status::Queued => ("90", "· queued"),
         };
         self.paint(code, word)
     }
@@ -103,6 +104,20 @@ fn status_code(s: &StageRecord) -> &'static str {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
+}
+
+/// An RFC 3339 timestamp as `2026-12-01 18:20:01Z` (to the second), or as
+/// given when it does not parse.
+pub fn format_time(rfc3339: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(rfc3339, &Rfc3339) {
+        Ok(t) => t
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+            ))
+            .unwrap_or_else(|_| rfc3339.to_string()),
+        Err(_) => rfc3339.to_string(),
+    }
 }
 
 pub fn format_duration(ms: u64) -> String {

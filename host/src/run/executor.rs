@@ -20,11 +20,11 @@ use crate::caps::docker::{policy::DockerPolicy, DockerCap, DockerEngine};
 use crate::caps::http::{Allowlist, HttpCap, HttpLimits};
 use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
 use crate::caps::scan::{ScanCap, ScanConfig};
-use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
+use crate::caps::secrets::{Masker, SecretFiles, SecretStore, SecretsCap};
 use crate::caps::StageCaps;
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::approvals::{ApprovalStore, Decision};
-use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status};
+use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status, TriggerInfo};
 use crate::runtime::bindings::{
     ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
 };
@@ -57,6 +57,10 @@ pub struct RunOptions {
     /// Environment a stage's `env` grant picks names from.
     pub env: BTreeMap<String, String>,
     pub log_limit: usize,
+    /// The webhook delivery that asked for the run, kept in its record.
+    pub trigger: Option<TriggerInfo>,
+    /// Where `{ file = "…" }` secrets may be read from.
+    pub secret_files: SecretFiles,
 }
 
 impl RunOptions {
@@ -76,6 +80,8 @@ impl RunOptions {
             workspace,
             env: std::env::vars().collect(),
             log_limit: DEFAULT_LOG_LIMIT,
+            trigger: None,
+            secret_files: SecretFiles::AsWritten,
         }
     }
 
@@ -90,6 +96,8 @@ impl RunOptions {
 
 /// Hears about a run as it happens (console, server, tests).
 pub trait RunObserver: Send + Sync {
+    /// The run begins; `record` has every stage pending.
+    fn run_started(&self, _record: &RunRecord) {}
     fn stage_started(&self, _stage: &str, _attempt: u32) {}
     /// A stage waits for a person to approve its deployment.
     fn approval_requested(
@@ -196,12 +204,11 @@ impl Executor {
             status: Status::Running,
             started_at: now_rfc3339(),
             duration_ms: 0,
-            stages: pipeline
-                .stages
-                .iter()
-                .map(|s| StageRecord::pending(&s.name, &s.plugin))
-                .collect(),
+            reason: None,
+            trigger: opts.trigger.clone(),
+            stages: pipeline.stages.iter().map(pending).collect(),
         };
+        observer.run_started(&record);
         let shared = Arc::new(RunShared {
             pipeline: pipeline.clone(),
             plugins,
@@ -238,7 +245,7 @@ impl Executor {
                         }
                         started_set.insert(stage.name.clone());
                         if let Some(reason) = skip_reason(stage, &trigger, &shared.opts, &done) {
-                            let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
+                            let mut rec = pending(stage);
                             rec.status = Status::Skipped;
                             rec.error = Some(reason);
                             shared.observer.stage_finished(&rec);
@@ -265,8 +272,10 @@ impl Executor {
                         Ok((id, rec)) => { running.remove(&id); rec }
                         Err(e) => {
                             let name = running.remove(&e.id()).unwrap_or_default();
-                            let plugin = pipeline.stage(&name).map(|s| s.plugin.clone()).unwrap_or_default();
-                            let mut rec = StageRecord::pending(&name, &plugin);
+                            let mut rec = match pipeline.stage(&name) {
+                                Some(s) => pending(s),
+                                None => StageRecord::pending(&name, ""),
+                            };
                             if e.is_cancelled() {
                                 rec.status = Status::Cancelled;
                                 rec.error = Some("run cancelled".into());
@@ -313,6 +322,13 @@ impl Executor {
         record.duration_ms = started.elapsed().as_millis() as u64;
         record
     }
+}
+
+/// A stage's record before it runs.
+fn pending(stage: &Stage) -> StageRecord {
+    let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
+    rec.environment = stage.environment.clone();
+    rec
 }
 
 /// Why a ready stage does not run, if it does not.
@@ -485,7 +501,7 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
 
 async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> StageRecord {
     let masker = shared.secrets.masker().clone();
-    let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
+    let mut rec = pending(&stage);
     rec.started_at = Some(now_rfc3339());
     rec.status = Status::Running;
     let started = Instant::now();
@@ -515,20 +531,18 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
                 break;
             }
         };
+        if attempt > 1 {
+            let line = LogLine {
+                at_ms: 0,
+                stream: "host".into(),
+                text: format!("attempt {attempt} of {attempts}"),
+            };
+            shared.observer.stage_log(&stage.name, &line);
+            rec.log.push(line);
+        }
         let log = caps.log.clone();
         let outcome = shared.runtime.run_stage(plugin, &sandbox, caps, &ctx).await;
-        let mut lines = log.finish();
-        if attempt > 1 {
-            lines.insert(
-                0,
-                LogLine {
-                    at_ms: 0,
-                    stream: "host".into(),
-                    text: format!("attempt {attempt} of {attempts}"),
-                },
-            );
-        }
-        rec.log.extend(lines);
+        rec.log.extend(log.finish());
         match outcome {
             Ok(report) => {
                 apply_report(&mut rec, report, &masker);
@@ -579,6 +593,17 @@ async fn approval_gate(
             env.name
         ));
     };
+    // Recorded before it is announced: the printed `host approve`
+    // command must find it.
+    let deadline = store
+        .ask(
+            &shared.opts.id,
+            &stage.name,
+            &env.name,
+            env.approval_timeout,
+        )
+        .await
+        .map_err(|e| format!("approval: {e:#}"))?;
     shared.observer.approval_requested(
         &shared.opts.id,
         &stage.name,
@@ -586,12 +611,7 @@ async fn approval_gate(
         env.approval_timeout,
     );
     let approval = store
-        .request(
-            &shared.opts.id,
-            &stage.name,
-            &env.name,
-            env.approval_timeout,
-        )
+        .wait(&shared.opts.id, &stage.name, deadline)
         .await
         .map_err(|e| format!("approval: {e:#}"))?;
     let outcome = match approval.decision {

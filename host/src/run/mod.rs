@@ -1,10 +1,13 @@
-//! Running pipelines: the executor, the console view and run records.
+//! Running pipelines: the executor, the console view, run records (kept
+//! live while a run goes) and what every way of starting a run shares.
 pub mod approvals;
 pub mod console;
 pub mod executor;
 pub mod git;
+pub mod launch;
+pub mod live;
 pub mod preflight;
 pub mod record;
 
 pub use executor::{Executor, Quiet, RunObserver, RunOptions};
-pub use record::{RunRecord, RunStore, StageRecord, Status};
+pub use record::{RunFilter, RunRecord, RunStore, RunSummary, StageRecord, Status, TriggerInfo};

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::caps::log::LogLine;
 use crate::run::approvals::ApprovalRecord;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Accepted by `host serve`, waiting for a free slot.
+    Queued,
     Pending,
     Running,
     Success,
@@ -24,6 +26,7 @@ pub enum Status {
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Queued => "queued",
             Status::Pending => "pending",
             Status::Running => "running",
             Status::Success => "success",
@@ -31,6 +34,29 @@ impl Status {
             Status::Skipped => "skipped",
             Status::Cancelled => "cancelled",
         }
+    }
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Status::Queued,
+            "pending" => Status::Pending,
+            "running" => Status::Running,
+            "success" => Status::Success,
+            "failure" => Status::Failure,
+            "skipped" => Status::Skipped,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// The run (or stage) has ended and will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Success | Status::Failure | Status::Skipped | Status::Cancelled
+        )
     }
 }
 
@@ -56,6 +82,9 @@ pub struct StageRecord {
     pub name: String,
     pub plugin: String,
     pub plugin_sha256: String,
+    /// The environment the stage deploys to (`environment = "…"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     pub status: Status,
     /// The stage passed but reported a warning.
     pub warning: bool,
@@ -79,6 +108,7 @@ impl StageRecord {
             name: name.to_string(),
             plugin: plugin.to_string(),
             plugin_sha256: String::new(),
+            environment: None,
             status: Status::Pending,
             warning: false,
             attempts: 0,
@@ -110,19 +140,136 @@ pub struct RunRecord {
     pub status: Status,
     pub started_at: String,
     pub duration_ms: u64,
+    /// Why the run ended as it did when no stage says (a checkout that
+    /// failed, a newer push that superseded it, a server stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where the run came from when a webhook started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerInfo>,
     pub stages: Vec<StageRecord>,
+}
+
+/// What a webhook delivery said about the change a run builds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TriggerInfo {
+    /// `owner/name`, as the delivery named it.
+    pub repository: String,
+    /// `X-GitHub-Delivery`.
+    pub delivery: String,
+    /// Who pushed or opened the pull request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The head commit's message (first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
 }
 
 impl RunRecord {
     pub fn stage(&self, name: &str) -> Option<&StageRecord> {
         self.stages.iter().find(|s| s.name == name)
     }
+
+    /// How the run's deployment went: the stages deploying to the run's
+    /// environment that ran (failure wins over success); `None` when none
+    /// ran (not a deployment).
+    pub fn deployment_status(&self) -> Option<Status> {
+        let env = self.environment.as_deref()?;
+        let ran = self
+            .stages
+            .iter()
+            .filter(|s| s.environment.as_deref() == Some(env))
+            .map(|s| s.status)
+            .filter(|s| matches!(s, Status::Success | Status::Failure));
+        ran.fold(None, |acc, s| match (acc, s) {
+            (Some(Status::Failure), _) | (_, Status::Failure) => Some(Status::Failure),
+            _ => Some(Status::Success),
+        })
+    }
+
+    /// Unix milliseconds of the start (0 when the timestamp does not parse).
+    pub fn started_unix_ms(&self) -> i64 {
+        parse_unix_ms(&self.started_at).unwrap_or(0)
+    }
+}
+
+/// A fresh run id: 12 hex digits.
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Unix milliseconds of an RFC 3339 timestamp.
+pub fn parse_unix_ms(rfc3339: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// One row of the run list: what `host runs`, the API and the metrics need,
+/// read from columns without decoding whole records (which carry logs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunSummary {
+    pub id: String,
+    pub pipeline: String,
+    pub build_number: u64,
+    pub status: Status,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub commit_sha: String,
+    pub event: String,
+    pub environment: Option<String>,
+    /// See [`RunRecord::deployment_status`].
+    pub deployment: Option<Status>,
+    pub started_at: String,
+    pub started_unix_ms: i64,
+    pub duration_ms: u64,
+    pub reason: Option<String>,
+    pub repository: Option<String>,
+}
+
+impl RunSummary {
+    pub fn finished_unix_ms(&self) -> i64 {
+        self.started_unix_ms + self.duration_ms as i64
+    }
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub pipeline: Option<String>,
+    pub branch: Option<String>,
+    pub status: Option<Status>,
+}
+
+/// A stored log line with its position in the run's log (for `--follow`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredLine {
+    pub seq: i64,
+    pub stage: String,
+    #[serde(flatten)]
+    pub line: LogLine,
 }
 
 /// The embedded store of runs.
 pub struct RunStore {
     conn: Connection,
 }
+
+/// Columns added after the first release; `open` adds them to older
+/// databases and fills them from the stored records.
+const SUMMARY_COLUMNS: &[(&str, &str)] = &[
+    ("branch", "TEXT"),
+    ("tag", "TEXT"),
+    ("commit_sha", "TEXT NOT NULL DEFAULT ''"),
+    ("event", "TEXT NOT NULL DEFAULT ''"),
+    ("environment", "TEXT"),
+    ("deployment", "TEXT"),
+    ("started_unix_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("reason", "TEXT"),
+    ("repository", "TEXT"),
+];
 
 impl RunStore {
     pub fn open(state_dir: &Path) -> Result<Self> {
@@ -143,9 +290,50 @@ impl RunStore {
                  duration_ms INTEGER NOT NULL,
                  record TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs(pipeline, build_number);",
+             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs(pipeline, build_number);
+             CREATE TABLE IF NOT EXISTS run_logs (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 run_id TEXT NOT NULL,
+                 stage TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL,
+                 stream TEXT NOT NULL,
+                 text TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS run_logs_by_run ON run_logs(run_id, seq);",
         )?;
-        Ok(Self { conn })
+        let store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let have: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('runs')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let missing: Vec<_> = SUMMARY_COLUMNS
+            .iter()
+            .filter(|(c, _)| !have.iter().any(|h| h == c))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        for (col, ty) in missing {
+            tx.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} {ty}"))?;
+        }
+        let records: Vec<String> = tx
+            .prepare("SELECT record FROM runs")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for text in records {
+            if let Ok(run) = serde_json::from_str::<RunRecord>(&text) {
+                Self::write(&tx, &run)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn next_build_number(&self, pipeline: &str) -> Result<u64> {
@@ -158,11 +346,23 @@ impl RunStore {
     }
 
     pub fn save(&self, run: &RunRecord) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO runs (id, pipeline, build_number, status, started_at, duration_ms, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(id) DO UPDATE SET status = excluded.status,
-                 duration_ms = excluded.duration_ms, record = excluded.record",
+        Self::write(&self.conn, run)
+    }
+
+    fn write(conn: &Connection, run: &RunRecord) -> Result<()> {
+        conn.execute(
+            "INSERT INTO runs (id, pipeline, build_number, status, started_at, duration_ms, record,
+                 branch, tag, commit_sha, event, environment, deployment, started_unix_ms,
+                 reason, repository)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT(id) DO UPDATE SET pipeline = excluded.pipeline,
+                 build_number = excluded.build_number, status = excluded.status,
+                 started_at = excluded.started_at, duration_ms = excluded.duration_ms,
+                 record = excluded.record, branch = excluded.branch, tag = excluded.tag,
+                 commit_sha = excluded.commit_sha, event = excluded.event,
+                 environment = excluded.environment, deployment = excluded.deployment,
+                 started_unix_ms = excluded.started_unix_ms, reason = excluded.reason,
+                 repository = excluded.repository",
             params![
                 run.id,
                 run.pipeline,
@@ -171,6 +371,15 @@ impl RunStore {
                 run.started_at,
                 run.duration_ms as i64,
                 serde_json::to_string(run)?,
+                run.branch,
+                run.tag,
+                run.commit_sha,
+                run.event,
+                run.environment,
+                run.deployment_status().map(Status::as_str),
+                run.started_unix_ms(),
+                run.reason,
+                run.trigger.as_ref().map(|t| t.repository.clone()),
             ],
         )?;
         Ok(())
@@ -187,12 +396,114 @@ impl RunStore {
             .transpose()
     }
 
-    /// Most recent first.
+    /// Whole records, most recent first.
     pub fn list(&self, limit: usize) -> Result<Vec<RunRecord>> {
         let mut stmt = self.conn.prepare(
-            "SELECT record FROM runs ORDER BY started_at DESC, build_number DESC LIMIT ?1",
+            "SELECT record FROM runs ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| r.get::<_, String>(0))?;
         rows.map(|r| Ok(serde_json::from_str(&r?)?)).collect()
+    }
+
+    /// Summaries of the runs matching `filter`, most recent first.
+    pub fn summaries(&self, filter: &RunFilter, limit: usize) -> Result<Vec<RunSummary>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, pipeline, build_number, status, branch, tag, commit_sha, event,
+                    environment, deployment, started_at, started_unix_ms, duration_ms, reason,
+                    repository
+             FROM runs
+             WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR branch = ?2)
+               AND (?3 IS NULL OR status = ?3)
+             ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                filter.pipeline,
+                filter.branch,
+                filter.status.map(Status::as_str),
+                limit.min(i64::MAX as usize) as i64
+            ],
+            |r| {
+                Ok(RunSummary {
+                    id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    build_number: r.get::<_, i64>(2)? as u64,
+                    status: Status::parse(&r.get::<_, String>(3)?).unwrap_or(Status::Failure),
+                    branch: r.get(4)?,
+                    tag: r.get(5)?,
+                    commit_sha: r.get(6)?,
+                    event: r.get(7)?,
+                    environment: r.get(8)?,
+                    deployment: r
+                        .get::<_, Option<String>>(9)?
+                        .and_then(|s| Status::parse(&s)),
+                    started_at: r.get(10)?,
+                    started_unix_ms: r.get(11)?,
+                    duration_ms: r.get::<_, i64>(12)? as u64,
+                    reason: r.get(13)?,
+                    repository: r.get(14)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Append live log lines (in one transaction).
+    pub fn append_logs(&self, run_id: &str, lines: &[(String, LogLine)]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO run_logs (run_id, stage, at_ms, stream, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (stage, l) in lines {
+                stmt.execute(params![run_id, stage, l.at_ms as i64, l.stream, l.text])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forget the live log of a run (before it runs again).
+    pub fn clear_logs(&self, run_id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM run_logs WHERE run_id = ?1", params![run_id])?;
+        Ok(())
+    }
+
+    /// Live log lines of a run after position `after`, of one stage or all.
+    pub fn logs(
+        &self,
+        run_id: &str,
+        stage: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredLine>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, stage, at_ms, stream, text FROM run_logs
+             WHERE run_id = ?1 AND (?2 IS NULL OR stage = ?2) AND seq > ?3
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![run_id, stage, after, limit.min(i64::MAX as usize) as i64],
+            |r| {
+                Ok(StoredLine {
+                    seq: r.get(0)?,
+                    stage: r.get(1)?,
+                    line: LogLine {
+                        at_ms: r.get::<_, i64>(2)? as u64,
+                        stream: r.get(3)?,
+                        text: r.get(4)?,
+                    },
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The underlying connection, for stores that share the database
+    /// (the server's queue).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 }

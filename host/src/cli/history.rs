@@ -1,0 +1,428 @@
+//! Run history: `host runs`, `host runs show ID`, `host logs ID [STAGE]`.
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use crate::run::approvals::ApprovalStore;
+use crate::run::console::{format_duration, format_time};
+use crate::run::record::StoredLine;
+use crate::run::{RunFilter, RunRecord, RunStore, RunSummary, Status};
+use crate::serve::queue::{Queue, QueuedJob};
+
+#[derive(Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: Option<RunsCommand>,
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// One run: its trigger, stages, outputs, annotations and approvals.
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only runs of this pipeline.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Only runs of this branch.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Only runs with this status (queued, running, success, failure, cancelled).
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<Status>,
+    /// How many runs to list.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// A run id (or a unique prefix of one).
+    pub id: String,
+    /// Print the whole run record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// A run id (or a unique prefix of one).
+    pub id: String,
+    /// Only this stage's log.
+    pub stage: Option<String>,
+    /// Keep printing new lines until the run ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    Status::parse(s).ok_or_else(|| {
+        format!("unknown status `{s}` (queued, running, success, failure, skipped, cancelled)")
+    })
+}
+
+pub async fn runs(args: RunsArgs, state_dir: &Path) -> Result<u8> {
+    let state_dir = state_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || match args.command {
+        Some(RunsCommand::Show(s)) => show(s, &state_dir),
+        None => list(args.list, &state_dir),
+    })
+    .await?
+}
+
+fn list(args: ListArgs, state_dir: &Path) -> Result<u8> {
+    let store = RunStore::open(state_dir)?;
+    let filter = RunFilter {
+        pipeline: args.pipeline,
+        branch: args.branch,
+        status: args.status,
+    };
+    // Runs the server accepted but has not started yet come first.
+    let queued: Vec<QueuedJob> =
+        if matches!(filter.status, None | Some(Status::Queued)) && filter.pipeline.is_none() {
+            Queue::new(store.connection())
+                .waiting()?
+                .into_iter()
+                .filter(|j| filter.branch.is_none() || j.job.branch == filter.branch)
+                .collect()
+        } else {
+            Vec::new()
+        };
+    let runs = if filter.status == Some(Status::Queued) {
+        Vec::new()
+    } else {
+        store.summaries(&filter, args.limit)?
+    };
+    if args.json {
+        let v = serde_json::json!({ "queued": queued, "runs": runs });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    if queued.is_empty() && runs.is_empty() {
+        eprintln!("no runs recorded in {}", state_dir.display());
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<12}  {:>5}  {:<18}  {:<9}  {:<24}  {:<8}  {:>8}  STARTED",
+        "ID", "#", "PIPELINE", "STATUS", "REF", "SHA", "DURATION"
+    )?;
+    for q in queued.iter().take(args.limit) {
+        writeln!(
+            out,
+            "{:<12}  {:>5}  {:<18}  {:<9}  {:<24}  {:<8}  {:>8}  {}",
+            q.run_id,
+            "-",
+            clip(&q.repository, 18),
+            "queued",
+            clip(&ref_name(q.job.branch.as_deref(), q.job.tag.as_deref()), 24),
+            short_sha(&q.job.sha),
+            "-",
+            format_time(&q.enqueued_at)
+        )?;
+    }
+    for r in &runs {
+        writeln!(
+            out,
+            "{:<12}  {:>5}  {:<18}  {:<9}  {:<24}  {:<8}  {:>8}  {}",
+            r.id,
+            r.build_number,
+            clip(&r.pipeline, 18),
+            r.status.as_str(),
+            clip(&ref_name(r.branch.as_deref(), r.tag.as_deref()), 24),
+            short_sha(&r.commit_sha),
+            duration(r),
+            format_time(&r.started_at)
+        )?;
+    }
+    Ok(0)
+}
+
+fn duration(r: &RunSummary) -> String {
+    if r.status.is_final() {
+        format_duration(r.duration_ms)
+    } else {
+        "-".into()
+    }
+}
+
+pub fn ref_name(branch: Option<&str>, tag: Option<&str>) -> String {
+    match (tag, branch) {
+        (Some(t), _) => format!("tag {t}"),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => "-".into(),
+    }
+}
+
+pub fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(8)]
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The record of run `id` (or of the one run whose id starts with it).
+pub fn find_run(store: &RunStore, id: &str) -> Result<RunRecord> {
+    if let Some(r) = store.get(id)? {
+        return Ok(r);
+    }
+    let matches: Vec<String> = store
+        .connection()
+        .prepare("SELECT id FROM runs WHERE substr(id, 1, length(?1)) = ?1 LIMIT 5")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    match matches.as_slice() {
+        [one] => Ok(store.get(one)?.expect("listed run exists")),
+        [] => {
+            if Queue::new(store.connection()).find(id)?.is_some() {
+                bail!("run `{id}` is queued and has not started yet");
+            }
+            bail!("no run `{id}` is recorded (`host runs` lists them)")
+        }
+        many => bail!("`{id}` matches several runs: {}", many.join(", ")),
+    }
+}
+
+fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
+    let store = RunStore::open(state_dir)?;
+    let run = find_run(&store, &args.id)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+        return Ok(0);
+    }
+    let pending = if run.status.is_final() {
+        Vec::new()
+    } else {
+        let approvals = ApprovalStore::open(state_dir)?;
+        let rt = tokio::runtime::Handle::current();
+        rt.block_on(approvals.pending())?
+            .into_iter()
+            .filter(|p| p.run_id == run.id)
+            .collect()
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "run {}  {} #{}",
+        run.id, run.pipeline, run.build_number
+    )?;
+    writeln!(out, "status       {}", run.status)?;
+    if let Some(reason) = &run.reason {
+        writeln!(out, "reason       {reason}")?;
+    }
+    writeln!(
+        out,
+        "trigger      {} of {} @ {}",
+        run.event,
+        ref_name(run.branch.as_deref(), run.tag.as_deref()),
+        if run.commit_sha.is_empty() {
+            "no commit"
+        } else {
+            &run.commit_sha
+        }
+    )?;
+    if let Some(t) = &run.trigger {
+        writeln!(
+            out,
+            "repository   {} (delivery {})",
+            t.repository, t.delivery
+        )?;
+        if let Some(s) = &t.sender {
+            writeln!(out, "by           {s}")?;
+        }
+        if let Some(m) = &t.message {
+            writeln!(out, "commit       {m}")?;
+        }
+        if let Some(n) = t.pull_request {
+            writeln!(out, "pull request #{n}")?;
+        }
+    }
+    if let Some(env) = &run.environment {
+        writeln!(out, "environment  {env}")?;
+    }
+    writeln!(out, "started      {}", format_time(&run.started_at))?;
+    if run.status.is_final() {
+        writeln!(out, "duration     {}", format_duration(run.duration_ms))?;
+    }
+    let w = run
+        .stages
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        out,
+        "\n{:<w$}  {:<9}  {:>8}  {:>8}  SUMMARY",
+        "STAGE", "STATUS", "DURATION", "ATTEMPTS"
+    )?;
+    for s in &run.stages {
+        let status = if s.warning && s.status == Status::Success {
+            "warning"
+        } else {
+            s.status.as_str()
+        };
+        let detail = if s.summary.is_empty() {
+            s.error.clone().unwrap_or_default()
+        } else {
+            s.summary.clone()
+        };
+        writeln!(
+            out,
+            "{:<w$}  {:<9}  {:>8}  {:>8}  {}",
+            s.name,
+            status,
+            if s.status.is_final() && s.started_at.is_some() {
+                format_duration(s.duration_ms)
+            } else {
+                "-".into()
+            },
+            s.attempts,
+            detail.lines().next().unwrap_or("")
+        )?;
+    }
+    for s in &run.stages {
+        if s.outputs.is_empty() && s.annotations.is_empty() && s.approval.is_none() {
+            continue;
+        }
+        writeln!(out, "\n{}:", s.name)?;
+        for (k, v) in &s.outputs {
+            writeln!(out, "  output {k} = {}", v.lines().next().unwrap_or(""))?;
+        }
+        for a in &s.annotations {
+            let at = match (&a.file, a.line) {
+                (Some(f), Some(l)) => format!(" ({f}:{l})"),
+                (Some(f), None) => format!(" ({f})"),
+                _ => String::new(),
+            };
+            writeln!(out, "  {} {}: {}{at}", a.level, a.title, a.message)?;
+        }
+        if let Some(a) = &s.approval {
+            writeln!(
+                out,
+                "  approval for `{}`: {:?} by {} at {}{}",
+                a.environment,
+                a.decision,
+                a.by.as_deref().unwrap_or("nobody"),
+                a.decided_at,
+                a.comment
+                    .as_deref()
+                    .map(|c| format!(" — {c}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    for p in pending {
+        writeln!(
+            out,
+            "\n{} waits for approval to deploy to `{}`: host approve {} {}",
+            p.stage, p.environment, p.run_id, p.stage
+        )?;
+    }
+    Ok(0)
+}
+
+/// How often `--follow` looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+pub async fn logs(args: LogsArgs, state_dir: &Path) -> Result<u8> {
+    let state_dir = state_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || logs_blocking(args, &state_dir)).await?
+}
+
+fn logs_blocking(args: LogsArgs, state_dir: &Path) -> Result<u8> {
+    let store = RunStore::open(state_dir)?;
+    let mut run = find_run(&store, &args.id)?;
+    let stage = args.stage.as_deref();
+    if let Some(st) = stage {
+        if run.stage(st).is_none() {
+            bail!(
+                "run {} has no stage `{st}`; its stages: {}",
+                run.id,
+                run.stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let width = run.stages.iter().map(|s| s.name.len()).max().unwrap_or(5);
+    let mut out = std::io::stdout().lock();
+    let mut after = 0i64;
+    let mut printed_any = false;
+    let mut last_look = Instant::now();
+    loop {
+        let lines = store.logs(&run.id, stage, after, 1000)?;
+        for l in &lines {
+            print_line(&mut out, width, stage.is_none(), l)?;
+            after = l.seq;
+        }
+        printed_any |= !lines.is_empty();
+        out.flush()?;
+        if lines.len() == 1000 {
+            continue;
+        }
+        if run.status.is_final() || !args.follow {
+            break;
+        }
+        std::thread::sleep(FOLLOW_POLL.saturating_sub(last_look.elapsed()));
+        last_look = Instant::now();
+        // Read the status before the next batch of lines, so the lines
+        // written before the run ended are all printed.
+        run = store.get(&run.id)?.unwrap_or(run);
+    }
+    // Runs recorded before live logs existed keep their log in the record.
+    if !printed_any {
+        for s in run
+            .stages
+            .iter()
+            .filter(|s| stage.is_none_or(|n| n == s.name))
+        {
+            for line in &s.log {
+                let l = StoredLine {
+                    seq: 0,
+                    stage: s.name.clone(),
+                    line: line.clone(),
+                };
+                print_line(&mut out, width, stage.is_none(), &l)?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_line(
+    out: &mut impl Write,
+    width: usize,
+    with_stage: bool,
+    l: &StoredLine,
+) -> std::io::Result<()> {
+    let stream = match l.line.stream.as_str() {
+        "stdout" | "info" => String::new(),
+        s => format!("[{s}] "),
+    };
+    if with_stage {
+        writeln!(out, "{:>width$} │ {stream}{}", l.stage, l.line.text)
+    } else {
+        writeln!(out, "{stream}{}", l.line.text)
+    }
+}

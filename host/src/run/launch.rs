@@ -1,0 +1,124 @@
+//! Starting a run of a loaded pipeline: what `host run`, `host rollback`
+//! and `host serve` share (plugin checks, the executor with its scanner and
+//! approvals, secrets, the live record, the final save).
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+
+use crate::caps::scan::ScanConfig;
+use crate::caps::secrets::SecretStore;
+use crate::pipeline::{self, Diagnostic, Pipeline};
+use crate::run::approvals::ApprovalStore;
+use crate::run::live::LiveRecorder;
+use crate::run::{preflight, Executor, RunObserver, RunOptions, RunRecord, Status};
+use crate::runtime::Runtime;
+
+/// Stops a run from outside (Ctrl-C, a newer push, a server stop) and says
+/// why, for the record.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl RunControl {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancel the run; the first reason given is the one recorded.
+    pub fn cancel(&self, reason: impl Into<String>) {
+        self.reason.lock().unwrap().get_or_insert(reason.into());
+        self.token.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap().clone()
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A plugin failed its checks (missing, wrong world, unknown `with`
+    /// key, bad signature): each problem names the file and line.
+    #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Plugins(Vec<Diagnostic>),
+    #[error(transparent)]
+    Host(#[from] anyhow::Error),
+}
+
+/// Everything a run needs besides the pipeline and its options.
+pub struct Launch<'a> {
+    pub runtime: Arc<Runtime>,
+    pub state_dir: &'a Path,
+    /// Hears about the run besides the store (the console).
+    pub observer: Arc<dyn RunObserver>,
+    pub control: RunControl,
+}
+
+impl Launch<'_> {
+    /// Check and load the plugins, run, record (live, then final).
+    pub async fn run(
+        self,
+        pipeline: Arc<Pipeline>,
+        opts: RunOptions,
+    ) -> Result<RunRecord, LaunchError> {
+        guard_state_dir(&pipeline, &opts.workspace, self.state_dir)?;
+        let plugins = preflight::load_plugins(&pipeline, &self.runtime)
+            .await
+            .map_err(LaunchError::Plugins)?;
+        let executor = Executor::new(self.runtime.clone())
+            .with_scanner(ScanConfig::from_env(self.state_dir))
+            .with_approvals(ApprovalStore::open(self.state_dir)?);
+        let env = opts.env.clone();
+        let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned(), &opts.secret_files);
+        let recorder = LiveRecorder::start(self.state_dir, self.observer)?;
+        let mut record = executor
+            .run(
+                pipeline,
+                plugins,
+                opts,
+                secrets,
+                recorder.clone(),
+                self.control.token(),
+            )
+            .await;
+        if record.status == Status::Cancelled {
+            record.reason = self.control.reason();
+        }
+        recorder.finish(&record).await?;
+        Ok(record)
+    }
+}
+
+/// Compiled plugins in the cache are native code: a stage that can write
+/// the workspace must not be able to reach the state directory.
+fn guard_state_dir(p: &Pipeline, workspace: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    let rw = p
+        .stages
+        .iter()
+        .any(|s| s.grants.workspace == Some(pipeline::WorkspaceAccess::ReadWrite));
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let state = state_dir.canonicalize()?;
+    if rw && state.starts_with(workspace) {
+        bail!(
+            "the state directory {} is inside the workspace {}, which a stage may write: \
+             use --state-dir (or HOST_STATE_DIR) outside it",
+            state.display(),
+            workspace.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The server's HTTP routes: the webhook, the JSON API, `/metrics`, and the
+//! web pages (rendered by [`super::web`]).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /github-webhook/` | GitHub deliveries (signed) |
+//! | `GET /api/runs?pipeline=&branch=&status=&limit=` | run summaries, newest first, and the queue |
+//! | `GET /api/runs/{id}` | one run record (stages, outputs, annotations, approvals, logs) |
+//! | `GET /api/runs/{id}/logs?stage=&after=` | live log lines after position `after` |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | `ok` |
+//! | `GET /`, `GET /runs/{id}` | the web pages |
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::run::record::new_run_id;
+use crate::run::{RunFilter, Status};
+use crate::serve::dispatch;
+use crate::serve::metrics::{self, ServerCounts};
+use crate::serve::queue::{Accepted, Queue};
+use crate::serve::webhook::{self, Plan};
+use crate::serve::{web, ServerState};
+
+type S = State<Arc<ServerState>>;
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    let limit = state.config.max_body;
+    Router::new()
+        .route("/github-webhook/", post(github_webhook))
+        .route("/github-webhook", post(github_webhook))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(get_run))
+        .route("/api/runs/{id}/logs", get(get_logs))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(page_list))
+        .route("/runs/{id}", get(page_run))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    tracing::error!("{e:#}");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error; see the server log",
+    )
+}
+
+/// A delivery id as GitHub makes them (a GUID); anything else is refused
+/// before it reaches the store or a log line.
+fn delivery_id(headers: &HeaderMap) -> Result<String, String> {
+    let id = headers
+        .get("x-github-delivery")
+        .ok_or("missing X-GitHub-Delivery header")?
+        .to_str()
+        .map_err(|_| "X-GitHub-Delivery is not text")?;
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("X-GitHub-Delivery is not a delivery id".into());
+    }
+    Ok(id.to_string())
+}
+
+async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = webhook::verify_signature(&s.secret, &body, signature) {
+        s.count_delivery("unauthorized");
+        tracing::warn!("webhook refused: {e}");
+        return error(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let bad = |s: &ServerState, m: String| {
+        s.count_delivery("bad-request");
+        error(StatusCode::BAD_REQUEST, m)
+    };
+    let delivery = match delivery_id(&headers) {
+        Ok(d) => d,
+        Err(e) => return bad(&s, e),
+    };
+    let Some(event) = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return bad(&s, "missing X-GitHub-Event header".into());
+    };
+    let parsed = match webhook::parse(&event, &body) {
+        Ok(p) => p,
+        Err(e) => return bad(&s, e.to_string()),
+    };
+    let (jobs, outcome) = match webhook::plan(&s.config, &parsed, &delivery) {
+        Plan::Pong(zen) => {
+            s.count_delivery("ping");
+            return Json(json!({ "ok": true, "zen": zen })).into_response();
+        }
+        Plan::Ignore(reason) => (Vec::new(), format!("ignored: {reason}")),
+        Plan::Run(jobs) => (jobs, "queued".to_string()),
+    };
+    let cancel = jobs.first().is_some_and(|j| {
+        s.config
+            .repositories
+            .iter()
+            .any(|r| r.name == j.repository && r.cancel_in_progress)
+    });
+    let jobs: Vec<_> = jobs.into_iter().map(|j| (new_run_id(), j)).collect();
+    let (d, e, o) = (delivery.clone(), event.clone(), outcome.clone());
+    let accepted = s
+        .with_db(move |db| Queue::new(db.connection()).accept(&d, &e, &o, &jobs, cancel))
+        .await;
+    match accepted {
+        Err(e) => internal(e),
+        Ok(Accepted::Duplicate { runs }) => {
+            s.count_delivery("duplicate");
+            tracing::info!("delivery {delivery} ({event}) was seen before: ignored");
+            Json(json!({ "duplicate": true, "delivery": delivery, "runs": runs })).into_response()
+        }
+        Ok(Accepted::Queued {
+            runs,
+            cancel_running,
+            dropped,
+        }) => {
+            if runs.is_empty() {
+                s.count_delivery("ignored");
+                tracing::info!("delivery {delivery} ({event}): {outcome}");
+                return (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "delivery": delivery, "ignored": outcome.trim_start_matches("ignored: ") })),
+                )
+                    .into_response();
+            }
+            s.count_delivery("queued");
+            let newest = runs.last().cloned().unwrap_or_default();
+            dispatch::cancel_running(&s, &cancel_running, &newest);
+            for q in dropped {
+                let reason = format!("superseded by run {newest} before it started");
+                dispatch::record_unstarted(&s, &q, &q.repository, Status::Cancelled, reason).await;
+            }
+            tracing::info!("delivery {delivery} ({event}): queued {}", runs.join(", "));
+            s.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "delivery": delivery, "queued": runs })),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    pipeline: Option<String>,
+    branch: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+fn filter(q: &ListQuery) -> Result<RunFilter, String> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| format!("status: unknown status `{s}`"))?),
+    };
+    Ok(RunFilter {
+        pipeline: q.pipeline.clone().filter(|p| !p.is_empty()),
+        branch: q.branch.clone().filter(|b| !b.is_empty()),
+        status,
+    })
+}
+
+async fn list_runs(State(s): S, Query(q): Query<ListQuery>) -> Response {
+    let f = match filter(&q) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let limit = q.limit.unwrap_or(50).min(1000);
+    let r = s
+        .with_db(move |db| {
+            let runs = db.summaries(&f, limit)?;
+            let queued = Queue::new(db.connection()).waiting()?;
+            Ok(json!({ "runs": runs, "queued": queued }))
+        })
+        .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_run(State(s): S, Path(id): Path<String>) -> Response {
+    match s.with_db(move |db| db.get(&id)).await {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such run"),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    stage: Option<String>,
+    after: Option<i64>,
+}
+
+async fn get_logs(State(s): S, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Response {
+    let r = s
+        .with_db(move |db| {
+            let Some(run) = db.get(&id)? else {
+                return Ok(None);
+            };
+            let lines = db.logs(&id, q.stage.as_deref(), q.after.unwrap_or(0), 5000)?;
+            Ok(Some(json!({ "status": run.status, "lines": lines })))
+        })
+        .await;
+    match r {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such run"),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_metrics(State(s): S) -> Response {
+    let deliveries = s.delivery_counts();
+    let r = s
+        .with_db(move |db| {
+            let runs = db.summaries(&RunFilter::default(), usize::MAX)?;
+            let (queued, running) = Queue::new(db.connection()).depth()?;
+            let counts = ServerCounts {
+                queued,
+                running,
+                deliveries,
+            };
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+            Ok(metrics::render(&runs, &counts, now as i64))
+        })
+        .await;
+    match r {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn page_list(State(s): S, Query(q): Query<ListQuery>) -> Response {
+    let f = match filter(&q) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let r = s
+        .with_db(move |db| {
+            let runs = db.summaries(&f, 100)?;
+            let queued = Queue::new(db.connection()).waiting()?;
+            Ok(web::run_list(&runs, &queued))
+        })
+        .await;
+    match r {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
+    let r = s
+        .with_db(move |db| {
+            let Some(mut run) = db.get(&id)? else {
+                return Ok(None);
+            };
+            // A run in progress: its log so far is in the live table.
+            if !run.status.is_final() {
+                for l in db.logs(&id, None, 0, 50_000)? {
+                    if let Some(st) = run.stages.iter_mut().find(|s| s.name == l.stage) {
+                        st.log.push(l.line);
+                    }
+                }
+            }
+            Ok(Some(run))
+        })
+        .await;
+    match r {
+        Ok(Some(run)) => Html(web::run_page(&run)).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Html(web::not_found())).into_response(),
+        Err(e) => internal(e),
+    }
+}

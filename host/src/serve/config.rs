@@ -1,0 +1,621 @@
+//! `host serve`'s configuration file: where it listens, the webhook secret,
+//! and for each repository where to fetch it from, which pipeline file in
+//! the checkout to run, and which events start a run.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//! concurrency = 2
+//! webhook-secret = { env = "HOST_WEBHOOK_SECRET" }
+//!
+//! [[repository]]
+//! name = "acme/app"                    # repository.full_name in deliveries
+//! url = "file:///srv/git/app.git"      # fetched from here, never from the payload
+//! pipeline = "pipeline.toml"           # in the checkout
+//! concurrency = { cancel-in-progress = true }
+//!
+//! [[repository.trigger]]
+//! event = "push"
+//! branch = ["main", "develop"]
+//! ```
+//!
+//! Errors name `file:line:col` like the pipeline file's.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::pipeline::parse::{tidy_message, Source};
+use crate::pipeline::{parse_size, Diagnostic, PipelineError, When};
+
+type Str = Spanned<String>;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub file: PathBuf,
+    pub listen: SocketAddr,
+    /// Runs at once.
+    pub concurrency: usize,
+    /// Largest webhook body accepted (GitHub caps payloads at 25 MB).
+    pub max_body: usize,
+    pub webhook_secret: SecretRef,
+    /// Where runs' checkouts go (default: `<state-dir>/workspaces`).
+    pub workspaces: Option<PathBuf>,
+    pub keep_workspaces: bool,
+    /// Files that `{ file = "…" }` secrets of server runs are read from
+    /// (relative to it, never outside). Without it such secrets are refused:
+    /// a pipeline file comes from the repository, and anyone who can push
+    /// must not read the server's files through it.
+    pub secrets_dir: Option<PathBuf>,
+    /// Base of the links put into runs (`{public-url}/runs/ID`).
+    pub public_url: Option<String>,
+    pub repositories: Vec<Repository>,
+}
+
+/// Where the server reads a secret of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretRef {
+    pub fn read(&self) -> Result<String, String> {
+        let v = match self {
+            SecretRef::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable `{var}` is not set"))?,
+            SecretRef::File(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        };
+        if v.is_empty() {
+            return Err("the value is empty".into());
+        }
+        Ok(v)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// `owner/name`, as deliveries name it (`repository.full_name`).
+    pub name: String,
+    /// Where the server fetches commits from.
+    pub url: String,
+    /// The pipeline file, relative to the checkout's root.
+    pub pipeline: String,
+    /// Template of the concurrency group: `{repository}`, `{ref}` and
+    /// `{event}` are replaced; empty means no group.
+    pub group: String,
+    pub cancel_in_progress: bool,
+    pub triggers: Vec<TriggerRule>,
+}
+
+/// One `[[repository.trigger]]`: which deliveries start a run.
+#[derive(Debug, Clone)]
+pub struct TriggerRule {
+    /// `push` or `pull_request`.
+    pub event: String,
+    /// Pushes: branch patterns; pull requests: base-branch patterns.
+    /// Tag patterns (pushes of tags). Same glob rules as `when`.
+    pub when: When,
+    /// Pull request actions (default: opened, synchronize, reopened).
+    pub actions: Vec<String>,
+    /// The environment runs deploy to (default: the pipeline's
+    /// `[environments]` by branch or tag).
+    pub environment: Option<String>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY: usize = 5 << 20;
+pub const DEFAULT_GROUP: &str = "{repository}/{ref}";
+const DEFAULT_ACTIONS: &[&str] = &["opened", "synchronize", "reopened"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    server: Option<Spanned<RawServer>>,
+    #[serde(default)]
+    repository: Vec<Spanned<RawRepository>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawServer {
+    listen: Option<Str>,
+    concurrency: Option<Spanned<i64>>,
+    max_body: Option<Spanned<toml::Value>>,
+    webhook_secret: Option<Spanned<RawSecret>>,
+    workspaces: Option<Str>,
+    keep_workspaces: Option<bool>,
+    secrets_dir: Option<Str>,
+    public_url: Option<Str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<Str>,
+    file: Option<Str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRepository {
+    name: Option<Str>,
+    url: Option<Str>,
+    pipeline: Option<Str>,
+    concurrency: Option<Spanned<RawConcurrency>>,
+    #[serde(default)]
+    trigger: Vec<Spanned<RawTrigger>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConcurrency {
+    group: Option<Str>,
+    cancel_in_progress: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    event: Option<Str>,
+    branch: Option<Vec<Str>>,
+    tag: Option<Vec<Str>>,
+    actions: Option<Vec<Str>>,
+    environment: Option<Str>,
+}
+
+/// Read and check a server configuration file.
+pub fn load(path: &Path) -> Result<ServerConfig, PipelineError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PipelineError::new(vec![Diagnostic {
+            location: Source::new(path, "").location(0),
+            message: format!("cannot read server configuration: {e}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<ServerConfig, PipelineError> {
+    let src = Source::new(path, text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let location = e.span().map_or(src.location(0), |s| src.span(s));
+        PipelineError::new(vec![Diagnostic {
+            location,
+            message: tidy_message(e.message()),
+        }])
+    })?;
+    let mut diags = Vec::new();
+    let cfg = build(&src, raw, &mut diags);
+    if diags.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(PipelineError::new(diags))
+    }
+}
+
+fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerConfig {
+    let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let rel = |p: &str| dir.join(p);
+    let mut cfg = ServerConfig {
+        file: src.file.clone(),
+        listen: DEFAULT_LISTEN.parse().expect("default address"),
+        concurrency: 2,
+        max_body: DEFAULT_MAX_BODY,
+        webhook_secret: SecretRef::Env(String::new()),
+        workspaces: None,
+        keep_workspaces: false,
+        secrets_dir: None,
+        public_url: None,
+        repositories: Vec::new(),
+    };
+    let Some(server) = raw.server else {
+        diags.push(src.diag(
+            0..0,
+            "missing [server] table (with at least `webhook-secret = { env = \"VAR\" }`)",
+        ));
+        return cfg;
+    };
+    let server_span = server.span();
+    let server = server.into_inner();
+    if let Some(l) = server.listen {
+        match l.get_ref().parse::<SocketAddr>() {
+            Ok(a) => cfg.listen = a,
+            Err(_) => diags.push(src.diag(
+                l.span(),
+                format!(
+                    "server.listen: `{}` is not an address like `127.0.0.1:8080`",
+                    l.get_ref()
+                ),
+            )),
+        }
+    }
+    if let Some(c) = server.concurrency {
+        match *c.get_ref() {
+            n @ 1..=64 => cfg.concurrency = n as usize,
+            n => diags.push(src.diag(
+                c.span(),
+                format!("server.concurrency: {n} is out of range (1–64 runs at once)"),
+            )),
+        }
+    }
+    if let Some(m) = server.max_body {
+        match m.get_ref().as_str().map(parse_size) {
+            Some(Ok(n)) => cfg.max_body = n as usize,
+            Some(Err(e)) => diags.push(src.diag(m.span(), format!("server.max-body: {e}"))),
+            None => diags.push(src.diag(
+                m.span(),
+                "server.max-body: expected a size string like \"5MiB\"",
+            )),
+        }
+    }
+    match server.webhook_secret {
+        None => diags.push(src.diag(
+            server_span.clone(),
+            "server.webhook-secret is required: every delivery's X-Hub-Signature-256 is \
+             checked against it (e.g. `webhook-secret = { env = \"HOST_WEBHOOK_SECRET\" }`)",
+        )),
+        Some(s) => {
+            let span = s.span();
+            match s.into_inner() {
+                RawSecret {
+                    env: Some(v),
+                    file: None,
+                } if !v.get_ref().is_empty() => {
+                    cfg.webhook_secret = SecretRef::Env(v.into_inner())
+                }
+                RawSecret {
+                    env: None,
+                    file: Some(f),
+                } if !f.get_ref().is_empty() => {
+                    cfg.webhook_secret = SecretRef::File(rel(f.get_ref()))
+                }
+                _ => diags.push(src.diag(
+                    span,
+                    "server.webhook-secret: give exactly one of `env = \"VAR\"` or `file = \"path\"`",
+                )),
+            }
+        }
+    }
+    cfg.workspaces = server.workspaces.map(|w| rel(w.get_ref()));
+    cfg.keep_workspaces = server.keep_workspaces.unwrap_or(false);
+    cfg.secrets_dir = server.secrets_dir.map(|w| rel(w.get_ref()));
+    if let Some(u) = server.public_url {
+        match url::Url::parse(u.get_ref()) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") => {
+                cfg.public_url = Some(u.get_ref().trim_end_matches('/').to_string())
+            }
+            _ => diags.push(src.diag(
+                u.span(),
+                format!("server.public-url: `{}` is not an http(s) URL", u.get_ref()),
+            )),
+        }
+    }
+
+    if raw.repository.is_empty() {
+        diags.push(src.diag(
+            server_span,
+            "no [[repository]]: add one with `name`, `url` and at least one [[repository.trigger]]",
+        ));
+    }
+    for r in raw.repository {
+        let span = r.span();
+        if let Some(repo) = repository(src, span.clone(), r.into_inner(), diags) {
+            if cfg.repositories.iter().any(|o| o.name == repo.name) {
+                diags.push(src.diag(
+                    span,
+                    format!("repository `{}` is configured twice", repo.name),
+                ));
+            } else {
+                cfg.repositories.push(repo);
+            }
+        }
+    }
+    cfg
+}
+
+fn required(
+    src: &Source<'_>,
+    span: std::ops::Range<usize>,
+    v: Option<Str>,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Str> {
+    match v {
+        Some(v) if !v.get_ref().trim().is_empty() => Some(v),
+        Some(v) => {
+            diags.push(src.diag(v.span(), format!("{what} must not be empty")));
+            None
+        }
+        None => {
+            diags.push(src.diag(span, format!("{what} is required")));
+            None
+        }
+    }
+}
+
+fn repository(
+    src: &Source<'_>,
+    span: std::ops::Range<usize>,
+    r: RawRepository,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Repository> {
+    let name = required(src, span.clone(), r.name, "repository.name", diags);
+    let url = required(src, span.clone(), r.url, "repository.url", diags);
+    let label = name.as_ref().map_or("repository".to_string(), |n| {
+        format!("repository `{}`", n.get_ref())
+    });
+    if let Some(n) = &name {
+        if !n.get_ref().contains('/') {
+            diags.push(src.diag(
+                n.span(),
+                format!(
+                    "repository.name `{}` must be `owner/name`, as GitHub's deliveries name it",
+                    n.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(u) = &url {
+        let ok = match url::Url::parse(u.get_ref()) {
+            Ok(p) => matches!(p.scheme(), "file" | "http" | "https" | "ssh" | "git"),
+            // A plain local path is a local repository.
+            Err(_) => Path::new(u.get_ref()).is_absolute(),
+        };
+        if !ok {
+            diags.push(src.diag(
+                u.span(),
+                format!(
+                    "{label}: url `{}` is not a git URL (file://, https://, ssh://) or an absolute path",
+                    u.get_ref()
+                ),
+            ));
+        }
+    }
+    let pipeline = r
+        .pipeline
+        .map(|p| {
+            let v = p.get_ref();
+            if v.is_empty()
+                || Path::new(v).is_absolute()
+                || Path::new(v)
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                diags.push(src.diag(
+                    p.span(),
+                    format!("{label}: pipeline `{v}` must be a relative path inside the checkout"),
+                ));
+            }
+            v.clone()
+        })
+        .unwrap_or_else(|| "pipeline.toml".into());
+    let (mut group, mut cancel_in_progress) = (DEFAULT_GROUP.to_string(), false);
+    if let Some(c) = r.concurrency {
+        let c = c.into_inner();
+        if let Some(g) = c.group {
+            let bad: Vec<&str> = placeholders(g.get_ref())
+                .filter(|p| !matches!(*p, "repository" | "ref" | "event"))
+                .collect();
+            if !bad.is_empty() {
+                diags.push(src.diag(
+                    g.span(),
+                    format!(
+                        "{label}: concurrency.group uses unknown placeholder(s) {}; \
+                         known: {{repository}}, {{ref}}, {{event}}",
+                        bad.iter()
+                            .map(|b| format!("{{{b}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            group = g.into_inner();
+        }
+        cancel_in_progress = c.cancel_in_progress.unwrap_or(false);
+    }
+    if r.trigger.is_empty() {
+        diags.push(src.diag(
+            span.clone(),
+            format!(
+                "{label} has no [[repository.trigger]]: nothing would start a run \
+                 (e.g. `event = \"push\"` with `branch = [\"main\"]`)"
+            ),
+        ));
+    }
+    let triggers = r
+        .trigger
+        .into_iter()
+        .filter_map(|t| trigger(src, &label, t, diags))
+        .collect();
+    Some(Repository {
+        name: name?.into_inner(),
+        url: url?.into_inner(),
+        pipeline,
+        group,
+        cancel_in_progress,
+        triggers,
+    })
+}
+
+fn placeholders(s: &str) -> impl Iterator<Item = &str> {
+    s.split('{')
+        .skip(1)
+        .filter_map(|part| part.split_once('}').map(|(p, _)| p))
+}
+
+fn globs(
+    src: &Source<'_>,
+    label: &str,
+    key: &str,
+    v: Option<Vec<Str>>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<String> {
+    v.unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| match crate::pipeline::when_compile(p.get_ref()) {
+            Ok(_) => Some(p.into_inner()),
+            Err(e) => {
+                diags.push(src.diag(
+                    p.span(),
+                    format!("{label}: trigger.{key}: bad pattern `{}`: {e}", p.get_ref()),
+                ));
+                None
+            }
+        })
+        .collect()
+}
+
+fn trigger(
+    src: &Source<'_>,
+    label: &str,
+    t: Spanned<RawTrigger>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<TriggerRule> {
+    let span = t.span();
+    let t = t.into_inner();
+    let event = required(src, span.clone(), t.event, "trigger.event", diags)?;
+    let branch = globs(src, label, "branch", t.branch, diags);
+    let tag = globs(src, label, "tag", t.tag, diags);
+    let mut actions: Vec<String> = Vec::new();
+    match event.get_ref().as_str() {
+        "push" => {
+            if let Some(a) = t.actions.as_ref().and_then(|a| a.first()) {
+                diags.push(src.diag(
+                    a.span(),
+                    format!("{label}: trigger.actions is for `pull_request` triggers"),
+                ));
+            }
+            if branch.is_empty() && tag.is_empty() {
+                diags.push(src.diag(
+                    span,
+                    format!(
+                        "{label}: a push trigger needs `branch` or `tag` patterns \
+                         (`branch = [\"**\"]` for every branch)"
+                    ),
+                ));
+            }
+        }
+        "pull_request" => {
+            if !tag.is_empty() {
+                diags.push(src.diag(
+                    span.clone(),
+                    format!("{label}: pull requests have no tag; use `branch` (the base branch)"),
+                ));
+            }
+            actions = match t.actions {
+                Some(a) => a.into_iter().map(|a| a.into_inner()).collect(),
+                None => DEFAULT_ACTIONS.iter().map(|a| a.to_string()).collect(),
+            };
+        }
+        other => {
+            diags.push(src.diag(
+                event.span(),
+                format!(
+                    "{label}: trigger.event `{other}` is not handled; use `push` or `pull_request`"
+                ),
+            ));
+            return None;
+        }
+    }
+    Some(TriggerRule {
+        event: event.into_inner(),
+        when: When {
+            branch,
+            tag,
+            event: Vec::new(),
+            always: false,
+        },
+        actions,
+        environment: t.environment.map(|e| e.into_inner()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        parse(Path::new("server.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+webhook-secret = { env = "SECRET" }
+max-body = "1MiB"
+
+[[repository]]
+name = "acme/app"
+url = "file:///srv/app.git"
+concurrency = { cancel-in-progress = true }
+
+[[repository.trigger]]
+event = "push"
+branch = ["main"]
+tag = []
+
+[[repository.trigger]]
+event = "pull_request"
+branch = ["main"]
+"#;
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = parse(Path::new("server.toml"), GOOD).unwrap();
+        assert_eq!(c.max_body, 1 << 20);
+        assert_eq!(c.webhook_secret, SecretRef::Env("SECRET".into()));
+        let r = &c.repositories[0];
+        assert!(r.cancel_in_progress);
+        assert_eq!(r.group, DEFAULT_GROUP);
+        assert_eq!(r.pipeline, "pipeline.toml");
+        assert_eq!(r.triggers[1].actions, DEFAULT_ACTIONS);
+    }
+
+    #[test]
+    fn the_example_in_pipelines_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/server.toml");
+        let c = load(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.repositories[0].triggers.len(), 3);
+        assert_eq!(
+            c.repositories[0].triggers[1].environment.as_deref(),
+            Some("production")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        let e = errors(&GOOD.replace("webhook-secret = { env = \"SECRET\" }\n", ""));
+        assert!(
+            e.contains("server.toml:2:1: server.webhook-secret is required"),
+            "{e}"
+        );
+        let e = errors(&GOOD.replace("event = \"push\"", "event = \"deploy\""));
+        assert!(
+            e.contains("server.toml:13:9: repository `acme/app`: trigger.event `deploy`"),
+            "{e}"
+        );
+        let e = errors(&GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"everywhere\""));
+        assert!(e.contains(":3:10: server.listen"), "{e}");
+        let e = errors(&GOOD.replace("max-body", "max-bodie"));
+        assert!(e.contains("unknown field `max-bodie`"), "{e}");
+        let e = errors(&GOOD.replace("name = \"acme/app\"", "name = \"app\""));
+        assert!(e.contains("must be `owner/name`"), "{e}");
+        let e = errors(&GOOD.replace(
+            "concurrency = { cancel-in-progress = true }",
+            "concurrency = { group = \"{branch}\" }\npipeline = \"../x.toml\"",
+        ));
+        assert!(e.contains("unknown placeholder(s) {branch}"), "{e}");
+        assert!(
+            e.contains("must be a relative path inside the checkout"),
+            "{e}"
+        );
+        let e = errors(&GOOD.replace("branch = [\"main\"]\ntag = []", "tag = []"));
+        assert!(e.contains("a push trigger needs `branch` or `tag`"), "{e}");
+    }
+}

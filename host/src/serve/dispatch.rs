@@ -1,0 +1,401 @@
+//! The dispatcher: takes queued runs (at most `concurrency` at once, one
+//! per concurrency group), checks the commit out into a fresh workspace,
+//! runs the repository's pipeline, and cancels runs a newer push
+//! supersedes.
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::task::JoinSet;
+
+use crate::caps::secrets::SecretFiles;
+use crate::distribution::{load_resolved, LockMode};
+use crate::run::executor::now_rfc3339;
+use crate::run::launch::{Launch, LaunchError, RunControl};
+use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
+use crate::serve::queue::{Queue, QueuedJob};
+use crate::serve::ServerState;
+use crate::source::git;
+
+/// A safety net: look at the queue this often even when nothing woke us.
+const IDLE_LOOK: Duration = Duration::from_secs(5);
+
+/// At start: put back the runs a previous server left running; record the
+/// ones given up. Returns a line for the start-up message.
+pub async fn recover(s: &Arc<ServerState>) -> Result<String> {
+    let (again, given_up) = s
+        .with_db(|db| Queue::new(db.connection()).recover())
+        .await?;
+    for id in again {
+        mark_queued_again(
+            s,
+            &id,
+            "the server stopped during the run; it runs again from the start",
+        )
+        .await;
+    }
+    for q in &given_up {
+        let reason = format!(
+            "interrupted by a server stop {} times; not run again",
+            q.attempts
+        );
+        record_unstarted(s, q, &q.repository, Status::Failure, reason).await;
+    }
+    let (queued, _) = s.with_db(|db| Queue::new(db.connection()).depth()).await?;
+    Ok(format!("{queued} run(s) queued"))
+}
+
+/// Cancel running runs that a newer one superseded.
+pub fn cancel_running(s: &ServerState, run_ids: &[String], by: &str) {
+    let running = s.running.lock().unwrap();
+    for id in run_ids {
+        if let Some(c) = running.get(id) {
+            c.cancel(format!("superseded by run {by}"));
+        }
+    }
+}
+
+/// Loop until shutdown: start what may start, wait for a wake-up.
+pub async fn run(s: Arc<ServerState>) {
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    loop {
+        while tasks.len() < s.config.concurrency && !s.shutdown.is_cancelled() {
+            match s.with_db(|db| Queue::new(db.connection()).claim()).await {
+                Ok(Some(job)) => {
+                    let s2 = s.clone();
+                    tasks.spawn(async move { run_job(s2, job).await });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("reading the queue: {e:#}");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = s.wake.notified() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = s.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(IDLE_LOOK) => {}
+        }
+    }
+    for c in s.running.lock().unwrap().values() {
+        c.cancel("the server stopped; the run is queued to run again at its next start");
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn run_job(s: Arc<ServerState>, q: QueuedJob) {
+    let control = RunControl::new();
+    s.running
+        .lock()
+        .unwrap()
+        .insert(q.run_id.clone(), control.clone());
+    let workspace = s.workspaces.join(&q.run_id);
+    let record = execute(&s, &q, &control, &workspace).await;
+    s.running.lock().unwrap().remove(&q.run_id);
+    let stopped_by_server = s.shutdown.is_cancelled() && control.is_cancelled();
+    let id = q.run_id.clone();
+    let done = s
+        .with_db(move |db| {
+            let queue = Queue::new(db.connection());
+            if stopped_by_server {
+                queue.requeue(&id)
+            } else {
+                queue.finish(&id)
+            }
+        })
+        .await;
+    if let Err(e) = done {
+        tracing::error!("run {}: updating the queue: {e:#}", q.run_id);
+    }
+    if !s.config.keep_workspaces {
+        let _ = tokio::fs::remove_dir_all(&workspace).await;
+    }
+    if stopped_by_server {
+        mark_queued_again(
+            &s,
+            &q.run_id,
+            "the server stopped during the run; it runs again at its next start",
+        )
+        .await;
+    } else if let Some(r) = record {
+        tracing::info!(
+            "run {} of {} #{}: {}",
+            r.id,
+            r.pipeline,
+            r.build_number,
+            r.status
+        );
+    }
+    s.wake.notify_one();
+}
+
+/// A run that goes back to the queue keeps its record (and number), with
+/// status `queued` and why.
+async fn mark_queued_again(s: &Arc<ServerState>, run_id: &str, reason: &str) {
+    let (id, reason) = (run_id.to_string(), reason.to_string());
+    let r = s
+        .with_db(move |db| {
+            if let Some(mut rec) = db.get(&id)? {
+                rec.status = Status::Queued;
+                rec.reason = Some(reason);
+                db.save(&rec)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!("run {run_id}: {e:#}");
+    }
+}
+
+/// Check out, load, run. Every way this can end leaves a run record.
+async fn execute(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    control: &RunControl,
+    workspace: &Path,
+) -> Option<RunRecord> {
+    let job = &q.job;
+    let Some(repo) = s
+        .config
+        .repositories
+        .iter()
+        .find(|r| r.name == job.repository)
+    else {
+        let reason = format!(
+            "repository `{}` is no longer configured on this server",
+            job.repository
+        );
+        return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+    };
+    if workspace.exists() {
+        // Left by an interrupted attempt.
+        let _ = tokio::fs::remove_dir_all(workspace).await;
+    }
+    let cancelled = control.token();
+    let fetched = tokio::select! {
+        r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
+        _ = cancelled.cancelled() => {
+            let reason = control.reason().unwrap_or_default();
+            return record_unstarted(s, q, &job.repository, Status::Cancelled, reason).await;
+        }
+    };
+    if let Err(e) = fetched {
+        let reason = format!("checkout of {} failed: {e}", short(&job.sha));
+        return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+    }
+    let file = workspace.join(&repo.pipeline);
+    let pipeline = match load_resolved(&file, &s.state_dir, LockMode::Normal).await {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            let reason = relative(&e.to_string(), workspace);
+            return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+        }
+    };
+    if let Some(env) = &job.environment {
+        if pipeline.environment(env).is_none() {
+            let reason = format!(
+                "the trigger deploys to `{env}`, which {} does not declare in [environments]",
+                repo.pipeline
+            );
+            return record_unstarted(s, q, &pipeline.name, Status::Failure, reason).await;
+        }
+    }
+
+    let mut opts = RunOptions::new(q.run_id.clone(), workspace.to_path_buf());
+    opts.commit_sha = job.sha.clone();
+    opts.branch = job.branch.clone();
+    opts.tag = job.tag.clone();
+    opts.event = job.event.clone();
+    opts.environment = job.environment.clone();
+    opts.trigger = Some(job.trigger.clone());
+    if let Some(base) = &s.config.public_url {
+        opts.url = format!("{base}/runs/{}", q.run_id);
+    }
+    opts.secret_files = match (&s.config.secrets_dir, job.trusted) {
+        (_, false) => SecretFiles::Denied("runs of pull requests from forks get no secrets".into()),
+        (Some(dir), true) => SecretFiles::Within(dir.clone()),
+        (None, true) => SecretFiles::Denied(
+            "this server has no `secrets-dir`, so file secrets are refused".into(),
+        ),
+    };
+    if !job.trusted {
+        // Code from a fork: nothing of the server's environment.
+        opts.env.clear();
+    }
+    // The server's own webhook secret is never a pipeline's to read.
+    if let crate::serve::config::SecretRef::Env(var) = &s.config.webhook_secret {
+        opts.env.remove(var);
+    }
+    opts.build_number = match number(s, &pipeline.name, &q.run_id, &opts).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("run {}: {e:#}", q.run_id);
+            return None;
+        }
+    };
+
+    let launch = Launch {
+        runtime: s.runtime.clone(),
+        state_dir: &s.state_dir,
+        observer: Arc::new(Quiet),
+        control: control.clone(),
+    };
+    match launch.run(pipeline.clone(), opts.clone()).await {
+        Ok(r) => Some(r),
+        Err(LaunchError::Plugins(d)) => {
+            let reason = relative(&LaunchError::Plugins(d).to_string(), workspace);
+            Some(
+                save_unstarted(
+                    s,
+                    unstarted(
+                        q,
+                        &pipeline.name,
+                        opts.build_number,
+                        Status::Failure,
+                        reason,
+                    ),
+                )
+                .await,
+            )
+        }
+        Err(LaunchError::Host(e)) => {
+            let reason = format!("host error: {e:#}");
+            Some(
+                save_unstarted(
+                    s,
+                    unstarted(
+                        q,
+                        &pipeline.name,
+                        opts.build_number,
+                        Status::Failure,
+                        reason,
+                    ),
+                )
+                .await,
+            )
+        }
+    }
+}
+
+/// The next build number of `pipeline`, taken by saving a placeholder
+/// record at once (so two runs starting together cannot share one).
+async fn number(
+    s: &Arc<ServerState>,
+    pipeline: &str,
+    run_id: &str,
+    opts: &RunOptions,
+) -> Result<u64> {
+    let _one_at_a_time = s.numbering.lock().await;
+    let (pipeline, run_id) = (pipeline.to_string(), run_id.to_string());
+    let mut placeholder = placeholder(&run_id, &pipeline, opts);
+    s.with_db(move |db| {
+        let n = match db.get(&run_id)? {
+            // A run that runs again keeps its number.
+            Some(old) if old.pipeline == pipeline => old.build_number,
+            _ => db.next_build_number(&pipeline)?,
+        };
+        placeholder.build_number = n;
+        db.save(&placeholder)?;
+        Ok(n)
+    })
+    .await
+}
+
+fn placeholder(run_id: &str, pipeline: &str, opts: &RunOptions) -> RunRecord {
+    RunRecord {
+        id: run_id.to_string(),
+        pipeline: pipeline.to_string(),
+        file: String::new(),
+        build_number: 0,
+        commit_sha: opts.commit_sha.clone(),
+        branch: opts.branch.clone(),
+        tag: opts.tag.clone(),
+        event: opts.event.clone(),
+        environment: opts.environment.clone(),
+        status: Status::Running,
+        started_at: now_rfc3339(),
+        duration_ms: 0,
+        reason: None,
+        trigger: opts.trigger.clone(),
+        stages: Vec::new(),
+    }
+}
+
+/// A record for a run that ended before any stage started.
+fn unstarted(
+    q: &QueuedJob,
+    pipeline: &str,
+    build_number: u64,
+    status: Status,
+    reason: String,
+) -> RunRecord {
+    let job = &q.job;
+    RunRecord {
+        id: q.run_id.clone(),
+        pipeline: pipeline.to_string(),
+        file: String::new(),
+        build_number,
+        commit_sha: job.sha.clone(),
+        branch: job.branch.clone(),
+        tag: job.tag.clone(),
+        event: job.event.clone(),
+        environment: job.environment.clone(),
+        status,
+        started_at: now_rfc3339(),
+        duration_ms: 0,
+        reason: Some(reason),
+        trigger: Some(job.trigger.clone()),
+        stages: Vec::new(),
+    }
+}
+
+/// Number and save a record for a run that ended before it started.
+pub async fn record_unstarted(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    pipeline: &str,
+    status: Status,
+    reason: String,
+) -> Option<RunRecord> {
+    let _one_at_a_time = s.numbering.lock().await;
+    let mut rec = unstarted(q, pipeline, 0, status, reason);
+    let saved = s
+        .with_db(move |db| {
+            rec.build_number = match db.get(&rec.id)? {
+                Some(old) if old.pipeline == rec.pipeline => old.build_number,
+                _ => db.next_build_number(&rec.pipeline)?,
+            };
+            db.save(&rec)?;
+            Ok(rec)
+        })
+        .await;
+    match saved {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!("run {}: saving its record: {e:#}", q.run_id);
+            None
+        }
+    }
+}
+
+async fn save_unstarted(s: &Arc<ServerState>, rec: RunRecord) -> RunRecord {
+    let r = rec.clone();
+    if let Err(e) = s.with_db(move |db: &RunStore| db.save(&r)).await {
+        tracing::error!("run {}: saving its record: {e:#}", rec.id);
+    }
+    rec
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Paths in messages relative to the checkout (its location is the
+/// server's business).
+fn relative(message: &str, workspace: &Path) -> String {
+    message.replace(&format!("{}/", workspace.display()), "")
+}

@@ -1,0 +1,150 @@
+//! `host serve`: the CI server. GitHub webhooks start runs of the pushed
+//! commit; runs wait in a durable queue and run a few at a time; the run
+//! history is served as a JSON API, Prometheus metrics and web pages.
+//!
+//! - [`config`]: the server's configuration file;
+//! - [`webhook`]: signatures, payloads, which runs a delivery asks for;
+//! - [`queue`]: the durable queue (SQLite, beside the run records);
+//! - [`dispatch`]: takes queued runs, checks out, runs, cancels superseded;
+//! - [`api`], [`web`], [`metrics`]: what the server shows.
+pub mod api;
+pub mod config;
+pub mod dispatch;
+pub mod metrics;
+pub mod queue;
+pub mod web;
+pub mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::run::launch::RunControl;
+use crate::run::RunStore;
+use crate::runtime::Runtime;
+use config::ServerConfig;
+
+/// What every handler and the dispatcher share.
+pub struct ServerState {
+    pub config: ServerConfig,
+    /// The webhook secret's value (never logged).
+    secret: Vec<u8>,
+    pub state_dir: PathBuf,
+    pub workspaces: PathBuf,
+    pub runtime: Arc<Runtime>,
+    /// One connection for the handlers' reads and the queue's writes
+    /// (each run's recorder has its own).
+    db: Mutex<RunStore>,
+    /// Woken when a run is queued or ends.
+    wake: Notify,
+    /// Runs in progress, to cancel them.
+    running: Mutex<HashMap<String, RunControl>>,
+    /// Webhook deliveries by outcome, since start.
+    deliveries: Mutex<BTreeMap<String, u64>>,
+    pub shutdown: CancellationToken,
+    /// Build numbers are handed out one at a time.
+    numbering: tokio::sync::Mutex<()>,
+}
+
+impl ServerState {
+    pub fn new(config: ServerConfig, state_dir: &Path, runtime: Arc<Runtime>) -> Result<Self> {
+        let secret = config
+            .webhook_secret
+            .read()
+            .map_err(|e| anyhow::anyhow!("{}: server.webhook-secret: {e}", config.file.display()))?
+            .into_bytes();
+        let store = RunStore::open(state_dir)?;
+        queue::Queue::new(store.connection()).init()?;
+        let workspaces = config
+            .workspaces
+            .clone()
+            .unwrap_or_else(|| state_dir.join("workspaces"));
+        std::fs::create_dir_all(&workspaces)
+            .with_context(|| format!("creating {}", workspaces.display()))?;
+        Ok(Self {
+            config,
+            secret,
+            state_dir: state_dir.to_path_buf(),
+            workspaces: workspaces.canonicalize()?,
+            runtime,
+            db: Mutex::new(store),
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(BTreeMap::new()),
+            shutdown: CancellationToken::new(),
+            numbering: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Run `f` with the shared store, off the async threads.
+    pub async fn with_db<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&RunStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = s.db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&db)
+        })
+        .await
+        .context("store task")?
+    }
+
+    fn count_delivery(&self, outcome: &str) {
+        *self
+            .deliveries
+            .lock()
+            .unwrap()
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn delivery_counts(&self) -> BTreeMap<String, u64> {
+        self.deliveries.lock().unwrap().clone()
+    }
+}
+
+/// Serve until `shutdown` (or SIGTERM / Ctrl-C): runs in progress are
+/// stopped and put back in the queue for the next start.
+pub async fn serve(state: Arc<ServerState>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(state.config.listen)
+        .await
+        .with_context(|| format!("binding {}", state.config.listen))?;
+    let addr = listener.local_addr()?;
+    // Registered before the server says it listens, so a signal right
+    // after that line stops it cleanly.
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let recovered = dispatch::recover(&state).await?;
+    // Tests and scripts wait for this line.
+    eprintln!("host serve: listening on http://{addr} ({recovered})");
+    let app = api::router(state.clone());
+    let dispatcher = tokio::spawn(dispatch::run(state.clone()));
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    dispatcher.await.context("dispatcher")?;
+    Ok(())
+}
+
+async fn stop_on_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = shutdown.cancelled() => return,
+    }
+    eprintln!("host serve: stopping (runs in progress go back to the queue)");
+    shutdown.cancel();
+}

@@ -1,0 +1,262 @@
+//! The server's web pages: the run list and a run's page (stages, statuses,
+//! durations, outputs, annotations, approvals, logs). Rendered on the
+//! server with maud, which escapes every value: log lines and commit
+//! messages are whatever a stage or a pusher wrote. A page of a run in
+//! progress reloads itself every two seconds.
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use crate::run::console::{format_duration, format_time};
+use crate::run::{RunRecord, RunSummary, StageRecord, Status};
+use crate::serve::queue::QueuedJob;
+
+const STYLE: &str = r#"
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1f2328; background: #f6f8fa; }
+header { background: #24292f; color: #fff; padding: 10px 24px; }
+header a { color: #fff; text-decoration: none; font-weight: 600; }
+main { padding: 16px 24px; max-width: 1200px; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #d0d7de; vertical-align: top; }
+th { background: #f0f3f6; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, pre { font: 12px/1.4 ui-monospace, monospace; }
+pre.log { background: #0d1117; color: #e6edf3; padding: 8px; overflow-x: auto; white-space: pre-wrap; }
+.log .stderr, .log .warn, .log .error { color: #ffa198; }
+.log .host { color: #79c0ff; }
+.status { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; }
+.status-success { background: #1a7f37; } .status-failure { background: #cf222e; }
+.status-running { background: #0969da; } .status-queued, .status-pending, .status-skipped { background: #6e7781; }
+.status-cancelled, .status-warning { background: #9a6700; }
+dl.meta { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; background: #fff; padding: 10px; }
+dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
+section.stage { background: #fff; margin: 12px 0; padding: 8px 12px; border: 1px solid #d0d7de; }
+.reason { background: #fff8c5; padding: 8px 12px; border: 1px solid #d4a72c; }
+"#;
+
+fn page(title: &str, refresh: bool, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if refresh { meta http-equiv="refresh" content="2"; }
+                title { (title) " · pipeline host" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header { a href="/" { "pipeline host" } " · " a href="/metrics" { "metrics" } }
+                main { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+fn badge(status: Status, warning: bool) -> Markup {
+    let word = if warning && status == Status::Success {
+        "warning"
+    } else {
+        status.as_str()
+    };
+    html! { span class={ "status status-" (word) } data-status=(word) { (word) } }
+}
+
+fn ref_label(branch: Option<&str>, tag: Option<&str>) -> String {
+    crate::cli::history::ref_name(branch, tag)
+}
+
+fn duration(status: Status, ms: u64) -> String {
+    if status.is_final() {
+        format_duration(ms)
+    } else {
+        "…".into()
+    }
+}
+
+/// `/`: queued runs, then recorded runs, newest first.
+pub fn run_list(runs: &[RunSummary], queued: &[QueuedJob]) -> String {
+    let body = html! {
+        h1 { "Runs" }
+        @if !queued.is_empty() {
+            h2 { "Queued" }
+            table id="queued" {
+                thead { tr { th { "run" } th { "repository" } th { "ref" } th { "commit" } th { "event" } th { "queued at" } } }
+                tbody {
+                    @for q in queued {
+                        tr data-run=(q.run_id) {
+                            td { code { (q.run_id) } }
+                            td { (q.repository) }
+                            td { (ref_label(q.job.branch.as_deref(), q.job.tag.as_deref())) }
+                            td { code { (crate::cli::history::short_sha(&q.job.sha)) } }
+                            td { (q.job.event) }
+                            td { (format_time(&q.enqueued_at)) }
+                        }
+                    }
+                }
+            }
+        }
+        @if runs.is_empty() {
+            p { "No runs recorded yet." }
+        } @else {
+            table id="runs" {
+                thead { tr {
+                    th { "status" } th { "run" } th { "pipeline" } th { "ref" } th { "commit" }
+                    th { "event" } th { "environment" } th { "started" } th { "duration" }
+                } }
+                tbody {
+                    @for r in runs {
+                        tr data-run=(r.id) {
+                            td { (badge(r.status, false)) }
+                            td { a href={ "/runs/" (r.id) } { "#" (r.build_number) } " " code { (r.id) } }
+                            td { (r.pipeline) }
+                            td { (ref_label(r.branch.as_deref(), r.tag.as_deref())) }
+                            td { code { (crate::cli::history::short_sha(&r.commit_sha)) } }
+                            td { (r.event) }
+                            td { (r.environment.as_deref().unwrap_or("")) }
+                            td { (format_time(&r.started_at)) }
+                            td class="num" { (duration(r.status, r.duration_ms)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let refresh = !queued.is_empty() || runs.iter().any(|r| !r.status.is_final());
+    page("Runs", refresh, body)
+}
+
+fn stage_section(s: &StageRecord) -> Markup {
+    let open = s.status == Status::Failure;
+    html! {
+        section class="stage" id={ "stage-" (s.name) } data-stage=(s.name) {
+            h3 { (s.name) " " (badge(s.status, s.warning)) }
+            @if let Some(e) = &s.error { p class="error" { (e) } }
+            @if !s.outputs.is_empty() {
+                table class="outputs" {
+                    thead { tr { th { "output" } th { "value" } } }
+                    tbody { @for (k, v) in &s.outputs { tr { td { code { (k) } } td { code { (v) } } } } }
+                }
+            }
+            @if !s.annotations.is_empty() {
+                ul class="annotations" {
+                    @for a in &s.annotations {
+                        li { strong { (a.level) " " (a.title) } ": " (a.message)
+                            @if let Some(f) = &a.file { " (" (f) @if let Some(l) = a.line { ":" (l) } ")" } }
+                    }
+                }
+            }
+            @if let Some(a) = &s.approval {
+                p class="approval" {
+                    "Approval for " code { (a.environment) } ": " (format!("{:?}", a.decision).to_lowercase())
+                    @if let Some(by) = &a.by { " by " (by) } " at " (a.decided_at)
+                    @if let Some(c) = &a.comment { " — " (c) }
+                }
+            }
+            details open[open] {
+                summary { "log (" (s.log.len()) " lines)" }
+                pre class="log" {
+                    @for l in &s.log {
+                        span class=(l.stream) { (l.text) } "\n"
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/runs/{id}`.
+pub fn run_page(run: &RunRecord) -> String {
+    let title = format!("{} #{}", run.pipeline, run.build_number);
+    let body = html! {
+        h1 { (title) " " (badge(run.status, false)) }
+        @if let Some(r) = &run.reason { p class="reason" { (r) } }
+        dl class="meta" {
+            dt { "run" } dd { code { (run.id) } }
+            dt { "trigger" } dd { (run.event) " of " (ref_label(run.branch.as_deref(), run.tag.as_deref())) }
+            dt { "commit" } dd { code { (run.commit_sha) } }
+            @if let Some(t) = &run.trigger {
+                dt { "repository" } dd { (t.repository) }
+                @if let Some(s) = &t.sender { dt { "by" } dd { (s) } }
+                @if let Some(m) = &t.message { dt { "message" } dd { (m) } }
+                @if let Some(n) = t.pull_request { dt { "pull request" } dd { "#" (n) } }
+                dt { "delivery" } dd { code { (t.delivery) } }
+            }
+            @if let Some(e) = &run.environment { dt { "environment" } dd { (e) } }
+            dt { "started" } dd { (format_time(&run.started_at)) }
+            dt { "duration" } dd id="run-duration" { (duration(run.status, run.duration_ms)) }
+        }
+        h2 { "Stages" }
+        @if run.stages.is_empty() {
+            p { "No stage ran." }
+        } @else {
+            table id="stages" {
+                thead { tr { th { "stage" } th { "status" } th { "duration" } th { "attempts" } th { "summary" } } }
+                tbody {
+                    @for s in &run.stages {
+                        tr data-stage=(s.name) {
+                            td { a href={ "#stage-" (s.name) } { (s.name) } }
+                            td { (badge(s.status, s.warning)) }
+                            td class="num" {
+                                @if s.started_at.is_some() { (duration(s.status, s.duration_ms)) } @else { "" }
+                            }
+                            td class="num" { (s.attempts) }
+                            td { (if s.summary.is_empty() { s.error.as_deref().unwrap_or("") } else { &s.summary }) }
+                        }
+                    }
+                }
+            }
+            @for s in &run.stages { (stage_section(s)) }
+        }
+    };
+    page(&title, !run.status.is_final(), body)
+}
+
+pub fn not_found() -> String {
+    page(
+        "Not found",
+        false,
+        html! { h1 { "No such run" } p { a href="/" { "All runs" } } },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caps::log::LogLine;
+
+    #[test]
+    fn everything_a_stage_or_pusher_wrote_is_escaped() {
+        let mut s = StageRecord::pending("build", "p");
+        s.status = Status::Failure;
+        s.log.push(LogLine {
+            at_ms: 1,
+            stream: "stdout".into(),
+            text: "<script>alert(1)</script>".into(),
+        });
+        s.summary = "a & b".into();
+        let run = RunRecord {
+            id: "r1".into(),
+            pipeline: "<b>p</b>".into(),
+            file: String::new(),
+            build_number: 3,
+            commit_sha: "abc".into(),
+            branch: Some("main".into()),
+            tag: None,
+            event: "push".into(),
+            environment: None,
+            status: Status::Failure,
+            started_at: "now".into(),
+            duration_ms: 1500,
+            reason: None,
+            trigger: None,
+            stages: vec![s],
+        };
+        let html = run_page(&run);
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("&lt;b&gt;p&lt;/b&gt; #3"));
+        assert!(html.contains("a &amp; b"));
+        assert!(html.contains("1.5s"));
+        assert!(!html.contains("http-equiv=\"refresh\""));
+    }
+}
