@@ -20,10 +20,20 @@ test: services plugins
     cargo clippy --workspace --all-targets -- -D warnings
     cargo build --workspace --all-targets
     cargo test --workspace
+    cargo run --quiet -p pipeline-bench -- --smoke --out target/bench/smoke.json
 
 # Run the demo app's CI/CD flow (pipelines/demo.toml) on the real engine and registry.
 demo: services build
     bash scripts/demo.sh
+
+# Benchmarks (release build): Wasm stages vs container-per-step, plugin
+# load, scaling, memory, capability calls. Prints a table, writes JSON.
+bench: services plugins
+    cargo run --quiet --release -p pipeline-bench -- --out target/bench/latest.json
+
+# The benchmark with tiny sizes (part of `just test`: it must keep working).
+bench-smoke: services plugins
+    cargo run --quiet -p pipeline-bench -- --smoke --out target/bench/smoke.json
 
 # Validate a pipeline file without running it.
 check FILE: build

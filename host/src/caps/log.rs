@@ -213,6 +213,16 @@ impl StageLog {
 
     /// Flush unterminated output and return every line.
     pub fn finish(&self) -> Vec<LogLine> {
+        self.flush_partial().lines.clone()
+    }
+
+    /// Like `finish`, but hands the lines over (no copy).
+    pub fn take(&self) -> Vec<LogLine> {
+        std::mem::take(&mut self.flush_partial().lines)
+    }
+
+    /// Log what is left of unterminated stdout/stderr lines.
+    fn flush_partial(&self) -> std::sync::MutexGuard<'_, Inner> {
         let mut inner = self.inner.lock().unwrap();
         for stdout in [true, false] {
             let buf = std::mem::take(if stdout {
@@ -226,7 +236,7 @@ impl StageLog {
                     self.push_locked(&mut inner, if stdout { "stdout" } else { "stderr" }, &text);
             }
         }
-        inner.lines.clone()
+        inner
     }
 
     pub fn limit_exceeded(&self) -> bool {

@@ -350,7 +350,7 @@ pub async fn logs(args: LogsArgs, state_dir: &Path) -> Result<u8> {
 
 fn logs_blocking(args: LogsArgs, state_dir: &Path) -> Result<u8> {
     let store = RunStore::open(state_dir)?;
-    let mut run = find_run(&store, &args.id)?;
+    let run = find_run(&store, &args.id)?;
     let stage = args.stage.as_deref();
     if let Some(st) = stage {
         if run.stage(st).is_none() {
@@ -370,6 +370,7 @@ fn logs_blocking(args: LogsArgs, state_dir: &Path) -> Result<u8> {
     let mut after = 0i64;
     let mut printed_any = false;
     let mut last_look = Instant::now();
+    let mut status = run.status;
     loop {
         let lines = store.logs(&run.id, stage, after, 1000)?;
         for l in &lines {
@@ -381,14 +382,14 @@ fn logs_blocking(args: LogsArgs, state_dir: &Path) -> Result<u8> {
         if lines.len() == 1000 {
             continue;
         }
-        if run.status.is_final() || !args.follow {
+        if status.is_final() || !args.follow {
             break;
         }
         std::thread::sleep(FOLLOW_POLL.saturating_sub(last_look.elapsed()));
         last_look = Instant::now();
         // Read the status before the next batch of lines, so the lines
         // written before the run ended are all printed.
-        run = store.get(&run.id)?.unwrap_or(run);
+        status = store.status(&run.id)?.unwrap_or(status);
     }
     // Runs recorded before live logs existed keep their log in the record.
     if !printed_any {

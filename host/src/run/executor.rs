@@ -542,7 +542,7 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
         }
         let log = caps.log.clone();
         let outcome = shared.runtime.run_stage(plugin, &sandbox, caps, &ctx).await;
-        rec.log.extend(log.finish());
+        rec.log.extend(log.take());
         match outcome {
             Ok(report) => {
                 apply_report(&mut rec, report, &masker);

@@ -33,7 +33,11 @@ pub struct LiveRecorder {
 }
 
 /// How many messages one write may take (bounds a transaction).
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
+/// After the first message of a batch, wait this long for more (unless
+/// the run ends): stages that log a lot then cost a channel push per line,
+/// not a wake-up and a transaction.
+const LINGER: Duration = Duration::from_millis(25);
 
 impl LiveRecorder {
     /// Start the writer for the store in `state_dir`.
@@ -55,11 +59,13 @@ impl LiveRecorder {
 
     /// Save the final record (after everything sent before it) and stop.
     pub async fn finish(&self, record: &RunRecord) -> Result<()> {
-        let _ = self.tx.send(Msg::Finish(Box::new(record.clone())));
+        let _ = self.tx.send(Msg::Finish(Box::new(record.without_logs())));
         let handle = self.writer.lock().unwrap().take();
         let Some(handle) = handle else {
             return Err(anyhow!("the run recorder was already finished"));
         };
+        // It may be lingering for more messages: the last one is here.
+        handle.thread().unpark();
         tokio::task::spawn_blocking(move || {
             handle
                 .join()
@@ -72,7 +78,7 @@ impl LiveRecorder {
 
 impl RunObserver for LiveRecorder {
     fn run_started(&self, record: &RunRecord) {
-        let _ = self.tx.send(Msg::Started(Box::new(record.clone())));
+        let _ = self.tx.send(Msg::Started(Box::new(record.without_logs())));
         self.inner.run_started(record);
     }
 
@@ -92,7 +98,9 @@ impl RunObserver for LiveRecorder {
     }
 
     fn stage_finished(&self, record: &StageRecord) {
-        let _ = self.tx.send(Msg::StageFinished(Box::new(record.clone())));
+        let _ = self
+            .tx
+            .send(Msg::StageFinished(Box::new(record.without_log())));
         self.inner.stage_finished(record);
     }
 }
@@ -100,6 +108,9 @@ impl RunObserver for LiveRecorder {
 fn write_loop(store: RunStore, rx: mpsc::Receiver<Msg>) -> Result<()> {
     let mut current: Option<RunRecord> = None;
     while let Ok(first) = rx.recv() {
+        if !matches!(first, Msg::Finish(_)) {
+            std::thread::park_timeout(LINGER);
+        }
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -136,11 +147,8 @@ fn write_loop(store: RunStore, rx: mpsc::Receiver<Msg>) -> Result<()> {
                         .as_mut()
                         .and_then(|r| r.stages.iter_mut().find(|s| s.name == rec.name))
                     {
-                        // The log is in `run_logs` already; the final record
-                        // carries it.
-                        let mut rec = *rec;
-                        rec.log.clear();
-                        *s = rec;
+                        // Sent without its log: that is in the live log.
+                        *s = *rec;
                         changed = true;
                     }
                 }
@@ -148,11 +156,11 @@ fn write_loop(store: RunStore, rx: mpsc::Receiver<Msg>) -> Result<()> {
                 Msg::Finish(r) => finished = Some(*r),
             }
         }
+        // One transaction per batch.
+        let tx = store.connection().unchecked_transaction()?;
         if let Some(run) = current.as_ref() {
-            if !lines.is_empty() {
-                if let Err(e) = store.append_logs(&run.id, &lines) {
-                    tracing::warn!("live log of run {}: {e:#}", run.id);
-                }
+            if let Err(e) = store.append_logs(&run.id, &lines) {
+                tracing::warn!("live log of run {}: {e:#}", run.id);
             }
             if changed && finished.is_none() {
                 if let Err(e) = store.save(run) {
@@ -161,8 +169,11 @@ fn write_loop(store: RunStore, rx: mpsc::Receiver<Msg>) -> Result<()> {
             }
         }
         if let Some(run) = finished {
-            return store.save(&run);
+            store.save(&run)?;
+            tx.commit()?;
+            return Ok(());
         }
+        tx.commit()?;
     }
     Ok(())
 }

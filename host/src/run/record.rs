@@ -122,6 +122,46 @@ impl StageRecord {
             log: Vec::new(),
         }
     }
+
+    /// A copy without the log lines (which the live log already holds):
+    /// copying a chatty stage's log is most of what recording costs.
+    pub fn without_log(&self) -> Self {
+        // Destructured so that a new field cannot be forgotten here.
+        let Self {
+            name,
+            plugin,
+            plugin_sha256,
+            environment,
+            status,
+            warning,
+            attempts,
+            started_at,
+            duration_ms,
+            summary,
+            outputs,
+            annotations,
+            error,
+            approval,
+            log: _,
+        } = self;
+        Self {
+            name: name.clone(),
+            plugin: plugin.clone(),
+            plugin_sha256: plugin_sha256.clone(),
+            environment: environment.clone(),
+            status: *status,
+            warning: *warning,
+            attempts: *attempts,
+            started_at: started_at.clone(),
+            duration_ms: *duration_ms,
+            summary: summary.clone(),
+            outputs: outputs.clone(),
+            annotations: annotations.clone(),
+            error: error.clone(),
+            approval: approval.clone(),
+            log: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +208,44 @@ pub struct TriggerInfo {
 }
 
 impl RunRecord {
+    /// A copy whose stages carry no log lines (see `StageRecord::without_log`).
+    pub fn without_logs(&self) -> Self {
+        let Self {
+            id,
+            pipeline,
+            file,
+            build_number,
+            commit_sha,
+            branch,
+            tag,
+            event,
+            environment,
+            status,
+            started_at,
+            duration_ms,
+            reason,
+            trigger,
+            stages,
+        } = self;
+        Self {
+            id: id.clone(),
+            pipeline: pipeline.clone(),
+            file: file.clone(),
+            build_number: *build_number,
+            commit_sha: commit_sha.clone(),
+            branch: branch.clone(),
+            tag: tag.clone(),
+            event: event.clone(),
+            environment: environment.clone(),
+            status: *status,
+            started_at: started_at.clone(),
+            duration_ms: *duration_ms,
+            reason: reason.clone(),
+            trigger: trigger.clone(),
+            stages: stages.iter().map(StageRecord::without_log).collect(),
+        }
+    }
+
     pub fn stage(&self, name: &str) -> Option<&StageRecord> {
         self.stages.iter().find(|s| s.name == name)
     }
@@ -252,6 +330,11 @@ pub struct StoredLine {
     pub line: LogLine,
 }
 
+/// Log lines per stored batch, and the positions a batch spans (a line's
+/// position is `batch seq × LINE_SLOTS + index + 1`).
+const BATCH_LINES: usize = 4096;
+const LINE_SLOTS: i64 = 8192;
+
 /// The embedded store of runs.
 pub struct RunStore {
     conn: Connection,
@@ -279,8 +362,12 @@ impl RunStore {
         let conn =
             Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL with synchronous=NORMAL: a commit survives the process
+        // dying (the server's queue relies on that); only a power cut can
+        // lose the last commits. FULL would fsync every live update.
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS runs (
                  id TEXT PRIMARY KEY,
                  pipeline TEXT NOT NULL,
@@ -291,15 +378,12 @@ impl RunStore {
                  record TEXT NOT NULL
              );
              CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs(pipeline, build_number);
-             CREATE TABLE IF NOT EXISTS run_logs (
+             CREATE TABLE IF NOT EXISTS run_log_batches (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  run_id TEXT NOT NULL,
-                 stage TEXT NOT NULL,
-                 at_ms INTEGER NOT NULL,
-                 stream TEXT NOT NULL,
-                 text TEXT NOT NULL
+                 lines TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS run_logs_by_run ON run_logs(run_id, seq);",
+             CREATE INDEX IF NOT EXISTS run_log_batches_by_run ON run_log_batches(run_id, seq);",
         )?;
         let store = Self { conn };
         store.migrate()?;
@@ -345,11 +429,20 @@ impl RunStore {
         Ok(n.map_or(1, |n| n as u64 + 1))
     }
 
+    /// Insert or update a run. Stage logs are not kept in the record: they
+    /// are in the live log (`append_logs`), and `get` puts them back.
     pub fn save(&self, run: &RunRecord) -> Result<()> {
         Self::write(&self.conn, run)
     }
 
     fn write(conn: &Connection, run: &RunRecord) -> Result<()> {
+        let without_logs;
+        let run = if run.stages.iter().any(|s| !s.log.is_empty()) {
+            without_logs = run.without_logs();
+            &without_logs
+        } else {
+            run
+        };
         conn.execute(
             "INSERT INTO runs (id, pipeline, build_number, status, started_at, duration_ms, record,
                  branch, tag, commit_sha, event, environment, deployment, started_unix_ms,
@@ -385,6 +478,7 @@ impl RunStore {
         Ok(())
     }
 
+    /// A run with its stages' logs.
     pub fn get(&self, id: &str) -> Result<Option<RunRecord>> {
         let text: Option<String> = self
             .conn
@@ -392,11 +486,33 @@ impl RunStore {
                 r.get(0)
             })
             .optional()?;
-        text.map(|t| serde_json::from_str(&t).context("corrupt run record"))
-            .transpose()
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        let mut run: RunRecord = serde_json::from_str(&text).context("corrupt run record")?;
+        // Records written before live logs carry their logs themselves.
+        if run.stages.iter().all(|s| s.log.is_empty()) {
+            for l in self.logs(id, None, 0, usize::MAX)? {
+                if let Some(s) = run.stages.iter_mut().find(|s| s.name == l.stage) {
+                    s.log.push(l.line);
+                }
+            }
+        }
+        Ok(Some(run))
     }
 
-    /// Whole records, most recent first.
+    /// Just the status of a run (cheap, for polling).
+    pub fn status(&self, id: &str) -> Result<Option<Status>> {
+        let s: Option<String> = self
+            .conn
+            .query_row("SELECT status FROM runs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(s.and_then(|s| Status::parse(&s)))
+    }
+
+    /// Whole records (without logs), most recent first.
     pub fn list(&self, limit: usize) -> Result<Vec<RunRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT record FROM runs ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1",
@@ -448,30 +564,34 @@ impl RunStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Append live log lines (in one transaction).
+    /// Append live log lines, as one batch.
     pub fn append_logs(&self, run_id: &str, lines: &[(String, LogLine)]) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO run_logs (run_id, stage, at_ms, stream, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (stage, l) in lines {
-                stmt.execute(params![run_id, stage, l.at_ms as i64, l.stream, l.text])?;
-            }
+        if lines.is_empty() {
+            return Ok(());
         }
-        tx.commit()?;
+        let rows: Vec<(&str, u64, &str, &str)> = lines
+            .iter()
+            .map(|(stage, l)| (stage.as_str(), l.at_ms, l.stream.as_str(), l.text.as_str()))
+            .collect();
+        for chunk in rows.chunks(BATCH_LINES) {
+            self.conn
+                .prepare_cached("INSERT INTO run_log_batches (run_id, lines) VALUES (?1, ?2)")?
+                .execute(params![run_id, serde_json::to_string(chunk)?])?;
+        }
         Ok(())
     }
 
     /// Forget the live log of a run (before it runs again).
     pub fn clear_logs(&self, run_id: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM run_logs WHERE run_id = ?1", params![run_id])?;
+        self.conn.execute(
+            "DELETE FROM run_log_batches WHERE run_id = ?1",
+            params![run_id],
+        )?;
         Ok(())
     }
 
-    /// Live log lines of a run after position `after`, of one stage or all.
+    /// Live log lines of a run after position `after` (0: from the start),
+    /// of one stage or all, at most `limit`.
     pub fn logs(
         &self,
         run_id: &str,
@@ -479,26 +599,37 @@ impl RunStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<StoredLine>> {
+        let after = after.max(0);
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, stage, at_ms, stream, text FROM run_logs
-             WHERE run_id = ?1 AND (?2 IS NULL OR stage = ?2) AND seq > ?3
-             ORDER BY seq LIMIT ?4",
+            "SELECT seq, lines FROM run_log_batches WHERE run_id = ?1 AND seq >= ?2 ORDER BY seq",
         )?;
-        let rows = stmt.query_map(
-            params![run_id, stage, after, limit.min(i64::MAX as usize) as i64],
-            |r| {
-                Ok(StoredLine {
-                    seq: r.get(0)?,
-                    stage: r.get(1)?,
+        let mut rows = stmt.query(params![run_id, after / LINE_SLOTS])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let text: String = row.get(1)?;
+            let lines: Vec<(String, u64, String, String)> =
+                serde_json::from_str(&text).context("corrupt log batch")?;
+            for (i, (st, at_ms, stream, text)) in lines.into_iter().enumerate() {
+                let pos = seq * LINE_SLOTS + i as i64 + 1;
+                if pos <= after || stage.is_some_and(|s| s != st) {
+                    continue;
+                }
+                out.push(StoredLine {
+                    seq: pos,
+                    stage: st,
                     line: LogLine {
-                        at_ms: r.get::<_, i64>(2)? as u64,
-                        stream: r.get(3)?,
-                        text: r.get(4)?,
+                        at_ms,
+                        stream,
+                        text,
                     },
-                })
-            },
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+                });
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The underlying connection, for stores that share the database

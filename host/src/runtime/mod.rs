@@ -4,9 +4,10 @@ pub mod bindings;
 pub mod cache;
 pub mod sandbox;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -34,6 +35,17 @@ pub struct Runtime {
     linker: Linker<StageState>,
     cache: ComponentCache,
     ticker_stop: Arc<AtomicBool>,
+    /// Components already loaded by this process, by sha256, with their
+    /// `describe()` answer: a long-lived host (`host serve`) loads each
+    /// plugin once, not once per run.
+    loaded: Mutex<HashMap<String, Loaded>>,
+}
+
+#[derive(Clone)]
+struct Loaded {
+    component: Component,
+    pre: StagePre<StageState>,
+    info: Option<PluginInfo>,
 }
 
 /// A loaded, linked plugin ready to instantiate.
@@ -142,6 +154,7 @@ impl Runtime {
             linker,
             cache,
             ticker_stop,
+            loaded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -172,6 +185,16 @@ impl Runtime {
         started: Instant,
     ) -> Result<Plugin, LoadError> {
         check_component_header(path, bytes)?;
+        if let Some(l) = self.loaded.lock().unwrap().get(&sha256).cloned() {
+            return Ok(Plugin {
+                path: path.to_path_buf(),
+                sha256,
+                component: l.component,
+                cache: CacheOutcome::Hit,
+                load_time: started.elapsed(),
+                pre: l.pre,
+            });
+        }
         let (component, cache) =
             self.cache
                 .load(&self.engine, &sha256, bytes)
@@ -188,6 +211,14 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = StagePre::new(instance_pre).map_err(wrong_world)?;
+        self.loaded.lock().unwrap().insert(
+            sha256.clone(),
+            Loaded {
+                component: component.clone(),
+                pre: pre.clone(),
+                info: None,
+            },
+        );
         Ok(Plugin {
             path: path.to_path_buf(),
             sha256,
@@ -211,8 +242,26 @@ impl Runtime {
         (imports, exports)
     }
 
-    /// Call `describe` in a sandbox with no grants at all.
+    /// Call `describe` in a sandbox with no grants at all (once per
+    /// component and process).
     pub async fn describe(&self, plugin: &Plugin) -> Result<PluginInfo> {
+        let known = self
+            .loaded
+            .lock()
+            .unwrap()
+            .get(&plugin.sha256)
+            .and_then(|l| l.info.clone());
+        if let Some(info) = known {
+            return Ok(info);
+        }
+        let info = self.call_describe(plugin).await?;
+        if let Some(l) = self.loaded.lock().unwrap().get_mut(&plugin.sha256) {
+            l.info = Some(info.clone());
+        }
+        Ok(info)
+    }
+
+    async fn call_describe(&self, plugin: &Plugin) -> Result<PluginInfo> {
         let caps = StageCaps::ungranted("describe");
         let sandbox = Sandbox {
             workspace: None,

@@ -281,22 +281,7 @@ async fn page_list(State(s): S, Query(q): Query<ListQuery>) -> Response {
 }
 
 async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
-    let r = s
-        .with_db(move |db| {
-            let Some(mut run) = db.get(&id)? else {
-                return Ok(None);
-            };
-            // A run in progress: its log so far is in the live table.
-            if !run.status.is_final() {
-                for l in db.logs(&id, None, 0, 50_000)? {
-                    if let Some(st) = run.stages.iter_mut().find(|s| s.name == l.stage) {
-                        st.log.push(l.line);
-                    }
-                }
-            }
-            Ok(Some(run))
-        })
-        .await;
+    let r = s.with_db(move |db| db.get(&id)).await;
     match r {
         Ok(Some(run)) => Html(web::run_page(&run)).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Html(web::not_found())).into_response(),

@@ -1,0 +1,65 @@
+//! The benchmark behind `just bench`: what a Wasm stage costs the host,
+//! measured on this machine in one run, against the container-per-step
+//! model (a `docker run --rm` per step, as Woodpecker, Drone and GitHub's
+//! container actions do).
+//!
+//! 1. stage overhead: N chained no-op stages vs N `docker run --rm`;
+//! 2. plugin load: compile (first run) vs the precompiled cache, per plugin;
+//! 3. parallel scaling: K independent stages that each wait 100 ms;
+//! 4. host memory: peak RSS with 1 and 64 concurrent stages (child processes);
+//! 5. capability calls: `log` and `http` from a stage vs the same natively.
+//!
+//! Runs go through the same path as `host run` (plugin checks, executor,
+//! live record in SQLite). Prints a table and writes JSON (`--out`).
+//! `--smoke` runs everything with tiny sizes (CI checks it still works).
+mod measure;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+pub struct Options {
+    pub smoke: bool,
+    pub out: Option<PathBuf>,
+    pub docker: bool,
+}
+
+pub fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut opts = Options {
+        smoke: false,
+        out: None,
+        docker: true,
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--smoke" => opts.smoke = true,
+            "--no-docker" => opts.docker = false,
+            "--out" => opts.out = Some(args.next().context("--out needs a file")?.into()),
+            // Internal: one memory measurement in a fresh process.
+            "--rss-child" => {
+                let k: usize = args.next().context("--rss-child needs a count")?.parse()?;
+                return measure::rss_child(k);
+            }
+            // `cargo bench` passes this.
+            "--bench" => {}
+            "--help" | "-h" => {
+                println!("usage: pipeline-bench [--smoke] [--no-docker] [--out FILE.json]");
+                return Ok(());
+            }
+            other => bail!("unknown argument `{other}` (try --help)"),
+        }
+    }
+    let results = tokio::runtime::Runtime::new()?.block_on(measure::all(&opts))?;
+    print!("{}", report::table(&results));
+    let json = serde_json::to_string_pretty(&results)?;
+    if let Some(out) = &opts.out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+        println!("\nJSON written to {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,515 @@
+//! The measurements. Each repeats its timed part and keeps the median.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use host::caps::http::HttpCap;
+use host::caps::log::{LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
+use host::caps::secrets::Masker;
+use host::run::launch::{Launch, RunControl};
+use host::run::{Quiet, RunOptions, Status};
+use host::runtime::Runtime;
+
+use crate::Options;
+
+#[derive(Serialize)]
+pub struct Results {
+    pub date: String,
+    pub build: &'static str,
+    pub cores: usize,
+    pub smoke: bool,
+    pub overhead: Vec<OverheadRow>,
+    /// Marginal cost of one more no-op stage (slope between the smallest
+    /// and largest N).
+    pub per_stage_ms: f64,
+    pub per_container_ms: Option<f64>,
+    pub docker_note: Option<String>,
+    pub loads: Vec<LoadRow>,
+    pub load_total: LoadRow,
+    pub scaling: Vec<ScalingRow>,
+    pub memory: Vec<MemoryRow>,
+    pub calls: Vec<CallRow>,
+}
+
+#[derive(Serialize)]
+pub struct OverheadRow {
+    pub stages: usize,
+    pub wasm_ms: f64,
+    pub docker_ms: Option<f64>,
+    /// docker / wasm.
+    pub ratio: Option<f64>,
+}
+
+#[derive(Serialize, Clone)]
+pub struct LoadRow {
+    pub plugin: String,
+    pub size_bytes: u64,
+    pub compile_ms: f64,
+    pub cached_ms: f64,
+    /// compile / cached.
+    pub ratio: f64,
+}
+
+#[derive(Serialize)]
+pub struct ScalingRow {
+    pub stages: usize,
+    pub total_ms: f64,
+    pub ideal_ms: f64,
+    /// total / ideal (1.0 is perfect).
+    pub ratio: f64,
+}
+
+#[derive(Serialize)]
+pub struct MemoryRow {
+    pub stages: usize,
+    /// After loading the engine and the plugin and one warm-up run.
+    pub baseline_mib: f64,
+    pub peak_mib: f64,
+}
+
+#[derive(Serialize)]
+pub struct CallRow {
+    pub call: &'static str,
+    pub count: usize,
+    /// Per call, from inside a stage (the stage's time minus a no-op stage's).
+    pub stage_us: f64,
+    /// Per call, the host doing the same natively.
+    pub native_us: f64,
+    /// stage / native.
+    pub ratio: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A state directory, a workspace, the engine and the benchmark plugin.
+struct Bench {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    workspace: PathBuf,
+    plugin: PathBuf,
+    runtime: Arc<Runtime>,
+    files: AtomicUsize,
+}
+
+impl Bench {
+    fn new(state: Option<PathBuf>) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let state = state.unwrap_or_else(|| dir.path().join("state"));
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir_all(&workspace)?;
+        let runtime = Arc::new(Runtime::new(state.join("cache").join("components"))?);
+        Ok(Self {
+            workspace: workspace.canonicalize()?,
+            _dir: dir,
+            state,
+            plugin: pipeline_tests::plugins::plugin("bench-stage"),
+            runtime,
+            files: AtomicUsize::new(0),
+        })
+    }
+
+    /// A pipeline file of these `[[stage]]` entries (plugin `bench`).
+    fn pipeline(&self, stages: &str) -> Result<PathBuf> {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        let path = self._dir.path().join(format!("pipeline-{n}.toml"));
+        let text = format!(
+            "[pipeline]\nname = \"bench\"\n\n[plugins]\nbench = \"{}\"\n\n{stages}",
+            self.plugin.display()
+        );
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Run a pipeline file as `host run` does (after parsing): plugin
+    /// checks, executor, live record. Fails unless every stage passed.
+    async fn run(&self, file: &Path) -> Result<Duration> {
+        let started = Instant::now();
+        let pipeline = Arc::new(host::pipeline::load(file).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let opts = RunOptions::new(host::run::record::new_run_id(), self.workspace.clone());
+        let launch = Launch {
+            runtime: self.runtime.clone(),
+            state_dir: &self.state,
+            observer: Arc::new(Quiet),
+            control: RunControl::new(),
+        };
+        let record = launch
+            .run(pipeline, opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let took = started.elapsed();
+        if record.status != Status::Success {
+            let why: Vec<String> = record
+                .stages
+                .iter()
+                .filter(|s| s.status != Status::Success)
+                .map(|s| format!("{}: {}", s.name, s.error.clone().unwrap_or_default()))
+                .collect();
+            bail!("benchmark run failed: {}", why.join("; "));
+        }
+        Ok(took)
+    }
+
+    /// Median of `reps` runs after one warm-up, in ms.
+    async fn time(&self, file: &Path, reps: usize) -> Result<f64> {
+        self.run(file).await?;
+        let mut v = Vec::new();
+        for _ in 0..reps {
+            v.push(ms(self.run(file).await?));
+        }
+        Ok(median(v))
+    }
+}
+
+fn chain(n: usize, with: &str) -> String {
+    (1..=n)
+        .map(|i| {
+            let needs = if i > 1 {
+                format!("needs = [\"s{}\"]\n", i - 1)
+            } else {
+                String::new()
+            };
+            format!("[[stage]]\nname = \"s{i}\"\nplugin = \"bench\"\n{needs}with = {with}\n\n")
+        })
+        .collect()
+}
+
+fn independent(n: usize, with: &str, grants: &str) -> String {
+    (1..=n)
+        .map(|i| {
+            format!("[[stage]]\nname = \"s{i}\"\nplugin = \"bench\"\nwith = {with}\n{grants}\n")
+        })
+        .collect()
+}
+
+pub async fn all(opts: &Options) -> Result<Results> {
+    let bench = Bench::new(None)?;
+    let reps = if opts.smoke { 2 } else { 7 };
+    eprintln!("bench: building the plugins and a container image…");
+    let docker = if opts.docker {
+        docker_image().err()
+    } else {
+        Some("--no-docker".to_string())
+    };
+    let docker_ok = docker.is_none();
+
+    // 1. Stage overhead.
+    let sizes: &[usize] = if opts.smoke { &[1, 2] } else { &[1, 10, 50] };
+    let mut overhead = Vec::new();
+    for &n in sizes {
+        eprintln!("bench: {n} no-op stages");
+        let file = bench.pipeline(&chain(n, "{ mode = \"noop\" }"))?;
+        let wasm_ms = bench.time(&file, reps).await?;
+        let docker_ms = if docker_ok {
+            let docker_reps = if n == 1 { 3 } else { 1 };
+            Some(tokio::task::spawn_blocking(move || docker_steps(n, docker_reps)).await??)
+        } else {
+            None
+        };
+        overhead.push(OverheadRow {
+            stages: n,
+            wasm_ms,
+            docker_ms,
+            ratio: docker_ms.map(|d| d / wasm_ms),
+        });
+    }
+    let (first, last) = (&overhead[0], &overhead[overhead.len() - 1]);
+    let span = (last.stages - first.stages) as f64;
+    let per_stage_ms = (last.wasm_ms - first.wasm_ms) / span;
+    let per_container_ms = match (first.docker_ms, last.docker_ms) {
+        (Some(a), Some(b)) => Some((b - a) / span),
+        _ => None,
+    };
+
+    // 2. Plugin load.
+    eprintln!("bench: plugin loads (compiling every built-in plugin)");
+    let loads = tokio::task::spawn_blocking({
+        let smoke = opts.smoke;
+        move || plugin_loads(smoke)
+    })
+    .await??;
+    let load_total = LoadRow {
+        plugin: format!("all {} built-in", loads.len()),
+        size_bytes: loads.iter().map(|l| l.size_bytes).sum(),
+        compile_ms: loads.iter().map(|l| l.compile_ms).sum(),
+        cached_ms: loads.iter().map(|l| l.cached_ms).sum(),
+        ratio: loads.iter().map(|l| l.compile_ms).sum::<f64>()
+            / loads.iter().map(|l| l.cached_ms).sum::<f64>(),
+    };
+
+    // 3. Parallel scaling.
+    let widths: &[usize] = if opts.smoke { &[1, 4] } else { &[1, 8, 64] };
+    let mut scaling = Vec::new();
+    for &k in widths {
+        eprintln!("bench: {k} parallel stages of 100 ms");
+        let file = bench.pipeline(&independent(k, "{ mode = \"sleep\", ms = 100 }", ""))?;
+        let total_ms = bench.time(&file, reps.min(3)).await?;
+        scaling.push(ScalingRow {
+            stages: k,
+            total_ms,
+            ideal_ms: 100.0,
+            ratio: total_ms / 100.0,
+        });
+    }
+
+    // 4. Memory, each in a fresh process sharing the warm cache.
+    let mut memory = Vec::new();
+    for k in if opts.smoke { [1, 4] } else { [1, 64] } {
+        eprintln!("bench: peak memory with {k} concurrent stages");
+        memory.push(rss_of_child(k, &bench.state)?);
+    }
+
+    // 5. Capability calls.
+    let noop = bench.pipeline(&chain(1, "{ mode = \"noop\" }"))?;
+    let t0 = bench.time(&noop, reps).await?;
+    let mut calls = Vec::new();
+    let logs = if opts.smoke { 100 } else { 10_000 };
+    eprintln!("bench: {logs} log calls");
+    let file = bench.pipeline(&chain(1, &format!("{{ mode = \"log\", count = {logs} }}")))?;
+    let stage_us = (bench.time(&file, reps).await? - t0) * 1000.0 / logs as f64;
+    let native_us = native_logs(logs);
+    calls.push(CallRow {
+        call: "log",
+        count: logs,
+        stage_us,
+        native_us,
+        ratio: stage_us / native_us,
+    });
+    let gets = if opts.smoke { 10 } else { 1000 };
+    eprintln!("bench: {gets} http calls");
+    let server = pipeline_tests::http::TestServer::start(None).await?;
+    let url = server.url("/ok");
+    let file = bench.pipeline(&independent(
+        1,
+        &format!("{{ mode = \"http\", count = {gets}, url = \"{url}\" }}"),
+        "grants = { http = [\"http://127.0.0.1:*/*\"] }",
+    ))?;
+    let stage_us = (bench.time(&file, reps).await? - t0) * 1000.0 / gets as f64;
+    let native_us = native_gets(&url, gets).await?;
+    calls.push(CallRow {
+        call: "http",
+        count: gets,
+        stage_us,
+        native_us,
+        ratio: stage_us / native_us,
+    });
+
+    Ok(Results {
+        date: host::run::executor::now_rfc3339(),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        smoke: opts.smoke,
+        overhead,
+        per_stage_ms,
+        per_container_ms,
+        docker_note: docker,
+        loads,
+        load_total,
+        scaling,
+        memory,
+        calls,
+    })
+}
+
+const IMAGE: &str = "pipeline-bench/noop:latest";
+
+/// A minimal image (static busybox, `true`): nothing can be pulled here.
+fn docker_image() -> Result<(), String> {
+    let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok(Command::new("docker").arg("version")) {
+        return Err("no Docker engine (run `just services`)".into());
+    }
+    if ok(Command::new("docker").args(["image", "inspect", IMAGE])) {
+        return Ok(());
+    }
+    let ctx = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::copy("/bin/busybox", ctx.path().join("busybox"))
+        .map_err(|e| format!("/bin/busybox: {e} (`just services` installs busybox-static)"))?;
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\", \"true\"]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", IMAGE])
+        .arg(ctx.path())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// `n` steps as `docker run --rm` one after the other; median total of `reps`.
+fn docker_steps(n: usize, reps: usize) -> Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..reps {
+        let started = Instant::now();
+        for _ in 0..n {
+            let st = Command::new("docker")
+                .args(["run", "--rm", "--network", "none", IMAGE])
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("docker run {IMAGE} failed: {st}");
+            }
+        }
+        v.push(ms(started.elapsed()));
+    }
+    Ok(median(v))
+}
+
+/// Compile each built-in plugin into an empty cache, then load it from
+/// the cache in a fresh engine.
+fn plugin_loads(smoke: bool) -> Result<Vec<LoadRow>> {
+    pipeline_tests::plugins::plugin("tag");
+    let dir = pipeline_tests::plugins::target_dir().join("plugins");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wasm"))
+                .map(str::to_string)
+        })
+        .filter(|n| !matches!(n.as_str(), "hostile" | "bench-stage"))
+        .collect();
+    names.sort();
+    if smoke {
+        names.retain(|n| n == "tag");
+    }
+    let mut rows = Vec::new();
+    for name in names {
+        let path = dir.join(format!("{name}.wasm"));
+        let cache = tempfile::tempdir()?;
+        let compile = {
+            let rt = Runtime::new(cache.path().to_path_buf())?;
+            let started = Instant::now();
+            rt.load(&path).with_context(|| format!("loading {name}"))?;
+            ms(started.elapsed())
+        };
+        let mut cached = Vec::new();
+        for _ in 0..3 {
+            let rt = Runtime::new(cache.path().to_path_buf())?;
+            let started = Instant::now();
+            rt.load(&path)?;
+            cached.push(ms(started.elapsed()));
+        }
+        let cached_ms = median(cached);
+        rows.push(LoadRow {
+            size_bytes: std::fs::metadata(&path)?.len(),
+            plugin: name,
+            compile_ms: compile,
+            cached_ms,
+            ratio: compile / cached_ms,
+        });
+    }
+    Ok(rows)
+}
+
+fn rss_of_child(k: usize, state: &Path) -> Result<MemoryRow> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--rss-child", &k.to_string()])
+        .env("BENCH_STATE", state)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "memory child failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |key: &str| -> Result<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .context("memory child output")?
+            .trim()
+            .parse::<f64>()
+            .map(|kb| kb / 1024.0)
+            .map_err(Into::into)
+    };
+    Ok(MemoryRow {
+        stages: k,
+        baseline_mib: field("baseline_kb")?,
+        peak_mib: field("peak_kb")?,
+    })
+}
+
+fn vm_hwm_kb() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM in /proc/self/status")
+}
+
+/// In a fresh process: warm up, then `k` stages at once, each holding its
+/// instance for 300 ms; print the peak resident set before and after.
+pub fn rss_child(k: usize) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let bench = Bench::new(std::env::var_os("BENCH_STATE").map(PathBuf::from))?;
+        let warm = bench.pipeline(&chain(1, "{ mode = \"noop\" }"))?;
+        bench.run(&warm).await?;
+        println!("baseline_kb {}", vm_hwm_kb()?);
+        let file = bench.pipeline(&independent(k, "{ mode = \"sleep\", ms = 300 }", ""))?;
+        bench.run(&file).await?;
+        println!("peak_kb {}", vm_hwm_kb()?);
+        Ok(())
+    })
+}
+
+/// The host's own side of a `log` call, without the Wasm boundary: the
+/// same masking, budget and hand-off to a recorder thread.
+fn native_logs(n: usize) -> f64 {
+    let (tx, rx) = std::sync::mpsc::channel::<(String, LogLine)>();
+    let drain = std::thread::spawn(move || rx.into_iter().count());
+    let sink: LogSink = Arc::new(move |stage: &str, line: &LogLine| {
+        let _ = tx.send((stage.to_string(), line.clone()));
+    });
+    let log = StageLog::new("native", DEFAULT_LOG_LIMIT, Masker::default(), Some(sink));
+    let started = Instant::now();
+    for _ in 0..n {
+        log.push("info", "a log line of about forty bytes, give or take")
+            .expect("within the budget");
+    }
+    let took = started.elapsed();
+    drop(log);
+    let _ = drain.join();
+    ms(took) * 1000.0 / n as f64
+}
+
+/// The same GETs with the host's HTTP client, natively.
+async fn native_gets(url: &str, n: usize) -> Result<f64> {
+    let client = HttpCap::client();
+    let started = Instant::now();
+    for _ in 0..n {
+        let r = client.get(url).send().await?;
+        if !r.status().is_success() {
+            bail!("GET {url}: {}", r.status());
+        }
+        r.bytes().await?;
+    }
+    Ok(ms(started.elapsed()) * 1000.0 / n as f64)
+}

@@ -1,0 +1,157 @@
+//! The printed table.
+use std::fmt::Write;
+
+use crate::measure::Results;
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+fn ratio(v: f64) -> String {
+    if v >= 10.0 {
+        format!("{v:.0}×")
+    } else {
+        format!("{v:.1}×")
+    }
+}
+
+pub fn table(r: &Results) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "pipeline-host benchmark — {} — {} build, {} cores{}\n",
+        &r.date[..r.date.len().min(19)],
+        r.build,
+        r.cores,
+        if r.smoke {
+            " — SMOKE (tiny sizes)"
+        } else {
+            ""
+        }
+    );
+
+    let _ = writeln!(
+        t,
+        "1. Stage overhead: N chained no-op stages (plugins cached) vs N × `docker run --rm`"
+    );
+    let _ = writeln!(
+        t,
+        "   {:>4}  {:>12}  {:>16}  {:>8}",
+        "N", "wasm", "docker run --rm", "ratio"
+    );
+    for o in &r.overhead {
+        let _ = writeln!(
+            t,
+            "   {:>4}  {:>12}  {:>16}  {:>8}",
+            o.stages,
+            fmt_ms(o.wasm_ms),
+            o.docker_ms.map_or("-".into(), fmt_ms),
+            o.ratio.map_or("-".into(), ratio)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "   one more stage: wasm {}{}",
+        fmt_ms(r.per_stage_ms),
+        match r.per_container_ms {
+            Some(c) => format!(
+                ", container {} ({} cheaper)",
+                fmt_ms(c),
+                ratio(c / r.per_stage_ms)
+            ),
+            None => format!(
+                " (containers not measured: {})",
+                r.docker_note.as_deref().unwrap_or("?")
+            ),
+        }
+    );
+
+    let _ = writeln!(
+        t,
+        "\n2. Plugin load: first run (compile) vs later runs (precompiled cache)"
+    );
+    let _ = writeln!(
+        t,
+        "   {:<22}  {:>9}  {:>10}  {:>9}  {:>7}",
+        "plugin", "size", "compile", "cached", "ratio"
+    );
+    for l in r.loads.iter().chain(std::iter::once(&r.load_total)) {
+        let _ = writeln!(
+            t,
+            "   {:<22}  {:>6.1} MB  {:>10}  {:>9}  {:>7}",
+            l.plugin,
+            l.size_bytes as f64 / 1e6,
+            fmt_ms(l.compile_ms),
+            fmt_ms(l.cached_ms),
+            ratio(l.ratio)
+        );
+    }
+
+    let _ = writeln!(
+        t,
+        "\n3. Parallel scaling: K independent stages that each wait 100 ms"
+    );
+    let _ = writeln!(
+        t,
+        "   {:>4}  {:>9}  {:>7}  {:>8}",
+        "K", "total", "ideal", "/ideal"
+    );
+    for s in &r.scaling {
+        let _ = writeln!(
+            t,
+            "   {:>4}  {:>9}  {:>7}  {:>8}",
+            s.stages,
+            fmt_ms(s.total_ms),
+            fmt_ms(s.ideal_ms),
+            format!("{:.2}", s.ratio)
+        );
+    }
+
+    let _ = writeln!(
+        t,
+        "\n4. Host memory: peak RSS with K concurrent stages (fresh process each)"
+    );
+    let _ = writeln!(t, "   {:>4}  {:>12}  {:>9}", "K", "after warm-up", "peak");
+    for m in &r.memory {
+        let _ = writeln!(
+            t,
+            "   {:>4}  {:>9.1} MiB  {:>5.1} MiB",
+            m.stages, m.baseline_mib, m.peak_mib
+        );
+    }
+    if let [a, b] = r.memory.as_slice() {
+        let _ = writeln!(
+            t,
+            "   per extra concurrent stage: {:.2} MiB",
+            (b.peak_mib - a.peak_mib) / (b.stages - a.stages) as f64
+        );
+    }
+
+    let _ = writeln!(
+        t,
+        "\n5. Capability calls: from a stage vs the host doing the same natively"
+    );
+    let _ = writeln!(
+        t,
+        "   {:<5}  {:>6}  {:>12}  {:>12}  {:>7}",
+        "call", "count", "from wasm", "native", "ratio"
+    );
+    for c in &r.calls {
+        let _ = writeln!(
+            t,
+            "   {:<5}  {:>6}  {:>9.2} µs  {:>9.2} µs  {:>7}",
+            c.call,
+            c.count,
+            c.stage_us,
+            c.native_us,
+            ratio(c.ratio)
+        );
+    }
+    t
+}
