@@ -426,3 +426,82 @@ async fn an_unhealthy_version_fails_and_the_old_one_keeps_serving() {
     assert_eq!(s.cleanup.apps(), before);
     assert_eq!(get(&s.endpoint("/")).await.1, "Hello from demo-app v1!\n");
 }
+
+/// `local/<repo>:<tag>`: the test image with `VERSION=<tag>` baked in.
+fn versioned(s: &Setup, tag: &str) -> String {
+    let repo = s.image.rsplit_once(':').unwrap().0;
+    let image = format!("{repo}:{tag}");
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", &image, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    write!(
+        child.stdin.take().unwrap(),
+        "FROM {}\nENV VERSION={tag}\n",
+        s.image
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "docker build of {image}");
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_smoke_test_rolls_back_the_deploy_it_follows() {
+    let s = setup();
+    let (r1, r2) = (versioned(&s, "r1"), versioned(&s, "r2"));
+    // The image `s.pipeline` deploys, swapped for another tag of its repo.
+    let with_image = |image: &str| {
+        s.pipeline("replicas = 1").replace(
+            &format!(r#"image = "{}""#, s.image),
+            &format!(r#"image = "{image}""#),
+        )
+    };
+    let run = s.h.run(&with_image(&r1)).await;
+    assert_ok(&run);
+    assert_eq!(get(&s.endpoint("/")).await.1, "Hello from demo-app r1!\n");
+
+    // r2 deploys fine (it is healthy) but fails its smoke test.
+    let smoke = format!(
+        r#"
+[[stage]]
+name = "smoke"
+plugin = "smoke"
+needs = ["deploy"]
+rollback = "deploy"
+with = {{ checks = [{{ name = "version", url = "{}", body-contains = "r3" }}], retries = 0 }}
+grants = {{ http = ["http://127.0.0.1:*/*"] }}
+"#,
+        s.endpoint("/")
+    );
+    let text = with_image(&r2).replace(
+        r#"deploy = "{plugin:deploy}""#,
+        "deploy = \"{plugin:deploy}\"\nsmoke = \"{plugin:smoke-test}\"",
+    ) + &smoke;
+    let run = s.h.run(&text).await;
+    assert_eq!(run.status, Status::Failure);
+    let deploy = run.stage("deploy").unwrap();
+    assert_eq!(deploy.status, Status::Success, "{}", describe(&run));
+    assert_eq!(
+        (
+            deploy.outputs["image"].as_str(),
+            deploy.outputs["previous-image"].as_str()
+        ),
+        (r2.as_str(), r1.as_str())
+    );
+    let smoke = run.stage("smoke").unwrap();
+    assert_eq!(smoke.status, Status::Failure);
+    let err = smoke.error.clone().unwrap_or_default();
+    assert!(
+        err.contains(&format!("rolled back `deploy` to {r1}")),
+        "{err}"
+    );
+    let rollback = run.stage("deploy:rollback").expect("a rollback record");
+    assert_eq!(rollback.status, Status::Success, "{:?}", rollback);
+    assert_eq!(rollback.outputs["image"], r1);
+    assert_eq!(run.stages.last().unwrap().name, "deploy:rollback");
+    // r1 serves again.
+    assert_eq!(get(&s.endpoint("/")).await.1, "Hello from demo-app r1!\n");
+}

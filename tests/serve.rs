@@ -3,6 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use pipeline_tests::archive::{sha256_of, tar_gz};
 use pipeline_tests::cli::{host, shown, text};
 use pipeline_tests::plugins::plugin;
 use pipeline_tests::serve::{
@@ -642,4 +643,94 @@ fn the_server_refuses_a_bad_config_with_the_line() {
         "{}",
         shown(&out)
     );
+}
+
+#[test]
+fn an_uploaded_source_archive_runs_after_it_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let uploads = r#"
+[[upload]]
+name = "bundle"
+pipeline = "ci/pipeline.toml"
+max-size = "1MiB"
+"#;
+    let server = Server::start(
+        dir.path(),
+        &config(&repo.url(), "", "", &format!("{PUSH_MAIN}{uploads}")),
+    );
+    let p = pipeline("uploaded", READ_VERSION);
+    let good = tar_gz(
+        dir.path(),
+        "release-3.1.0.tar.gz",
+        &[("ci/pipeline.toml", &p), ("VERSION", "3.1.0")],
+    );
+    let bytes = std::fs::read(&good).unwrap();
+
+    // Unsigned or wrongly signed: 401, nothing queued.
+    let (status, _) = server.upload("bundle", "release-3.1.0.tar.gz", &bytes, None);
+    assert_eq!(status, 401);
+    let (status, _) = server.upload("bundle", "release-3.1.0.tar.gz", &bytes, Some("wrong"));
+    assert_eq!(status, 401);
+    let (status, v) = server.upload("nope", "x.tar.gz", &bytes, Some(SECRET));
+    assert_eq!(status, 404, "{v}");
+
+    let (status, v) = server.upload("bundle", "release-3.1.0.tar.gz", &bytes, Some(SECRET));
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["sha256"], sha256_of(&good).as_str());
+    let id = v["queued"][0].as_str().unwrap().to_string();
+    let run = server.wait_run(&id, RUN);
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["event"], "upload");
+    assert_eq!(stage(&run, "read")["outputs"]["content"], "3.1.0");
+    assert_eq!(run["trigger"]["archive"]["name"], "release-3.1.0.tar.gz");
+    assert_eq!(
+        run["trigger"]["archive"]["sha256"],
+        sha256_of(&good).as_str()
+    );
+
+    // A hostile archive is refused before anything is queued.
+    let evil = tar_gz(
+        dir.path(),
+        "evil.tar.gz",
+        &[("ci/pipeline.toml", &p), ("../../outside", "x")],
+    );
+    let (status, v) = server.upload(
+        "bundle",
+        "evil.tar.gz",
+        &std::fs::read(&evil).unwrap(),
+        Some(SECRET),
+    );
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("evil.tar.gz: entry `../../outside`: `..` in a path is not allowed"),
+        "{v}"
+    );
+    let (status, v) = server.upload("bundle", "notes.txt", b"hello", Some(SECRET));
+    assert_eq!(status, 422, "{v}");
+    let big = vec![b'x'; (1 << 20) + (1 << 19)];
+    let (status, _) = server.upload("bundle", "big.tar", &big, Some(SECRET));
+    assert!(
+        status == 413,
+        "an archive over max-size is refused: {status}"
+    );
+    assert_eq!(server.runs().0.len(), 1, "only the good upload ran");
+
+    // The stored upload is removed once its run is over.
+    let uploads_dir = server.state.join("uploads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&uploads_dir).unwrap().flatten().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uploads left: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

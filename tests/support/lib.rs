@@ -1,6 +1,7 @@
 //! Shared pieces for the integration tests: building the plugins, running
 //! pipelines in-process or through the `host` binary, and real servers on
 //! 127.0.0.1 (a Slack-compatible webhook receiver, a plain HTTP server).
+pub mod archive;
 pub mod cli;
 pub mod harness;
 pub mod http;

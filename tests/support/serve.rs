@@ -278,6 +278,33 @@ impl Server {
         )
     }
 
+    /// POST an archive to `/upload/{name}`, signed with `secret` (none:
+    /// unsigned).
+    pub fn upload(
+        &self,
+        name: &str,
+        filename: &str,
+        body: &[u8],
+        secret: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/upload/{name}", self.url))
+            .header("X-Upload-Filename", filename)
+            .header("Content-Type", "application/octet-stream")
+            .body(body.to_vec());
+        if let Some(s) = secret {
+            req = req.header("X-Hub-Signature-256", sign(s, body));
+        }
+        let resp = req.send().expect("uploading");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// Deliver a signed push of `sha` to `git_ref`; the queued run id.
     pub fn push(&self, delivery: &str, git_ref: &str, sha: &str) -> String {
         let (status, v) = self.deliver("push", delivery, &push_payload(git_ref, sha), Some(SECRET));

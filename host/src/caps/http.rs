@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::caps::secrets::{contains_reference, SecretsCap};
 use crate::runtime::bindings::ci::stage::http::{Host, Request, Response};
@@ -75,6 +76,7 @@ pub struct HttpCap {
     client: reqwest::Client,
     limits: HttpLimits,
     secrets: Arc<SecretsCap>,
+    audit: Audit,
 }
 
 impl HttpCap {
@@ -91,7 +93,14 @@ impl HttpCap {
             client,
             limits,
             secrets,
+            audit: Audit::default(),
         }
+    }
+
+    /// Record every call in this trail.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// A client that never follows redirects by itself (we re-check them).
@@ -287,7 +296,10 @@ impl Host for HttpCap {
     async fn send(&mut self, req: Request) -> wasmtime::Result<Result<Response, CapError>> {
         let method = req.method.clone();
         let shown = self.secrets.masker().mask(&req.url);
+        let written = format!("{method} {}", req.url);
         let result = HttpCap::send(self, req).await;
+        self.audit
+            .record("http", &written, &result, |r| format!("HTTP {}", r.status));
         match &result {
             Ok(r) => {
                 tracing::debug!(stage = %self.stage, %method, url = %shown, status = r.status, "http")

@@ -5,6 +5,7 @@
 //! the generated `Host` trait of its WIT interface and checks the grant on
 //! every call before acting. A call outside the grants returns
 //! [`denied`] and never reaches the outside world.
+pub mod audit;
 pub mod docker;
 pub mod http;
 pub mod log;

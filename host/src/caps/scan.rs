@@ -8,6 +8,7 @@ use std::process::Stdio;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::caps::docker::engine::engine_error;
 use crate::caps::docker::policy::ImageRef;
@@ -48,6 +49,7 @@ pub struct ScanCap {
     granted: bool,
     config: ScanConfig,
     engine: DockerEngine,
+    audit: Audit,
 }
 
 impl ScanCap {
@@ -57,7 +59,14 @@ impl ScanCap {
             granted,
             config,
             engine,
+            audit: Audit::default(),
         }
+    }
+
+    /// Record every call in this trail.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     async fn scan(&self, req: ScanRequest) -> Result<String, CapError> {
@@ -171,6 +180,11 @@ impl Drop for TempFile {
 
 impl Host for ScanCap {
     async fn image(&mut self, req: ScanRequest) -> wasmtime::Result<Result<String, CapError>> {
-        Ok(self.scan(req).await)
+        let target = format!("{} ({})", req.image, req.scanners.join(","));
+        let result = self.scan(req).await;
+        self.audit.record("scan", &target, &result, |r| {
+            format!("report of {} bytes", r.len())
+        });
+        Ok(result)
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::pipeline::{Pipeline, SecretSource};
 use crate::runtime::bindings::{ci::stage::secrets::Host, CapError};
@@ -172,6 +173,7 @@ pub struct SecretsCap {
     usable: Vec<String>,
     readable: Vec<String>,
     store: Arc<SecretStore>,
+    audit: Audit,
 }
 
 impl SecretsCap {
@@ -186,7 +188,14 @@ impl SecretsCap {
             usable,
             readable,
             store,
+            audit: Audit::default(),
         }
+    }
+
+    /// Record every call in this trail (names only, never values).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Value of a secret the stage may *use* in a capability call.
@@ -240,18 +249,25 @@ impl Host for Arc<SecretsCap> {
         let mut names: Vec<String> = self.usable.iter().chain(&self.readable).cloned().collect();
         names.sort();
         names.dedup();
+        self.audit
+            .note("secrets.names", "", &format!("{} names", names.len()));
         Ok(names)
     }
 
     async fn read(&mut self, name: String) -> wasmtime::Result<Result<String, CapError>> {
-        if !self.readable.contains(&name) {
-            return Ok(Err(denied(&self.stage, "secrets-read", name)));
-        }
-        Ok(self
-            .store
-            .get(&name)
-            .map(str::to_string)
-            .map_err(CapError::Failed))
+        let result = if !self.readable.contains(&name) {
+            Err(denied(&self.stage, "secrets-read", name.clone()))
+        } else {
+            self.store
+                .get(&name)
+                .map(str::to_string)
+                .map_err(CapError::Failed)
+        };
+        // The value itself is never recorded (and the masker would hide it).
+        self.audit.record("secrets.read", &name, &result, |_| {
+            "ok (value not recorded)".into()
+        });
+        Ok(result)
     }
 }
 

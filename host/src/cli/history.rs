@@ -240,11 +240,19 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
         }
     )?;
     if let Some(t) = &run.trigger {
-        writeln!(
-            out,
-            "repository   {} (delivery {})",
-            t.repository, t.delivery
-        )?;
+        if let Some(a) = &t.archive {
+            writeln!(
+                out,
+                "source       {} (sha256 {}, {} files, {} bytes)",
+                a.name, a.sha256, a.files, a.bytes
+            )?;
+        } else {
+            writeln!(
+                out,
+                "repository   {} (delivery {})",
+                t.repository, t.delivery
+            )?;
+        }
         if let Some(s) = &t.sender {
             writeln!(out, "by           {s}")?;
         }

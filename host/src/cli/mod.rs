@@ -1,5 +1,6 @@
 //! The `host` command line.
 mod approve;
+mod audit;
 mod check;
 pub mod history;
 mod lock;
@@ -61,6 +62,8 @@ enum Command {
     Runs(history::RunsArgs),
     /// Print a run's log (`--follow` to keep printing until it ends).
     Logs(history::LogsArgs),
+    /// Every capability call a run's stages made, allowed or denied.
+    Audit(audit::AuditArgs),
 }
 
 /// Exit codes: 0 success, 1 pipeline failed, 2 bad input, 130 cancelled.
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
             Command::Serve(a) => serve::serve(a, &state_dir).await,
             Command::Runs(a) => history::runs(a, &state_dir).await,
             Command::Logs(a) => history::logs(a, &state_dir).await,
+            Command::Audit(a) => audit::audit(a, &state_dir).await,
         }
     });
     match result {

@@ -10,7 +10,12 @@ use crate::distribution::{self, LockMode};
 use crate::pipeline;
 use crate::run::console::Console;
 use crate::run::launch::{Launch, LaunchError, RunControl};
+use crate::run::record::SourceArchive;
 use crate::run::{git, RunOptions, RunStore, Status};
+use crate::source::{
+    self,
+    archive::{ArchiveError, Limits},
+};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -29,14 +34,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub build_number: Option<u64>,
     /// What triggered the run: push, tag, pull_request, manual...
-    #[arg(long, default_value = "push")]
-    pub event: String,
+    /// (default: push, or upload with --source).
+    #[arg(long)]
+    pub event: Option<String>,
     /// Set a variable stages may be granted by name (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_kv)]
     pub env: Vec<(String, String)>,
     /// Directory mounted at /workspace (default: the current directory).
     #[arg(long)]
     pub workspace: Option<PathBuf>,
+    /// Run on a source archive (.zip, .tar.gz, .tgz, .tar) instead of a
+    /// directory: it is checked (size limits, no path traversal, no links
+    /// leaving it) and unpacked into a fresh workspace, removed afterwards.
+    #[arg(long, value_name = "ARCHIVE", conflicts_with = "workspace")]
+    pub source: Option<PathBuf>,
     /// The environment this run deploys to (default: from `[environments]`
     /// by branch or tag).
     #[arg(long)]
@@ -84,10 +95,29 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
             return Ok(exit::USAGE);
         }
     };
-    let workspace = resolve_workspace(args.workspace.as_deref())?;
+    let unpacked = match &args.source {
+        Some(archive) => match unpack_source(archive, state_dir).await? {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("--source {e}");
+                return Ok(exit::USAGE);
+            }
+        },
+        None => None,
+    };
+    let workspace = match &unpacked {
+        Some((dir, _)) => resolve_workspace(Some(&dir.path().join("workspace")))?,
+        None => resolve_workspace(args.workspace.as_deref())?,
+    };
     let store = RunStore::open(state_dir)?;
     let checkout = git::read(&workspace);
     let mut opts = new_options(&pipeline, workspace, &store, args.build_number)?;
+    if let Some((_, archive)) = &unpacked {
+        opts.trigger = Some(crate::run::record::TriggerInfo {
+            archive: Some(archive.clone()),
+            ..Default::default()
+        });
+    }
     opts.commit_sha = args.sha.or(checkout.sha).unwrap_or_default();
     opts.tag = args.tag.or(if args.branch.is_none() {
         checkout.tag
@@ -99,7 +129,9 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
     } else {
         None
     });
-    opts.event = args.event;
+    opts.event = args
+        .event
+        .unwrap_or_else(|| if unpacked.is_some() { "upload" } else { "push" }.to_string());
     opts.url = args.url;
     if let Some(env) = args.environment {
         if pipeline.environment(&env).is_none() {
@@ -112,7 +144,35 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
     }
     opts.env.extend(args.env);
     drop(store);
-    execute(pipeline, opts, state_dir, args.quiet, args.json).await
+    // `unpacked` (its workspace) lives until the run has ended.
+    let code = execute(pipeline, opts, state_dir, args.quiet, args.json).await;
+    drop(unpacked);
+    code
+}
+
+/// A source archive unpacked into a fresh directory that is removed when
+/// dropped (the outer error: the machine; the inner one: the archive).
+async fn unpack_source(
+    archive: &Path,
+    state_dir: &Path,
+) -> Result<Result<(tempfile::TempDir, SourceArchive), ArchiveError>> {
+    let parent = state_dir.join("sources");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let holder = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a workspace in {}", parent.display()))?;
+    let archive = archive.to_path_buf();
+    let root = holder.path().to_path_buf();
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let result = tokio::task::spawn_blocking(move || {
+        source::archive::workspace(&archive, &name, &root, "workspace", &Limits::default())
+    })
+    .await?;
+    Ok(result.map(|(_, info)| (holder, info)))
 }
 
 /// The workspace directory, canonical (default: the current directory).

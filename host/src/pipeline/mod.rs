@@ -149,6 +149,13 @@ pub struct Stage {
     pub retries: u32,
     /// Deployment environment name (e.g. `production`), passed to the plugin.
     pub environment: Option<String>,
+    /// Workspace files this stage produces; their digests are recorded and
+    /// checked before every stage that depends on this one.
+    pub artifacts: Vec<String>,
+    /// A deploy stage this one checks (smoke tests): when this stage
+    /// fails, the host runs that stage again with `with.image` set to the
+    /// `previous-image` it reported, before anything after this one runs.
+    pub rollback: Option<String>,
     /// Location of the stage's `name` value.
     pub location: Location,
 }
@@ -367,6 +374,25 @@ impl Pipeline {
             .filter(|s| s.needs.iter().any(|n| n == name))
             .map(|s| s.name.as_str())
             .collect()
+    }
+
+    /// Names of every stage `name` depends on, directly or through others.
+    pub fn ancestors(&self, name: &str) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut todo: Vec<&str> = self
+            .stage(name)
+            .map(|s| s.needs.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        while let Some(n) = todo.pop() {
+            if out.contains(&n) {
+                continue;
+            }
+            out.push(n);
+            if let Some(s) = self.stage(n) {
+                todo.extend(s.needs.iter().map(String::as_str));
+            }
+        }
+        out
     }
 
     /// Names of every stage that depends on `name` directly or through

@@ -81,6 +81,8 @@ pub(super) struct RawStage {
     pub memory: Option<Spanned<toml::Value>>,
     pub retries: Option<Spanned<i64>>,
     pub environment: Option<Str>,
+    pub artifacts: Option<StrList>,
+    pub rollback: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

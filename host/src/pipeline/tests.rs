@@ -1004,3 +1004,45 @@ fn stage_environment_must_be_declared() {
         .to_string();
     assert!(err.contains("ci/pipeline.toml:4:20"), "{err}");
 }
+
+#[test]
+fn rollback_names_a_stage_it_depends_on_and_artifacts_stay_in_the_workspace() {
+    let p = ok(&format!(
+        "{HEAD}[[stage]]\nname = \"deploy\"\nplugin = \"tag\"\ngrants = {{ workspace = \"rw\" }}\nartifacts = [\"dist/app\"]\n\
+         [[stage]]\nname = \"smoke\"\nplugin = \"tag\"\nneeds = [\"deploy\"]\nrollback = \"deploy\"\n"
+    ));
+    assert_eq!(
+        p.stage("smoke").unwrap().rollback.as_deref(),
+        Some("deploy")
+    );
+    assert_eq!(
+        p.stage("deploy").unwrap().artifacts,
+        vec!["dist/app".to_string()]
+    );
+    // Line 10 is the first appended line.
+    assert_diag(
+        &format!(
+            "{HEAD}[[stage]]\nname = \"deploy\"\nplugin = \"tag\"\n\
+             [[stage]]\nname = \"smoke\"\nplugin = \"tag\"\nrollback = \"deploy\"\n"
+        ),
+        16,
+        12,
+        "`smoke` does not depend on it",
+    );
+    assert_diag(
+        &format!(
+            "{HEAD}[[stage]]\nname = \"build\"\nplugin = \"tag\"\ngrants = {{ workspace = \"rw\" }}\nartifacts = [\"ok\", \"/etc/passwd\", \"ok\"]\n"
+        ),
+        14,
+        20,
+        "must be relative to the workspace",
+    );
+    assert_diag(
+        &format!(
+            "{HEAD}[[stage]]\nname = \"build\"\nplugin = \"tag\"\nartifacts = [\"dist/app\"]\n"
+        ),
+        13,
+        14,
+        "no workspace access",
+    );
+}

@@ -230,6 +230,25 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         environments,
         stages,
     };
+    // `rollback` names a stage this one depends on.
+    for (raw_stage, stage) in raw.stage.iter().zip(&pipeline.stages) {
+        let Some(target) = &raw_stage.get_ref().rollback else {
+            continue;
+        };
+        if !pipeline
+            .ancestors(&stage.name)
+            .contains(&target.get_ref().as_str())
+        {
+            cx.err(
+                target.span(),
+                format!(
+                    "`rollback = \"{}\"`: a stage rolls back a stage it depends on (through `needs`, directly or not), and `{}` does not depend on it",
+                    target.get_ref(),
+                    stage.name
+                ),
+            );
+        }
+    }
     (pipeline, cx.diags)
 }
 
@@ -401,6 +420,28 @@ fn build_stage(
         None => None,
     };
 
+    let mut artifacts = Vec::new();
+    for a in r.artifacts.iter().flatten() {
+        match crate::run::artifacts::check_path(a.get_ref()) {
+            Ok(()) if artifacts.contains(a.get_ref()) => cx.err(
+                a.span(),
+                format!("artifact `{}` is listed twice", a.get_ref()),
+            ),
+            Ok(()) => artifacts.push(a.get_ref().clone()),
+            Err(e) => cx.err(a.span(), e),
+        }
+    }
+    if !artifacts.is_empty() && grants.workspace.is_none() && grants.docker == Default::default() {
+        if let Some(a) = &r.artifacts {
+            if let Some(first) = a.first() {
+                cx.err(
+                    first.span(),
+                    "`artifacts` are files in the workspace, and this stage has no workspace access (`grants.workspace`) or docker grants to write them",
+                );
+            }
+        }
+    }
+
     let stage = Stage {
         name,
         plugin,
@@ -412,6 +453,9 @@ fn build_stage(
         memory,
         retries,
         environment,
+        artifacts,
+        // Checked against the whole pipeline below.
+        rollback: r.rollback.as_ref().map(|r| r.get_ref().clone()),
         location,
     };
     (stage, needs_spans)

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::caps::audit::Audit;
 use crate::caps::docker::{policy::DockerPolicy, DockerCap, DockerEngine};
 use crate::caps::http::{Allowlist, HttpCap, HttpLimits};
 use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
@@ -24,6 +25,7 @@ use crate::caps::secrets::{Masker, SecretFiles, SecretStore, SecretsCap};
 use crate::caps::StageCaps;
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::approvals::{ApprovalStore, Decision};
+use crate::run::artifacts;
 use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status, TriggerInfo};
 use crate::runtime::bindings::{
     ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
@@ -230,6 +232,9 @@ impl Executor {
         let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
         let trigger = shared.opts.trigger();
         let mut cancelled = false;
+        // Failed stages waiting for the rollback they asked for, by the
+        // rollback's name.
+        let mut held: HashMap<String, StageRecord> = HashMap::new();
 
         loop {
             // Start (or skip) everything whose needs are all done.
@@ -255,9 +260,11 @@ impl Executor {
                             continue;
                         }
                         let ctx = stage_context(&shared, stage, &done, &finished_order);
+                        let upstream = upstream_artifacts(&pipeline, stage, &done);
                         let s = shared.clone();
                         let st = stage.clone();
-                        let handle = tasks.spawn(async move { run_stage(s, st, ctx).await });
+                        let handle = tasks
+                            .spawn(async move { run_stage(s, st, ctx, upstream, false).await });
                         running.insert(handle.id(), stage.name.clone());
                     }
                 }
@@ -287,9 +294,57 @@ impl Executor {
                             rec
                         }
                     };
-                    shared.observer.stage_finished(&rec);
-                    finished_order.push(rec.name.clone());
-                    done.insert(rec.name.clone(), rec);
+                    let finish = |rec: StageRecord, order: &mut Vec<String>, done: &mut HashMap<String, StageRecord>| {
+                        shared.observer.stage_finished(&rec);
+                        order.push(rec.name.clone());
+                        done.insert(rec.name.clone(), rec);
+                    };
+                    if let Some(mut failed) = held.remove(&rec.name) {
+                        // A rollback ended: it, then the stage that asked
+                        // for it (whose dependents may now run).
+                        let note = match rec.status {
+                            Status::Success => format!(
+                                "rolled back `{}` to {}",
+                                rec.name.trim_end_matches(ROLLBACK_SUFFIX),
+                                rec.outputs.get("image").map_or("the previous version", String::as_str)
+                            ),
+                            _ => format!(
+                                "the rollback of `{}` failed too: {}",
+                                rec.name.trim_end_matches(ROLLBACK_SUFFIX),
+                                rec.error.as_deref().unwrap_or(&rec.summary)
+                            ),
+                        };
+                        failed.error = Some(match failed.error.take() {
+                            Some(e) => format!("{e}; {note}"),
+                            None => note,
+                        });
+                        finish(rec, &mut finished_order, &mut done);
+                        finish(failed, &mut finished_order, &mut done);
+                    } else {
+                        match rollback_plan(&pipeline, &rec, &done) {
+                            RollbackPlan::None => finish(rec, &mut finished_order, &mut done),
+                            RollbackPlan::Nothing(skipped) => {
+                                finish(skipped, &mut finished_order, &mut done);
+                                finish(rec, &mut finished_order, &mut done);
+                            }
+                            RollbackPlan::Run { stage: st, image } => {
+                                let target = pipeline.stage(rec_rollback_target(&pipeline, &rec)).expect("validated");
+                                let mut ctx = stage_context(&shared, target, &done, &finished_order);
+                                let base: serde_json::Value =
+                                    serde_json::from_str(&ctx.config).unwrap_or_default();
+                                ctx.config = merged(&base, &serde_json::json!({ "image": image })).to_string();
+                                ctx.stage = st.name.clone();
+                                let upstream = upstream_artifacts(&pipeline, target, &done);
+                                let s = shared.clone();
+                                let name = st.name.clone();
+                                let handle = tasks.spawn(async move {
+                                    run_stage(s, st, ctx, upstream, true).await
+                                });
+                                running.insert(handle.id(), name.clone());
+                                held.insert(name, rec);
+                            }
+                        }
+                    }
                 }
                 _ = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
@@ -298,6 +353,17 @@ impl Executor {
             }
         }
 
+        // A stage whose rollback was cancelled still failed.
+        for (_, rec) in held.drain() {
+            done.insert(rec.name.clone(), rec);
+        }
+        // Rollbacks are not pipeline stages: they go after the others, in
+        // the order they ended.
+        let rollbacks: Vec<StageRecord> = finished_order
+            .iter()
+            .filter(|n| n.ends_with(ROLLBACK_SUFFIX))
+            .filter_map(|n| done.remove(n))
+            .collect();
         // Whatever did not finish was cancelled.
         for rec in record.stages.iter_mut() {
             match done.remove(&rec.name) {
@@ -309,6 +375,7 @@ impl Executor {
                 }
             }
         }
+        record.stages.extend(rollbacks);
         record.status = if cancelled {
             Status::Cancelled
         } else if record.stages.iter().any(|s| s.status == Status::Failure) {
@@ -321,6 +388,66 @@ impl Executor {
         }
         record.duration_ms = started.elapsed().as_millis() as u64;
         record
+    }
+}
+
+/// The name of a rollback's record: `deploy:rollback` (no stage name can
+/// hold a `:`).
+const ROLLBACK_SUFFIX: &str = ":rollback";
+
+enum RollbackPlan {
+    /// Nothing asked for one.
+    None,
+    /// Asked for, but there is nothing to go back to (a skipped record).
+    Nothing(StageRecord),
+    /// Run `stage` (the deploy stage, renamed) with `with.image = image`.
+    Run { stage: Stage, image: String },
+}
+
+fn rec_rollback_target<'p>(pipeline: &'p Pipeline, rec: &StageRecord) -> &'p str {
+    pipeline
+        .stage(&rec.name)
+        .and_then(|s| s.rollback.as_deref())
+        .unwrap_or_default()
+}
+
+/// Whether the stage that just ended asks for a rollback, and of what.
+fn rollback_plan(
+    pipeline: &Pipeline,
+    rec: &StageRecord,
+    done: &HashMap<String, StageRecord>,
+) -> RollbackPlan {
+    if rec.status != Status::Failure {
+        return RollbackPlan::None;
+    }
+    let target = rec_rollback_target(pipeline, rec);
+    let (Some(stage), Some(deployed)) = (pipeline.stage(target), done.get(target)) else {
+        return RollbackPlan::None;
+    };
+    if deployed.status != Status::Success {
+        return RollbackPlan::None;
+    }
+    let name = format!("{target}{ROLLBACK_SUFFIX}");
+    match deployed.outputs.get("previous-image") {
+        Some(image) if !image.is_empty() => {
+            let mut st = stage.clone();
+            st.name = name;
+            // Once: a rollback that fails is reported, not retried.
+            st.retries = 0;
+            RollbackPlan::Run {
+                stage: st,
+                image: image.clone(),
+            }
+        }
+        _ => {
+            let mut skipped = pending(stage);
+            skipped.name = name;
+            skipped.status = Status::Skipped;
+            skipped.error = Some(format!(
+                "`{target}` reported no `previous-image` (a first deploy?): nothing to roll back to"
+            ));
+            RollbackPlan::Nothing(skipped)
+        }
     }
 }
 
@@ -438,18 +565,25 @@ fn merged(base: &serde_json::Value, extra: &serde_json::Value) -> serde_json::Va
 }
 
 /// Build one attempt's capabilities and sandbox from the stage's grants.
-fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox), String> {
+fn build_caps(
+    shared: &RunShared,
+    stage: &Stage,
+    audit: &Audit,
+) -> Result<(StageCaps, Sandbox), String> {
     let g = &stage.grants;
     let masker: Masker = shared.secrets.masker().clone();
     let observer = shared.observer.clone();
     let sink: LogSink =
         Arc::new(move |stage: &str, line: &LogLine| observer.stage_log(stage, line));
-    let secrets = Arc::new(SecretsCap::new(
-        &stage.name,
-        g.secrets.clone(),
-        g.secrets_read.clone(),
-        shared.secrets.clone(),
-    ));
+    let secrets = Arc::new(
+        SecretsCap::new(
+            &stage.name,
+            g.secrets.clone(),
+            g.secrets_read.clone(),
+            shared.secrets.clone(),
+        )
+        .with_audit(audit.clone()),
+    );
     secrets.check_available()?;
     let allow = Allowlist::new(&g.http).map_err(|e| format!("bad `grants.http` pattern: {e}"))?;
     let workspace = g.workspace.map(|a| {
@@ -467,21 +601,24 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
             shared.http.clone(),
             shared.http_limits.clone(),
             secrets.clone(),
-        ),
+        )
+        .with_audit(audit.clone()),
         docker: DockerCap::new(
             DockerPolicy::new(&stage.name, &g.docker, workspace.clone())?,
             shared.docker.clone(),
             secrets.clone(),
             log,
             &shared.opts.id,
-        ),
+        )
+        .with_audit(audit.clone()),
         secrets,
         scan: ScanCap::new(
             &stage.name,
             g.scan,
             shared.scan.clone(),
             shared.docker.clone(),
-        ),
+        )
+        .with_audit(audit.clone()),
     };
     let env = g
         .env
@@ -499,7 +636,37 @@ fn build_caps(shared: &RunShared, stage: &Stage) -> Result<(StageCaps, Sandbox),
     ))
 }
 
-async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> StageRecord {
+/// The artifacts recorded by the stages `stage` depends on.
+fn upstream_artifacts(
+    pipeline: &Pipeline,
+    stage: &Stage,
+    done: &HashMap<String, StageRecord>,
+) -> Vec<(String, artifacts::Digests)> {
+    pipeline
+        .ancestors(&stage.name)
+        .into_iter()
+        .filter_map(|n| done.get(n))
+        .filter(|r| !r.artifacts.is_empty())
+        .map(|r| (r.name.clone(), r.artifacts.clone()))
+        .collect()
+}
+
+/// Off the async threads: hashing can take a while for big files.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("artifact check: {e}")))
+}
+
+async fn run_stage(
+    shared: Arc<RunShared>,
+    stage: Stage,
+    ctx: StageContext,
+    upstream: Vec<(String, artifacts::Digests)>,
+    rollback: bool,
+) -> StageRecord {
     let masker = shared.secrets.masker().clone();
     let mut rec = pending(&stage);
     rec.started_at = Some(now_rfc3339());
@@ -512,7 +679,13 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
     };
     rec.plugin_sha256 = plugin.sha256.clone();
 
-    if let Err(reason) = approval_gate(&shared, &stage, &mut rec).await {
+    // A rollback restores what was approved before; it does not wait.
+    let gate = if rollback {
+        Ok(())
+    } else {
+        approval_gate(&shared, &stage, &mut rec).await
+    };
+    if let Err(reason) = gate {
         rec.status = Status::Failure;
         rec.error = Some(reason);
         rec.duration_ms = started.elapsed().as_millis() as u64;
@@ -523,7 +696,24 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
     for attempt in 1..=attempts {
         rec.attempts = attempt;
         shared.observer.stage_started(&stage.name, attempt);
-        let (caps, sandbox) = match build_caps(&shared, &stage) {
+        // Checked before every attempt: an approval wait or a retry delay
+        // is time for someone to swap a file.
+        if !upstream.is_empty() {
+            let ws = shared.opts.workspace.clone();
+            let up = upstream.clone();
+            let checked = blocking(move || {
+                up.iter()
+                    .try_for_each(|(producer, d)| artifacts::verify(&ws, producer, d))
+            })
+            .await;
+            if let Err(e) = checked {
+                rec.status = Status::Failure;
+                rec.error = Some(masker.mask(&e));
+                break;
+            }
+        }
+        let audit = Audit::new(masker.clone(), attempt);
+        let (caps, sandbox) = match build_caps(&shared, &stage, &audit) {
             Ok(x) => x,
             Err(e) => {
                 rec.status = Status::Failure;
@@ -543,6 +733,7 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
         let log = caps.log.clone();
         let outcome = shared.runtime.run_stage(plugin, &sandbox, caps, &ctx).await;
         rec.log.extend(log.take());
+        rec.audit.extend(audit.entries());
         match outcome {
             Ok(report) => {
                 apply_report(&mut rec, report, &masker);
@@ -554,6 +745,17 @@ async fn run_stage(shared: Arc<RunShared>, stage: Stage, ctx: StageContext) -> S
                 rec.status = Status::Failure;
                 rec.summary.clear();
                 rec.error = Some(masker.mask(&failure.to_string()));
+            }
+        }
+    }
+    if rec.status == Status::Success && !stage.artifacts.is_empty() {
+        let ws = shared.opts.workspace.clone();
+        let paths = stage.artifacts.clone();
+        match blocking(move || artifacts::record(&ws, &paths)).await {
+            Ok(d) => rec.artifacts = d,
+            Err(e) => {
+                rec.status = Status::Failure;
+                rec.error = Some(masker.mask(&e));
             }
         }
     }

@@ -143,12 +143,13 @@ fn write_loop(store: RunStore, rx: mpsc::Receiver<Msg>) -> Result<()> {
                     }
                 }
                 Msg::StageFinished(rec) => {
-                    if let Some(s) = current
-                        .as_mut()
-                        .and_then(|r| r.stages.iter_mut().find(|s| s.name == rec.name))
-                    {
+                    if let Some(run) = current.as_mut() {
                         // Sent without its log: that is in the live log.
-                        *s = *rec;
+                        match run.stages.iter_mut().find(|s| s.name == rec.name) {
+                            Some(s) => *s = *rec,
+                            // Not a pipeline stage: a rollback.
+                            None => run.stages.push(*rec),
+                        }
                         changed = true;
                     }
                 }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::caps::audit::AuditEntry;
 use crate::caps::log::LogLine;
 use crate::run::approvals::ApprovalRecord;
 
@@ -99,6 +100,14 @@ pub struct StageRecord {
     /// The approval the stage waited for, if its environment needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRecord>,
+    /// Every capability call the stage made, allowed or denied
+    /// (`host audit RUN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<AuditEntry>,
+    /// Digests of the artifacts the stage produced (`artifacts = [...]`),
+    /// checked before every stage that depends on it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
     pub log: Vec<LogLine>,
 }
 
@@ -119,6 +128,8 @@ impl StageRecord {
             annotations: Vec::new(),
             error: None,
             approval: None,
+            audit: Vec::new(),
+            artifacts: BTreeMap::new(),
             log: Vec::new(),
         }
     }
@@ -142,6 +153,8 @@ impl StageRecord {
             annotations,
             error,
             approval,
+            audit,
+            artifacts,
             log: _,
         } = self;
         Self {
@@ -159,6 +172,8 @@ impl StageRecord {
             annotations: annotations.clone(),
             error: error.clone(),
             approval: approval.clone(),
+            audit: audit.clone(),
+            artifacts: artifacts.clone(),
             log: Vec::new(),
         }
     }
@@ -205,6 +220,20 @@ pub struct TriggerInfo {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request: Option<u64>,
+    /// The source archive the workspace was unpacked from (an upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<SourceArchive>,
+}
+
+/// An uploaded source archive, as checked and unpacked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceArchive {
+    /// File name as uploaded.
+    pub name: String,
+    /// sha256 of the archive's bytes.
+    pub sha256: String,
+    pub files: usize,
+    pub bytes: u64,
 }
 
 impl RunRecord {

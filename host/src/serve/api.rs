@@ -4,6 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /github-webhook/` | GitHub deliveries (signed) |
+//! | `POST /upload/{name}` | a source archive for an `[[upload]]` source (signed the same way) |
 //! | `GET /api/runs?pipeline=&branch=&status=&limit=` | run summaries, newest first, and the queue |
 //! | `GET /api/runs/{id}` | one run record (stages, outputs, annotations, approvals, logs) |
 //! | `GET /api/runs/{id}/logs?stage=&after=` | live log lines after position `after` |
@@ -21,18 +22,28 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::run::record::new_run_id;
+use crate::run::record::{new_run_id, TriggerInfo};
 use crate::run::{RunFilter, Status};
 use crate::serve::dispatch;
 use crate::serve::metrics::{self, ServerCounts};
-use crate::serve::queue::{Accepted, Queue};
+use crate::serve::queue::{Accepted, Job, Queue};
 use crate::serve::webhook::{self, Plan};
 use crate::serve::{web, ServerState};
+use crate::source::archive::{Format, Limits};
 
 type S = State<Arc<ServerState>>;
 
 pub fn router(state: Arc<ServerState>) -> Router {
     let limit = state.config.max_body;
+    let upload_limit = state
+        .config
+        .uploads
+        .iter()
+        .map(|u| u.max_size as usize)
+        .max()
+        // Slack, so that a slightly bigger archive gets the handler's
+        // clear 413 (naming the limit) rather than a cut connection.
+        .map_or(0, |m| m.saturating_add(1 << 20));
     Router::new()
         .route("/github-webhook/", post(github_webhook))
         .route("/github-webhook", post(github_webhook))
@@ -44,6 +55,13 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/", get(page_list))
         .route("/runs/{id}", get(page_run))
         .layer(DefaultBodyLimit::max(limit))
+        .merge(
+            // Archives are bigger than webhook payloads; each upload's own
+            // limit is checked in the handler.
+            Router::new()
+                .route("/upload/{name}", post(upload))
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .with_state(state)
 }
 
@@ -158,6 +176,142 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
             (
                 StatusCode::ACCEPTED,
                 Json(json!({ "delivery": delivery, "queued": runs })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `POST /upload/{name}`: a source archive, signed like a webhook
+/// delivery (`X-Hub-Signature-256` over the body), named by
+/// `X-Upload-Filename`. It is checked (unpacked with the limits, then
+/// discarded) before anything is queued: a refused archive gets 422 and
+/// starts nothing. `X-Upload-Id` (optional) makes a retried upload a
+/// duplicate instead of a second run.
+async fn upload(
+    State(s): S,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = webhook::verify_signature(&s.secret, &body, signature) {
+        s.count_delivery("unauthorized");
+        tracing::warn!("upload refused: {e}");
+        return error(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let Some(up) = s.config.uploads.iter().find(|u| u.name == name).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no [[upload]] source named `{name}` on this server"),
+        );
+    };
+    let Some(filename) = headers
+        .get("x-upload-filename")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return error(StatusCode::BAD_REQUEST, "missing X-Upload-Filename header");
+    };
+    let Some(format) = Format::of(&filename) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{filename}: not a .zip, .tar.gz, .tgz or .tar file"),
+        );
+    };
+    if body.len() as u64 > up.max_size {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{filename}: {} bytes is over the {} byte limit of `{name}`",
+                body.len(),
+                up.max_size
+            ),
+        );
+    }
+    let delivery = match headers.get("x-upload-id") {
+        None => format!("upload-{}", new_run_id()),
+        Some(_) => {
+            let mut h = HeaderMap::new();
+            h.insert("x-github-delivery", headers["x-upload-id"].clone());
+            match delivery_id(&h) {
+                Ok(d) => format!("upload-{d}"),
+                Err(_) => return error(StatusCode::BAD_REQUEST, "X-Upload-Id is not an id"),
+            }
+        }
+    };
+    let run_id = new_run_id();
+    let dir = s.state_dir.join("uploads");
+    let stored = dir.join(format!("{run_id}.{}", format.extension()));
+    let limits = Limits {
+        max_archive_bytes: up.max_size,
+        ..Limits::default()
+    };
+    let (st, shown) = (stored.clone(), filename.clone());
+    let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<Result<_, String>> {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(&st, &body)?;
+        let probe = tempfile::tempdir_in(&dir)?;
+        let r = crate::source::archive::workspace(&st, &shown, probe.path(), "check", &limits);
+        Ok(r.map(|(_, info)| info).map_err(|e| {
+            let _ = std::fs::remove_file(&st);
+            e.to_string()
+        }))
+    })
+    .await;
+    let info = match checked {
+        Ok(Ok(Ok(info))) => info,
+        Ok(Ok(Err(refused))) => {
+            s.count_delivery("refused");
+            tracing::warn!("upload to `{name}` refused: {refused}");
+            return error(StatusCode::UNPROCESSABLE_ENTITY, refused);
+        }
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e.into()),
+    };
+    let job = Job {
+        repository: up.name.clone(),
+        branch: None,
+        tag: None,
+        sha: String::new(),
+        event: "upload".into(),
+        environment: up.environment.clone(),
+        fetch_ref: None,
+        trusted: true,
+        group: Some(format!("upload/{}", up.name)),
+        trigger: TriggerInfo {
+            repository: up.name.clone(),
+            delivery: delivery.clone(),
+            archive: Some(info.clone()),
+            ..Default::default()
+        },
+        archive: Some(stored.clone()),
+    };
+    let jobs = vec![(run_id, job)];
+    let d = delivery.clone();
+    let accepted = s
+        .with_db(move |db| Queue::new(db.connection()).accept(&d, "upload", "queued", &jobs, false))
+        .await;
+    match accepted {
+        Err(e) => internal(e),
+        Ok(Accepted::Duplicate { runs }) => {
+            let _ = std::fs::remove_file(&stored);
+            s.count_delivery("duplicate");
+            Json(json!({ "duplicate": true, "delivery": delivery, "runs": runs })).into_response()
+        }
+        Ok(Accepted::Queued { runs, .. }) => {
+            s.count_delivery("queued");
+            tracing::info!(
+                "upload {filename} to `{name}` (sha256 {}): queued {}",
+                info.sha256,
+                runs.join(", ")
+            );
+            s.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "delivery": delivery, "queued": runs, "sha256": info.sha256 })),
             )
                 .into_response()
         }

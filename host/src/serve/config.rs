@@ -51,7 +51,24 @@ pub struct ServerConfig {
     /// Base of the links put into runs (`{public-url}/runs/ID`).
     pub public_url: Option<String>,
     pub repositories: Vec<Repository>,
+    /// `[[upload]]`: sources that arrive as archives (`POST /upload/NAME`).
+    pub uploads: Vec<Upload>,
 }
+
+/// A source that arrives as an uploaded archive, the way a bucket-triggered
+/// pipeline gets its source: `POST /upload/NAME`, signed like a webhook.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub name: String,
+    /// The pipeline file, relative to the archive's root.
+    pub pipeline: String,
+    /// The environment its runs deploy to, if any.
+    pub environment: Option<String>,
+    /// Largest archive accepted.
+    pub max_size: u64,
+}
+
+pub const DEFAULT_MAX_UPLOAD: u64 = 100 << 20;
 
 /// Where the server reads a secret of its own.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +135,17 @@ struct RawFile {
     server: Option<Spanned<RawServer>>,
     #[serde(default)]
     repository: Vec<Spanned<RawRepository>>,
+    #[serde(default)]
+    upload: Vec<Spanned<RawUpload>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUpload {
+    name: Option<Str>,
+    pipeline: Option<Str>,
+    environment: Option<Str>,
+    max_size: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +239,7 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         secrets_dir: None,
         public_url: None,
         repositories: Vec::new(),
+        uploads: Vec::new(),
     };
     let Some(server) = raw.server else {
         diags.push(src.diag(
@@ -295,11 +324,65 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         }
     }
 
-    if raw.repository.is_empty() {
+    if raw.repository.is_empty() && raw.upload.is_empty() {
         diags.push(src.diag(
             server_span,
-            "no [[repository]]: add one with `name`, `url` and at least one [[repository.trigger]]",
+            "no [[repository]]: add one with `name`, `url` and at least one [[repository.trigger]] (or an [[upload]] source)",
         ));
+    }
+    for u in raw.upload {
+        let span = u.span();
+        let u = u.into_inner();
+        let Some(name) = required(src, span.clone(), u.name, "upload.name", diags) else {
+            continue;
+        };
+        let name_ok = name
+            .get_ref()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            diags.push(src.diag(
+                name.span(),
+                format!(
+                    "upload.name `{}`: letters, digits, `-`, `_` and `.` only (it is a URL path part)",
+                    name.get_ref()
+                ),
+            ));
+            continue;
+        }
+        let max_size = match u.max_size {
+            None => DEFAULT_MAX_UPLOAD,
+            Some(m) => match m.get_ref().as_str().map(parse_size) {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
+                    diags.push(src.diag(m.span(), format!("upload.max-size: {e}")));
+                    DEFAULT_MAX_UPLOAD
+                }
+                None => {
+                    diags.push(src.diag(
+                        m.span(),
+                        "upload.max-size: expected a size string like \"50MiB\"",
+                    ));
+                    DEFAULT_MAX_UPLOAD
+                }
+            },
+        };
+        if cfg.uploads.iter().any(|o| o.name == *name.get_ref()) {
+            diags.push(src.diag(
+                span,
+                format!("upload `{}` is configured twice", name.get_ref()),
+            ));
+            continue;
+        }
+        cfg.uploads.push(Upload {
+            name: name.into_inner(),
+            pipeline: u
+                .pipeline
+                .map(|p| p.into_inner())
+                .unwrap_or_else(|| "pipeline.toml".into()),
+            environment: u.environment.map(|e| e.into_inner()),
+            max_size,
+        });
     }
     for r in raw.repository {
         let span = r.span();

@@ -16,6 +16,7 @@ use crate::run::launch::{Launch, LaunchError, RunControl};
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
 use crate::serve::queue::{Queue, QueuedJob};
 use crate::serve::ServerState;
+use crate::source::archive::{unpack, Limits};
 use crate::source::git;
 
 /// A safety net: look at the queue this often even when nothing woke us.
@@ -113,6 +114,10 @@ async fn run_job(s: Arc<ServerState>, q: QueuedJob) {
     if !s.config.keep_workspaces {
         let _ = tokio::fs::remove_dir_all(&workspace).await;
     }
+    if let (Some(archive), false) = (&q.job.archive, stopped_by_server) {
+        // Ran (or was given up): the upload is no longer needed.
+        let _ = tokio::fs::remove_file(archive).await;
+    }
     if stopped_by_server {
         mark_queued_again(
             &s,
@@ -159,35 +164,67 @@ async fn execute(
     workspace: &Path,
 ) -> Option<RunRecord> {
     let job = &q.job;
-    let Some(repo) = s
-        .config
-        .repositories
-        .iter()
-        .find(|r| r.name == job.repository)
-    else {
-        let reason = format!(
-            "repository `{}` is no longer configured on this server",
-            job.repository
-        );
-        return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-    };
     if workspace.exists() {
         // Left by an interrupted attempt.
         let _ = tokio::fs::remove_dir_all(workspace).await;
     }
-    let cancelled = control.token();
-    let fetched = tokio::select! {
-        r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
-        _ = cancelled.cancelled() => {
-            let reason = control.reason().unwrap_or_default();
-            return record_unstarted(s, q, &job.repository, Status::Cancelled, reason).await;
+    let pipeline_path = match &job.archive {
+        Some(archive) => {
+            let Some(upload) = s.config.uploads.iter().find(|u| u.name == job.repository) else {
+                let reason = format!(
+                    "upload source `{}` is no longer configured on this server",
+                    job.repository
+                );
+                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+            };
+            let limits = Limits {
+                max_archive_bytes: upload.max_size,
+                ..Limits::default()
+            };
+            let (a, w) = (archive.clone(), workspace.to_path_buf());
+            let unpacked = tokio::task::spawn_blocking(move || unpack(&a, &w, &limits)).await;
+            match unpacked {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let reason = format!("the source archive was refused: {e}");
+                    return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+                }
+                Err(e) => {
+                    let reason = format!("unpacking the source archive: {e}");
+                    return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+                }
+            }
+            upload.pipeline.clone()
+        }
+        None => {
+            let Some(repo) = s
+                .config
+                .repositories
+                .iter()
+                .find(|r| r.name == job.repository)
+            else {
+                let reason = format!(
+                    "repository `{}` is no longer configured on this server",
+                    job.repository
+                );
+                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+            };
+            let cancelled = control.token();
+            let fetched = tokio::select! {
+                r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
+                _ = cancelled.cancelled() => {
+                    let reason = control.reason().unwrap_or_default();
+                    return record_unstarted(s, q, &job.repository, Status::Cancelled, reason).await;
+                }
+            };
+            if let Err(e) = fetched {
+                let reason = format!("checkout of {} failed: {e}", short(&job.sha));
+                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+            }
+            repo.pipeline.clone()
         }
     };
-    if let Err(e) = fetched {
-        let reason = format!("checkout of {} failed: {e}", short(&job.sha));
-        return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-    }
-    let file = workspace.join(&repo.pipeline);
+    let file = workspace.join(&pipeline_path);
     let pipeline = match load_resolved(&file, &s.state_dir, LockMode::Normal).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -199,7 +236,7 @@ async fn execute(
         if pipeline.environment(env).is_none() {
             let reason = format!(
                 "the trigger deploys to `{env}`, which {} does not declare in [environments]",
-                repo.pipeline
+                pipeline_path
             );
             return record_unstarted(s, q, &pipeline.name, Status::Failure, reason).await;
         }

@@ -39,6 +39,10 @@ pub struct Job {
     /// Runs of one group run one at a time, in order.
     pub group: Option<String>,
     pub trigger: TriggerInfo,
+    /// An uploaded source archive (`POST /upload/NAME`) to unpack instead
+    /// of a git checkout; `repository` is then the upload's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -348,6 +352,7 @@ mod tests {
             trusted: true,
             group: Some(group.into()),
             trigger: TriggerInfo::default(),
+            archive: None,
         }
     }
 

@@ -314,12 +314,14 @@ pub fn plan(config: &ServerConfig, event: &Event, delivery: &str) -> Plan {
                 fetch_ref: Some(p.git_ref.clone()),
                 trusted: true,
                 group: group(repo, &short, "push"),
+                archive: None,
                 trigger: TriggerInfo {
                     repository: p.repository.clone(),
                     delivery: delivery.to_string(),
                     sender: p.sender.clone(),
                     message: p.message.clone(),
                     pull_request: None,
+                    archive: None,
                 },
             }])
         }
@@ -354,12 +356,14 @@ pub fn plan(config: &ServerConfig, event: &Event, delivery: &str) -> Plan {
                 // pushed by anyone with access to this one.
                 trusted: pr.head_repository.as_deref() == Some(pr.repository.as_str()),
                 group: group(repo, &format!("pr-{}", pr.number), "pull_request"),
+                archive: None,
                 trigger: TriggerInfo {
                     repository: pr.repository.clone(),
                     delivery: delivery.to_string(),
                     sender: pr.sender.clone(),
                     message: pr.title.clone(),
                     pull_request: Some(pr.number),
+                    archive: None,
                 },
             }])
         }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::caps::log::StageLog;
 use crate::caps::secrets::SecretsCap;
@@ -32,6 +33,7 @@ pub struct DockerCap {
     secrets: Arc<SecretsCap>,
     log: StageLog,
     run_id: String,
+    audit: Audit,
 }
 
 type R<T> = wasmtime::Result<Result<T, CapError>>;
@@ -50,7 +52,26 @@ impl DockerCap {
             secrets,
             log,
             run_id: run_id.to_string(),
+            audit: Audit::default(),
         }
+    }
+
+    /// Record every call in this trail.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Record a finished call and hand its result to the guest.
+    fn audited<T>(
+        &self,
+        op: &str,
+        target: &str,
+        r: Result<T, CapError>,
+        ok: impl FnOnce(&T) -> String,
+    ) -> R<T> {
+        self.audit.record(&format!("docker.{op}"), target, &r, ok);
+        Ok(r)
     }
 
     fn stage(&self) -> &str {
@@ -215,25 +236,42 @@ impl DockerCap {
     }
 }
 
-fn call<T>(r: Result<T, CapError>) -> R<T> {
-    Ok(r)
-}
-
 impl Host for DockerCap {
     async fn build(&mut self, req: BuildRequest) -> R<BuildResult> {
-        call(DockerCap::build(self, req).await)
+        let target = format!("{} (context {})", req.image, req.context);
+        let r = DockerCap::build(self, req).await;
+        self.audited("build", &target, r, |b| format!("image {}", b.image_id))
     }
     async fn tag(&mut self, source: String, target: String) -> R<()> {
-        call(DockerCap::tag(self, source, target).await)
+        let shown = format!("{source} -> {target}");
+        let r = DockerCap::tag(self, source, target).await;
+        self.audited("tag", &shown, r, |_| "ok".into())
     }
     async fn push(&mut self, image: String, auth: Option<String>) -> R<PushResult> {
-        call(DockerCap::push(self, image, auth).await)
+        let target = match &auth {
+            Some(secret) => format!("{image} (auth: secret {secret})"),
+            None => image.clone(),
+        };
+        let r = DockerCap::push(self, image, auth).await;
+        self.audited("push", &target, r, |p| format!("digest {}", p.digest))
     }
     async fn run(&mut self, req: RunRequest) -> R<RunResult> {
-        call(DockerCap::run(self, req).await)
+        let target = format!("{} {}", req.image, req.command.join(" "));
+        let r = DockerCap::run(self, req).await;
+        self.audited("run", target.trim_end(), r, |x| {
+            if x.timed_out {
+                "timed out".into()
+            } else {
+                format!("exit {}", x.exit_code)
+            }
+        })
     }
     async fn create(&mut self, spec: ContainerSpec) -> R<String> {
-        call(DockerCap::create(self, spec).await)
+        let target = format!("{} ({})", spec.name, spec.image);
+        let r = DockerCap::create(self, spec).await;
+        self.audited("create", &target, r, |id| {
+            format!("id {}", &id[..id.len().min(12)])
+        })
     }
     async fn start(&mut self, name: String) -> R<()> {
         let r = async {
@@ -247,7 +285,8 @@ impl Host for DockerCap {
                 .await
                 .map_err(engine::engine_error)
         };
-        call(r.await)
+        let r = r.await;
+        self.audited("start", &name, r, |_| "ok".into())
     }
     async fn stop(&mut self, name: String, timeout_secs: Option<u32>) -> R<()> {
         let r = async {
@@ -264,7 +303,8 @@ impl Host for DockerCap {
                 .await
                 .map_err(engine::engine_error)
         };
-        call(r.await)
+        let r = r.await;
+        self.audited("stop", &name, r, |_| "ok".into())
     }
     async fn remove(&mut self, name: String) -> R<()> {
         let r = async {
@@ -273,10 +313,12 @@ impl Host for DockerCap {
             engine::remove_forced(docker, &name).await;
             Ok(())
         };
-        call(r.await)
+        let r = r.await;
+        self.audited("remove", &name, r, |_| "ok".into())
     }
     async fn inspect(&mut self, name: String) -> R<ContainerInfo> {
-        call(self.managed("inspect", &name).await)
+        let r = self.managed("inspect", &name).await;
+        self.audited("inspect", &name, r, |c| c.state.clone())
     }
     async fn list_containers(&mut self, label: String) -> R<Vec<ContainerInfo>> {
         let r = async {
@@ -293,6 +335,7 @@ impl Host for DockerCap {
             }
             Ok(out)
         };
-        call(r.await)
+        let r = r.await;
+        self.audited("list", &label, r, |v| format!("{} containers", v.len()))
     }
 }

@@ -1,0 +1,141 @@
+//! Artifacts handed between stages through the workspace.
+//!
+//! A stage lists the files it produces (`artifacts = ["dist/app.tar"]`);
+//! when it succeeds the host records each file's sha256 in its stage
+//! record. Before any later stage that depends on it (directly or through
+//! other stages) runs, the host hashes the files again and refuses to run
+//! the stage if one changed or disappeared: what is deployed is what was
+//! built and scanned, even if a stage in between (or anyone with access to
+//! the workspace during an approval wait) rewrote it.
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path};
+
+use sha2::{Digest, Sha256};
+
+/// Workspace-relative path → `sha256:<hex>`.
+pub type Digests = BTreeMap<String, String>;
+
+/// Why a declared path cannot be an artifact (checked by `host check`).
+pub fn check_path(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    if path.trim().is_empty() {
+        return Err("an artifact path must not be empty".into());
+    }
+    if p.is_absolute() {
+        return Err(format!(
+            "artifact `{path}` must be relative to the workspace"
+        ));
+    }
+    if p.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "artifact `{path}` must not contain `..` or `.` parts"
+        ));
+    }
+    Ok(())
+}
+
+/// sha256 of a workspace file, refusing links that lead out of it.
+fn digest(workspace: &Path, path: &str) -> Result<String, String> {
+    let full = workspace.join(path);
+    let real = full
+        .canonicalize()
+        .map_err(|e| format!("artifact `{path}`: {e}"))?;
+    let root = workspace
+        .canonicalize()
+        .map_err(|e| format!("workspace {}: {e}", workspace.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!("artifact `{path}` leads out of the workspace"));
+    }
+    if !real.is_file() {
+        return Err(format!("artifact `{path}` is not a regular file"));
+    }
+    let mut f = std::fs::File::open(&real).map_err(|e| format!("artifact `{path}`: {e}"))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("artifact `{path}`: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Digests of the files a stage declared, after it succeeded.
+pub fn record(workspace: &Path, paths: &[String]) -> Result<Digests, String> {
+    let mut out = Digests::new();
+    for p in paths {
+        let d = digest(workspace, p).map_err(|e| {
+            if e.contains("No such file") {
+                format!("declared artifact `{p}` was not produced")
+            } else {
+                e
+            }
+        })?;
+        out.insert(p.clone(), d);
+    }
+    Ok(out)
+}
+
+/// Check that the artifacts `producer` recorded are unchanged.
+pub fn verify(workspace: &Path, producer: &str, recorded: &Digests) -> Result<(), String> {
+    for (path, want) in recorded {
+        match digest(workspace, path) {
+            Ok(got) if &got == want => {}
+            Ok(got) => {
+                return Err(format!(
+                    "artifact `{path}` of stage `{producer}` was changed after `{producer}` recorded it ({} → {}): refusing to use it",
+                    short(want),
+                    short(&got)
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "artifact `{path}` of stage `{producer}` cannot be checked: {e}"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min("sha256:".len() + 12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_digests_catch_changes_and_removals() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("dist")).unwrap();
+        std::fs::write(t.path().join("dist/app"), b"v1").unwrap();
+        let d = record(t.path(), &["dist/app".into()]).unwrap();
+        assert!(d["dist/app"].starts_with("sha256:"));
+        verify(t.path(), "build", &d).unwrap();
+        std::fs::write(t.path().join("dist/app"), b"v2").unwrap();
+        let e = verify(t.path(), "build", &d).unwrap_err();
+        assert!(
+            e.starts_with("artifact `dist/app` of stage `build` was changed"),
+            "{e}"
+        );
+        std::fs::remove_file(t.path().join("dist/app")).unwrap();
+        assert!(verify(t.path(), "build", &d)
+            .unwrap_err()
+            .contains("cannot be checked"));
+        let e = record(t.path(), &["dist/app".into()]).unwrap_err();
+        assert_eq!(e, "declared artifact `dist/app` was not produced");
+        std::os::unix::fs::symlink("/etc/hostname", t.path().join("out")).unwrap();
+        assert!(record(t.path(), &["out".into()])
+            .unwrap_err()
+            .contains("leads out"));
+        assert!(check_path("../x").is_err() && check_path("/x").is_err());
+        assert!(check_path("dist/app.tar").is_ok());
+    }
+}
