@@ -20,7 +20,9 @@ test: services plugins
     cargo clippy --workspace --all-targets -- -D warnings
     cargo build --workspace --all-targets
     cargo test --workspace
-    cargo run --quiet -p pipeline-bench -- --smoke --out target/bench/smoke.json
+    # The binary `cargo build --workspace` made: `cargo run -p` would resolve
+    # features for that package alone and rebuild wasmtime.
+    "${CARGO_TARGET_DIR:-target}/debug/pipeline-bench" --smoke --out target/bench/smoke.json
 
 # Run the demo app's CI/CD flow (pipelines/demo.toml) on the real engine and registry.
 demo: services build
