@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use pipeline_tests::archive::tar_gz;
-use pipeline_tests::cli::{host_env, shown, text};
+use pipeline_tests::cli::{host_env, last_run, shown, stage, text};
 use pipeline_tests::plugins::{demo_app_workspace, plugin, root, target_dir};
 use pipeline_tests::services::{self, docker, REGISTRY, REGISTRY_PASSWORD, REGISTRY_USER};
 use serde_json::Value;
@@ -33,24 +33,6 @@ fn run(state: &Path, file: &Path, ws: &Path, password: &str, args: &[&str]) -> O
     ];
     all.extend_from_slice(args);
     host_env(state, &all, &[])
-}
-
-/// The newest run's record.
-fn last_run(state: &Path) -> Value {
-    let out = host_env(state, &["runs", "--json", "-n", "1"], &[]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = v["runs"][0]["id"].as_str().expect("a run").to_string();
-    let out = host_env(state, &["runs", "show", &id, "--json"], &[]);
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn stage<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {run}"))
 }
 
 /// A copy of `pipelines/NAME` in `dir` with `edit` applied and plugin

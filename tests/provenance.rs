@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use pipeline_tests::archive::{sha256_of, tar_gz};
-use pipeline_tests::cli::{host, host_env, shown, text};
+use pipeline_tests::cli::{host, host_env, last_run, shown, stage, text};
 use pipeline_tests::http::TestServer;
 use pipeline_tests::plugins::plugin;
 
@@ -21,17 +21,6 @@ fn pipeline_head(name: &str) -> String {
         "[pipeline]\nname = \"{name}\"\n[plugins]\nhostile = \"{}\"\n",
         plugin("hostile").display()
     )
-}
-
-/// The run record of the only run in `state`.
-fn only_run(state: &Path) -> serde_json::Value {
-    let out = host(state, &["runs", "--json"]);
-    assert!(out.status.success(), "{}", shown(&out));
-    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = runs["runs"][0]["id"].as_str().expect("a run").to_string();
-    let out = host(state, &["runs", "show", &id, "--json"]);
-    assert!(out.status.success(), "{}", shown(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -58,7 +47,7 @@ fn a_source_archive_becomes_the_workspace_and_a_hostile_one_runs_nothing() {
         ],
     );
     assert!(out.status.success(), "{}", shown(&out));
-    let run = only_run(&state);
+    let run = last_run(&state);
     assert_eq!(run["event"], "upload");
     assert_eq!(run["stages"][0]["outputs"]["content"], "1.4.2\n");
     let archive = &run["trigger"]["archive"];
@@ -151,7 +140,7 @@ async fn every_capability_call_is_audited_allowed_or_denied_without_secret_value
     );
     assert_eq!(server.hits(), 1, "only the granted call reached the server");
 
-    let run = only_run(&state);
+    let run = last_run(&state);
     let id = run["id"].as_str().unwrap();
     let st = state.clone();
     let idc = id.to_string();
@@ -260,7 +249,7 @@ fn an_artifact_changed_after_it_was_recorded_stops_the_stages_that_use_it() {
         &["run", file.to_str().unwrap(), "--workspace", &ws_arg],
     );
     assert!(out.status.success(), "{}", shown(&out));
-    let run = only_run(&state);
+    let run = last_run(&state);
     let digest = run["stages"][0]["artifacts"]["dist/app"].as_str().unwrap();
     use sha2::Digest;
     assert_eq!(
@@ -275,18 +264,9 @@ fn an_artifact_changed_after_it_was_recorded_stops_the_stages_that_use_it() {
         &["run", file.to_str().unwrap(), "--workspace", &ws_arg],
     );
     assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
-    let run = only_run(&state);
-    let stage = |n: &str| {
-        run["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == n)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(stage("scan")["status"], "success");
-    let deploy = stage("deploy");
+    let run = last_run(&state);
+    assert_eq!(stage(&run, "scan")["status"], "success");
+    let deploy = stage(&run, "deploy");
     assert_eq!(deploy["status"], "failure");
     let err = deploy["error"].as_str().unwrap();
     assert!(
@@ -312,7 +292,7 @@ fn an_artifact_changed_after_it_was_recorded_stops_the_stages_that_use_it() {
         &["run", file.to_str().unwrap(), "--workspace", &ws_arg],
     );
     assert_eq!(out.status.code(), Some(1));
-    let run = only_run(&state);
+    let run = last_run(&state);
     assert_eq!(
         run["stages"][0]["error"],
         "declared artifact `dist/never` was not produced"

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pipeline_tests::archive::{sha256_of, tar_gz};
-use pipeline_tests::cli::{host, shown, text};
+use pipeline_tests::cli::{host, shown, stage, text};
 use pipeline_tests::plugins::plugin;
 use pipeline_tests::serve::{
     config, pull_request_payload, push_payload, GitRepo, Server, REPO, SECRET,
@@ -48,15 +48,6 @@ plugin = "hostile"
 needs = ["read"]
 with = { attack = "chatty", lines = 3 }
 "#;
-
-fn stage<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {run}"))
-}
 
 #[test]
 fn a_signed_push_runs_the_pushed_commit() {

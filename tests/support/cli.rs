@@ -56,3 +56,24 @@ pub fn plugin_new(lang: &str, name: &str, dir: &Path) {
     );
     assert!(out.status.success(), "plugin new failed:\n{}", shown(&out));
 }
+
+/// The newest run recorded in `state`, as `host runs show --json` prints it.
+pub fn last_run(state: &Path) -> serde_json::Value {
+    let out = host(state, &["runs", "--json", "-n", "1"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = runs["runs"][0]["id"].as_str().expect("a run").to_string();
+    let out = host(state, &["runs", "show", &id, "--json"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Stage `name` of a run record in JSON.
+pub fn stage<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {run}"))
+}

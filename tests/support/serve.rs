@@ -162,6 +162,26 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Send `body`, signed with `secret` (none: unsigned); the status and the
+/// answer (JSON when it is).
+fn send_signed(
+    req: reqwest::blocking::RequestBuilder,
+    body: &[u8],
+    secret: Option<&str>,
+) -> (u16, Value) {
+    let mut req = req.body(body.to_vec());
+    if let Some(s) = secret {
+        req = req.header("X-Hub-Signature-256", sign(s, body));
+    }
+    let resp = req.send().expect("posting to host serve");
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 /// A running `host serve`.
 pub struct Server {
     child: Child,
@@ -258,24 +278,14 @@ impl Server {
         body: &[u8],
         secret: Option<&str>,
     ) -> (u16, Value) {
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}/github-webhook/", self.url))
             .header("X-GitHub-Event", event)
             .header("X-GitHub-Delivery", delivery)
             .header("Content-Type", "application/json")
-            .header("User-Agent", "GitHub-Hookshot/test")
-            .body(body.to_vec());
-        if let Some(s) = secret {
-            req = req.header("X-Hub-Signature-256", sign(s, body));
-        }
-        let resp = req.send().expect("delivering");
-        let status = resp.status().as_u16();
-        let text = resp.text().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+            .header("User-Agent", "GitHub-Hookshot/test");
+        send_signed(req, body, secret)
     }
 
     /// POST an archive to `/upload/{name}`, signed with `secret` (none:
@@ -287,22 +297,12 @@ impl Server {
         body: &[u8],
         secret: Option<&str>,
     ) -> (u16, Value) {
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}/upload/{name}", self.url))
             .header("X-Upload-Filename", filename)
-            .header("Content-Type", "application/octet-stream")
-            .body(body.to_vec());
-        if let Some(s) = secret {
-            req = req.header("X-Hub-Signature-256", sign(s, body));
-        }
-        let resp = req.send().expect("uploading");
-        let status = resp.status().as_u16();
-        let text = resp.text().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+            .header("Content-Type", "application/octet-stream");
+        send_signed(req, body, secret)
     }
 
     /// Deliver a signed push of `sha` to `git_ref`; the queued run id.

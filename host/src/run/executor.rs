@@ -327,8 +327,7 @@ impl Executor {
                                 finish(skipped, &mut finished_order, &mut done);
                                 finish(rec, &mut finished_order, &mut done);
                             }
-                            RollbackPlan::Run { stage: st, image } => {
-                                let target = pipeline.stage(rec_rollback_target(&pipeline, &rec)).expect("validated");
+                            RollbackPlan::Run { target, stage: st, image } => {
                                 let mut ctx = stage_context(&shared, target, &done, &finished_order);
                                 let base: serde_json::Value =
                                     serde_json::from_str(&ctx.config).unwrap_or_default();
@@ -395,32 +394,34 @@ impl Executor {
 /// hold a `:`).
 const ROLLBACK_SUFFIX: &str = ":rollback";
 
-enum RollbackPlan {
+enum RollbackPlan<'p> {
     /// Nothing asked for one.
     None,
     /// Asked for, but there is nothing to go back to (a skipped record).
     Nothing(StageRecord),
-    /// Run `stage` (the deploy stage, renamed) with `with.image = image`.
-    Run { stage: Stage, image: String },
-}
-
-fn rec_rollback_target<'p>(pipeline: &'p Pipeline, rec: &StageRecord) -> &'p str {
-    pipeline
-        .stage(&rec.name)
-        .and_then(|s| s.rollback.as_deref())
-        .unwrap_or_default()
+    /// Run `stage` (a copy of `target`, renamed) with `with.image = image`.
+    Run {
+        target: &'p Stage,
+        stage: Stage,
+        image: String,
+    },
 }
 
 /// Whether the stage that just ended asks for a rollback, and of what.
-fn rollback_plan(
-    pipeline: &Pipeline,
+fn rollback_plan<'p>(
+    pipeline: &'p Pipeline,
     rec: &StageRecord,
     done: &HashMap<String, StageRecord>,
-) -> RollbackPlan {
+) -> RollbackPlan<'p> {
     if rec.status != Status::Failure {
         return RollbackPlan::None;
     }
-    let target = rec_rollback_target(pipeline, rec);
+    let Some(target) = pipeline
+        .stage(&rec.name)
+        .and_then(|s| s.rollback.as_deref())
+    else {
+        return RollbackPlan::None;
+    };
     let (Some(stage), Some(deployed)) = (pipeline.stage(target), done.get(target)) else {
         return RollbackPlan::None;
     };
@@ -435,6 +436,7 @@ fn rollback_plan(
             // Once: a rollback that fails is reported, not retried.
             st.retries = 0;
             RollbackPlan::Run {
+                target: stage,
                 stage: st,
                 image: image.clone(),
             }

@@ -77,40 +77,48 @@ fn internal(e: anyhow::Error) -> Response {
     )
 }
 
-/// A delivery id as GitHub makes them (a GUID); anything else is refused
-/// before it reaches the store or a log line.
-fn delivery_id(headers: &HeaderMap) -> Result<String, String> {
-    let id = headers
-        .get("x-github-delivery")
-        .ok_or("missing X-GitHub-Delivery header")?
-        .to_str()
-        .map_err(|_| "X-GitHub-Delivery is not text")?;
+/// An id header shaped like GitHub's delivery ids (a GUID); anything else
+/// is refused before it reaches the store or a log line. `None`: absent.
+fn id_header(headers: &HeaderMap, name: &str, what: &str) -> Result<Option<String>, String> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let id = value.to_str().map_err(|_| format!("{name} is not text"))?;
     if id.is_empty()
         || id.len() > 128
         || !id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err("X-GitHub-Delivery is not a delivery id".into());
+        return Err(format!("{name} is not {what}"));
     }
-    Ok(id.to_string())
+    Ok(Some(id.to_string()))
 }
 
-async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+/// `X-Hub-Signature-256` of the raw body checked against the server's
+/// secret (deliveries and uploads alike): the 401 to answer when it is
+/// missing or wrong.
+fn unsigned(s: &ServerState, headers: &HeaderMap, body: &[u8], what: &str) -> Option<Response> {
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
-    if let Err(e) = webhook::verify_signature(&s.secret, &body, signature) {
-        s.count_delivery("unauthorized");
-        tracing::warn!("webhook refused: {e}");
-        return error(StatusCode::UNAUTHORIZED, e.to_string());
+    let e = webhook::verify_signature(&s.secret, body, signature).err()?;
+    s.count_delivery("unauthorized");
+    tracing::warn!("{what} refused: {e}");
+    Some(error(StatusCode::UNAUTHORIZED, e.to_string()))
+}
+
+async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = unsigned(&s, &headers, &body, "webhook") {
+        return refused;
     }
     let bad = |s: &ServerState, m: String| {
         s.count_delivery("bad-request");
         error(StatusCode::BAD_REQUEST, m)
     };
-    let delivery = match delivery_id(&headers) {
-        Ok(d) => d,
+    let delivery = match id_header(&headers, "X-GitHub-Delivery", "a delivery id") {
+        Ok(Some(d)) => d,
+        Ok(None) => return bad(&s, "missing X-GitHub-Delivery header".into()),
         Err(e) => return bad(&s, e),
     };
     let Some(event) = headers
@@ -194,13 +202,8 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let signature = headers
-        .get("x-hub-signature-256")
-        .and_then(|v| v.to_str().ok());
-    if let Err(e) = webhook::verify_signature(&s.secret, &body, signature) {
-        s.count_delivery("unauthorized");
-        tracing::warn!("upload refused: {e}");
-        return error(StatusCode::UNAUTHORIZED, e.to_string());
+    if let Some(refused) = unsigned(&s, &headers, &body, "upload") {
+        return refused;
     }
     let Some(up) = s.config.uploads.iter().find(|u| u.name == name).cloned() else {
         return error(
@@ -231,16 +234,10 @@ async fn upload(
             ),
         );
     }
-    let delivery = match headers.get("x-upload-id") {
-        None => format!("upload-{}", new_run_id()),
-        Some(_) => {
-            let mut h = HeaderMap::new();
-            h.insert("x-github-delivery", headers["x-upload-id"].clone());
-            match delivery_id(&h) {
-                Ok(d) => format!("upload-{d}"),
-                Err(_) => return error(StatusCode::BAD_REQUEST, "X-Upload-Id is not an id"),
-            }
-        }
+    let delivery = match id_header(&headers, "X-Upload-Id", "an id") {
+        Ok(Some(id)) => format!("upload-{id}"),
+        Ok(None) => format!("upload-{}", new_run_id()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let run_id = new_run_id();
     let dir = s.state_dir.join("uploads");
