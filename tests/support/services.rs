@@ -83,12 +83,11 @@ pub fn remove_images(name: &str) {
     }
 }
 
-/// Build `image` (FROM scratch) with a planted, freshly generated AWS key
-/// pair in /app/creds.env — generated at run time so no key-shaped string
-/// lives in the repository. Returns the access key id.
-pub fn planted_secret_image(dir: &Path, image: &str) -> String {
+/// A fresh AWS-style access key pair as a credentials file's text, and
+/// the key id (what Trivy's secret scanner flags). Generated at run time
+/// so no key-shaped string lives in the repository.
+pub fn leaked_aws_credentials() -> (String, String) {
     use std::fmt::Write;
-    std::fs::create_dir_all(dir).unwrap();
     let seed = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
     // Access key ids are AKIA + 16 of [A-Z2-7].
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -105,11 +104,18 @@ pub fn planted_secret_image(dir: &Path, image: &str) -> String {
     {
         let _ = write!(secret, "{b:02x}");
     }
-    std::fs::write(
-        dir.join("creds.env"),
+    (
         format!("aws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"),
+        key_id,
     )
-    .unwrap();
+}
+
+/// Build `image` (FROM scratch) with a planted, freshly generated AWS key
+/// pair in /app/creds.env. Returns the access key id.
+pub fn planted_secret_image(dir: &Path, image: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let (creds, key_id) = leaked_aws_credentials();
+    std::fs::write(dir.join("creds.env"), creds).unwrap();
     std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
     std::fs::write(
         dir.join("Dockerfile"),

@@ -7,10 +7,14 @@
 //! [`denied`] and never reaches the outside world.
 pub mod audit;
 pub mod docker;
+pub mod git;
 pub mod http;
 pub mod log;
+pub mod paths;
+pub mod process;
 pub mod scan;
 pub mod secrets;
+pub mod ssh;
 
 use crate::runtime::bindings::{CapError, Denial};
 
@@ -51,13 +55,20 @@ pub struct StageCaps {
     pub http: http::HttpCap,
     pub docker: docker::DockerCap,
     pub scan: scan::ScanCap,
+    pub git: git::GitCap,
+    pub ssh: ssh::SshCap,
 }
 
 impl StageCaps {
     /// Capabilities of a stage granted nothing (used for `describe`).
     pub fn ungranted(stage: &str) -> Self {
         let store = std::sync::Arc::new(secrets::SecretStore::default());
-        let secrets = std::sync::Arc::new(secrets::SecretsCap::new(stage, vec![], vec![], store));
+        let secrets = std::sync::Arc::new(secrets::SecretsCap::new(
+            stage,
+            vec![],
+            vec![],
+            store.clone(),
+        ));
         Self {
             log: log::StageLog::new(
                 stage,
@@ -80,6 +91,8 @@ impl StageCaps {
                 log::StageLog::new(stage, 0, secrets::Masker::default(), None),
                 stage,
             ),
+            git: git::GitCap::new(stage, vec![], git::CommitIdentity::default()),
+            ssh: ssh::SshCap::new(stage, vec![], store, None),
             secrets,
             scan: scan::ScanCap::new(
                 stage,

@@ -12,6 +12,7 @@
 mod dag;
 mod files;
 pub(crate) mod parse;
+pub(crate) mod remotes;
 mod units;
 mod validate;
 mod when;
@@ -50,8 +51,57 @@ pub struct Pipeline {
     pub secrets: BTreeMap<String, SecretSource>,
     /// `[environments]`, in file order (the first that matches a run wins).
     pub environments: Vec<Environment>,
+    /// `[git.NAME]`: repositories stages may be granted (`grants.git`).
+    pub git: BTreeMap<String, GitRemote>,
+    /// `[ssh.NAME]`: hosts stages may be granted (`grants.ssh`).
+    pub ssh: BTreeMap<String, SshHost>,
     /// In file order.
     pub stages: Vec<Stage>,
+}
+
+/// `[git.NAME]`: a repository the host clones and pushes for the stages
+/// granted NAME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitRemote {
+    pub name: String,
+    /// `https://`, `http://`, `git://` or `file://` (checked in validate).
+    pub url: String,
+    /// Branch cloned when the stage names none.
+    pub branch: String,
+    /// Branch globs a granted stage may push to (default: `[branch]`).
+    pub push: Vec<String>,
+    pub location: Location,
+}
+
+/// `[ssh.NAME]`: a host the system `ssh` reaches for the stages granted
+/// NAME, with the key from a secret and the host key pinned here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshHost {
+    pub name: String,
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// `TYPE BASE64` of the host's public key, as in known_hosts.
+    pub host_key: String,
+    /// Secret holding the private key (OpenSSH format).
+    pub key: String,
+    pub location: Location,
+}
+
+impl SshHost {
+    /// The one known_hosts line ssh may accept for this host.
+    pub fn known_hosts_line(&self) -> String {
+        if self.port == 22 {
+            format!("{} {}", self.host, self.host_key)
+        } else {
+            format!("[{}]:{} {}", self.host, self.port, self.host_key)
+        }
+    }
+
+    /// `user@host:port`, for messages and the audit trail.
+    pub fn address(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
 }
 
 /// A deployment environment: the runs that deploy to it (by branch or tag
@@ -176,6 +226,10 @@ pub struct Grants {
     pub docker: DockerGrants,
     /// May ask the host to run an image scan.
     pub scan: bool,
+    /// `[git.NAME]` repositories the stage may clone and push.
+    pub git: Vec<String>,
+    /// `[ssh.NAME]` hosts the stage may run commands on.
+    pub ssh: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

@@ -31,7 +31,29 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub environments: BTreeMap<Str, Spanned<RawEnvironment>>,
     #[serde(default)]
+    pub git: BTreeMap<Str, Spanned<RawGitRemote>>,
+    #[serde(default)]
+    pub ssh: BTreeMap<Str, Spanned<RawSshHost>>,
+    #[serde(default)]
     pub stage: Vec<Spanned<RawStage>>,
+}
+
+/// `[git.NAME]`: a repository stages may be granted by name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawGitRemote {
+    pub url: Option<Str>,
+    pub branch: Option<Str>,
+    pub push: Option<StrList>,
+}
+
+/// `[ssh.NAME]`: a host stages may be granted by name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawSshHost {
+    pub address: Option<Str>,
+    pub host_key: Option<Str>,
+    pub key: Option<Str>,
 }
 
 /// `[trust]`: the keys plugins must be signed by.
@@ -104,6 +126,8 @@ pub(super) struct RawGrants {
     pub secrets_read: Option<StrList>,
     pub docker: Option<RawDocker>,
     pub scan: Option<bool>,
+    pub git: Option<StrList>,
+    pub ssh: Option<StrList>,
 }
 
 #[derive(Debug, Deserialize)]

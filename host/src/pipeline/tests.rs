@@ -258,7 +258,7 @@ fn unknown_keys() {
         "[pipeline]\nname = \"x\"\n[foo]\n",
         3,
         2,
-        "expected one of `pipeline`, `plugins`, `trust`, `secrets`, `environments`, `stage`",
+        "expected one of `pipeline`, `plugins`, `trust`, `secrets`, `environments`, `git`, `ssh`, `stage`",
     );
     let stage = |extra: &str| format!("{HEAD}[[stage]]\nname = \"a\"\nplugin = \"tag\"\n{extra}\n");
     assert_diag(
@@ -1044,5 +1044,100 @@ fn rollback_names_a_stage_it_depends_on_and_artifacts_stay_in_the_workspace() {
         13,
         14,
         "no workspace access",
+    );
+}
+
+const HOST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+#[test]
+fn git_repositories_and_ssh_hosts_are_declared_once_and_granted_by_name() {
+    let p = ok(&format!(
+        "{HEAD}[git.deploy-config]\nurl = \"git://127.0.0.1:19418/deploy.git\"\npush = [\"main\", \"env/*\"]\n\n\
+         [ssh.prod]\naddress = \"deploy@127.0.0.1:2222\"\nhost-key = \"{HOST_KEY} prod\"\nkey = \"hook\"\n\n\
+         [[stage]]\nname = \"deploy\"\nplugin = \"tag\"\ngrants = {{ git = [\"deploy-config\"], ssh = [\"prod\", \"prod\"] }}\n"
+    ));
+    let g = &p.git["deploy-config"];
+    assert_eq!(g.branch, "main");
+    assert_eq!(g.push, vec!["main", "env/*"]);
+    let h = &p.ssh["prod"];
+    assert_eq!(
+        (h.user.as_str(), h.host.as_str(), h.port),
+        ("deploy", "127.0.0.1", 2222)
+    );
+    assert_eq!(h.known_hosts_line(), format!("[127.0.0.1]:2222 {HOST_KEY}"));
+    assert_eq!(p.stages[0].grants.git, vec!["deploy-config"]);
+    assert_eq!(p.stages[0].grants.ssh, vec!["prod"]);
+    // Push defaults to the cloned branch.
+    let p = ok(&format!(
+        "{HEAD}[git.r]\nurl = \"file:///srv/r.git\"\nbranch = \"deploy\"\n[[stage]]\nname = \"a\"\nplugin = \"tag\"\n"
+    ));
+    assert_eq!(p.git["r"].push, vec!["deploy"]);
+}
+
+#[test]
+fn bad_git_and_ssh_declarations_are_pointed_at() {
+    let stage = "[[stage]]\nname = \"a\"\nplugin = \"tag\"\n";
+    assert_diag(
+        &format!("{HEAD}[git.r]\nurl = \"ssh://git@example.com/r.git\"\n{stage}"),
+        11,
+        7,
+        "scheme `ssh` is not supported",
+    );
+    assert_diag(
+        &format!("{HEAD}[git.r]\nurl = \"https://u:tok@example.com/r.git\"\n{stage}"),
+        11,
+        7,
+        "credentials do not belong in the URL",
+    );
+    assert_diag(
+        &format!("{HEAD}[git.r]\nurl = \"file:///r.git\"\nbranch = \"-x\"\n{stage}"),
+        12,
+        10,
+        "is not a branch name",
+    );
+    assert_diag(
+        &format!("{HEAD}[ssh.h]\naddress = \"deploy@127.0.0.1\"\nkey = \"hook\"\n{stage}"),
+        10,
+        1,
+        "missing `host-key`",
+    );
+    assert_diag(
+        &format!(
+            "{HEAD}[ssh.h]\naddress = \"-oProxyCommand=x@h\"\nhost-key = \"{HOST_KEY}\"\nkey = \"hook\"\n{stage}"
+        ),
+        11,
+        11,
+        "is not a plain user name",
+    );
+    assert_diag(
+        &format!(
+            "{HEAD}[ssh.h]\naddress = \"d@h\"\nhost-key = \"ssh-rsa AAAA\"\nkey = \"hook\"\n{stage}"
+        ),
+        12,
+        12,
+        "not a `ssh-rsa` key",
+    );
+    assert_diag(
+        &format!(
+            "{HEAD}[ssh.h]\naddress = \"d@h\"\nhost-key = \"{HOST_KEY}\"\nkey = \"nope\"\n{stage}"
+        ),
+        13,
+        7,
+        "undeclared secret `nope`",
+    );
+    assert_diag(
+        &format!("{HEAD}[[stage]]\nname = \"a\"\nplugin = \"tag\"\ngrants = {{ git = [\"r\"] }}\n"),
+        13,
+        19,
+        "`grants.git` names undeclared `r`; no [git.NAME] tables are declared",
+    );
+    assert_diag(
+        &format!(
+            "{HEAD}[ssh.h]\naddress = \"d@h\"\nhost-key = \"{HOST_KEY}\"\nkey = \"hook\"\n{stage}grants = {{ ssh = [\"x\"] }}\n"
+        ),
+        17,
+        19,
+        "declared: `h`",
     );
 }

@@ -9,27 +9,30 @@ use serde_spanned::Spanned;
 
 use super::parse::{RawDocker, RawFile, RawGrants, RawStage, RawWhen, Source, Str, StrList};
 use super::{
-    dag, units, when, Diagnostic, DockerGrants, Environment, Grants, Location, Pipeline, PluginRef,
-    PluginSource, PortRange, SecretSource, Stage, Trust, When, DEFAULT_APPROVAL_TIMEOUT,
-    DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
+    dag, remotes, units, when, Diagnostic, DockerGrants, Environment, GitRemote, Grants, Location,
+    Pipeline, PluginRef, PluginSource, PortRange, SecretSource, SshHost, Stage, Trust, When,
+    DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
 };
 
 const STAGE_NAME_RULE: &str =
     "lower-case letters, digits, `-` and `_`, starting with a letter or digit";
 const ID_RULE: &str = "letters, digits, `-`, `_` and `.`, starting with a letter or digit";
 
-struct Ctx<'s, 'a> {
+pub(super) struct Ctx<'s, 'a> {
     src: &'s Source<'a>,
     diags: Vec<Diagnostic>,
 }
 
 impl Ctx<'_, '_> {
-    fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         let d = self.src.diag(span, message);
         self.diags.push(d);
     }
-    fn loc(&self, span: std::ops::Range<usize>) -> Location {
+    pub(super) fn loc(&self, span: std::ops::Range<usize>) -> Location {
         self.src.span(span)
+    }
+    pub(super) fn check_id(&mut self, key: &Str, what: &str) {
+        check_id(self, key, what)
     }
 }
 
@@ -141,6 +144,15 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         secrets.insert(key.into_inner(), source);
     }
 
+    // [git.NAME] and [ssh.NAME]
+    let git = remotes::build_git(&mut cx, raw.git);
+    let ssh = remotes::build_ssh(&mut cx, raw.ssh, &secrets);
+    let declared = Declared {
+        secrets: &secrets,
+        git: &git,
+        ssh: &ssh,
+    };
+
     // [environments], in file order.
     let mut raw_envs: Vec<_> = raw.environments.into_iter().collect();
     raw_envs.sort_by_key(|(k, _)| k.span().start);
@@ -194,7 +206,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
             defaults,
             &plugins,
             &plugin_list,
-            &secrets,
+            &declared,
             &env_names,
             &all_names,
             &stage_list,
@@ -228,6 +240,8 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         trust,
         secrets,
         environments,
+        git,
+        ssh,
         stages,
     };
     // `rollback` names a stage this one depends on.
@@ -259,7 +273,7 @@ fn build_stage(
     (default_timeout, default_memory): (Duration, u64),
     plugins: &BTreeMap<String, PluginRef>,
     plugin_list: &str,
-    secrets: &BTreeMap<String, SecretSource>,
+    declared: &Declared<'_>,
     env_names: &[&str],
     all_names: &HashSet<&str>,
     stage_list: &str,
@@ -368,7 +382,7 @@ fn build_stage(
     let grants = r
         .grants
         .as_ref()
-        .map(|g| build_grants(cx, g, secrets))
+        .map(|g| build_grants(cx, g, declared))
         .unwrap_or_default();
 
     let timeout = r
@@ -498,11 +512,15 @@ fn patterns(cx: &mut Ctx<'_, '_>, list: Option<&StrList>, key: &str) -> Vec<Stri
     out
 }
 
-fn build_grants(
-    cx: &mut Ctx<'_, '_>,
-    g: &RawGrants,
-    secrets: &BTreeMap<String, SecretSource>,
-) -> Grants {
+/// What grants may name: declared secrets, repositories and hosts.
+struct Declared<'a> {
+    secrets: &'a BTreeMap<String, SecretSource>,
+    git: &'a BTreeMap<String, GitRemote>,
+    ssh: &'a BTreeMap<String, SshHost>,
+}
+
+fn build_grants(cx: &mut Ctx<'_, '_>, g: &RawGrants, known: &Declared<'_>) -> Grants {
+    let secrets = known.secrets;
     let mut env = Vec::new();
     for e in g.env.iter().flatten() {
         check_env_name(cx, e, "grants.env");
@@ -564,6 +582,8 @@ fn build_grants(
         secrets_read,
         docker,
         scan: g.scan.unwrap_or(false),
+        git: remotes::granted_names(cx, g.git.as_ref(), known.git, "grants.git", "git"),
+        ssh: remotes::granted_names(cx, g.ssh.as_ref(), known.ssh, "grants.ssh", "ssh"),
     }
 }
 

@@ -50,13 +50,16 @@ fn digest(workspace: &Path, path: &str) -> Result<String, String> {
     if !real.is_file() {
         return Err(format!("artifact `{path}` is not a regular file"));
     }
-    let mut f = std::fs::File::open(&real).map_err(|e| format!("artifact `{path}`: {e}"))?;
+    sha256_file(&real).map_err(|e| format!("artifact `{path}`: {e}"))
+}
+
+/// `sha256:<hex>` of a file, read in chunks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("artifact `{path}`: {e}"))?;
+        let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }

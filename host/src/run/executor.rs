@@ -18,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::caps::audit::Audit;
 use crate::caps::docker::{policy::DockerPolicy, DockerCap, DockerEngine};
+use crate::caps::git::{CommitIdentity, GitCap};
 use crate::caps::http::{Allowlist, HttpCap, HttpLimits};
 use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
 use crate::caps::scan::{ScanCap, ScanConfig};
 use crate::caps::secrets::{Masker, SecretFiles, SecretStore, SecretsCap};
+use crate::caps::ssh::SshCap;
 use crate::caps::StageCaps;
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::approvals::{ApprovalStore, Decision};
@@ -324,7 +326,7 @@ impl Executor {
                         match rollback_plan(&pipeline, &rec, &done) {
                             RollbackPlan::None => finish(rec, &mut finished_order, &mut done),
                             RollbackPlan::Nothing(skipped) => {
-                                finish(skipped, &mut finished_order, &mut done);
+                                finish(*skipped, &mut finished_order, &mut done);
                                 finish(rec, &mut finished_order, &mut done);
                             }
                             RollbackPlan::Run { target, stage: st, image } => {
@@ -337,7 +339,7 @@ impl Executor {
                                 let s = shared.clone();
                                 let name = st.name.clone();
                                 let handle = tasks.spawn(async move {
-                                    run_stage(s, st, ctx, upstream, true).await
+                                    run_stage(s, *st, ctx, upstream, true).await
                                 });
                                 running.insert(handle.id(), name.clone());
                                 held.insert(name, rec);
@@ -398,11 +400,11 @@ enum RollbackPlan<'p> {
     /// Nothing asked for one.
     None,
     /// Asked for, but there is nothing to go back to (a skipped record).
-    Nothing(StageRecord),
+    Nothing(Box<StageRecord>),
     /// Run `stage` (a copy of `target`, renamed) with `with.image = image`.
     Run {
         target: &'p Stage,
-        stage: Stage,
+        stage: Box<Stage>,
         image: String,
     },
 }
@@ -437,7 +439,7 @@ fn rollback_plan<'p>(
             st.retries = 0;
             RollbackPlan::Run {
                 target: stage,
-                stage: st,
+                stage: Box::new(st),
                 image: image.clone(),
             }
         }
@@ -448,7 +450,7 @@ fn rollback_plan<'p>(
             skipped.error = Some(format!(
                 "`{target}` reported no `previous-image` (a first deploy?): nothing to roll back to"
             ));
-            RollbackPlan::Nothing(skipped)
+            RollbackPlan::Nothing(Box::new(skipped))
         }
     }
 }
@@ -621,6 +623,23 @@ fn build_caps(
             shared.docker.clone(),
         )
         .with_audit(audit.clone()),
+        git: GitCap::new(
+            &stage.name,
+            granted(&shared.pipeline.git, &g.git),
+            CommitIdentity {
+                pipeline: shared.pipeline.name.clone(),
+                run_id: shared.opts.id.clone(),
+                stage: stage.name.clone(),
+            },
+        )
+        .with_audit(audit.clone()),
+        ssh: SshCap::new(
+            &stage.name,
+            granted(&shared.pipeline.ssh, &g.ssh),
+            shared.secrets.clone(),
+            workspace.as_ref().map(|(p, _)| p.clone()),
+        )
+        .with_audit(audit.clone()),
     };
     let env = g
         .env
@@ -636,6 +655,14 @@ fn build_caps(
             timeout: stage.timeout,
         },
     ))
+}
+
+/// The declared entries (`[git.NAME]`, `[ssh.NAME]`) a stage is granted.
+fn granted<T: Clone>(declared: &BTreeMap<String, T>, names: &[String]) -> Vec<T> {
+    names
+        .iter()
+        .filter_map(|n| declared.get(n).cloned())
+        .collect()
 }
 
 /// The artifacts recorded by the stages `stage` depends on.

@@ -112,6 +112,14 @@ struct ScanCap;
 impl HasData for ScanCap {
     type Data<'a> = &'a mut caps::scan::ScanCap;
 }
+struct GitCap;
+impl HasData for GitCap {
+    type Data<'a> = &'a mut caps::git::GitCap;
+}
+struct SshCap;
+impl HasData for SshCap {
+    type Data<'a> = &'a mut caps::ssh::SshCap;
+}
 
 impl bindings::ci::stage::types::Host for StageState {}
 
@@ -134,6 +142,8 @@ impl Runtime {
         wit::secrets::add_to_linker::<_, SecretsCap>(&mut linker, |s| &mut s.caps.secrets)?;
         wit::docker::add_to_linker::<_, DockerCap>(&mut linker, |s| &mut s.caps.docker)?;
         wit::scan::add_to_linker::<_, ScanCap>(&mut linker, |s| &mut s.caps.scan)?;
+        wit::git::add_to_linker::<_, GitCap>(&mut linker, |s| &mut s.caps.git)?;
+        wit::ssh::add_to_linker::<_, SshCap>(&mut linker, |s| &mut s.caps.ssh)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {

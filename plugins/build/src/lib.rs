@@ -11,7 +11,9 @@
 //! | `labels` | `{}` | image labels (strings, numbers or booleans) |
 //!
 //! Standard label added automatically (a `labels` entry with the same key
-//! wins): `org.opencontainers.image.revision` = the commit sha, when known.
+//! wins): `org.opencontainers.image.revision` = the commit sha, when known,
+//! and `org.opencontainers.image.version` = the tag, on a tag run (so two
+//! releases of one commit are two images, and a rollback has one to go to).
 //! `org.opencontainers.image.created` is left out on purpose (it would make
 //! every build of the same commit a different image).
 //!
@@ -28,6 +30,7 @@ use stage_sdk::{Annotation, CapError, ConfigKey, Context, PluginInfo, Report, St
 
 /// Label carrying the commit sha.
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+pub const VERSION_LABEL: &str = "org.opencontainers.image.version";
 
 /// The `with` table.
 #[derive(Debug, Deserialize)]
@@ -103,11 +106,15 @@ pub fn validate_relative(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The request for `with` and the commit sha ("" when unknown).
-pub fn build_request(with: &With, commit_sha: &str) -> BuildRequest {
+/// The request for `with`, the commit sha ("" when unknown) and the tag
+/// of a tag run.
+pub fn build_request(with: &With, commit_sha: &str, tag: Option<&str>) -> BuildRequest {
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     if !commit_sha.is_empty() {
         labels.insert(REVISION_LABEL.into(), commit_sha.into());
+    }
+    if let Some(tag) = tag.filter(|t| !t.is_empty()) {
+        labels.insert(VERSION_LABEL.into(), tag.into());
     }
     for (k, v) in &with.labels {
         labels.insert(k.clone(), v.text());
@@ -162,7 +169,7 @@ pub fn build(ctx: &Context, engine: &mut impl Engine) -> Result<Report, StageErr
             )));
         }
     }
-    let req = build_request(&with, &ctx.run().commit_sha);
+    let req = build_request(&with, &ctx.run().commit_sha, ctx.run().tag.as_deref());
     stage_sdk::log::info!(
         "building {} from {} (dockerfile {}, {} build-args, {} labels)",
         req.image,
@@ -226,7 +233,7 @@ impl Stage for Build {
         ))
         .key(ConfigKey::optional(
             "labels",
-            "Image labels (table of scalars); org.opencontainers.image.revision is added",
+            "Image labels (table of scalars); org.opencontainers.image.revision (and .version on a tag run) is added",
             "{}",
         ))
         .capability("workspace")
@@ -302,6 +309,17 @@ mod tests {
                 "0123456789abcdef0123456789abcdef01234567".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn a_tag_run_labels_the_version() {
+        let with: With = serde_json::from_str(r#"{"image":"local/a:1"}"#).unwrap();
+        let req = build_request(&with, "", Some("v1.2.0"));
+        assert_eq!(
+            req.labels,
+            vec![(VERSION_LABEL.to_string(), "v1.2.0".to_string())]
+        );
+        assert!(build_request(&with, "", None).labels.is_empty());
     }
 
     #[test]

@@ -166,27 +166,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// `30s`, `500ms`, `1m30s`, `1.5s`.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs();
-    let rem_ms = ms % 1000;
-    if secs < 60 {
-        return if rem_ms == 0 {
-            format!("{secs}s")
-        } else {
-            format!("{:.1}s", d.as_secs_f64())
-        };
-    }
-    let (m, s) = (secs / 60, secs % 60);
-    if s == 0 {
-        format!("{m}m")
-    } else {
-        format!("{m}m{s}s")
-    }
-}
+pub use stage_sdk::duration::format as fmt_duration;
 
 /// `"18100-18199"`, `"18100"` or `18100`.
 pub fn parse_ports(p: &PortsText) -> Result<(u16, u16), String> {

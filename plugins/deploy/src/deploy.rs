@@ -7,8 +7,8 @@ use stage_sdk::docker::{ContainerInfo, ContainerSpec, PortMapping, Privileges};
 use stage_sdk::CapError;
 
 use crate::config::{fmt_duration, Config, Strategy};
-use crate::health::{self, Clock, Probe};
 use crate::plan::{self, PoolDoc, PoolUpdate};
+use stage_sdk::health::{self, Clock, Probe};
 
 pub const LABEL_SERVICE: &str = "pipeline.service";
 pub const LABEL_ROLE: &str = "pipeline.role";
@@ -521,7 +521,9 @@ impl<E: Env> Deploy<'_, E> {
                 Ok(r) if r.status == expect => Probe::Healthy,
                 Ok(r) => Probe::Status(r.status),
                 Err(e) => match env.inspect(&name) {
-                    Ok(i) if !i.running => Probe::Exited(i.state),
+                    Ok(i) if !i.running => {
+                        Probe::Exited(format!("the container stopped ({})", i.state))
+                    }
                     _ => Probe::Unreachable(msg(&e)),
                 },
             }

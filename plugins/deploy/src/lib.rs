@@ -6,7 +6,6 @@
 
 pub mod config;
 pub mod deploy;
-pub mod health;
 pub mod plan;
 
 use std::collections::hash_map::RandomState;
@@ -20,7 +19,7 @@ use stage_sdk::{
 
 use config::{Config, DEFAULT_PROXY_IMAGE};
 use deploy::{Env, Reply};
-use health::{Clock, SystemClock};
+use stage_sdk::health::{Clock, SystemClock};
 
 /// The host's docker and http imports, the WASI clock.
 #[derive(Default)]

@@ -1,5 +1,6 @@
 //! Durations in `with` tables: `500ms`, `30s`, `5m`, `1h30m`, `2d` — the
 //! same words the pipeline file uses. Callers apply their own bounds.
+//! [`format`] writes one back for messages.
 use std::time::Duration;
 
 /// Parse a sum of `<number><unit>` parts (units `ms`, `s`, `m`, `h`, `d`).
@@ -46,6 +47,29 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// `500ms`, `30s`, `1.5s`, `1m30s`, `2m` (for messages).
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    let rem_ms = ms % 1000;
+    if secs < 60 {
+        return if rem_ms == 0 {
+            format!("{secs}s")
+        } else {
+            format!("{:.1}s", d.as_secs_f64())
+        };
+    }
+    let (m, s) = (secs / 60, secs % 60);
+    if s == 0 {
+        format!("{m}m")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +94,14 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("10").unwrap_err().contains("missing unit"));
+    }
+
+    #[test]
+    fn formats_for_messages() {
+        assert_eq!(format(Duration::from_millis(500)), "500ms");
+        assert_eq!(format(Duration::from_secs(30)), "30s");
+        assert_eq!(format(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format(Duration::from_secs(120)), "2m");
     }
 }

@@ -28,8 +28,9 @@
 //!
 //! Everything generated from the WIT stays reachable under [`bindings`]; the
 //! common record types are re-exported at the crate root, and [`log`],
-//! [`http`] and [`secrets`] wrap the imports. [`docker`] and [`scan`] are the
-//! raw generated import modules.
+//! [`http`] and [`secrets`] wrap the imports. [`docker`], [`scan`], [`git`]
+//! and [`ssh`] are the raw generated import modules. [`health`] is the
+//! probe loop deploy plugins wait for a service with.
 
 // Lets the generated code refer to `stage_sdk::...` from inside this crate too.
 extern crate self as stage_sdk;
@@ -37,6 +38,7 @@ extern crate self as stage_sdk;
 mod config;
 mod context;
 pub mod duration;
+pub mod health;
 pub mod http;
 pub mod log;
 mod report;
@@ -72,8 +74,12 @@ pub mod __private {
 
 /// Docker engine import (raw generated bindings).
 pub mod docker;
+/// Git repositories granted by name (raw generated bindings).
+pub use bindings::ci::stage::git;
 /// Image scanning import (raw generated bindings).
 pub use bindings::ci::stage::scan;
+/// SSH hosts granted by name (raw generated bindings).
+pub use bindings::ci::stage::ssh;
 pub use bindings::ci::stage::types::{
     Annotation, CapError, ConfigKey, Denial, Level, PluginInfo, RemoteError, ReportStatus,
     RunContext, StageContext, StageError, StageReport, StageStatus, StageSummary, Upstream,

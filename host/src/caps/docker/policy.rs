@@ -1,10 +1,11 @@
 //! What a stage may ask of the Docker engine: its `grants.docker`, checked
 //! on every call before anything reaches the engine. Pure: no engine here.
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::caps::denied;
+use crate::caps::paths::{existing as inside, Resolve};
 use crate::pipeline::{DockerGrants, PortRange};
 use crate::runtime::bindings::ci::stage::docker::{MountMode, Privileges};
 use crate::runtime::bindings::CapError;
@@ -337,29 +338,6 @@ impl DockerPolicy {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|_| dockerfile.to_string());
         Ok((ctx, rel))
-    }
-}
-
-enum Resolve {
-    Outside,
-    Missing,
-}
-
-/// `base/rel` if it exists and stays inside `base` once symlinks are
-/// resolved.
-fn inside(base: &Path, rel: &str) -> Result<PathBuf, Resolve> {
-    let rel = Path::new(rel);
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Resolve::Outside);
-    }
-    let p = base
-        .join(rel)
-        .canonicalize()
-        .map_err(|_| Resolve::Missing)?;
-    if p.starts_with(base) {
-        Ok(p)
-    } else {
-        Err(Resolve::Outside)
     }
 }
 

@@ -1,14 +1,30 @@
-//! The health-check loop, with an injectable clock and sleeper.
+//! Waiting for something to become healthy: a probe loop with an
+//! injectable clock, shared by the deploy plugins.
+//!
+//! ```ignore
+//! use stage_sdk::health::{self, Probe, SystemClock};
+//! let mut clock = SystemClock::default();
+//! let r = health::wait_healthy(&mut clock, timeout, interval, |_, remaining| {
+//!     match stage_sdk::http::Request::new("GET", url).timeout_ms(2000).send() {
+//!         Ok(r) if r.is_success() => Probe::Healthy,
+//!         Ok(r) => Probe::Status(r.status),
+//!         Err(e) => Probe::Unreachable(e.message()),
+//!     }
+//! });
+//! if let Err(f) = r { log::error!("{}", f.describe("/health", 200)) }
+//! ```
 
+use std::fmt::Display;
 use std::time::Duration;
 
-use crate::config::fmt_duration;
+use crate::duration::format as fmt_duration;
 
-/// Time as the deploy sees it: the host's clock in the plugin, a fake one
-/// in tests.
+/// Time as a plugin sees it: WASI's monotonic clock in the component
+/// ([`SystemClock`]), a [`FakeClock`] in unit tests.
 pub trait Clock {
     /// Time since some fixed point.
     fn now(&mut self) -> Duration;
+    /// Waits `d`.
     fn sleep(&mut self, d: Duration);
 }
 
@@ -34,22 +50,45 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that only moves when slept on (or when a test moves `now`).
+#[derive(Default, Debug)]
+pub struct FakeClock {
+    pub now: Duration,
+    /// Every sleep, in order.
+    pub slept: Vec<Duration>,
+}
+
+impl Clock for FakeClock {
+    fn now(&mut self) -> Duration {
+        self.now
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.slept.push(d);
+        self.now += d;
+    }
+}
+
 /// What one probe found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
-    /// Answered the expected status.
+    /// Answered as expected.
     Healthy,
     /// Answered another status.
     Status(u16),
+    /// Answered, but not as expected for another reason, said as what it
+    /// answered: `200 without "ready" in the body`.
+    Unexpected(String),
     /// No answer (connection refused, timeout...).
     Unreachable(String),
-    /// The container is not running any more: no point waiting.
+    /// What was checked is gone, no point waiting; said as a phrase:
+    /// `the container stopped (exited)`, `the process exited`.
     Exited(String),
 }
 
 /// Why a check failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
+    /// The last probe's answer.
     pub last: Probe,
     pub waited: Duration,
     pub attempts: u32,
@@ -57,25 +96,25 @@ pub struct Failure {
 
 impl Failure {
     /// `GET /health answered 503 for 30s`, `GET /health got no answer for
-    /// 30s (connection refused)`, `the container exited (exited) before
-    /// GET /health answered 200`.
-    pub fn describe(&self, path: &str, expect: u16) -> String {
+    /// 30s (connection refused)`, `the container stopped (exited) before
+    /// GET /health answered 200`. `what` is the path or URL probed,
+    /// `expect` what a healthy answer is (`200`, `2xx`).
+    pub fn describe(&self, what: &str, expect: impl Display) -> String {
         let waited = fmt_duration(self.waited);
         match &self.last {
-            Probe::Status(s) => format!("GET {path} answered {s} for {waited}"),
-            Probe::Unreachable(e) => format!("GET {path} got no answer for {waited} ({e})"),
-            Probe::Exited(state) => {
-                format!("the container stopped ({state}) before GET {path} answered {expect}")
-            }
-            Probe::Healthy => format!("GET {path} answered {expect}"),
+            Probe::Status(s) => format!("GET {what} answered {s} for {waited}"),
+            Probe::Unexpected(s) => format!("GET {what} answered {s} for {waited}"),
+            Probe::Unreachable(e) => format!("GET {what} got no answer for {waited} ({e})"),
+            Probe::Exited(gone) => format!("{gone} before GET {what} answered {expect}"),
+            Probe::Healthy => format!("GET {what} answered {expect}"),
         }
     }
 }
 
-/// Probes until healthy, the container exits, or `timeout` has passed,
-/// sleeping `interval` between probes (less near the end). Returns the
-/// time it took.
-pub fn wait_healthy<C: Clock>(
+/// Probes until healthy, [`Probe::Exited`], or `timeout` has passed,
+/// sleeping `interval` between probes (less near the end). The probe gets
+/// the time left (for its own request timeout). Returns the time it took.
+pub fn wait_healthy<C: Clock + ?Sized>(
     clock: &mut C,
     timeout: Duration,
     interval: Duration,
@@ -111,30 +150,7 @@ pub fn wait_healthy<C: Clock>(
 }
 
 #[cfg(test)]
-pub mod fake {
-    use super::*;
-
-    /// A clock that only moves when slept on (or told to).
-    #[derive(Default, Debug)]
-    pub struct FakeClock {
-        pub now: Duration,
-        pub slept: Vec<Duration>,
-    }
-
-    impl Clock for FakeClock {
-        fn now(&mut self) -> Duration {
-            self.now
-        }
-        fn sleep(&mut self, d: Duration) {
-            self.slept.push(d);
-            self.now += d;
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::fake::FakeClock;
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
@@ -191,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn an_exited_container_fails_at_once() {
+    fn an_exit_fails_at_once() {
         let mut c = FakeClock::default();
         let mut n = 0;
         let err = wait_healthy(&mut c, 30 * S, HALF, |_, _| {
@@ -199,7 +215,7 @@ mod tests {
             if n < 3 {
                 Probe::Unreachable("refused".into())
             } else {
-                Probe::Exited("exited".into())
+                Probe::Exited("the container stopped (exited)".into())
             }
         })
         .unwrap_err();
@@ -208,6 +224,19 @@ mod tests {
         assert_eq!(
             err.describe("/health", 200),
             "the container stopped (exited) before GET /health answered 200"
+        );
+    }
+
+    #[test]
+    fn unexpected_answers_are_described_as_given() {
+        let mut c = FakeClock::default();
+        let err = wait_healthy(&mut c, S, HALF, |_, _| {
+            Probe::Unexpected("200 without \"ready\" in the body".into())
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.describe("http://127.0.0.1:8080/health", "2xx"),
+            "GET http://127.0.0.1:8080/health answered 200 without \"ready\" in the body for 1s"
         );
     }
 }

@@ -1,0 +1,594 @@
+//! Git for a stage: the host clones the `[git.NAME]` repositories the stage
+//! is granted into directories of its own, lets the stage read and write
+//! files there (paths confined to the clone), commits, and pushes only to
+//! the branches the pipeline lets that repository push to.
+//!
+//! git runs with a clean environment: no user or system config, no hooks,
+//! no credential helpers or prompts, only the https/http/git/file
+//! transports, and symlinks checked out as plain files (so no path the
+//! stage names can leave the clone through one).
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::caps::audit::Audit;
+use crate::caps::denied;
+use crate::caps::paths::{self, Resolve};
+use crate::caps::process::{self, Finished, Input};
+use crate::pipeline::{remotes, GitRemote};
+use crate::runtime::bindings::ci::stage::git::{Checkout, Host};
+use crate::runtime::bindings::ci::stage::types::RemoteError;
+use crate::runtime::bindings::CapError;
+
+/// Limits of one stage's use of git.
+#[derive(Debug, Clone)]
+pub struct GitLimits {
+    pub max_checkouts: usize,
+    pub max_file: usize,
+    pub max_message: usize,
+    /// Per git command (a clone, a push).
+    pub timeout: Duration,
+}
+
+impl Default for GitLimits {
+    fn default() -> Self {
+        Self {
+            max_checkouts: 8,
+            max_file: 8 << 20,
+            max_message: 64 << 10,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Who the host commits as, and what it writes in the trailers.
+#[derive(Debug, Clone, Default)]
+pub struct CommitIdentity {
+    pub pipeline: String,
+    pub run_id: String,
+    pub stage: String,
+}
+
+struct Cloned {
+    repo: GitRemote,
+    branch: String,
+    dir: PathBuf,
+}
+
+pub struct GitCap {
+    stage: String,
+    /// The granted repositories only.
+    repos: Vec<GitRemote>,
+    identity: CommitIdentity,
+    limits: GitLimits,
+    /// Created on the first clone, removed with the stage.
+    work: Option<tempfile::TempDir>,
+    clones: Vec<Cloned>,
+    audit: Audit,
+}
+
+impl GitCap {
+    pub fn new(stage: &str, repos: Vec<GitRemote>, identity: CommitIdentity) -> Self {
+        Self {
+            stage: stage.to_string(),
+            repos,
+            identity,
+            limits: GitLimits::default(),
+            work: None,
+            clones: Vec::new(),
+            audit: Audit::default(),
+        }
+    }
+
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: GitLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn home(&mut self) -> Result<PathBuf, CapError> {
+        if self.work.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("pipeline-git-")
+                .tempdir()
+                .map_err(|e| CapError::Failed(format!("cannot make a directory for git: {e}")))?;
+            self.work = Some(dir);
+        }
+        Ok(self.work.as_ref().expect("just set").path().to_path_buf())
+    }
+
+    /// `git` with the hardening above, in `dir`.
+    fn git(&self, home: &Path, dir: &Path) -> tokio::process::Command {
+        let mut c = process::command("git", home);
+        c.current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "/bin/false")
+            .env("GIT_ALLOW_PROTOCOL", "https:http:git:file")
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "core.symlinks=false",
+                "-c",
+                "credential.helper=",
+                "-c",
+                "submodule.recurse=false",
+            ]);
+        c
+    }
+
+    async fn run_git(&self, dir: &Path, args: &[&str], input: Input) -> Result<Finished, CapError> {
+        let home = self
+            .work
+            .as_ref()
+            .map(|w| w.path().to_path_buf())
+            .unwrap_or_else(std::env::temp_dir);
+        let mut c = self.git(&home, dir);
+        c.args(args);
+        let f = process::run(c, input, self.limits.timeout, 1 << 20)
+            .await
+            .map_err(|e| CapError::Failed(format!("cannot run git: {e}")))?;
+        if f.timed_out {
+            return Err(CapError::Limit(format!(
+                "`git {}` took longer than {:?}",
+                args.first().copied().unwrap_or(""),
+                self.limits.timeout
+            )));
+        }
+        Ok(f)
+    }
+
+    fn clone_of(&self, checkout: Checkout) -> Result<&Cloned, CapError> {
+        (checkout as usize)
+            .checked_sub(1)
+            .and_then(|i| self.clones.get(i))
+            .ok_or_else(|| CapError::Invalid(format!("no checkout {checkout} in this stage")))
+    }
+
+    async fn clone_repo(
+        &mut self,
+        repo: &str,
+        branch: Option<String>,
+    ) -> Result<Checkout, CapError> {
+        let Some(remote) = self.repos.iter().find(|r| r.name == repo).cloned() else {
+            return Err(denied(&self.stage, "git", repo));
+        };
+        let branch = branch.unwrap_or_else(|| remote.branch.clone());
+        remotes::branch_name(&branch).map_err(CapError::Invalid)?;
+        if self.clones.len() >= self.limits.max_checkouts {
+            return Err(CapError::Limit(format!(
+                "a stage may make at most {} clones",
+                self.limits.max_checkouts
+            )));
+        }
+        let home = self.home()?;
+        let dir = home.join(format!("clone-{}", self.clones.len() + 1));
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let f = self
+            .run_git(
+                &home,
+                &[
+                    "clone",
+                    "--quiet",
+                    "--no-tags",
+                    "--single-branch",
+                    "--depth",
+                    "1",
+                    "--branch",
+                    &branch,
+                    "--",
+                    &remote.url,
+                    &dir_arg,
+                ],
+                Input::None,
+            )
+            .await?;
+        if !f.success() {
+            return Err(clone_error(&remote, &branch, &f));
+        }
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| CapError::Failed(format!("the clone is gone: {e}")))?;
+        self.clones.push(Cloned {
+            repo: remote,
+            branch,
+            dir,
+        });
+        Ok(self.clones.len() as Checkout)
+    }
+
+    async fn list(&self, checkout: Checkout, pattern: &str) -> Result<Vec<String>, CapError> {
+        let c = self.clone_of(checkout)?;
+        let set = glob(pattern)?;
+        let f = self
+            .run_git(
+                &c.dir,
+                &[
+                    "ls-files",
+                    "-z",
+                    "--cached",
+                    "--others",
+                    "--exclude-standard",
+                ],
+                Input::None,
+            )
+            .await?;
+        if !f.success() {
+            return Err(CapError::Failed(format!(
+                "git ls-files: {}",
+                f.stderr_tail(3)
+            )));
+        }
+        let mut files: Vec<String> = f
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .filter(|p| set.is_match(p))
+            .collect();
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+
+    fn read(&self, checkout: Checkout, path: &str) -> Result<Vec<u8>, CapError> {
+        let c = self.clone_of(checkout)?;
+        let p = confined(&c.dir, path, paths::existing(&c.dir, path))?;
+        let meta = std::fs::metadata(&p).map_err(|e| CapError::Failed(format!("{path}: {e}")))?;
+        if !meta.is_file() {
+            return Err(CapError::Invalid(format!("`{path}` is not a file")));
+        }
+        if meta.len() as usize > self.limits.max_file {
+            return Err(CapError::Limit(format!(
+                "`{path}` is larger than {} bytes",
+                self.limits.max_file
+            )));
+        }
+        std::fs::read(&p).map_err(|e| CapError::Failed(format!("{path}: {e}")))
+    }
+
+    fn write(&self, checkout: Checkout, path: &str, content: &[u8]) -> Result<(), CapError> {
+        let c = self.clone_of(checkout)?;
+        if content.len() > self.limits.max_file {
+            return Err(CapError::Limit(format!(
+                "a file written to a clone may have at most {} bytes",
+                self.limits.max_file
+            )));
+        }
+        let p = confined(&c.dir, path, paths::writable(&c.dir, path))?;
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| CapError::Failed(format!("{path}: {e}")))?;
+        }
+        std::fs::write(&p, content).map_err(|e| CapError::Failed(format!("{path}: {e}")))
+    }
+
+    async fn commit_all(
+        &self,
+        checkout: Checkout,
+        message: &str,
+    ) -> Result<Option<String>, CapError> {
+        let c = self.clone_of(checkout)?;
+        let message = message.trim();
+        if message.is_empty() {
+            return Err(CapError::Invalid("the commit message is empty".into()));
+        }
+        if message.len() > self.limits.max_message {
+            return Err(CapError::Limit(format!(
+                "a commit message may have at most {} bytes",
+                self.limits.max_message
+            )));
+        }
+        let f = self.run_git(&c.dir, &["add", "--all"], Input::None).await?;
+        if !f.success() {
+            return Err(CapError::Failed(format!("git add: {}", f.stderr_tail(3))));
+        }
+        let f = self
+            .run_git(&c.dir, &["diff", "--cached", "--quiet"], Input::None)
+            .await?;
+        match f.code {
+            Some(0) => return Ok(None),
+            Some(1) => {}
+            _ => return Err(CapError::Failed(format!("git diff: {}", f.stderr_tail(3)))),
+        }
+        let id = &self.identity;
+        let full = format!(
+            "{message}\n\nPipeline: {}\nPipeline-Run: {}\nPipeline-Stage: {}\n",
+            id.pipeline, id.run_id, id.stage
+        );
+        let name = format!("user.name={} pipeline", id.pipeline);
+        let f = self
+            .run_git(
+                &c.dir,
+                &[
+                    "-c",
+                    &name,
+                    "-c",
+                    "user.email=pipeline@localhost",
+                    "commit",
+                    "--quiet",
+                    "--no-verify",
+                    "--file",
+                    "-",
+                ],
+                Input::Bytes(full.into_bytes()),
+            )
+            .await?;
+        if !f.success() {
+            return Err(CapError::Failed(format!(
+                "git commit: {}",
+                f.stderr_tail(3)
+            )));
+        }
+        self.head_sha(checkout).await.map(Some)
+    }
+
+    async fn head_sha(&self, checkout: Checkout) -> Result<String, CapError> {
+        let c = self.clone_of(checkout)?;
+        let f = self
+            .run_git(&c.dir, &["rev-parse", "HEAD"], Input::None)
+            .await?;
+        if !f.success() {
+            return Err(CapError::Failed(format!(
+                "git rev-parse: {}",
+                f.stderr_tail(3)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&f.stdout).trim().to_string())
+    }
+
+    async fn push_branch(&self, checkout: Checkout) -> Result<(), CapError> {
+        let c = self.clone_of(checkout)?;
+        let allowed = c
+            .repo
+            .push
+            .iter()
+            .filter_map(|p| {
+                GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .ok()
+                    .map(|g| g.compile_matcher())
+            })
+            .any(|m| m.is_match(&c.branch));
+        if !allowed {
+            return Err(denied(
+                &self.stage,
+                "git.push",
+                format!("{}:{}", c.repo.name, c.branch),
+            ));
+        }
+        let refspec = format!("HEAD:refs/heads/{}", c.branch);
+        let f = self
+            .run_git(
+                &c.dir,
+                &["push", "--porcelain", "--quiet", "origin", &refspec],
+                Input::None,
+            )
+            .await?;
+        if f.success() {
+            return Ok(());
+        }
+        Err(push_error(&c.repo, &c.branch, &f))
+    }
+}
+
+fn confined(dir: &Path, path: &str, r: Result<PathBuf, Resolve>) -> Result<PathBuf, CapError> {
+    let in_git_dir = Path::new(path)
+        .components()
+        .any(|c| c.as_os_str() == ".git");
+    match r {
+        _ if in_git_dir => Err(CapError::Invalid(format!(
+            "`{path}`: the repository's .git directory is the host's"
+        ))),
+        Ok(p) if p.starts_with(dir) => Ok(p),
+        Ok(_) | Err(Resolve::Outside) => Err(CapError::Invalid(format!(
+            "`{path}` is not a path inside the clone"
+        ))),
+        Err(Resolve::Missing) => Err(CapError::Invalid(format!("no file `{path}` in the clone"))),
+    }
+}
+
+/// `*` stays within a directory, `**` crosses them (as in `when`).
+fn glob(pattern: &str) -> Result<GlobSet, CapError> {
+    let g = GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| CapError::Invalid(format!("bad glob {pattern:?}: {}", e.kind())))?;
+    GlobSetBuilder::new()
+        .add(g)
+        .build()
+        .map_err(|e| CapError::Invalid(format!("bad glob {pattern:?}: {e}")))
+}
+
+fn remote(code: &str, message: String, transient: bool) -> CapError {
+    CapError::Remote(RemoteError {
+        service: "git".into(),
+        status: None,
+        code: code.into(),
+        message,
+        transient,
+    })
+}
+
+fn unreachable(stderr: &str) -> bool {
+    [
+        "Connection refused",
+        "timed out",
+        "Could not resolve",
+        "unable to connect",
+        "Connection reset",
+    ]
+    .iter()
+    .any(|s| stderr.contains(s))
+}
+
+fn clone_error(repo: &GitRemote, branch: &str, f: &Finished) -> CapError {
+    let stderr = String::from_utf8_lossy(&f.stderr);
+    let tail = f.stderr_tail(3);
+    if stderr.contains("Remote branch") && stderr.contains("not found") {
+        remote(
+            "BRANCH_NOT_FOUND",
+            format!("`{}` has no branch `{branch}`", repo.name),
+            false,
+        )
+    } else if unreachable(&stderr) {
+        remote(
+            "UNREACHABLE",
+            format!("cannot reach `{}` ({}): {tail}", repo.name, repo.url),
+            true,
+        )
+    } else if stderr.contains("not found")
+        || stderr.contains("does not exist")
+        || stderr.contains("does not appear to be a git repository")
+        || stderr.contains("not exported")
+    {
+        remote(
+            "REPOSITORY_NOT_FOUND",
+            format!("`{}` ({}): {tail}", repo.name, repo.url),
+            false,
+        )
+    } else {
+        remote(
+            "CLONE_FAILED",
+            format!("cloning `{}` ({}): {tail}", repo.name, repo.url),
+            false,
+        )
+    }
+}
+
+fn push_error(repo: &GitRemote, branch: &str, f: &Finished) -> CapError {
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&f.stdout),
+        String::from_utf8_lossy(&f.stderr)
+    );
+    if all.contains("non-fast-forward") || all.contains("fetch first") || all.contains("[rejected]")
+    {
+        remote(
+            "NON_FAST_FORWARD",
+            format!(
+                "`{}` branch `{branch}` moved on since the clone; clone again, re-apply and push",
+                repo.name
+            ),
+            true,
+        )
+    } else if unreachable(&all) {
+        remote(
+            "UNREACHABLE",
+            format!("cannot reach `{}`: {}", repo.name, f.stderr_tail(3)),
+            true,
+        )
+    } else {
+        remote(
+            "PUSH_REJECTED",
+            format!(
+                "`{}` refused the push to `{branch}`: {}",
+                repo.name,
+                f.stderr_tail(3)
+            ),
+            false,
+        )
+    }
+}
+
+impl Host for GitCap {
+    async fn clone(
+        &mut self,
+        repo: String,
+        branch: Option<String>,
+    ) -> wasmtime::Result<Result<Checkout, CapError>> {
+        let target = match &branch {
+            Some(b) => format!("{repo} ({b})"),
+            None => repo.clone(),
+        };
+        let r = self.clone_repo(&repo, branch).await;
+        self.audit
+            .record("git.clone", &target, &r, |n| format!("ok: checkout {n}"));
+        Ok(r)
+    }
+
+    async fn list_files(
+        &mut self,
+        checkout: Checkout,
+        pattern: String,
+    ) -> wasmtime::Result<Result<Vec<String>, CapError>> {
+        let r = self.list(checkout, &pattern).await;
+        let target = self.target(checkout, &pattern);
+        self.audit.record("git.list", &target, &r, |v| {
+            format!("ok: {} files", v.len())
+        });
+        Ok(r)
+    }
+
+    async fn read_file(
+        &mut self,
+        checkout: Checkout,
+        path: String,
+    ) -> wasmtime::Result<Result<Vec<u8>, CapError>> {
+        let r = self.read(checkout, &path);
+        let target = self.target(checkout, &path);
+        self.audit.record("git.read", &target, &r, |v| {
+            format!("ok: {} bytes", v.len())
+        });
+        Ok(r)
+    }
+
+    async fn write_file(
+        &mut self,
+        checkout: Checkout,
+        path: String,
+        content: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), CapError>> {
+        let r = self.write(checkout, &path, &content);
+        let target = self.target(checkout, &path);
+        self.audit.record("git.write", &target, &r, |_| {
+            format!("ok: {} bytes", content.len())
+        });
+        Ok(r)
+    }
+
+    async fn commit(
+        &mut self,
+        checkout: Checkout,
+        message: String,
+    ) -> wasmtime::Result<Result<Option<String>, CapError>> {
+        let r = self.commit_all(checkout, &message).await;
+        let first = message.lines().next().unwrap_or("");
+        let target = self.target(checkout, first);
+        self.audit.record("git.commit", &target, &r, |c| match c {
+            Some(sha) => format!("ok: {sha}"),
+            None => "ok: nothing to commit".into(),
+        });
+        Ok(r)
+    }
+
+    async fn push(&mut self, checkout: Checkout) -> wasmtime::Result<Result<(), CapError>> {
+        let r = self.push_branch(checkout).await;
+        let target = self.target(checkout, "");
+        self.audit.record("git.push", &target, &r, |_| "ok".into());
+        Ok(r)
+    }
+
+    async fn head(&mut self, checkout: Checkout) -> wasmtime::Result<Result<String, CapError>> {
+        Ok(self.head_sha(checkout).await)
+    }
+}
+
+impl GitCap {
+    /// `repo:branch what` for the audit trail.
+    fn target(&self, checkout: Checkout, what: &str) -> String {
+        match self.clone_of(checkout) {
+            Ok(c) if what.is_empty() => format!("{}:{}", c.repo.name, c.branch),
+            Ok(c) => format!("{}:{} {what}", c.repo.name, c.branch),
+            Err(_) => format!("checkout {checkout} {what}"),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The deploy: clone, edit, commit, push — again from a fresh clone when
+//! the remote moved on — against the [`Git`] trait (the host's `git`
+//! import in the plugin, a simulated repository in the tests).
+
+use stage_sdk::{Annotation, CapError, Report, StageError};
+
+use crate::config::Config;
+use crate::edit::{self, Change, Target};
+
+/// The host's `git` import (a fake in the tests). Checkouts are handles.
+pub trait Git {
+    fn clone_repo(&mut self, repo: &str, branch: Option<&str>) -> Result<u32, CapError>;
+    fn list_files(&mut self, checkout: u32, pattern: &str) -> Result<Vec<String>, CapError>;
+    fn read_file(&mut self, checkout: u32, path: &str) -> Result<Vec<u8>, CapError>;
+    fn write_file(&mut self, checkout: u32, path: &str, content: &[u8]) -> Result<(), CapError>;
+    fn commit(&mut self, checkout: u32, message: &str) -> Result<Option<String>, CapError>;
+    fn push(&mut self, checkout: u32) -> Result<(), CapError>;
+    fn head(&mut self, checkout: u32) -> Result<String, CapError>;
+}
+
+/// The remote moved on since the clone.
+pub fn is_non_fast_forward(e: &CapError) -> bool {
+    matches!(e, CapError::Remote(r) if r.code == "NON_FAST_FORWARD")
+}
+
+/// One file's edit.
+struct FileResult {
+    path: String,
+    text: String,
+    changed: bool,
+    found: usize,
+    changes: Vec<Change>,
+    previous: Option<String>,
+}
+
+enum Attempt {
+    Done(Report),
+    /// Pushed too late: the remote moved on.
+    Moved(CapError),
+}
+
+/// The stage, all but the export glue.
+pub fn deploy(cfg: &Config, git: &mut impl Git) -> Result<Report, StageError> {
+    let attempts = cfg.retries + 1;
+    let mut n = 1;
+    loop {
+        match attempt(cfg, git)? {
+            Attempt::Done(r) => return Ok(r),
+            Attempt::Moved(e) if n < attempts => {
+                stage_sdk::log::warn!(
+                    "push to {} rejected, the remote moved on ({}): cloning again (retry {n} of {})",
+                    cfg.repo_label(),
+                    e.message(),
+                    cfg.retries
+                );
+                n += 1;
+            }
+            Attempt::Moved(e) => {
+                let msg = format!(
+                    "git push to {}: {} — still rejected after {n} attempt(s) (with.retries = {})",
+                    cfg.repo_label(),
+                    e.message(),
+                    cfg.retries
+                );
+                stage_sdk::log::error(&msg);
+                return Ok(base(cfg, Report::failed(msg.clone()))
+                    .annotate(Annotation::error("git push rejected", msg)));
+            }
+        }
+    }
+}
+
+/// The outputs every report carries.
+fn base(cfg: &Config, r: Report) -> Report {
+    let r = r
+        .output("image", cfg.image.as_str())
+        .output("repo", cfg.repo.as_str());
+    match &cfg.branch {
+        Some(b) => r.output("branch", b.as_str()),
+        None => r,
+    }
+}
+
+/// A failed capability call as a failed report, denials spelled out.
+fn cap_failed(cfg: &Config, op: &str, e: &CapError) -> Report {
+    let msg = format!("{op}: {}", e.message());
+    stage_sdk::log::error(&msg);
+    let annotation = match e {
+        CapError::Denied(_) => {
+            let hint = if op.starts_with("git push") {
+                format!("the branch must be one `[git.{}] push` lists", cfg.repo)
+            } else {
+                format!(
+                    "declare `[git.{0}]` and grant it to the stage: grants = {{ git = [\"{0}\"] }}",
+                    cfg.repo
+                )
+            };
+            Annotation::error("git access denied", format!("{msg} ({hint})"))
+        }
+        _ => Annotation::error(format!("{op} failed"), msg.clone()),
+    };
+    base(cfg, Report::failed(msg)).annotate(annotation)
+}
+
+/// Comma-separated, shortened after a few.
+fn join_short(items: &[String]) -> String {
+    const MAX: usize = 5;
+    if items.len() <= MAX {
+        items.join(", ")
+    } else {
+        format!("{} and {} more", items[..MAX].join(", "), items.len() - MAX)
+    }
+}
+
+fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
+    let label = cfg.repo_label();
+    macro_rules! cap {
+        ($op:expr, $call:expr) => {
+            match $call {
+                Ok(v) => v,
+                Err(e) => return Ok(Attempt::Done(cap_failed(cfg, &$op, &e))),
+            }
+        };
+    }
+    let co = cap!(
+        format!("git clone {label}"),
+        git.clone_repo(&cfg.repo, cfg.branch.as_deref())
+    );
+    let mut files: Vec<String> = Vec::new();
+    for glob in &cfg.paths {
+        let listed = cap!(
+            format!("git list-files {glob:?} in {label}"),
+            git.list_files(co, glob)
+        );
+        if listed.is_empty() {
+            return Err(StageError::config(format!(
+                "with.paths: {glob:?} matches no file in {label}"
+            )));
+        }
+        for f in listed {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    let target = Target {
+        repository: &cfg.repository,
+        image: &cfg.image,
+        parsed: &cfg.image_ref,
+    };
+    let mut results = Vec::new();
+    let mut refused: Vec<Annotation> = Vec::new();
+    for path in &files {
+        let bytes = cap!(format!("git read-file {path}"), git.read_file(co, path));
+        let Ok(text) = String::from_utf8(bytes) else {
+            let msg = format!("{path} is not UTF-8 text");
+            refused.push(Annotation::error("not edited", msg).file(path.as_str()));
+            continue;
+        };
+        match edit::edit(&text, &target) {
+            Ok(e) => results.push(FileResult {
+                path: path.clone(),
+                changed: e.changed(),
+                text: e.text,
+                found: e.found.len(),
+                changes: e.changes,
+                previous: e.previous,
+            }),
+            Err(problems) => {
+                for p in problems {
+                    refused.push(
+                        Annotation::error(
+                            "not edited",
+                            format!("{path}:{}: {}", p.line, p.message),
+                        )
+                        .file(path.as_str())
+                        .line(p.line),
+                    );
+                }
+            }
+        }
+    }
+    if !refused.is_empty() {
+        let first = refused[0].message.clone();
+        let more = match refused.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        let msg = format!("refusing to edit {label}: {first}{more}");
+        stage_sdk::log::error(&msg);
+        let mut r = base(cfg, Report::failed(msg));
+        for a in refused {
+            stage_sdk::log::error(&a.message);
+            r = r.annotate(a);
+        }
+        return Ok(Attempt::Done(r));
+    }
+    let found: usize = results.iter().map(|r| r.found).sum();
+    if found == 0 {
+        let msg = format!(
+            "no image reference to {} in {} ({label})",
+            cfg.repository,
+            join_short(&files)
+        );
+        stage_sdk::log::error(&msg);
+        return Ok(Attempt::Done(
+            base(cfg, Report::failed(msg.clone()))
+                .annotate(Annotation::error("nothing to deploy to", msg)),
+        ));
+    }
+    let edited: Vec<&FileResult> = results.iter().filter(|r| r.changed).collect();
+    let with_refs = results.iter().filter(|r| r.found > 0).count();
+    if edited.is_empty() {
+        let head = cap!(format!("git head of {label}"), git.head(co));
+        let msg = format!(
+            "already at {}: {found} reference(s) in {with_refs} file(s) of {label}",
+            cfg.image
+        );
+        stage_sdk::log::info(&msg);
+        return Ok(Attempt::Done(
+            base(cfg, Report::passed(msg))
+                .output("commit", head)
+                .output("files", ""),
+        ));
+    }
+    for f in &edited {
+        for c in &f.changes {
+            stage_sdk::log::info!("{}:{}: {}", f.path, c.line, c.what);
+        }
+        cap!(
+            format!("git write-file {}", f.path),
+            git.write_file(co, &f.path, f.text.as_bytes())
+        );
+    }
+    let paths: Vec<String> = edited.iter().map(|f| f.path.clone()).collect();
+    let previous = edited.iter().find_map(|f| f.previous.clone());
+    let sha = cap!(
+        format!("git commit in {label}"),
+        git.commit(co, &cfg.message)
+    );
+    let Some(sha) = sha else {
+        let msg = format!(
+            "git commit in {label}: the host found nothing to commit after editing {}",
+            paths.join(", ")
+        );
+        stage_sdk::log::error(&msg);
+        return Ok(Attempt::Done(base(cfg, Report::failed(msg))));
+    };
+    match git.push(co) {
+        Ok(()) => {}
+        Err(e) if is_non_fast_forward(&e) => return Ok(Attempt::Moved(e)),
+        Err(e) => {
+            return Ok(Attempt::Done(cap_failed(
+                cfg,
+                &format!("git push to {label}"),
+                &e,
+            )))
+        }
+    }
+    let changes: usize = edited.iter().map(|f| f.changes.len()).sum();
+    let short = &sha[..sha.len().min(12)];
+    let was = previous
+        .as_deref()
+        .map(|p| format!(", was {p}"))
+        .unwrap_or_default();
+    let msg = format!(
+        "deployed {} to {label}: {changes} line(s) in {} (commit {short}{was})",
+        cfg.image,
+        join_short(&paths)
+    );
+    stage_sdk::log::info(&msg);
+    let mut r = base(cfg, Report::passed(msg))
+        .output("commit", sha.as_str())
+        .output("files", paths.join(","));
+    if let Some(p) = previous {
+        r = r.output("previous-image", p);
+    }
+    for f in &edited {
+        for c in &f.changes {
+            r = r.annotate(
+                Annotation::info("edited", format!("{}:{}: {}", f.path, c.line, c.what))
+                    .file(f.path.as_str())
+                    .line(c.line),
+            );
+        }
+    }
+    Ok(Attempt::Done(r))
+}
+
+#[cfg(test)]
+mod tests;
