@@ -8,10 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::time::Duration;
+
 use pipeline_tests::archive::tar_gz;
-use pipeline_tests::cli::{host_env, last_run, shown, stage, text};
+use pipeline_tests::argocd::Reconciler;
+use pipeline_tests::cli::{host_approving, host_env, last_run, shown, stage, text};
 use pipeline_tests::plugins::{demo_app_workspace, plugin, root, target_dir};
+use pipeline_tests::remote::GitDaemon;
 use pipeline_tests::services::{self, docker, REGISTRY, REGISTRY_PASSWORD, REGISTRY_USER};
+use pipeline_tests::slack::SlackReceiver;
 use serde_json::Value;
 
 fn auth(password: &str) -> String {
@@ -268,6 +273,254 @@ fn ecs_rolling(dir: &Path, ws: &Path) {
     );
 }
 
+/// An environment's manifest in the deploy-config repository, as a person
+/// keeps it (comments, quoting, a sidecar that is not ours).
+fn manifest(env: &str) -> String {
+    format!(
+        "# gitops-app in {env}: the pipeline bumps the image, people the rest.\n\
+         apiVersion: apps/v1\n\
+         kind: Deployment\n\
+         metadata:\n  name: gitops-app\n  namespace: {env}\n\
+         spec:\n  replicas: 2   # two pods behind the service\n  template:\n    spec:\n      containers:\n\
+         \x20       - name: app\n          image: \"127.0.0.1:5000/gitops-app:bootstrap\"  # set by CI\n\
+         \x20       - name: metrics\n          image: 127.0.0.1:5000/metrics-sidecar:3.1\n"
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Ops", "-c", "user.email=ops@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+/// The bare deploy-config repository under the git daemon's base, with
+/// dev's and prod's manifests on main.
+fn deploy_config(daemon: &GitDaemon, dir: &Path) -> PathBuf {
+    let bare = daemon.base.join("deploy-config.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "--quiet", "--bare", "-b", "main"]);
+    let work = dir.join("deploy-config-seed");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "--quiet", "-b", "main"]);
+    for env in ["dev", "prod"] {
+        let p = work.join(format!("apps/gitops-app/{env}/deployment.yaml"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, manifest(env)).unwrap();
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "gitops-app manifests"]);
+    git(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            bare.to_str().unwrap(),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    bare
+}
+
+fn shown_manifest(bare: &Path, env: &str) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args([
+            "show",
+            &format!("main:apps/gitops-app/{env}/deployment.yaml"),
+        ])
+        .output()
+        .unwrap();
+    format!("{}\n", text(&out.stdout).trim_end())
+}
+
+fn gitops_argocd(dir: &Path, ws: &Path, rt: &tokio::runtime::Runtime) {
+    let daemon = GitDaemon::start(&dir.join("git"), 19418);
+    let bare = deploy_config(&daemon, dir);
+    let argocd = Reconciler::start(
+        bare.clone(),
+        "main",
+        "apps/gitops-app/prod/deployment.yaml",
+        "argocd-gitops-app-prod",
+        18780,
+    );
+    let slack = rt.block_on(SlackReceiver::start()).unwrap();
+    // The coverage report the tests would have written (coverage.py's).
+    std::fs::copy(
+        root().join("plugins/coverage-gate/tests/coverage.xml"),
+        ws.join("coverage.xml"),
+    )
+    .unwrap();
+    let file = root().join("pipelines/gitops-argocd.toml");
+    let state = dir.join("gitops-state");
+    let registry = auth(REGISTRY_PASSWORD);
+    let webhook = format!("SLACK_WEBHOOK_URL={}", slack.webhook_url());
+    let run = |file: &Path, ws: &Path, how: &[&str]| {
+        let mut args = vec![
+            "run",
+            file.to_str().unwrap(),
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--env",
+            &registry,
+            "--env",
+            &webhook,
+        ];
+        args.extend_from_slice(how);
+        host_approving(&state, &args, &[], "alice")
+    };
+
+    // A push to main: dev's manifest gets the pushed digest, prod is not
+    // touched, nobody is asked.
+    let out = run(&file, ws, &["--branch", "main"]);
+    assert!(
+        out.status.success(),
+        "{}\n--- git daemon\n{}",
+        shown(&out),
+        daemon.log_text()
+    );
+    let r = last_run(&state);
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_eq!(stage(&r, "coverage")["outputs"]["line-rate"], "84.4");
+    assert_eq!(stage(&r, "deploy-prod")["status"], "skipped");
+    let v0 = stage(&r, "push")["outputs"]["ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(v0.starts_with("127.0.0.1:5000/gitops-app@sha256:"), "{v0}");
+    assert_eq!(
+        shown_manifest(&bare, "dev"),
+        manifest("dev").replace("127.0.0.1:5000/gitops-app:bootstrap", &v0),
+        "only dev's image value changed"
+    );
+    assert_eq!(shown_manifest(&bare, "prod"), manifest("prod"));
+    let message = git(&bare, &["log", "-1", "--format=%B", "main"]);
+    assert!(
+        message.contains(&format!("Pipeline-Run: {id}")),
+        "{message}"
+    );
+    assert!(message.contains("to dev"), "{message}");
+
+    // A tag: prod waits for approval, then its manifest moves, ArgoCD
+    // syncs it and the smoke test passes.
+    let out = run(&file, ws, &["--tag", "v1.0.0"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    let r = last_run(&state);
+    assert_eq!(stage(&r, "deploy-prod")["approval"]["by"], "alice");
+    assert_eq!(stage(&r, "deploy-dev")["status"], "skipped");
+    let v1 = stage(&r, "push")["outputs"]["ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(v1, v0, "a tag build is labelled with its version");
+    argocd.wait_running(&v1, Duration::from_secs(30));
+    assert_eq!(stage(&r, "smoke-prod")["status"], "success");
+
+    // The next release fails its smoke test: prod's manifest goes back to
+    // v1.0.0 in a new commit, and ArgoCD runs that again.
+    let broken = variant(dir, "gitops-argocd.toml", |t| {
+        t.replace(
+            r#"body-contains = "Hello from demo-app" }], retries = 10"#,
+            r#"body-contains = "Goodbye" }], retries = 0"#,
+        )
+    });
+    let out = run(&broken, ws, &["--tag", "v1.0.1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let r = last_run(&state);
+    let v2 = stage(&r, "push")["outputs"]["ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(stage(&r, "smoke-prod")["status"], "failure");
+    let rollback = stage(&r, "deploy-prod:rollback");
+    assert_eq!(rollback["status"], "success", "{r}");
+    assert_eq!(rollback["outputs"]["image"], v1.as_str());
+    assert_eq!(
+        shown_manifest(&bare, "prod"),
+        manifest("prod").replace("127.0.0.1:5000/gitops-app:bootstrap", &v1)
+    );
+    let log = git(&bare, &["log", "--format=%s", "-3", "main"]);
+    assert!(log.contains(&v2) && log.contains(&v1), "{log}");
+    argocd.wait_running(&v1, Duration::from_secs(30));
+
+    // Coverage under the bar stops the flow before anything is built.
+    let broken = variant(dir, "gitops-argocd.toml", |t| {
+        t.replace("min-line = 80.0", "min-line = 95.0")
+    });
+    let out = run(&broken, ws, &["--branch", "main"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let r = last_run(&state);
+    assert_eq!(stage(&r, "coverage")["status"], "failure");
+    assert!(
+        stage(&r, "coverage")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("84.4"),
+        "{r}"
+    );
+    assert_eq!(stage(&r, "build")["status"], "skipped");
+
+    // A credential baked into the image blocks it at the Trivy gate: no
+    // push, no manifest change.
+    let leaky = dir.join("leaky");
+    for rel in [
+        "Dockerfile",
+        "Dockerfile.test",
+        "tests/container-tests.sh",
+        "dist/demo-app",
+        "dist/busybox",
+        "coverage.xml",
+    ] {
+        let to = leaky.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(ws.join(rel), &to).unwrap();
+    }
+    let (creds, key_id) = services::leaked_aws_credentials();
+    std::fs::write(leaky.join("creds.env"), creds).unwrap();
+    let dockerfile = std::fs::read_to_string(ws.join("Dockerfile")).unwrap();
+    std::fs::write(
+        leaky.join("Dockerfile"),
+        format!("{dockerfile}COPY creds.env /app/creds.env\n"),
+    )
+    .unwrap();
+    let head = git(&bare, &["rev-parse", "main"]);
+    let out = run(&file, &leaky, &["--branch", "main"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let r = last_run(&state);
+    let scan = stage(&r, "scan");
+    assert_eq!(scan["status"], "failure");
+    assert!(
+        scan["summary"].as_str().unwrap().starts_with("blocked"),
+        "{scan}"
+    );
+    assert_eq!(
+        scan["annotations"][0]["title"], "aws-access-key-id",
+        "{scan}"
+    );
+    assert!(
+        !format!("{r}").contains(&key_id),
+        "the found key is not repeated"
+    );
+    assert_eq!(stage(&r, "push")["status"], "skipped");
+    assert_eq!(
+        git(&bare, &["rev-parse", "main"]),
+        head,
+        "nothing was deployed"
+    );
+
+    // Slack heard about every run, failures included.
+    let msgs = slack.messages();
+    assert_eq!(msgs.len(), 5, "one message per run");
+    assert!(msgs.iter().all(|m| m.text().is_some()));
+    drop(argocd);
+}
+
 /// Removes the flows' containers and images, also when a flow fails.
 struct Cleanup;
 
@@ -277,7 +530,10 @@ impl Drop for Cleanup {
         for id in names.lines() {
             let _ = Command::new("docker").args(["rm", "-f", id]).output();
         }
-        for repo in ["fintech-app", "ecs-app", "bundle-app"] {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "argocd-gitops-app-prod"])
+            .output();
+        for repo in ["fintech-app", "ecs-app", "bundle-app", "gitops-app"] {
             services::remove_images(&format!("local/{repo}"));
             services::remove_images(&format!("local/{repo}-test"));
             services::remove_images(&format!("{REGISTRY}/{repo}"));
@@ -297,13 +553,30 @@ fn the_write_ups_flows_run_and_their_broken_variants_fail_where_they_should() {
         "trivy-gate",
         "deploy",
         "smoke-test",
+        "coverage-gate",
+        "gitops-deploy",
+        "slack-notify",
+        "ssh-deploy",
     ] {
         plugin(p);
     }
     let _cleanup = Cleanup;
     let dir = tempfile::tempdir().unwrap();
     let ws = demo_app_workspace(dir.path());
-    jenkins_fintech(dir.path(), &ws);
-    archive_source(dir.path(), &ws);
-    ecs_rolling(dir.path(), &ws);
+    // `FLOWS=gitops,actions cargo test --test flows` runs only those.
+    let only = std::env::var("FLOWS").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|f| f == name);
+    if wanted("fintech") {
+        jenkins_fintech(dir.path(), &ws);
+    }
+    if wanted("archive") {
+        archive_source(dir.path(), &ws);
+    }
+    if wanted("ecs") {
+        ecs_rolling(dir.path(), &ws);
+    }
+    if wanted("gitops") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        gitops_argocd(dir.path(), &ws, &rt);
+    }
 }

@@ -140,15 +140,23 @@ pub struct GitDaemon {
     child: Child,
     pub port: u16,
     pub base: PathBuf,
+    pub log: PathBuf,
 }
 
 impl GitDaemon {
     pub fn start(base: &Path, port: u16) -> Self {
         std::fs::create_dir_all(base).unwrap();
         let base = base.canonicalize().unwrap();
-        let mut child = Command::new("git")
+        let log = base.with_extension("log");
+        // `git daemon` would run git-daemon as its child, which killing
+        // `git` leaves behind holding the port: run it directly.
+        let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+            .trim()
+            .to_string();
+        let mut child = Command::new(Path::new(&exec_path).join("git-daemon"))
             .args([
-                "daemon",
+                "--verbose",
                 "--reuseaddr",
                 "--export-all",
                 "--enable=receive-pack",
@@ -158,11 +166,21 @@ impl GitDaemon {
             .arg(format!("--base-path={}", base.display()))
             .arg(&base)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("git daemon");
         wait_port(port, Duration::from_secs(20), "git daemon", &mut child);
-        GitDaemon { child, port, base }
+        GitDaemon {
+            child,
+            port,
+            base,
+            log,
+        }
+    }
+
+    /// What the daemon logged (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn url(&self, name: &str) -> String {
