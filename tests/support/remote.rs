@@ -194,3 +194,111 @@ impl Drop for GitDaemon {
         let _ = self.child.wait();
     }
 }
+
+/// The `deploy` account's home directory.
+pub fn ssh_home() -> PathBuf {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo ~{SSH_USER}"))
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A deploy base directory on the "server" (`~deploy/NAME`): emptied when
+/// made and on drop, with the slot processes the deploys started (they
+/// detach from ssh, so nothing else would stop them) killed.
+pub struct RemoteBase {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl RemoteBase {
+    pub fn new(name: &str) -> Self {
+        let b = RemoteBase {
+            name: name.to_string(),
+            path: ssh_home().join(name),
+        };
+        b.clear();
+        b
+    }
+
+    fn clear(&self) {
+        for slot in ["blue", "green"] {
+            let pid =
+                std::fs::read_to_string(self.path.join(format!("{slot}.pid"))).unwrap_or_default();
+            let pid = pid.trim();
+            if pid.parse::<u32>().is_ok_and(|p| p > 1) {
+                // The slot's process leads its own session: its group too.
+                // `pkill -g`, never `kill -KILL -PGID`: procps-ng 4.0.2's
+                // kill misreads that (and answers 0 for a group that does
+                // not exist); run as root here, it took every process down.
+                let _ = Command::new("pkill").args(["-KILL", "-g", pid]).output();
+                let _ = Command::new("kill").args(["-s", "KILL", pid]).output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+
+    /// `live` (the slot serving), if any.
+    pub fn live(&self) -> Option<String> {
+        std::fs::read_to_string(self.path.join("live"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+}
+
+impl Drop for RemoteBase {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// A server's router (what nginx would be): the deploy-proxy binary from
+/// `plugins/deploy-proxy/dist` (built by its build.sh), traffic on
+/// 127.0.0.1:`port`, admin API (`PUT /pool`) on `admin`; killed on drop.
+pub struct Router {
+    child: Child,
+    pub port: u16,
+    pub admin: u16,
+}
+
+impl Router {
+    pub fn start(port: u16, admin: u16) -> Self {
+        let bin = root().join("plugins/deploy-proxy/dist/deploy-proxy");
+        assert!(
+            bin.exists(),
+            "{} is missing: run plugins/deploy-proxy/build.sh",
+            bin.display()
+        );
+        let mut child = Command::new(bin)
+            .env("PROXY_PORT", port.to_string())
+            .env("ADMIN_PORT", admin.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(admin, Duration::from_secs(10), "deploy-proxy", &mut child);
+        Router { child, port, admin }
+    }
+
+    /// GET `path` through the router: (status, body), or None when
+    /// nothing answered.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_string()))
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
