@@ -14,7 +14,7 @@ use pipeline_tests::archive::tar_gz;
 use pipeline_tests::argocd::Reconciler;
 use pipeline_tests::cli::{host_approving, host_env, last_run, shown, stage, text};
 use pipeline_tests::plugins::{demo_app_workspace, plugin, root, target_dir};
-use pipeline_tests::remote::GitDaemon;
+use pipeline_tests::remote::{GitDaemon, RemoteBase, Router, Sshd};
 use pipeline_tests::services::{self, docker, REGISTRY, REGISTRY_PASSWORD, REGISTRY_USER};
 use pipeline_tests::slack::SlackReceiver;
 use serde_json::Value;
@@ -521,6 +521,158 @@ fn gitops_argocd(dir: &Path, ws: &Path, rt: &tokio::runtime::Runtime) {
     drop(argocd);
 }
 
+fn actions_staging_prod(dir: &Path, ws: &Path) {
+    let status = Command::new("bash")
+        .arg(root().join("plugins/deploy-proxy/build.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "plugins/deploy-proxy/build.sh");
+    // The two "servers": one sshd, a router each, their deploy bases.
+    let sshd = Sshd::start(dir, 18622);
+    let staging = Router::start(18690, 18691);
+    let prod = Router::start(18680, 18681);
+    let staging_base = RemoteBase::new("staging");
+    let prod_base = RemoteBase::new("prod");
+    std::fs::copy(
+        root().join("plugins/coverage-gate/tests/coverage.xml"),
+        ws.join("coverage.xml"),
+    )
+    .unwrap();
+    let file = root().join("pipelines/actions-staging-prod.toml");
+    let state = dir.join("actions-state");
+    let key = format!("DEPLOY_SSH_KEY={}", sshd.client_key_text());
+    let run = |file: &Path, how: &[&str]| {
+        let mut args = vec![
+            "run",
+            file.to_str().unwrap(),
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--env",
+            &key,
+        ];
+        args.extend_from_slice(how);
+        let out = host_approving(&state, &args, &[], "release-manager");
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        let line = sshd.client_key_text().lines().nth(1).unwrap().to_string();
+        assert!(!all.contains(&line), "the deploy key leaked");
+        out
+    };
+    let serving = |router: &Router| {
+        router
+            .get("/health")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+
+    // develop → staging over SSH, smoke tested; production untouched.
+    let out = run(&file, &["--branch", "develop"]);
+    assert!(
+        out.status.success(),
+        "{}\n--- sshd\n{}",
+        shown(&out),
+        sshd.log_text()
+    );
+    let r = last_run(&state);
+    for s in ["lint", "test", "scan", "deploy-staging", "smoke-staging"] {
+        assert_eq!(stage(&r, s)["status"], "success", "{s}: {r}");
+    }
+    assert_eq!(stage(&r, "deploy-prod")["status"], "skipped");
+    assert!(
+        serving(&staging).contains("build-1"),
+        "{}",
+        serving(&staging)
+    );
+    assert_eq!(staging_base.live().as_deref(), Some("blue"));
+    let id = r["id"].as_str().unwrap();
+    let audit = text(&host_env(&state, &["audit", id, "deploy-staging"], &[]).stdout);
+    assert!(
+        audit.contains("ssh.upload") && audit.contains("staging: "),
+        "{audit}"
+    );
+
+    // v1.0.0 → approval → blue-green production (blue), smoke tested.
+    let out = run(&file, &["--tag", "v1.0.0"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    let r = last_run(&state);
+    assert_eq!(
+        stage(&r, "deploy-prod")["approval"]["by"],
+        "release-manager"
+    );
+    assert_eq!(stage(&r, "smoke-prod")["status"], "success");
+    assert!(serving(&prod).contains("build-2"));
+    // v1.0.1 → green.
+    let out = run(&file, &["--tag", "v1.0.1"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    assert_eq!(prod_base.live().as_deref(), Some("green"));
+    assert!(serving(&prod).contains("build-3"));
+
+    // v1.0.2 fails its smoke test: production switches back to green
+    // (build-3), which never stopped.
+    let broken = variant(dir, "actions-staging-prod.toml", |t| {
+        t.replace(
+            r#"url = "http://127.0.0.1:18680/", body-contains = "Hello from demo-app" }], retries = 2"#,
+            r#"url = "http://127.0.0.1:18680/", body-contains = "Goodbye" }], retries = 0"#,
+        )
+    });
+    let out = run(&broken, &["--tag", "v1.0.2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let r = last_run(&state);
+    assert_eq!(stage(&r, "smoke-prod")["status"], "failure");
+    let rollback = stage(&r, "deploy-prod:rollback");
+    assert_eq!(rollback["status"], "success", "{r}");
+    assert_eq!(rollback["outputs"]["release"], "build-3");
+    assert_eq!(prod_base.live().as_deref(), Some("green"));
+    assert!(serving(&prod).contains("build-3"), "{}", serving(&prod));
+
+    // An unhealthy release on staging never takes traffic.
+    let broken = variant(dir, "actions-staging-prod.toml", |t| {
+        t.replacen("start = 'VERSION=", "start = 'DEMO_UNHEALTHY=1 VERSION=", 1)
+    });
+    let out = run(&broken, &["--branch", "develop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let r = last_run(&state);
+    assert_eq!(stage(&r, "deploy-staging")["status"], "failure");
+    assert_eq!(stage(&r, "smoke-staging")["status"], "skipped");
+    assert!(
+        serving(&staging).contains("build-1"),
+        "staging still serves build-1"
+    );
+
+    // A server that does not present the pinned host key gets nothing.
+    let (impostor, _) = host_key_of_a_stranger(dir);
+    let broken = variant(dir, "actions-staging-prod.toml", |t| {
+        t.replacen(&Sshd::host_key(), &impostor, 1)
+    });
+    let out = run(&broken, &["--branch", "develop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let r = last_run(&state);
+    let d = stage(&r, "deploy-staging");
+    let why = format!("{} {}", d["summary"], d["error"]);
+    assert!(why.contains("HOST_KEY_MISMATCH"), "{why}");
+    assert!(serving(&staging).contains("build-1"));
+}
+
+/// A freshly generated ed25519 public key (`TYPE BASE64`) no server has.
+fn host_key_of_a_stranger(dir: &Path) -> (String, PathBuf) {
+    let p = dir.join("stranger_host_key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(p.with_extension("pub")).unwrap();
+    (
+        public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
+        p,
+    )
+}
+
 /// Removes the flows' containers and images, also when a flow fails.
 struct Cleanup;
 
@@ -533,7 +685,13 @@ impl Drop for Cleanup {
         let _ = Command::new("docker")
             .args(["rm", "-f", "argocd-gitops-app-prod"])
             .output();
-        for repo in ["fintech-app", "ecs-app", "bundle-app", "gitops-app"] {
+        for repo in [
+            "fintech-app",
+            "ecs-app",
+            "bundle-app",
+            "gitops-app",
+            "actions-app",
+        ] {
             services::remove_images(&format!("local/{repo}"));
             services::remove_images(&format!("local/{repo}-test"));
             services::remove_images(&format!("{REGISTRY}/{repo}"));
@@ -578,5 +736,8 @@ fn the_write_ups_flows_run_and_their_broken_variants_fail_where_they_should() {
     if wanted("gitops") {
         let rt = tokio::runtime::Runtime::new().unwrap();
         gitops_argocd(dir.path(), &ws, &rt);
+    }
+    if wanted("actions") {
+        actions_staging_prod(dir.path(), &ws);
     }
 }
