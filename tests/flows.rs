@@ -165,6 +165,18 @@ fn archive_source(dir: &Path, ws: &Path) {
         tags("bundle-app")
     );
     assert_eq!(stage(&r, "scan")["status"], "success");
+    // The unpacked source is gone; the test report is in the encrypted
+    // artifact store.
+    let id = r["id"].as_str().unwrap();
+    let got = dir.join("archive-artifacts");
+    let out = host_env(
+        &state,
+        &["artifacts", id, "--out", got.to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", shown(&out));
+    let report = std::fs::read_to_string(got.join("test/reports/demo-app-junit.xml")).unwrap();
+    assert!(report.contains("<testsuite"), "{report}");
 
     // Least privilege: a tag stage not granted the registry repository is
     // denied at `tag`, and the audit trail shows the refused call.

@@ -315,3 +315,84 @@ fn an_artifact_changed_after_it_was_recorded_stops_the_stages_that_use_it() {
         shown(&out)
     );
 }
+
+/// Artifacts outlive the workspace in the encrypted store: `host
+/// artifacts --out` gives back exactly what was recorded, and a blob
+/// changed at rest, or opened with another key, is refused by name.
+#[test]
+fn artifacts_are_kept_encrypted_and_come_back_only_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(ws.join("dist")).unwrap();
+    let state = dir.path().join("state");
+    let file = artifact_pipeline(dir.path(), false);
+    let out = host(
+        &state,
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--workspace",
+            ws.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", shown(&out));
+    let id = last_run(&state)["id"].as_str().unwrap().to_string();
+    // The workspace goes away; the artifact does not.
+    std::fs::remove_dir_all(&ws).unwrap();
+    let got = dir.path().join("got");
+    let out = host(
+        &state,
+        &["artifacts", &id, "--out", got.to_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success(), "{}", shown(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["path"], "dist/app");
+    assert_eq!(rows[0]["stored"], true);
+    assert_eq!(std::fs::read(got.join("build/dist/app")).unwrap(), b"v1");
+
+    // At rest it is ciphertext, and the key is not beside it in the clear
+    // of the blob.
+    let blobs: Vec<PathBuf> = walk(&state.join("artifacts"));
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut bytes = std::fs::read(&blobs[0]).unwrap();
+    assert!(!bytes.windows(2).any(|w| w == b"v1"));
+
+    // Another key (HOST_ARTIFACT_KEY) cannot open it.
+    let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let out = host_env(
+        &state,
+        &["artifacts", &id, "--out", got.to_str().unwrap()],
+        &[("HOST_ARTIFACT_KEY", other)],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("artifact `dist/app` of stage `build`"),
+        "{}",
+        shown(&out)
+    );
+
+    // One bit changed at rest.
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blobs[0], &bytes).unwrap();
+    let out = host(&state, &["artifacts", &id, "--out", got.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("does not decrypt"),
+        "{}",
+        shown(&out)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,5 +1,6 @@
 //! The `host` command line.
 mod approve;
+mod artifacts;
 mod audit;
 mod check;
 pub mod history;
@@ -64,6 +65,8 @@ enum Command {
     Logs(history::LogsArgs),
     /// Every capability call a run's stages made, allowed or denied.
     Audit(audit::AuditArgs),
+    /// A run's artifacts; `--out DIR` gets them from the encrypted store.
+    Artifacts(artifacts::ArtifactsArgs),
 }
 
 /// Exit codes: 0 success, 1 pipeline failed, 2 bad input, 130 cancelled.
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
             Command::Runs(a) => history::runs(a, &state_dir).await,
             Command::Logs(a) => history::logs(a, &state_dir).await,
             Command::Audit(a) => audit::audit(a, &state_dir).await,
+            Command::Artifacts(a) => artifacts::artifacts(a, &state_dir).await,
         }
     });
     match result {

@@ -27,6 +27,7 @@ use crate::caps::ssh::SshCap;
 use crate::caps::StageCaps;
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::approvals::{ApprovalStore, Decision};
+use crate::run::artifact_store::ArtifactStore;
 use crate::run::artifacts;
 use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status, TriggerInfo};
 use crate::runtime::bindings::{
@@ -127,6 +128,7 @@ pub struct Executor {
     docker: DockerEngine,
     scan: ScanConfig,
     approvals: Option<ApprovalStore>,
+    artifact_store: Option<ArtifactStore>,
 }
 
 /// Everything one stage task needs, shared read-only across tasks.
@@ -142,6 +144,7 @@ struct RunShared {
     docker: DockerEngine,
     scan: ScanConfig,
     approvals: Option<ApprovalStore>,
+    artifact_store: Option<ArtifactStore>,
 }
 
 impl Executor {
@@ -153,7 +156,14 @@ impl Executor {
             docker: DockerEngine::default(),
             scan: ScanConfig::from_env(&std::env::temp_dir().join("pipeline-host")),
             approvals: None,
+            artifact_store: None,
         }
+    }
+
+    /// Keep an encrypted copy of every declared artifact here.
+    pub fn with_artifact_store(mut self, store: ArtifactStore) -> Self {
+        self.artifact_store = Some(store);
+        self
     }
 
     /// Where approvals are asked for and decided (`host approve`).
@@ -225,6 +235,7 @@ impl Executor {
             docker: self.docker.clone(),
             scan: self.scan.clone(),
             approvals: self.approvals.clone(),
+            artifact_store: self.artifact_store.clone(),
         });
 
         let mut done: HashMap<String, StageRecord> = HashMap::new();
@@ -780,7 +791,18 @@ async fn run_stage(
     if rec.status == Status::Success && !stage.artifacts.is_empty() {
         let ws = shared.opts.workspace.clone();
         let paths = stage.artifacts.clone();
-        match blocking(move || artifacts::record(&ws, &paths)).await {
+        let store = shared.artifact_store.clone();
+        let (run, name) = (shared.opts.id.clone(), stage.name.clone());
+        let kept = blocking(move || {
+            let d = artifacts::record(&ws, &paths)?;
+            if let Some(store) = store {
+                store
+                    .keep(&run, &name, &ws, &d)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(d)
+        });
+        match kept.await {
             Ok(d) => rec.artifacts = d,
             Err(e) => {
                 rec.status = Status::Failure;

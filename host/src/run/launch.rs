@@ -11,6 +11,7 @@ use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
 use crate::pipeline::{self, Diagnostic, Pipeline};
 use crate::run::approvals::ApprovalStore;
+use crate::run::artifact_store::ArtifactStore;
 use crate::run::live::LiveRecorder;
 use crate::run::{preflight, Executor, RunObserver, RunOptions, RunRecord, Status};
 use crate::runtime::Runtime;
@@ -80,7 +81,8 @@ impl Launch<'_> {
             .map_err(LaunchError::Plugins)?;
         let executor = Executor::new(self.runtime.clone())
             .with_scanner(ScanConfig::from_env(self.state_dir))
-            .with_approvals(ApprovalStore::open(self.state_dir)?);
+            .with_approvals(ApprovalStore::open(self.state_dir)?)
+            .with_artifact_store(ArtifactStore::open(self.state_dir).map_err(anyhow::Error::from)?);
         let env = opts.env.clone();
         let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned(), &opts.secret_files);
         let recorder = LiveRecorder::start(self.state_dir, self.observer)?;

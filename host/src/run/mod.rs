@@ -1,6 +1,7 @@
 //! Running pipelines: the executor, the console view, run records (kept
 //! live while a run goes) and what every way of starting a run shares.
 pub mod approvals;
+pub mod artifact_store;
 pub mod artifacts;
 pub mod console;
 pub mod executor;
