@@ -206,6 +206,45 @@ fn archive_source(dir: &Path, ws: &Path) {
     let denied: Value = serde_json::from_slice(&denied.stdout).unwrap();
     assert_eq!(denied[0]["stage"], "tag", "{denied}");
     assert_eq!(denied[0]["capability"], "docker.tag");
+    // A compromised stage between `test` and `build` rewrites the test
+    // report `test` recorded: `build` refuses to run, naming it.
+    let tampered = variant(dir, "archive-source.toml", |t| {
+        t.replace(
+            "push = \"../target/plugins/push.wasm\"\n",
+            "push = \"../target/plugins/push.wasm\"\nhostile = \"../target/plugins/hostile.wasm\"\n",
+        )
+        .replacen(
+            "needs = [\"test\"]",
+            "needs = [\"rewrite\"]",
+            1,
+        ) + "\n[[stage]]\nname = \"rewrite\"\nplugin = \"hostile\"\nneeds = [\"test\"]\n\
+             with = { attack = \"write-workspace\", path = \"reports/demo-app-junit.xml\", content = \"<testsuite tests=\\\"0\\\"/>\" }\n\
+             grants = { workspace = \"rw\" }\n"
+    });
+    let out = host_env(
+        &state,
+        &[
+            "run",
+            tampered.to_str().unwrap(),
+            "--source",
+            bundle.to_str().unwrap(),
+            "--env",
+            &env,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let r = last_run(&state);
+    assert_eq!(stage(&r, "rewrite")["status"], "success");
+    let build = stage(&r, "build");
+    assert_eq!(build["status"], "failure");
+    assert!(
+        build["error"].as_str().unwrap().starts_with(
+            "artifact `reports/demo-app-junit.xml` of stage `test` was changed after `test` recorded it"
+        ),
+        "{build}"
+    );
+    assert_eq!(stage(&r, "push")["status"], "skipped");
     // A hostile archive runs nothing.
     let evil = tar_gz(
         dir,
@@ -727,6 +766,7 @@ fn the_write_ups_flows_run_and_their_broken_variants_fail_where_they_should() {
         "gitops-deploy",
         "slack-notify",
         "ssh-deploy",
+        "hostile",
     ] {
         plugin(p);
     }
