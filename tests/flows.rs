@@ -14,7 +14,7 @@ use pipeline_tests::archive::tar_gz;
 use pipeline_tests::argocd::Reconciler;
 use pipeline_tests::cli::{host_approving, host_env, last_run, shown, stage, text};
 use pipeline_tests::plugins::{demo_app_workspace, plugin, root, target_dir};
-use pipeline_tests::remote::{GitDaemon, RemoteBase, Router, Sshd};
+use pipeline_tests::remote::{keygen, GitDaemon, RemoteBase, Router, Sshd};
 use pipeline_tests::services::{self, docker, REGISTRY, REGISTRY_PASSWORD, REGISTRY_USER};
 use pipeline_tests::slack::SlackReceiver;
 use serde_json::Value;
@@ -143,18 +143,22 @@ fn archive_source(dir: &Path, ws: &Path) {
     let file = root().join("pipelines/archive-source.toml");
     let state = dir.join("archive-state");
     let env = auth(REGISTRY_PASSWORD);
-    let out = host_env(
-        &state,
-        &[
-            "run",
-            file.to_str().unwrap(),
-            "--source",
-            bundle.to_str().unwrap(),
-            "--env",
-            &env,
-        ],
-        &[],
-    );
+    // `host run FILE --source ARCHIVE`.
+    let run = |file: &Path, archive: &Path| {
+        host_env(
+            &state,
+            &[
+                "run",
+                file.to_str().unwrap(),
+                "--source",
+                archive.to_str().unwrap(),
+                "--env",
+                &env,
+            ],
+            &[],
+        )
+    };
+    let out = run(&file, &bundle);
     assert!(out.status.success(), "{}", shown(&out));
     let r = last_run(&state);
     assert_eq!(r["event"], "upload");
@@ -186,18 +190,7 @@ fn archive_source(dir: &Path, ws: &Path) {
             r#"grants = { docker = { tag = ["local/bundle-app"] } }"#,
         )
     });
-    let out = host_env(
-        &state,
-        &[
-            "run",
-            broken.to_str().unwrap(),
-            "--source",
-            bundle.to_str().unwrap(),
-            "--env",
-            &env,
-        ],
-        &[],
-    );
+    let out = run(&broken, &bundle);
     assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
     let r = last_run(&state);
     assert_eq!(stage(&r, "tag")["status"], "failure");
@@ -221,18 +214,7 @@ fn archive_source(dir: &Path, ws: &Path) {
              with = { attack = \"write-workspace\", path = \"reports/demo-app-junit.xml\", content = \"<testsuite tests=\\\"0\\\"/>\" }\n\
              grants = { workspace = \"rw\" }\n"
     });
-    let out = host_env(
-        &state,
-        &[
-            "run",
-            tampered.to_str().unwrap(),
-            "--source",
-            bundle.to_str().unwrap(),
-            "--env",
-            &env,
-        ],
-        &[],
-    );
+    let out = run(&tampered, &bundle);
     assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
     let r = last_run(&state);
     assert_eq!(stage(&r, "rewrite")["status"], "success");
@@ -251,18 +233,7 @@ fn archive_source(dir: &Path, ws: &Path) {
         "evil.tar.gz",
         &[("Dockerfile", "FROM scratch\n"), ("../../x", "x")],
     );
-    let out = host_env(
-        &state,
-        &[
-            "run",
-            file.to_str().unwrap(),
-            "--source",
-            evil.to_str().unwrap(),
-            "--env",
-            &env,
-        ],
-        &[],
-    );
+    let out = run(&file, &evil);
     assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
     assert!(
         text(&out.stderr).contains("entry `../../x`"),
@@ -519,19 +490,8 @@ fn gitops_argocd(dir: &Path, ws: &Path, rt: &tokio::runtime::Runtime) {
 
     // A credential baked into the image blocks it at the Trivy gate: no
     // push, no manifest change.
-    let leaky = dir.join("leaky");
-    for rel in [
-        "Dockerfile",
-        "Dockerfile.test",
-        "tests/container-tests.sh",
-        "dist/demo-app",
-        "dist/busybox",
-        "coverage.xml",
-    ] {
-        let to = leaky.join(rel);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(ws.join(rel), &to).unwrap();
-    }
+    let leaky = demo_app_workspace(&dir.join("leaky"));
+    std::fs::copy(ws.join("coverage.xml"), leaky.join("coverage.xml")).unwrap();
     let (creds, key_id) = services::leaked_aws_credentials();
     std::fs::write(leaky.join("creds.env"), creds).unwrap();
     let dockerfile = std::fs::read_to_string(ws.join("Dockerfile")).unwrap();
@@ -690,7 +650,7 @@ fn actions_staging_prod(dir: &Path, ws: &Path) {
     );
 
     // A server that does not present the pinned host key gets nothing.
-    let (impostor, _) = host_key_of_a_stranger(dir);
+    let (_, impostor) = keygen(dir, "impostor_host_key");
     let broken = variant(dir, "actions-staging-prod.toml", |t| {
         t.replacen(&Sshd::host_key(), &impostor, 1)
     });
@@ -701,27 +661,6 @@ fn actions_staging_prod(dir: &Path, ws: &Path) {
     let why = format!("{} {}", d["summary"], d["error"]);
     assert!(why.contains("HOST_KEY_MISMATCH"), "{why}");
     assert!(serving(&staging).contains("build-1"));
-}
-
-/// A freshly generated ed25519 public key (`TYPE BASE64`) no server has.
-fn host_key_of_a_stranger(dir: &Path) -> (String, PathBuf) {
-    let p = dir.join("stranger_host_key");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&p)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(p.with_extension("pub")).unwrap();
-    (
-        public
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" "),
-        p,
-    )
 }
 
 /// Removes the flows' containers and images, also when a flow fails.

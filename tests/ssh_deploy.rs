@@ -9,7 +9,7 @@ use std::process::Command;
 
 use pipeline_tests::cli::{host_env, last_run, shown, stage, text};
 use pipeline_tests::plugins::{demo_app_workspace, plugin, root};
-use pipeline_tests::remote::{RemoteBase, Router, Sshd, SSH_USER};
+use pipeline_tests::remote::{keygen, RemoteBase, Router, Sshd, SSH_USER};
 use pipeline_tests::services::free_port;
 
 struct Setup {
@@ -61,18 +61,6 @@ grants = {{ {grants} }}
 /// The demo app, told its version by the release directory it runs in.
 const START: &str = r#"VERSION=$(basename "$(pwd -P)") ./demo-app"#;
 const GRANTS: &str = r#"ssh = ["server"], workspace = "ro", http = ["http://127.0.0.1:*/health"]"#;
-
-fn keygen(dir: &Path, name: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&p)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    p
-}
 
 #[test]
 fn ssh_deploy_switches_blue_green_over_a_checked_connection_and_refuses_every_wrong_one() {
@@ -173,13 +161,7 @@ fn ssh_deploy_switches_blue_green_over_a_checked_connection_and_refuses_every_wr
 
     // A server that is not the one pinned: refused before anything is sent.
     let mut other = setup.pipeline(dir.path(), START, GRANTS);
-    let impostor = keygen(dir.path(), "impostor");
-    let impostor_key = std::fs::read_to_string(impostor.with_extension("pub")).unwrap();
-    let impostor_key: String = impostor_key
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let (_, impostor_key) = keygen(dir.path(), "impostor");
     let text_now = std::fs::read_to_string(&other)
         .unwrap()
         .replace(&setup.host_key, &impostor_key);
@@ -202,7 +184,7 @@ fn ssh_deploy_switches_blue_green_over_a_checked_connection_and_refuses_every_wr
     );
 
     // A key the server does not know.
-    let stranger = std::fs::read_to_string(keygen(dir.path(), "stranger")).unwrap();
+    let stranger = std::fs::read_to_string(keygen(dir.path(), "stranger").0).unwrap();
     let out = run(&file, &stranger);
     assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
     let d = stage(&last_run(&state), "deploy").clone();

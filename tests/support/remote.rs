@@ -32,6 +32,28 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A fresh ed25519 key pair `dir/NAME` (no passphrase): the private key's
+/// path and the public key as `TYPE BASE64` (as a pipeline pins it).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let p = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "pipeline-tests"])
+        .arg("-f")
+        .arg(&p)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success(), "ssh-keygen");
+    let public = std::fs::read_to_string(p.with_extension("pub")).unwrap();
+    (
+        p,
+        public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
 /// `sshd -D` on 127.0.0.1:`port`; killed on drop.
 pub struct Sshd {
     child: Child,
@@ -73,14 +95,7 @@ impl Sshd {
         )
         .unwrap();
         chmod(&host_key, 0o600);
-        let client_key = dir.join("client_key");
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "pipeline-tests"])
-            .arg("-f")
-            .arg(&client_key)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ssh-keygen");
+        let (client_key, _) = keygen(&dir, "client_key");
         let authorized = dir.join("authorized_keys");
         std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
         chmod(&authorized, 0o644);
