@@ -17,7 +17,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::run::artifacts::{self, Digests};
+use crate::run::artifacts;
 
 /// First bytes of a blob: format and version.
 const MAGIC: &[u8; 4] = b"PHA1";
@@ -73,61 +73,56 @@ impl ArtifactStore {
             .join(format!("{}.enc", &name[..32]))
     }
 
-    /// Encrypts the declared files of a stage that just succeeded (their
-    /// digests already recorded as `digests`).
+    /// Encrypts one declared file of a stage that just succeeded (`file`,
+    /// resolved in the workspace) and returns its digest: the file is read
+    /// once, so the bytes stored are the bytes recorded.
     pub fn keep(
         &self,
         run: &str,
         stage: &str,
-        workspace: &Path,
-        digests: &Digests,
-    ) -> Result<(), StoreError> {
-        for (path, digest) in digests {
-            let err = |message: String| StoreError::Artifact {
-                stage: stage.into(),
-                path: path.clone(),
-                message,
-            };
-            let file = workspace.join(path);
-            let size = std::fs::metadata(&file)
-                .map_err(|e| err(e.to_string()))?
-                .len();
-            if size > MAX_ARTIFACT {
-                return Err(err(format!(
-                    "{size} bytes is more than the store keeps ({MAX_ARTIFACT})"
-                )));
-            }
-            let plain = std::fs::read(&file).map_err(|e| err(e.to_string()))?;
-            // The bytes encrypted are the bytes recorded.
-            if sha256(&plain) != *digest {
-                return Err(err("changed while it was being stored".into()));
-            }
-            let mut nonce = [0u8; 12];
-            getrandom::getrandom(&mut nonce).map_err(|e| err(e.to_string()))?;
-            let aad = aad(run, stage, path, digest);
-            let sealed = self
-                .cipher()
-                .encrypt(
-                    Nonce::from_slice(&nonce),
-                    Payload {
-                        msg: &plain,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| err("encryption failed".into()))?;
-            let blob = self.blob(run, stage, path);
-            std::fs::create_dir_all(blob.parent().expect("blob has a parent"))
-                .map_err(|e| err(e.to_string()))?;
-            let tmp = blob.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-            f.write_all(MAGIC)
-                .and_then(|_| f.write_all(&nonce))
-                .and_then(|_| f.write_all(&sealed))
-                .and_then(|_| f.sync_all())
-                .map_err(|e| err(e.to_string()))?;
-            std::fs::rename(&tmp, &blob).map_err(|e| err(e.to_string()))?;
+        path: &str,
+        file: &Path,
+    ) -> Result<String, StoreError> {
+        let err = |message: String| StoreError::Artifact {
+            stage: stage.into(),
+            path: path.into(),
+            message,
+        };
+        let size = std::fs::metadata(file)
+            .map_err(|e| err(e.to_string()))?
+            .len();
+        if size > MAX_ARTIFACT {
+            return Err(err(format!(
+                "{size} bytes is more than the store keeps ({MAX_ARTIFACT})"
+            )));
         }
-        Ok(())
+        let plain = std::fs::read(file).map_err(|e| err(e.to_string()))?;
+        let digest = sha256(&plain);
+        let mut nonce = [0u8; 12];
+        getrandom::getrandom(&mut nonce).map_err(|e| err(e.to_string()))?;
+        let aad = aad(run, stage, path, &digest);
+        let sealed = self
+            .cipher()
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| err("encryption failed".into()))?;
+        let blob = self.blob(run, stage, path);
+        std::fs::create_dir_all(blob.parent().expect("blob has a parent"))
+            .map_err(|e| err(e.to_string()))?;
+        let tmp = blob.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        f.write_all(MAGIC)
+            .and_then(|_| f.write_all(&nonce))
+            .and_then(|_| f.write_all(&sealed))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &blob).map_err(|e| err(e.to_string()))?;
+        Ok(digest)
     }
 
     /// The plaintext of one artifact, checked against its recorded digest.
@@ -237,10 +232,16 @@ mod tests {
         let ws = dir.path().join("ws");
         std::fs::create_dir_all(ws.join("dist")).unwrap();
         std::fs::write(ws.join("dist/app"), b"the release").unwrap();
-        let digests = artifacts::record(&ws, &["dist/app".to_string()]).unwrap();
-        let digest = digests["dist/app"].clone();
         let store = ArtifactStore::open(&dir.path().join("state")).unwrap();
-        store.keep("r1", "build", &ws, &digests).unwrap();
+        let digests = artifacts::record_with(&ws, &["dist/app".to_string()], |p, f| {
+            store.keep("r1", "build", p, f).map_err(|e| e.to_string())
+        })
+        .unwrap();
+        let digest = digests["dist/app"].clone();
+        assert_eq!(
+            digests,
+            artifacts::record(&ws, &["dist/app".to_string()]).unwrap()
+        );
         assert!(store.holds("r1", "build", "dist/app"));
         assert_eq!(
             store.fetch("r1", "build", "dist/app", &digest).unwrap(),

@@ -9,9 +9,11 @@
 //! the workspace during an approval wait) rewrote it.
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::caps::paths::{self, Resolve};
 
 /// Workspace-relative path → `sha256:<hex>`.
 pub type Digests = BTreeMap<String, String>;
@@ -35,21 +37,29 @@ pub fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// sha256 of a workspace file, refusing links that lead out of it.
-fn digest(workspace: &Path, path: &str) -> Result<String, String> {
-    let full = workspace.join(path);
-    let real = full
-        .canonicalize()
-        .map_err(|e| format!("artifact `{path}`: {e}"))?;
+/// A declared artifact's file (`None`: nothing there), refusing links
+/// that lead out of the workspace.
+pub fn resolve(workspace: &Path, path: &str) -> Result<Option<PathBuf>, String> {
     let root = workspace
         .canonicalize()
         .map_err(|e| format!("workspace {}: {e}", workspace.display()))?;
-    if !real.starts_with(&root) {
-        return Err(format!("artifact `{path}` leads out of the workspace"));
-    }
+    let real = match paths::existing(&root, path) {
+        Ok(real) => real,
+        Err(Resolve::Missing) => return Ok(None),
+        Err(Resolve::Outside) => {
+            return Err(format!("artifact `{path}` leads out of the workspace"))
+        }
+    };
     if !real.is_file() {
         return Err(format!("artifact `{path}` is not a regular file"));
     }
+    Ok(Some(real))
+}
+
+/// sha256 of a workspace file, refusing links that lead out of it.
+fn digest(workspace: &Path, path: &str) -> Result<String, String> {
+    let real = resolve(workspace, path)?
+        .ok_or_else(|| format!("artifact `{path}` is not in the workspace any more"))?;
     sha256_file(&real).map_err(|e| format!("artifact `{path}`: {e}"))
 }
 
@@ -70,16 +80,23 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// Digests of the files a stage declared, after it succeeded.
 pub fn record(workspace: &Path, paths: &[String]) -> Result<Digests, String> {
+    record_with(workspace, paths, |path, real| {
+        sha256_file(real).map_err(|e| format!("artifact `{path}`: {e}"))
+    })
+}
+
+/// [`record`] with each file's digest taken by `digest_of(path, file)`
+/// (the artifact store reads each file once to hash and encrypt it).
+pub fn record_with(
+    workspace: &Path,
+    paths: &[String],
+    mut digest_of: impl FnMut(&str, &Path) -> Result<String, String>,
+) -> Result<Digests, String> {
     let mut out = Digests::new();
     for p in paths {
-        let d = digest(workspace, p).map_err(|e| {
-            if e.contains("No such file") {
-                format!("declared artifact `{p}` was not produced")
-            } else {
-                e
-            }
-        })?;
-        out.insert(p.clone(), d);
+        let real = resolve(workspace, p)?
+            .ok_or_else(|| format!("declared artifact `{p}` was not produced"))?;
+        out.insert(p.clone(), digest_of(p, &real)?);
     }
     Ok(out)
 }

@@ -793,14 +793,13 @@ async fn run_stage(
         let paths = stage.artifacts.clone();
         let store = shared.artifact_store.clone();
         let (run, name) = (shared.opts.id.clone(), stage.name.clone());
-        let kept = blocking(move || {
-            let d = artifacts::record(&ws, &paths)?;
-            if let Some(store) = store {
+        let kept = blocking(move || match store {
+            Some(store) => artifacts::record_with(&ws, &paths, |path, file| {
                 store
-                    .keep(&run, &name, &ws, &d)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(d)
+                    .keep(&run, &name, path, file)
+                    .map_err(|e| e.to_string())
+            }),
+            None => artifacts::record(&ws, &paths),
         });
         match kept.await {
             Ok(d) => rec.artifacts = d,
