@@ -46,14 +46,18 @@ impl LockFile {
             }
             Err(e) => anyhow::bail!("{}: {e}", path.display()),
         };
-        let lock: LockFile = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not a valid lock file: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// A lock file's text, checked (untrusted: it comes from a repository).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lock: LockFile =
+            toml::from_str(text).map_err(|e| format!("not a valid lock file: {e}"))?;
         if lock.version != 1 {
-            anyhow::bail!(
-                "{}: lock file version {} is not supported (expected 1)",
-                path.display(),
+            return Err(format!(
+                "lock file version {} is not supported (expected 1)",
                 lock.version
-            );
+            ));
         }
         Ok(lock)
     }
