@@ -10,7 +10,7 @@
 //! keep only their executable bit.
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 
 /// Limits of one archive.
@@ -300,25 +300,35 @@ pub fn unpack_named(
     };
     let format = Format::of(&name)
         .ok_or_else(|| refused("not a .zip, .tar.gz, .tgz or .tar file".into()))?;
-    let size = fs::metadata(archive)
-        .map_err(|source| ArchiveError::Io {
-            archive: name.clone(),
-            source,
-        })?
-        .len();
-    if size > limits.max_archive_bytes {
-        return Err(refused(format!(
+    // One open file, hashed as it streams and then unpacked.
+    let io_error = |source: io::Error| ArchiveError::Io {
+        archive: name.clone(),
+        source,
+    };
+    let mut file = File::open(archive).map_err(io_error)?;
+    let over = |size: u64| {
+        refused(format!(
             "{size} bytes is over the {} byte archive limit",
             limits.max_archive_bytes
-        )));
+        ))
+    };
+    let size = file.metadata().map_err(io_error)?.len();
+    if size > limits.max_archive_bytes {
+        return Err(over(size));
     }
     let sha256 = {
         use sha2::Digest;
-        let bytes = fs::read(archive).map_err(|source| ArchiveError::Io {
-            archive: name.clone(),
-            source,
-        })?;
-        hex::encode(sha2::Sha256::digest(&bytes))
+        let mut hash = sha2::Sha256::new();
+        let read = io::copy(
+            &mut (&mut file).take(limits.max_archive_bytes.saturating_add(1)),
+            &mut hash,
+        )
+        .map_err(io_error)?;
+        if read > limits.max_archive_bytes {
+            return Err(over(read));
+        }
+        file.rewind().map_err(io_error)?;
+        hex::encode(hash.finalize())
     };
     if dest.exists() {
         return Err(refused(format!("{} exists already", dest.display())));
@@ -338,15 +348,9 @@ pub fn unpack_named(
         files: 0,
     };
     let result = match format {
-        Format::Zip => unpack_zip(archive, &mut x),
-        Format::TarGz => {
-            let f = File::open(archive).map_err(|e| x.io(e))?;
-            unpack_tar(flate2::read::GzDecoder::new(f), &mut x)
-        }
-        Format::Tar => {
-            let f = File::open(archive).map_err(|e| x.io(e))?;
-            unpack_tar(f, &mut x)
-        }
+        Format::Zip => unpack_zip(file, &mut x),
+        Format::TarGz => unpack_tar(flate2::read::GzDecoder::new(file), &mut x),
+        Format::Tar => unpack_tar(file, &mut x),
     };
     match result {
         Ok(()) => Ok(Unpacked {
@@ -396,9 +400,8 @@ fn unpack_tar(reader: impl Read, x: &mut Extract<'_>) -> Result<(), ArchiveError
     Ok(())
 }
 
-fn unpack_zip(archive: &Path, x: &mut Extract<'_>) -> Result<(), ArchiveError> {
-    let f = File::open(archive).map_err(|e| x.io(e))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| ArchiveError::Refused {
+fn unpack_zip(archive: File, x: &mut Extract<'_>) -> Result<(), ArchiveError> {
+    let mut zip = zip::ZipArchive::new(archive).map_err(|e| ArchiveError::Refused {
         archive: x.archive.clone(),
         message: format!("not a readable zip file: {e}"),
     })?;
@@ -508,7 +511,11 @@ mod tests {
         let dest = t.path().join("ws");
         let u = unpack(&a, &dest, &Limits::default()).unwrap();
         assert_eq!((u.files, u.bytes), (2, 24));
-        assert_eq!(u.sha256.len(), 64);
+        use sha2::Digest;
+        assert_eq!(
+            u.sha256,
+            hex::encode(sha2::Sha256::digest(fs::read(&a).unwrap()))
+        );
         assert_eq!(
             fs::read_to_string(dest.join("app/current")).unwrap(),
             "#!/bin/sh\necho hi\n"
