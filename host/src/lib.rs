@@ -10,6 +10,7 @@
 //! - [`cli`]: the `host` command line.
 pub mod caps;
 pub mod cli;
+pub mod confined;
 pub mod distribution;
 pub mod pipeline;
 pub mod run;

@@ -62,6 +62,18 @@ impl GitRepo {
 
     /// Commit `files` (path → content) on `branch` and push it; the sha.
     pub fn push(&self, branch: &str, files: &[(&str, &str)]) -> String {
+        self.push_with(branch, |work| {
+            for (path, content) in files {
+                let p = work.join(path);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, content).unwrap();
+            }
+        })
+    }
+
+    /// Commit whatever `change` does to the working tree (links, removals)
+    /// on `branch` and push it; the sha.
+    pub fn push_with(&self, branch: &str, change: impl FnOnce(&Path)) -> String {
         let exists = Command::new("git")
             .arg("-C")
             .arg(&self.work)
@@ -75,11 +87,7 @@ impl GitRepo {
         } else {
             git(&self.work, &["checkout", "--quiet", "--orphan", branch]);
         }
-        for (path, content) in files {
-            let p = self.work.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, content).unwrap();
-        }
+        change(&self.work);
         git(&self.work, &["add", "-A"]);
         git(
             &self.work,
@@ -195,11 +203,16 @@ pub struct Server {
 /// The config file for one repository at `url` with `triggers` (TOML for
 /// `[[repository.trigger]]` entries) and extra `[server]` / repository lines.
 pub fn config(url: &str, server_extra: &str, repo_extra: &str, triggers: &str) -> String {
+    // The built test plugins are the operator's installed plugins: the
+    // committed test pipelines name them by absolute path.
+    let plugin_dirs = crate::plugins::target_dir().join("plugins");
+    let plugin_dirs = plugin_dirs.display();
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 webhook-secret = {{ env = "TEST_WEBHOOK_SECRET" }}
+plugin-dirs = ["{plugin_dirs}"]
 {server_extra}
 
 [[repository]]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::caps::audit::Audit;
 use crate::caps::denied;
+use crate::confined::{read_operator_file, Root};
 use crate::pipeline::{Pipeline, SecretSource};
 use crate::runtime::bindings::{ci::stage::secrets::Host, CapError};
 
@@ -43,34 +44,28 @@ pub enum SecretFiles {
     Denied(String),
 }
 
+/// The largest secret file the host reads.
+const MAX_SECRET_FILE_BYTES: u64 = 1 << 20;
+
 impl SecretFiles {
     fn read(&self, pipeline: &Pipeline, path: &std::path::Path) -> Result<String, String> {
-        let path = match self {
-            SecretFiles::AsWritten => path.to_path_buf(),
+        let bytes = match self {
+            SecretFiles::AsWritten => read_operator_file(path, MAX_SECRET_FILE_BYTES),
             SecretFiles::Denied(why) => return Err(why.clone()),
             SecretFiles::Within(dir) => {
+                // The name comes from the repository: opened beneath the
+                // server's secrets directory, never anywhere else.
                 let rel = path
                     .strip_prefix(&pipeline.dir)
                     .map_err(|_| "an absolute secret file path is not allowed here".to_string())?;
-                let full = dir.join(rel);
-                let (Ok(base), Ok(real)) = (dir.canonicalize(), full.canonicalize()) else {
-                    return Err(format!(
-                        "`{}` is not in the server's secrets directory",
-                        rel.display()
-                    ));
-                };
-                if !real.starts_with(&base) {
-                    return Err(format!(
-                        "`{}` leads outside the server's secrets directory",
-                        rel.display()
-                    ));
-                }
-                real
+                Root::open(dir, "the server's secrets directory")
+                    .map_err(|e| format!("the server's secrets directory: {e}"))?
+                    .read(rel, MAX_SECRET_FILE_BYTES)
             }
-        };
-        std::fs::read_to_string(&path)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+        }
+        .map_err(|e| format!("cannot read the secret file: {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|_| "the secret file is not UTF-8 text")?;
+        Ok(text.trim_end_matches(['\n', '\r']).to_string())
     }
 }
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::confined::Origin;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LockFile {
@@ -29,6 +31,21 @@ pub struct LockEntry {
 
 const HEADER: &str = "# Written by `host run` / `host lock`: the exact plugin bytes this pipeline runs.\n# Commit it. `host lock --update` re-resolves tags and URLs.\n";
 
+/// The largest lock file the host reads.
+pub const MAX_LOCK_BYTES: u64 = 1 << 20;
+
+/// 1-based line and character column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
+}
+
 pub fn path_for(pipeline_file: &Path) -> PathBuf {
     pipeline_file.with_extension("lock")
 }
@@ -36,38 +53,52 @@ pub fn path_for(pipeline_file: &Path) -> PathBuf {
 impl LockFile {
     /// The lock file, or an empty one when there is none yet.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(LockFile {
-                    version: 1,
-                    ..Default::default()
-                })
-            }
-            Err(e) => anyhow::bail!("{}: {e}", path.display()),
-        };
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        Self::read_from(&Origin::Operator, path).map_err(anyhow::Error::msg)
     }
 
-    /// A lock file's text, checked (untrusted: it comes from a repository).
+    /// The lock file beside a pipeline of `origin` (opened the way the
+    /// origin allows), or an empty one when there is none yet.
+    pub fn read_from(origin: &Origin, path: &Path) -> Result<Self, String> {
+        if !origin.exists(path) {
+            return Ok(LockFile {
+                version: 1,
+                ..Default::default()
+            });
+        }
+        let shown = origin.shown(path);
+        let text = origin
+            .read_text(path, MAX_LOCK_BYTES)
+            .map_err(|e| e.to_string())?;
+        Self::parse(&text).map_err(|e| format!("{shown}:{e}"))
+    }
+
+    /// A lock file's text, checked (untrusted: it comes from a
+    /// repository). Errors are `LINE:COL: message` and quote no more of
+    /// the text than the offending token.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let lock: LockFile =
-            toml::from_str(text).map_err(|e| format!("not a valid lock file: {e}"))?;
+        let lock: LockFile = toml::from_str(text).map_err(|e| {
+            let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
+            format!(
+                "{line}:{col}: not a valid lock file: {}",
+                crate::pipeline::tidy_message(e.message())
+            )
+        })?;
         if lock.version != 1 {
             return Err(format!(
-                "lock file version {} is not supported (expected 1)",
+                "1:1: lock file version {} is not supported (expected 1)",
                 lock.version
             ));
         }
         Ok(lock)
     }
 
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let body = toml::to_string(self)?;
-        let tmp = path.with_extension("lock.tmp");
-        std::fs::write(&tmp, format!("{HEADER}{body}"))
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    /// Writes the lock file (atomically, never through a link) beside an
+    /// operator's pipeline; never into an untrusted checkout.
+    pub fn write(&self, origin: &Origin, path: &Path) -> Result<(), String> {
+        let body = toml::to_string(self).map_err(|e| e.to_string())?;
+        origin
+            .write(path, format!("{HEADER}{body}").as_bytes())
+            .map_err(|e| format!("writing {}: {e}", origin.shown(path)))
     }
 }
 
@@ -92,7 +123,7 @@ mod tests {
                 sha256: "ab".into(),
             },
         );
-        l.write(&p).unwrap();
+        l.write(&Origin::Operator, &p).unwrap();
         assert_eq!(LockFile::read(&p).unwrap(), l);
         std::fs::write(&p, "version = 2\n").unwrap();
         assert!(LockFile::read(&p)

@@ -21,10 +21,14 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::pipeline::{Diagnostic, Location, Pipeline, PluginRef, PluginSource};
+use crate::confined::Origin;
+use crate::pipeline::{Diagnostic, Location, Pipeline, PluginRef, PluginSource, MAX_PLUGIN_BYTES};
 use lock::{LockEntry, LockFile};
 use signing::{PublicKey, Signature, SignatureError};
 use store::BlobStore;
+
+/// The largest signature file the host reads.
+const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -72,14 +76,24 @@ pub struct Resolved {
     pub signed_by: Option<String>,
 }
 
-/// Load a pipeline file and resolve its plugins to verified local files
-/// (fetching and pinning remote ones).
+/// Load the operator's pipeline file and resolve its plugins to verified
+/// local files (fetching and pinning remote ones).
 pub async fn load_resolved(
     file: &Path,
     state_dir: &Path,
     mode: LockMode,
 ) -> Result<crate::pipeline::Pipeline, crate::pipeline::PipelineError> {
-    let mut p = crate::pipeline::load(file)?;
+    load_resolved_from(&Origin::Operator, file, state_dir, mode).await
+}
+
+/// [`load_resolved`] for a pipeline file of `origin` (a checkout's).
+pub async fn load_resolved_from(
+    origin: &Origin,
+    file: &Path,
+    state_dir: &Path,
+    mode: LockMode,
+) -> Result<crate::pipeline::Pipeline, crate::pipeline::PipelineError> {
+    let mut p = crate::pipeline::load_from(origin, file)?;
     resolve(&mut p, state_dir, mode)
         .await
         .map_err(crate::pipeline::PipelineError::new)?;
@@ -102,7 +116,7 @@ pub async fn resolve(
         },
         message,
     };
-    let old = LockFile::read(&lock_path).map_err(|e| vec![file_diag(format!("{e:#}"))])?;
+    let old = LockFile::read_from(&p.origin, &lock_path).map_err(|e| vec![file_diag(e)])?;
     let trusted: Vec<PublicKey> = p
         .trust
         .signed_by
@@ -110,6 +124,7 @@ pub async fn resolve(
         .filter_map(|k| PublicKey::parse(k).ok())
         .collect();
     let r = Resolver {
+        origin: p.origin.clone(),
         store: BlobStore::new(state_dir),
         auth: oci::auth_from_env(),
         mode,
@@ -168,17 +183,26 @@ pub async fn resolve(
     if !diags.is_empty() {
         return Err(diags);
     }
-    // A pipeline of local plugins only gets no lock file.
-    let wanted = lock_path.exists() || !new.plugins.is_empty();
-    if wanted && new != old {
+    // A pipeline of local plugins only gets no lock file; a checkout is
+    // never written to (its pins are used, missing ones resolved afresh).
+    let wanted = p.origin.exists(&lock_path) || !new.plugins.is_empty();
+    if wanted && new != old && p.origin.is_untrusted() {
+        if mode == LockMode::Locked {
+            return Err(vec![file_diag(format!(
+                "{} is out of date and --locked forbids changing it; run `host lock` and commit it",
+                p.origin.shown(&lock_path)
+            ))]);
+        }
+        tracing::info!(lock = %p.origin.shown(&lock_path), "lock file out of date; used as is, not written (checkouts are never written to)");
+    } else if wanted && new != old {
         if mode == LockMode::Locked {
             return Err(vec![file_diag(format!(
                 "{} is out of date and --locked forbids changing it; run `host lock` and commit it",
                 lock_path.display()
             ))]);
         }
-        new.write(&lock_path)
-            .map_err(|e| vec![file_diag(format!("{e:#}"))])?;
+        new.write(&p.origin, &lock_path)
+            .map_err(|e| vec![file_diag(e)])?;
         tracing::info!(lock = %lock_path.display(), "lock file updated");
     }
     Ok(out)
@@ -196,6 +220,8 @@ struct Got {
 }
 
 struct Resolver {
+    /// How the pipeline's own files (local plugins, signatures) are opened.
+    origin: Origin,
     store: BlobStore,
     auth: oci_client::secrets::RegistryAuth,
     mode: LockMode,
@@ -203,9 +229,14 @@ struct Resolver {
 }
 
 impl Resolver {
+    /// A plugin file the pipeline names. From a checkout, the bytes that
+    /// were checked are copied into the host's store and run from there,
+    /// so the file cannot change between the check and the run.
     fn local(&self, plugin: &PluginRef) -> Result<Got, String> {
-        let bytes = std::fs::read(&plugin.path)
-            .map_err(|e| format!("cannot read {}: {e}", plugin.path.display()))?;
+        let bytes = self
+            .origin
+            .read_plugin(&plugin.path, MAX_PLUGIN_BYTES)
+            .map_err(|e| format!("cannot read the plugin: {e}"))?;
         let sha256 = sha256_hex(&bytes);
         if let Some(pin) = plugin.sha256.as_ref().filter(|pin| **pin != sha256) {
             return Err(format!(
@@ -213,10 +244,21 @@ impl Resolver {
             ));
         }
         let sig_path = PathBuf::from(format!("{}.sig", plugin.path.display()));
+        let signature = self
+            .origin
+            .read_plugin(&sig_path, MAX_SIGNATURE_BYTES)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        let path = if self.origin.is_untrusted() {
+            self.keep(&bytes, &None)?;
+            self.store.path(&sha256)
+        } else {
+            plugin.path.clone()
+        };
         Ok(Got {
-            signature: std::fs::read_to_string(&sig_path).ok(),
-            signature_place: sig_path.display().to_string(),
-            path: plugin.path.clone(),
+            signature,
+            signature_place: self.origin.shown(&sig_path),
+            path,
             sha256,
             entry: None,
             fetched: false,

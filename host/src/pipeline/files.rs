@@ -7,6 +7,7 @@
 use std::io::Read;
 
 use super::{Diagnostic, PluginRef};
+use crate::confined::{FileError, Origin};
 
 const MAGIC: &[u8; 4] = b"\0asm";
 /// Version 0x0d, layer 1: the component-model binary format.
@@ -14,13 +15,30 @@ const COMPONENT: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
 /// Version 1, layer 0: a core module.
 const CORE_MODULE: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
 
+/// The largest plugin component the host reads.
+pub const MAX_PLUGIN_BYTES: u64 = 256 << 20;
+
 pub(super) fn check_plugin_files<'a>(
+    origin: &Origin,
     plugins: impl Iterator<Item = &'a PluginRef>,
 ) -> Vec<Diagnostic> {
     plugins
         .filter(|p| !p.path.as_os_str().is_empty()) // unresolvable; already reported
         .filter_map(|p| {
-            check_one(p).err().map(|message| Diagnostic {
+            let shown = origin.shown(&p.path);
+            let checked = match origin.open_plugin(&p.path) {
+                Ok(f) => header(f)
+                    .map_err(|e| format!("cannot read {shown}: {e}"))
+                    .and_then(|h| check_header(&shown, &h)),
+                Err(FileError::NotFound { .. }) => Err(format!(
+                    "file {shown} not found (paths are relative to the pipeline file's directory); expected a .wasm component"
+                )),
+                Err(FileError::NotAFile { .. }) => {
+                    Err(format!("{shown} is not a file; expected a .wasm component"))
+                }
+                Err(e) => Err(format!("cannot read the plugin: {e}")),
+            };
+            checked.err().map(|message| Diagnostic {
                 location: p.location.clone(),
                 message: format!("plugin `{}`: {message}", p.name),
             })
@@ -28,34 +46,21 @@ pub(super) fn check_plugin_files<'a>(
         .collect()
 }
 
-fn check_one(p: &PluginRef) -> Result<(), String> {
-    let shown = p.path.display();
-    let meta = std::fs::metadata(&p.path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!(
-            "file {shown} not found (paths are relative to the pipeline file's directory); expected a .wasm component"
-        ),
-        _ => format!("cannot read {shown}: {e}"),
-    })?;
-    if !meta.is_file() {
-        return Err(format!("{shown} is not a file; expected a .wasm component"));
-    }
-    let mut header = [0u8; 8];
-    let mut f = std::fs::File::open(&p.path).map_err(|e| format!("cannot open {shown}: {e}"))?;
-    let mut n = 0;
-    while n < header.len() {
-        match f.read(&mut header[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("cannot read {shown}: {e}")),
-        }
-    }
-    if n < 8 || &header[..4] != MAGIC {
+/// The first 8 bytes (fewer when the file is shorter).
+fn header(f: std::fs::File) -> std::io::Result<Vec<u8>> {
+    let mut h = Vec::with_capacity(8);
+    f.take(8).read_to_end(&mut h)?;
+    Ok(h)
+}
+
+/// Whether `bytes` start like a component (and if not, what they are).
+pub fn check_header(shown: &str, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
         return Err(format!(
             "{shown} is not a WebAssembly binary (expected it to start with `\\0asm`)"
         ));
     }
-    let version = &header[4..8];
+    let version = &bytes[4..8];
     if version == COMPONENT {
         Ok(())
     } else if version == CORE_MODULE {

@@ -25,6 +25,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::confined::Origin;
+pub use files::MAX_PLUGIN_BYTES;
+pub(crate) use parse::tidy_message;
 pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_SIZE, MIN_SIZE};
 pub use when::{compile as when_compile, Trigger, When};
 
@@ -42,6 +45,8 @@ pub struct Pipeline {
     pub file: PathBuf,
     /// Directory of the file; plugin and secret file paths are relative to it.
     pub dir: PathBuf,
+    /// Whose file this is: how every file it names is opened.
+    pub origin: Origin,
     pub name: String,
     pub default_branch: String,
     pub plugins: BTreeMap<String, PluginRef>,
@@ -331,9 +336,19 @@ impl PipelineError {
     }
 }
 
-/// Reads, parses and validates `path`, including the plugin files on disk.
+/// The largest pipeline file the host reads.
+pub const MAX_PIPELINE_BYTES: u64 = 1 << 20;
+
+/// Reads, parses and validates the operator's file `path`, including the
+/// plugin files on disk.
 pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
-    let text = match std::fs::read_to_string(path) {
+    load_from(&Origin::Operator, path)
+}
+
+/// [`load`] for a file of `origin`: every file it names (itself, plugin
+/// files) is opened the way its origin allows.
+pub fn load_from(origin: &Origin, path: &Path) -> Result<Pipeline, PipelineError> {
+    let text = match origin.read_text(path, MAX_PIPELINE_BYTES) {
         Ok(t) => t,
         Err(e) => {
             return Err(PipelineError::new(vec![Diagnostic {
@@ -346,9 +361,10 @@ pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
             }]))
         }
     };
-    let (pipeline, mut diags) = check(path, &text);
-    if let Some(p) = &pipeline {
-        diags.extend(files::check_plugin_files(p.plugins.values()));
+    let (mut pipeline, mut diags) = check(path, &text);
+    if let Some(p) = &mut pipeline {
+        p.origin = origin.clone();
+        diags.extend(files::check_plugin_files(origin, p.plugins.values()));
     }
     match pipeline {
         Some(p) if diags.is_empty() => Ok(p),

@@ -13,6 +13,7 @@ use super::{
     Pipeline, PluginRef, PluginSource, PortRange, SecretSource, SshHost, Stage, Trust, When,
     DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
 };
+use crate::confined::Origin;
 
 const STAGE_NAME_RULE: &str =
     "lower-case letters, digits, `-` and `_`, starting with a letter or digit";
@@ -234,6 +235,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
     let pipeline = Pipeline {
         file: src.file.clone(),
         dir,
+        origin: Origin::Operator,
         name,
         default_branch,
         plugins,

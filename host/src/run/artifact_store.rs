@@ -81,22 +81,21 @@ impl ArtifactStore {
         run: &str,
         stage: &str,
         path: &str,
-        file: &Path,
+        file: std::fs::File,
     ) -> Result<String, StoreError> {
         let err = |message: String| StoreError::Artifact {
             stage: stage.into(),
             path: path.into(),
             message,
         };
-        let size = std::fs::metadata(file)
-            .map_err(|e| err(e.to_string()))?
-            .len();
-        if size > MAX_ARTIFACT {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_ARTIFACT + 1), &mut plain)
+            .map_err(|e| err(e.to_string()))?;
+        if plain.len() as u64 > MAX_ARTIFACT {
             return Err(err(format!(
-                "{size} bytes is more than the store keeps ({MAX_ARTIFACT})"
+                "it is more than the {MAX_ARTIFACT} bytes the store keeps"
             )));
         }
-        let plain = std::fs::read(file).map_err(|e| err(e.to_string()))?;
         let digest = sha256(&plain);
         let mut nonce = [0u8; 12];
         getrandom::getrandom(&mut nonce).map_err(|e| err(e.to_string()))?;

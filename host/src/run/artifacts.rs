@@ -9,11 +9,11 @@
 //! the workspace during an approval wait) rewrote it.
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use sha2::{Digest, Sha256};
 
-use crate::caps::paths::{self, Resolve};
+use crate::confined::{FileError, Root};
 
 /// Workspace-relative path → `sha256:<hex>`.
 pub type Digests = BTreeMap<String, String>;
@@ -37,39 +37,40 @@ pub fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A declared artifact's file (`None`: nothing there), refusing links
-/// that lead out of the workspace.
-pub fn resolve(workspace: &Path, path: &str) -> Result<Option<PathBuf>, String> {
-    let root = workspace
-        .canonicalize()
+/// A declared artifact's file, opened beneath the workspace (`None`:
+/// nothing there); links leading out of it are refused.
+pub fn resolve(workspace: &Path, path: &str) -> Result<Option<std::fs::File>, String> {
+    let root = Root::open(workspace, "the workspace")
         .map_err(|e| format!("workspace {}: {e}", workspace.display()))?;
-    let real = match paths::existing(&root, path) {
-        Ok(real) => real,
-        Err(Resolve::Missing) => return Ok(None),
-        Err(Resolve::Outside) => {
-            return Err(format!("artifact `{path}` leads out of the workspace"))
+    match root.open_file(Path::new(path)) {
+        Ok(f) => Ok(Some(f)),
+        Err(FileError::NotFound { .. }) => Ok(None),
+        Err(FileError::Outside { .. }) => {
+            Err(format!("artifact `{path}` leads out of the workspace"))
         }
-    };
-    if !real.is_file() {
-        return Err(format!("artifact `{path}` is not a regular file"));
+        Err(FileError::NotAFile { .. }) => Err(format!("artifact `{path}` is not a regular file")),
+        Err(e) => Err(format!("artifact `{path}`: {e}")),
     }
-    Ok(Some(real))
 }
 
 /// sha256 of a workspace file, refusing links that lead out of it.
 fn digest(workspace: &Path, path: &str) -> Result<String, String> {
-    let real = resolve(workspace, path)?
+    let f = resolve(workspace, path)?
         .ok_or_else(|| format!("artifact `{path}` is not in the workspace any more"))?;
-    sha256_file(&real).map_err(|e| format!("artifact `{path}`: {e}"))
+    sha256_reader(f).map_err(|e| format!("artifact `{path}`: {e}"))
 }
 
 /// `sha256:<hex>` of a file, read in chunks.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    sha256_reader(std::fs::File::open(path)?)
+}
+
+/// `sha256:<hex>` of everything `r` yields, read in chunks.
+pub fn sha256_reader(mut r: impl Read) -> std::io::Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -80,8 +81,8 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// Digests of the files a stage declared, after it succeeded.
 pub fn record(workspace: &Path, paths: &[String]) -> Result<Digests, String> {
-    record_with(workspace, paths, |path, real| {
-        sha256_file(real).map_err(|e| format!("artifact `{path}`: {e}"))
+    record_with(workspace, paths, |path, file| {
+        sha256_reader(file).map_err(|e| format!("artifact `{path}`: {e}"))
     })
 }
 
@@ -90,13 +91,13 @@ pub fn record(workspace: &Path, paths: &[String]) -> Result<Digests, String> {
 pub fn record_with(
     workspace: &Path,
     paths: &[String],
-    mut digest_of: impl FnMut(&str, &Path) -> Result<String, String>,
+    mut digest_of: impl FnMut(&str, std::fs::File) -> Result<String, String>,
 ) -> Result<Digests, String> {
     let mut out = Digests::new();
     for p in paths {
-        let real = resolve(workspace, p)?
+        let file = resolve(workspace, p)?
             .ok_or_else(|| format!("declared artifact `{p}` was not produced"))?;
-        out.insert(p.clone(), digest_of(p, &real)?);
+        out.insert(p.clone(), digest_of(p, file)?);
     }
     Ok(out)
 }

@@ -788,6 +788,11 @@ async fn run_stage(
             }
         }
     }
+    if stage.grants.workspace == Some(WorkspaceAccess::ReadWrite)
+        && !stage.grants.docker.run.is_empty()
+    {
+        scrub_workspace(&shared, &mut rec).await;
+    }
     if rec.status == Status::Success && !stage.artifacts.is_empty() {
         let ws = shared.opts.workspace.clone();
         let paths = stage.artifacts.clone();
@@ -811,6 +816,35 @@ async fn run_stage(
     }
     rec.duration_ms = started.elapsed().as_millis() as u64;
     rec
+}
+
+/// After a stage whose containers could write the workspace: nothing a
+/// container made is left to gain privileges or block the host (set-id
+/// bits cleared, device nodes, fifos and sockets removed), and the stage
+/// fails, naming them, so its output is not handed on.
+async fn scrub_workspace(shared: &RunShared, rec: &mut StageRecord) {
+    let ws = shared.opts.workspace.clone();
+    let scrubbed = blocking(move || {
+        crate::confined::scrub::scrub(&ws).map_err(|e| format!("checking the workspace: {e}"))
+    })
+    .await;
+    let problem = match scrubbed {
+        Ok(found) if found.is_empty() => return,
+        Ok(found) => {
+            let shown: Vec<String> = found.iter().take(10).map(|f| f.to_string()).collect();
+            format!(
+                "a container left files in the workspace that could gain privileges or block the host; neutralized: {}{}",
+                shown.join(", "),
+                if found.len() > 10 { format!(" and {} more", found.len() - 10) } else { String::new() }
+            )
+        }
+        Err(e) => e,
+    };
+    rec.status = Status::Failure;
+    rec.error = Some(match rec.error.take() {
+        Some(e) => format!("{e}; {problem}"),
+        None => problem,
+    });
 }
 
 /// Wait for a person's approval when the stage's environment asks for one.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
-use crate::pipeline::{self, Diagnostic, Pipeline};
+use crate::pipeline::{Diagnostic, Pipeline};
 use crate::run::approvals::ApprovalStore;
 use crate::run::artifact_store::ArtifactStore;
 use crate::run::live::LiveRecorder;
@@ -75,7 +75,7 @@ impl Launch<'_> {
         pipeline: Arc<Pipeline>,
         opts: RunOptions,
     ) -> Result<RunRecord, LaunchError> {
-        guard_state_dir(&pipeline, &opts.workspace, self.state_dir)?;
+        guard_state_dir(&opts.workspace, self.state_dir)?;
         let plugins = preflight::load_plugins(&pipeline, &self.runtime)
             .await
             .map_err(LaunchError::Plugins)?;
@@ -104,19 +104,20 @@ impl Launch<'_> {
     }
 }
 
-/// Compiled plugins in the cache are native code: a stage that can write
-/// the workspace must not be able to reach the state directory.
-fn guard_state_dir(p: &Pipeline, workspace: &Path, state_dir: &Path) -> anyhow::Result<()> {
-    let rw = p
-        .stages
-        .iter()
-        .any(|s| s.grants.workspace == Some(pipeline::WorkspaceAccess::ReadWrite));
+/// The state directory holds the run records, the artifact key and
+/// compiled plugins (native code the host loads): no stage may reach it,
+/// so it must not lie inside the workspace, whatever the grants say (a
+/// read-only workspace still shows a stage the artifact key).
+fn guard_state_dir(workspace: &Path, state_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let state = state_dir.canonicalize()?;
-    if rw && state.starts_with(workspace) {
+    let workspace = workspace
+        .canonicalize()
+        .unwrap_or_else(|_| workspace.to_path_buf());
+    if state.starts_with(&workspace) {
         bail!(
-            "the state directory {} is inside the workspace {}, which a stage may write: \
+            "the state directory {} is inside the workspace {}, which stages may be given: \
              use --state-dir (or HOST_STATE_DIR) outside it",
             state.display(),
             workspace.display()

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// a pipeline file comes from the repository, and anyone who can push
     /// must not read the server's files through it.
     pub secrets_dir: Option<PathBuf>,
+    /// Directories of plugins the operator installed: a repository's
+    /// pipeline may name a component beneath one of them by absolute path.
+    /// Every other plugin path must stay inside the checkout.
+    pub plugin_dirs: Vec<PathBuf>,
     /// Base of the links put into runs (`{public-url}/runs/ID`).
     pub public_url: Option<String>,
     pub repositories: Vec<Repository>,
@@ -158,6 +162,8 @@ struct RawServer {
     workspaces: Option<Str>,
     keep_workspaces: Option<bool>,
     secrets_dir: Option<Str>,
+    #[serde(default)]
+    plugin_dirs: Vec<Str>,
     public_url: Option<Str>,
 }
 
@@ -237,6 +243,7 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         workspaces: None,
         keep_workspaces: false,
         secrets_dir: None,
+        plugin_dirs: Vec::new(),
         public_url: None,
         repositories: Vec::new(),
         uploads: Vec::new(),
@@ -312,6 +319,11 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
     cfg.workspaces = server.workspaces.map(|w| rel(w.get_ref()));
     cfg.keep_workspaces = server.keep_workspaces.unwrap_or(false);
     cfg.secrets_dir = server.secrets_dir.map(|w| rel(w.get_ref()));
+    cfg.plugin_dirs = server
+        .plugin_dirs
+        .iter()
+        .map(|d| rel(d.get_ref()))
+        .collect();
     if let Some(u) = server.public_url {
         match url::Url::parse(u.get_ref()) {
             Ok(p) if matches!(p.scheme(), "http" | "https") => {

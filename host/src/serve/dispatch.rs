@@ -10,7 +10,8 @@ use anyhow::Result;
 use tokio::task::JoinSet;
 
 use crate::caps::secrets::SecretFiles;
-use crate::distribution::{load_resolved, LockMode};
+use crate::confined::Origin;
+use crate::distribution::{load_resolved_from, LockMode};
 use crate::run::executor::now_rfc3339;
 use crate::run::launch::{Launch, LaunchError, RunControl};
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
@@ -224,8 +225,14 @@ async fn execute(
             repo.pipeline.clone()
         }
     };
+    // Everything the pipeline file names is opened beneath the checkout
+    // (or the operator's plugin directories), and nothing is written there.
+    let origin = Origin::Untrusted {
+        root: workspace.to_path_buf(),
+        plugin_dirs: s.config.plugin_dirs.clone(),
+    };
     let file = workspace.join(&pipeline_path);
-    let pipeline = match load_resolved(&file, &s.state_dir, LockMode::Normal).await {
+    let pipeline = match load_resolved_from(&origin, &file, &s.state_dir, LockMode::Normal).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
             let reason = relative(&e.to_string(), workspace);
