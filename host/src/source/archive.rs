@@ -254,6 +254,11 @@ impl Extract<'_> {
                 message: format!("more than {} entries", self.limits.max_entries),
             });
         }
+        // `tar czf x.tgz .` starts with `./`: the root itself, already made.
+        if matches!(kind, Kind::Dir) && Path::new(name).components().all(|c| c == Component::CurDir)
+        {
+            return Ok(());
+        }
         let rel = self.clean_path(name)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         match kind {
@@ -802,6 +807,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let a = tar_gz(
             &[
+                // As `tar czf x.tgz .` writes it: the root comes first.
+                ("./", tar::EntryType::Directory, "", b""),
                 ("app/", tar::EntryType::Directory, "", b""),
                 ("app/run.sh", FILE, "", b"#!/bin/sh\necho hi\n"),
                 ("app/current", LINK, "run.sh", b""),
