@@ -725,3 +725,200 @@ max-size = "1MiB"
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A signed body re-sent under a new delivery id answers `duplicate`.
+fn assert_duplicate_of(answer: (u16, Value), run: &str) {
+    let (status, v) = answer;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["duplicate"], true, "{v}");
+    assert_eq!(v["runs"], serde_json::json!([run]), "{v}");
+}
+
+/// Runs recorded plus runs waiting, by id.
+fn run_ids(server: &Server) -> Vec<String> {
+    let (runs, queued) = server.runs();
+    let mut ids: Vec<String> = runs
+        .iter()
+        .chain(&queued)
+        .map(|r| {
+            r["id"]
+                .as_str()
+                .or(r["run_id"].as_str())
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_replayed_push_under_a_new_delivery_id_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let p = pipeline("served", READ_VERSION);
+    let sha = repo.push("main", &[("pipeline.toml", &p), ("VERSION", "1")]);
+    let server = Server::start(dir.path(), &config(&repo.url(), "", "", PUSH_MAIN));
+    let body = push_payload("refs/heads/main", &sha);
+    let run = server.push("orig-1", "refs/heads/main", &sha);
+    // Re-sent at once (the run queued or running) and after it finished:
+    // the same signed bytes, a new X-GitHub-Delivery each time.
+    assert_duplicate_of(
+        server.deliver("push", "replay-1", &body, Some(SECRET)),
+        &run,
+    );
+    let r = server.wait_run(&run, RUN);
+    assert_eq!(r["status"], "success", "{r}");
+    assert_duplicate_of(
+        server.deliver("push", "replay-2", &body, Some(SECRET)),
+        &run,
+    );
+    // Told differently (another sender, another message), it still asks
+    // for the same commit on the same ref.
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    v["sender"]["login"] = "someone-else".into();
+    v["head_commit"]["message"] = "not the same words".into();
+    let reworded = serde_json::to_vec(&v).unwrap();
+    assert_duplicate_of(
+        server.deliver("push", "replay-3", &reworded, Some(SECRET)),
+        &run,
+    );
+    assert_eq!(run_ids(&server), std::slice::from_ref(&run));
+    assert_eq!(
+        server.metric("pipeline_webhook_deliveries_total{outcome=\"duplicate\"}"),
+        3.0
+    );
+    assert_eq!(
+        server.metric("pipeline_webhook_deliveries_total{outcome=\"queued\"}"),
+        1.0
+    );
+    // A server restarted on the same state still knows it.
+    let st = server.stop();
+    assert!(st.success(), "host serve exited with {st}");
+    let server = Server::start_with(dir.path(), &dir.path().join("server.toml"));
+    assert_duplicate_of(
+        server.deliver("push", "replay-4", &body, Some(SECRET)),
+        &run,
+    );
+    assert_eq!(run_ids(&server), [run]);
+}
+
+#[test]
+fn a_push_of_another_commit_to_the_same_ref_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let p = pipeline("served", READ_VERSION);
+    let first = repo.push("main", &[("pipeline.toml", &p), ("VERSION", "1")]);
+    let second = repo.push("main", &[("VERSION", "2")]);
+    let server = Server::start(dir.path(), &config(&repo.url(), "", "", PUSH_MAIN));
+    let run1 = server.push("n-1", "refs/heads/main", &first);
+    server.wait_run(&run1, RUN);
+    let run2 = server.push("n-2", "refs/heads/main", &second);
+    let r2 = server.wait_run(&run2, RUN);
+    assert_eq!(r2["status"], "success", "{r2}");
+    assert_eq!(stage(&r2, "read")["outputs"]["content"], "2", "{r2}");
+    let mut both = vec![run1, run2];
+    both.sort();
+    assert_eq!(run_ids(&server), both);
+}
+
+#[test]
+fn the_same_commit_pushed_as_a_tag_is_another_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let p = pipeline("served", READ_VERSION);
+    let sha = repo.push("main", &[("pipeline.toml", &p), ("VERSION", "1")]);
+    let server = Server::start(dir.path(), &config(&repo.url(), "", "", PUSH_MAIN));
+    let on_main = server.push("t-1", "refs/heads/main", &sha);
+    server.wait_run(&on_main, RUN);
+    assert_eq!(repo.tag("v1.0.0"), sha);
+    let tagged = server.push("t-2", "refs/tags/v1.0.0", &sha);
+    let r = server.wait_run(&tagged, RUN);
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(
+        (r["tag"].as_str(), r["commit_sha"].as_str()),
+        (Some("v1.0.0"), Some(sha.as_str()))
+    );
+    // The tag's delivery, replayed, is a duplicate of the tag's run.
+    assert_duplicate_of(
+        server.deliver(
+            "push",
+            "t-3",
+            &push_payload("refs/tags/v1.0.0", &sha),
+            Some(SECRET),
+        ),
+        &tagged,
+    );
+    let mut both = vec![on_main, tagged];
+    both.sort();
+    assert_eq!(run_ids(&server), both);
+}
+
+#[test]
+fn a_replayed_signed_upload_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let uploads = "[[upload]]\nname = \"bundle\"\npipeline = \"ci/pipeline.toml\"\n";
+    let server = Server::start(
+        dir.path(),
+        &config(&repo.url(), "", "", &format!("{PUSH_MAIN}{uploads}")),
+    );
+    let p = pipeline("uploaded", READ_VERSION);
+    let archive = tar_gz(
+        dir.path(),
+        "release.tar.gz",
+        &[("ci/pipeline.toml", &p), ("VERSION", "4.0.0")],
+    );
+    let bytes = std::fs::read(&archive).unwrap();
+    let (status, v) = server.upload_as("bundle", "release.tar.gz", "up-1", &bytes);
+    assert_eq!(status, 202, "{v}");
+    let run = v["queued"][0].as_str().unwrap().to_string();
+    // The same bytes, re-sent under new ids (or none), under another name.
+    assert_duplicate_of(
+        server.upload_as("bundle", "release.tar.gz", "up-2", &bytes),
+        &run,
+    );
+    let r = server.wait_run(&run, RUN);
+    assert_eq!(r["status"], "success", "{r}");
+    assert_duplicate_of(
+        server.upload_as("bundle", "renamed.tar.gz", "up-3", &bytes),
+        &run,
+    );
+    assert_duplicate_of(
+        server.upload("bundle", "release.tar.gz", &bytes, Some(SECRET)),
+        &run,
+    );
+    assert_eq!(run_ids(&server), std::slice::from_ref(&run));
+    assert_eq!(
+        server.metric("pipeline_webhook_deliveries_total{outcome=\"duplicate\"}"),
+        3.0
+    );
+    // Nothing of the replays is kept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(server.state.join("uploads"))
+        .unwrap()
+        .count()
+        > 0
+    {
+        assert!(std::time::Instant::now() < deadline, "uploads left behind");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Other bytes are another run.
+    let next = tar_gz(
+        dir.path(),
+        "release-2.tar.gz",
+        &[("ci/pipeline.toml", &p), ("VERSION", "4.0.1")],
+    );
+    let (status, v) = server.upload_as(
+        "bundle",
+        "release-2.tar.gz",
+        "up-4",
+        &std::fs::read(&next).unwrap(),
+    );
+    assert_eq!(status, 202, "{v}");
+    let other = v["queued"][0].as_str().unwrap().to_string();
+    server.wait_run(&other, RUN);
+    let mut both = vec![run, other];
+    both.sort();
+    assert_eq!(run_ids(&server), both);
+}

@@ -318,6 +318,27 @@ impl Server {
         send_signed(req, body, secret)
     }
 
+    /// POST an archive to `/upload/{name}` as upload `id` (`X-Upload-Id`),
+    /// signed with [`SECRET`].
+    pub fn upload_as(&self, name: &str, filename: &str, id: &str, body: &[u8]) -> (u16, Value) {
+        let req = self
+            .http
+            .post(format!("{}/upload/{name}", self.url))
+            .header("X-Upload-Filename", filename)
+            .header("X-Upload-Id", id)
+            .header("Content-Type", "application/octet-stream");
+        send_signed(req, body, Some(SECRET))
+    }
+
+    /// A counter of `/metrics` (`name{labels}`), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     /// Deliver a signed push of `sha` to `git_ref`; the queued run id.
     pub fn push(&self, delivery: &str, git_ref: &str, sha: &str) -> String {
         let (status, v) = self.deliver("push", delivery, &push_payload(git_ref, sha), Some(SECRET));

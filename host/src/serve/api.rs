@@ -26,7 +26,7 @@ use crate::run::record::{new_run_id, TriggerInfo};
 use crate::run::{RunFilter, Status};
 use crate::serve::dispatch;
 use crate::serve::metrics::{self, ServerCounts};
-use crate::serve::queue::{Accepted, Job, Queue};
+use crate::serve::queue::{self, Accepted, Job, Queue, Seen};
 use crate::serve::webhook::{self, Plan};
 use crate::serve::{web, ServerState};
 use crate::source::archive::{Format, Limits};
@@ -63,6 +63,12 @@ pub fn router(state: Arc<ServerState>) -> Router {
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .with_state(state)
+}
+
+/// The answer to a delivery that starts nothing because it was seen
+/// before: by its id, or by what it means (naming the runs it duplicates).
+fn duplicate(delivery: &str, runs: &[String]) -> Response {
+    Json(json!({ "duplicate": true, "delivery": delivery, "runs": runs })).into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -148,15 +154,25 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
     });
     let jobs: Vec<_> = jobs.into_iter().map(|j| (new_run_id(), j)).collect();
     let (d, e, o) = (delivery.clone(), event.clone(), outcome.clone());
+    let window = s.config.replay_window;
     let accepted = s
-        .with_db(move |db| Queue::new(db.connection()).accept(&d, &e, &o, &jobs, cancel))
+        .with_db(move |db| Queue::new(db.connection()).accept(&d, &e, &o, &jobs, cancel, window))
         .await;
     match accepted {
         Err(e) => internal(e),
-        Ok(Accepted::Duplicate { runs }) => {
+        Ok(Accepted::Duplicate { runs, seen }) => {
             s.count_delivery("duplicate");
-            tracing::info!("delivery {delivery} ({event}) was seen before: ignored");
-            Json(json!({ "duplicate": true, "delivery": delivery, "runs": runs })).into_response()
+            match seen {
+                Seen::Delivery => {
+                    tracing::info!("delivery {delivery} ({event}) was seen before: ignored")
+                }
+                Seen::Meaning => tracing::warn!(
+                    "delivery {delivery} ({event}) asks for what run(s) {} already did \
+                     (a replayed delivery?): ignored",
+                    runs.join(", ")
+                ),
+            }
+            duplicate(&delivery, &runs)
         }
         Ok(Accepted::Queued {
             runs,
@@ -195,7 +211,9 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
 /// `X-Upload-Filename`. It is checked (unpacked with the limits, then
 /// discarded) before anything is queued: a refused archive gets 422 and
 /// starts nothing. `X-Upload-Id` (optional) makes a retried upload a
-/// duplicate instead of a second run.
+/// duplicate instead of a second run; so do the same bytes uploaded to the
+/// same source again within the replay window, whatever the id (a
+/// captured signed upload re-sent).
 async fn upload(
     State(s): S,
     Path(name): Path<String>,
@@ -239,6 +257,33 @@ async fn upload(
         Ok(None) => format!("upload-{}", new_run_id()),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    // A replay is answered before the archive is stored and unpacked
+    // again; `accept` checks again, atomically, for uploads that race.
+    let meaning = {
+        use sha2::Digest;
+        queue::meaning_key(
+            &up.name,
+            "upload",
+            "",
+            &hex::encode(sha2::Sha256::digest(&body)),
+        )
+    };
+    let window = s.config.replay_window;
+    match s
+        .with_db(move |db| Queue::new(db.connection()).seen(&meaning, window))
+        .await
+    {
+        Err(e) => return internal(e),
+        Ok(Some(run)) => {
+            s.count_delivery("duplicate");
+            tracing::warn!(
+                "upload {filename} to `{name}` ({delivery}): the same archive as run {run} \
+                 (a replayed upload?): ignored"
+            );
+            return duplicate(&delivery, &[run]);
+        }
+        Ok(None) => {}
+    }
     let run_id = new_run_id();
     let dir = s.state_dir.join("uploads");
     let stored = dir.join(format!("{run_id}.{}", format.extension()));
@@ -289,14 +334,19 @@ async fn upload(
     let jobs = vec![(run_id, job)];
     let d = delivery.clone();
     let accepted = s
-        .with_db(move |db| Queue::new(db.connection()).accept(&d, "upload", "queued", &jobs, false))
+        .with_db(move |db| {
+            Queue::new(db.connection()).accept(&d, "upload", "queued", &jobs, false, window)
+        })
         .await;
     match accepted {
-        Err(e) => internal(e),
-        Ok(Accepted::Duplicate { runs }) => {
+        Err(e) => {
+            let _ = std::fs::remove_file(&stored);
+            internal(e)
+        }
+        Ok(Accepted::Duplicate { runs, .. }) => {
             let _ = std::fs::remove_file(&stored);
             s.count_delivery("duplicate");
-            Json(json!({ "duplicate": true, "delivery": delivery, "runs": runs })).into_response()
+            duplicate(&delivery, &runs)
         }
         Ok(Accepted::Queued { runs, .. }) => {
             s.count_delivery("queued");

@@ -7,6 +7,7 @@
 //! listen = "127.0.0.1:8080"
 //! concurrency = 2
 //! webhook-secret = { env = "HOST_WEBHOOK_SECRET" }
+//! replay-window = "7d"                 # a delivery meaning the same as one seen since is a duplicate
 //!
 //! [[repository]]
 //! name = "acme/app"                    # repository.full_name in deliveries
@@ -22,12 +23,13 @@
 //! Errors name `file:line:col` like the pipeline file's.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::pipeline::parse::{tidy_message, Source};
-use crate::pipeline::{parse_size, Diagnostic, PipelineError, When};
+use crate::pipeline::{parse_duration, parse_size, Diagnostic, PipelineError, When};
 
 type Str = Spanned<String>;
 
@@ -54,6 +56,11 @@ pub struct ServerConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// Base of the links put into runs (`{public-url}/runs/ID`).
     pub public_url: Option<String>,
+    /// How long a delivery's meaning (repository, event, ref and commit;
+    /// an upload's source and archive digest) is remembered: one asking
+    /// for the same again within it is a duplicate, whatever its delivery
+    /// id (GitHub signs no timestamp, so a captured body can be re-sent).
+    pub replay_window: Duration,
     pub repositories: Vec<Repository>,
     /// `[[upload]]`: sources that arrive as archives (`POST /upload/NAME`).
     pub uploads: Vec<Upload>,
@@ -131,6 +138,9 @@ pub struct TriggerRule {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY: usize = 5 << 20;
 pub const DEFAULT_GROUP: &str = "{repository}/{ref}";
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Longest `replay-window` accepted.
+pub const MAX_REPLAY_WINDOW: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 const DEFAULT_ACTIONS: &[&str] = &["opened", "synchronize", "reopened"];
 
 #[derive(Deserialize)]
@@ -165,6 +175,7 @@ struct RawServer {
     #[serde(default)]
     plugin_dirs: Vec<Str>,
     public_url: Option<Str>,
+    replay_window: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +256,7 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         secrets_dir: None,
         plugin_dirs: Vec::new(),
         public_url: None,
+        replay_window: DEFAULT_REPLAY_WINDOW,
         repositories: Vec::new(),
         uploads: Vec::new(),
     };
@@ -335,6 +347,16 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
             )),
         }
     }
+    if let Some(w) = server.replay_window {
+        match w.get_ref().as_str().map(parse_window) {
+            Some(Ok(d)) => cfg.replay_window = d,
+            Some(Err(e)) => diags.push(src.diag(w.span(), format!("server.replay-window: {e}"))),
+            None => diags.push(src.diag(
+                w.span(),
+                "server.replay-window: expected a duration string like \"7d\" or \"1d12h\"",
+            )),
+        }
+    }
 
     if raw.repository.is_empty() && raw.upload.is_empty() {
         diags.push(src.diag(
@@ -410,6 +432,38 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         }
     }
     cfg
+}
+
+/// `"7d"`, `"1d12h"`, `"12h"`, `"90m"`: whole days first, if any, then the
+/// rest as the pipeline's durations are written ([`parse_duration`]: `h`,
+/// `m`, `s`, `ms`); more than zero, at most [`MAX_REPLAY_WINDOW`].
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (days, rest) = match text[digits..].strip_prefix('d') {
+        Some(rest) if digits > 0 => {
+            let n: u64 = text[..digits]
+                .parse()
+                .map_err(|_| format!("duration {s:?} is too long; the maximum is 365d"))?;
+            (n, rest)
+        }
+        _ => (0, text),
+    };
+    let rest = if rest.is_empty() {
+        Duration::ZERO
+    } else {
+        parse_duration(rest).map_err(|e| {
+            format!("{e} (a replay window may start with whole days: \"7d\", \"1d12h\")")
+        })?
+    };
+    let total = Duration::from_secs(days.saturating_mul(24 * 60 * 60)).saturating_add(rest);
+    if total.is_zero() {
+        return Err(format!("duration {s:?} must be greater than zero"));
+    }
+    if total > MAX_REPLAY_WINDOW {
+        return Err(format!("duration {s:?} is too long; the maximum is 365d"));
+    }
+    Ok(total)
 }
 
 fn required(
@@ -712,5 +766,51 @@ branch = ["main"]
         );
         let e = errors(&GOOD.replace("branch = [\"main\"]\ntag = []", "tag = []"));
         assert!(e.contains("a push trigger needs `branch` or `tag`"), "{e}");
+    }
+
+    #[test]
+    fn the_replay_window_is_a_duration_with_days_and_defaults_to_a_week() {
+        let c = parse(Path::new("server.toml"), GOOD).unwrap();
+        assert_eq!(c.replay_window, DEFAULT_REPLAY_WINDOW);
+        assert_eq!(DEFAULT_REPLAY_WINDOW, Duration::from_secs(7 * 86_400));
+        let with = |w: &str| GOOD.replace("max-body", &format!("replay-window = {w}\nmax-body"));
+        let c = parse(Path::new("server.toml"), &with("\"1d12h\"")).unwrap();
+        assert_eq!(c.replay_window, Duration::from_secs(36 * 3600));
+        for (text, secs) in [
+            ("7d", 7 * 86_400),
+            ("1d12h", 36 * 3600),
+            ("90m", 5400),
+            ("2h30m", 9000),
+            ("24h", 86_400),
+            ("365d", 365 * 86_400),
+            (" 1d ", 86_400),
+        ] {
+            assert_eq!(parse_window(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        for bad in [
+            "",
+            "0d",
+            "7",
+            "d",
+            "7days",
+            "-1d",
+            "1d0h",
+            "366d",
+            "1h1d",
+            "7 d",
+            "36h",
+            "99999999999999999999999d",
+        ] {
+            assert!(parse_window(bad).is_err(), "{bad:?} should be refused");
+        }
+        let e = errors(&with("\"7 days\""));
+        assert!(e.contains(":5:17: server.replay-window: "), "{e}");
+        let e = errors(&with("\"36h\""));
+        assert!(
+            e.contains("may start with whole days: \"7d\", \"1d12h\""),
+            "{e}"
+        );
+        let e = errors(&with("7"));
+        assert!(e.contains("expected a duration string like \"7d\""), "{e}");
     }
 }

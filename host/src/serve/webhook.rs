@@ -502,4 +502,92 @@ mod tests {
         assert!(check_ref("refs/heads/feature/login-2").is_ok());
         assert!(check_ref("refs/tags/v1.2.3").is_ok());
     }
+
+    fn planned(config: &ServerConfig, event: &str, body: &str, delivery: &str) -> Job {
+        let parsed = parse(event, body.as_bytes()).unwrap();
+        match plan(config, &parsed, delivery) {
+            Plan::Run(mut jobs) if jobs.len() == 1 => jobs.remove(0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_a_delivery_means_is_what_it_asks_to_build() {
+        let config = crate::serve::config::parse(
+            Path::new("server.toml"),
+            r#"
+[server]
+webhook-secret = { env = "SECRET" }
+
+[[repository]]
+name = "acme/app"
+url = "file:///srv/app.git"
+
+[[repository.trigger]]
+event = "push"
+branch = ["main"]
+
+[[repository.trigger]]
+event = "push"
+tag = ["v*"]
+
+[[repository.trigger]]
+event = "pull_request"
+branch = ["main"]
+actions = ["opened", "synchronize", "reopened", "edited"]
+"#,
+        )
+        .unwrap();
+        let sha = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+        let push = |r: &str, after: &str, sender: &str| {
+            format!(
+                r#"{{"ref": "{r}", "after": "{after}", "repository": {{"full_name": "acme/app"}},
+                    "sender": {{"login": "{sender}"}}}}"#
+            )
+        };
+        let main = planned(&config, "push", &push("refs/heads/main", sha, "a"), "d1");
+        assert_eq!(
+            main.meaning().unwrap(),
+            format!(r#"["acme/app","push","refs/heads/main","{sha}"]"#)
+        );
+        // The same body under another delivery id, or the same push told
+        // with other details: the same meaning.
+        let replay = planned(&config, "push", &push("refs/heads/main", sha, "a"), "d2");
+        assert_eq!(replay.meaning(), main.meaning());
+        let upper = sha.to_ascii_uppercase();
+        let other = planned(&config, "push", &push("refs/heads/main", &upper, "b"), "d3");
+        assert_eq!(other.meaning(), main.meaning());
+        // The same commit as a tag, or another commit: another meaning.
+        let tag = planned(&config, "push", &push("refs/tags/v1", sha, "a"), "d4");
+        assert_ne!(tag.meaning(), main.meaning());
+        let next = "0123456789abcdef0123456789abcdef01234567";
+        let newer = planned(&config, "push", &push("refs/heads/main", next, "a"), "d5");
+        assert_ne!(newer.meaning(), main.meaning());
+
+        // Pull requests: whatever the action, the same head commit of the
+        // same pull request means the same code.
+        let pr = |action: &str, number: u64, head: &str| {
+            format!(
+                r#"{{"action": "{action}", "number": {number},
+                    "repository": {{"full_name": "acme/app"}},
+                    "pull_request": {{"title": "t",
+                        "head": {{"ref": "feature", "sha": "{head}", "repo": {{"full_name": "acme/app"}}}},
+                        "base": {{"ref": "main", "sha": "{head}"}}}}}}"#
+            )
+        };
+        let opened = planned(&config, "pull_request", &pr("opened", 7, sha), "p1");
+        assert_eq!(
+            opened.meaning().unwrap(),
+            format!(r#"["acme/app","pull_request","refs/pull/7/head","{sha}"]"#)
+        );
+        for action in ["synchronize", "reopened", "edited"] {
+            let again = planned(&config, "pull_request", &pr(action, 7, sha), "p2");
+            assert_eq!(again.meaning(), opened.meaning(), "{action}");
+        }
+        let pushed = planned(&config, "pull_request", &pr("synchronize", 7, next), "p3");
+        assert_ne!(pushed.meaning(), opened.meaning());
+        let another = planned(&config, "pull_request", &pr("opened", 8, sha), "p4");
+        assert_ne!(another.meaning(), opened.meaning());
+        assert_ne!(opened.meaning(), main.meaning());
+    }
 }
