@@ -177,7 +177,8 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
                 .ok_or_else(|| missing("repository.full_name"))?;
             let git_ref = p.git_ref.ok_or_else(|| missing("ref"))?;
             check_ref(&git_ref).map_err(|m| err(format!("`ref`: {m}")))?;
-            let after = p.after.ok_or_else(|| missing("after"))?;
+            // Lowercase: one commit has one spelling in the queue and in git.
+            let after = p.after.ok_or_else(|| missing("after"))?.to_ascii_lowercase();
             check_sha(&after).map_err(|m| err(format!("`after`: {m}")))?;
             Ok(Event::Push(Push {
                 repository,
@@ -202,7 +203,10 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
             let number = p.number.or(pr.number).ok_or_else(|| missing("number"))?;
             let head = pr.head.ok_or_else(|| missing("pull_request.head"))?;
             let base = pr.base.ok_or_else(|| missing("pull_request.base"))?;
-            let head_sha = head.sha.ok_or_else(|| missing("pull_request.head.sha"))?;
+            let head_sha = head
+                .sha
+                .ok_or_else(|| missing("pull_request.head.sha"))?
+                .to_ascii_lowercase();
             check_sha(&head_sha).map_err(|m| err(format!("`pull_request.head.sha`: {m}")))?;
             let head_ref = head
                 .git_ref
