@@ -11,6 +11,7 @@
 pub mod caps;
 pub mod cli;
 pub mod distribution;
+pub mod exec;
 pub mod pipeline;
 pub mod run;
 pub mod runtime;

@@ -15,7 +15,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::caps::paths::{self, Resolve};
-use crate::caps::process::{self, Finished, Input};
+use crate::exec::{self as process, Finished, Input};
 use crate::pipeline::{remotes, GitRemote};
 use crate::runtime::bindings::ci::stage::git::{Checkout, Host};
 use crate::runtime::bindings::ci::stage::types::RemoteError;
