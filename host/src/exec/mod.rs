@@ -14,6 +14,8 @@
 //!   dropped (a cancelled stage) or unwinds.
 //!
 //! [`run`] is for async callers, [`run_blocking`] for the few sync ones.
+//! [`git`] builds the hardened `git` on top of this.
+pub mod git;
 
 use std::ffi::OsStr;
 use std::io::Read;
