@@ -124,22 +124,28 @@ impl ScanCap {
         tarball: &std::path::Path,
         scanners: &[String],
     ) -> Result<String, CapError> {
-        // Trivy runs in the host's scan directory, which holds no
-        // `trivy.yaml` or `.trivyignore` (it reads both from its working
-        // directory, which would otherwise be the host's: possibly a
-        // checkout whose files could silence findings). Relative state
-        // paths are made absolute before the working directory changes.
+        // Trivy reads trivy.yaml and .trivyignore from its working
+        // directory, which would otherwise be the host's (possibly a
+        // checkout whose files could silence findings): it runs in a fresh
+        // private directory of the scan directory instead, which is also
+        // its HOME and TMPDIR and is removed afterwards. Relative state
+        // paths are made absolute before the directory changes.
         let absolute = |p: &std::path::Path| {
             std::path::absolute(p).map_err(|e| CapError::Failed(format!("{}: {e}", p.display())))
         };
         let work_dir = absolute(&self.config.work_dir)?;
         let cache_dir = absolute(&self.config.cache_dir)?;
         let tarball = absolute(tarball)?;
-        // A clean environment (no TRIVY_* settings of the host's, no
-        // credentials); HOME and TMPDIR in the scan directory.
-        let mut cmd = exec::command(&self.config.trivy, &work_dir);
-        cmd.current_dir(&work_dir)
-            .env("TMPDIR", &work_dir)
+        let private = tempfile::Builder::new()
+            .prefix("trivy-")
+            .tempdir_in(&work_dir)
+            .map_err(|e| CapError::Failed(format!("scan work dir: {e}")))?;
+        let run_dir = private.path();
+        // A clean environment: no TRIVY_* settings of the host's, no
+        // credentials.
+        let mut cmd = exec::command(&self.config.trivy, run_dir);
+        cmd.current_dir(run_dir)
+            .env("TMPDIR", run_dir)
             .arg("image")
             .arg("--input")
             .arg(&tarball)
@@ -215,15 +221,16 @@ impl Host for ScanCap {
 mod tests {
     use super::*;
 
-    /// A stand-in for trivy that records where and how it ran, then prints
-    /// `report_cmd`'s output as its report.
+    /// A stand-in for trivy that records where and how it ran (in
+    /// `dir/seen`), then prints `report_cmd`'s output as its report.
     fn fake_trivy(dir: &std::path::Path, report_cmd: &str) -> ScanCap {
         use std::os::unix::fs::PermissionsExt;
         let trivy = dir.join("trivy");
         std::fs::write(
             &trivy,
             format!(
-                "#!/bin/sh\n{{ pwd; env; echo \"ARGS $*\"; }} > \"$TMPDIR/seen\"\n{report_cmd}\n"
+                "#!/bin/sh\n{{ pwd; env; echo \"ARGS $*\"; }} > '{}'\n{report_cmd}\n",
+                dir.join("seen").display()
             ),
         )
         .unwrap();
@@ -238,7 +245,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn trivy_runs_in_the_scan_directory_with_a_clean_environment() {
+    async fn trivy_runs_in_a_private_directory_with_a_clean_environment() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path().canonicalize().unwrap();
         // Settings of the host's that must not reach the scanner (a
@@ -249,13 +256,18 @@ mod tests {
         let tarball = dir.join("work").join("image.tar");
         let report = cap.run_trivy(&tarball, &["secret".into()]).await.unwrap();
         assert_eq!(report.trim(), "{\"SchemaVersion\": 2}");
-        let seen = std::fs::read_to_string(dir.join("work/seen")).unwrap();
-        let work = dir.join("work").display().to_string();
+        let seen = std::fs::read_to_string(dir.join("seen")).unwrap();
         // Its working directory (where it looks for trivy.yaml and
-        // .trivyignore) is the host's scan directory.
-        assert_eq!(seen.lines().next(), Some(work.as_str()));
-        assert!(seen.contains(&format!("\nHOME={work}\n")), "{seen}");
-        assert!(seen.contains(&format!("\nTMPDIR={work}\n")), "{seen}");
+        // .trivyignore), HOME and TMPDIR: a fresh private directory of
+        // the scan directory, gone afterwards.
+        let run_dir = seen.lines().next().unwrap();
+        assert!(
+            run_dir.starts_with(&format!("{}/trivy-", dir.join("work").display())),
+            "{seen}"
+        );
+        assert!(!std::path::Path::new(run_dir).exists());
+        assert!(seen.contains(&format!("\nHOME={run_dir}\n")), "{seen}");
+        assert!(seen.contains(&format!("\nTMPDIR={run_dir}\n")), "{seen}");
         assert!(!seen.contains("TRIVY_"), "{seen}");
         assert!(!seen.contains("hunter2"), "{seen}");
         assert!(
