@@ -3,10 +3,11 @@
 //! files there (paths confined to the clone), commits, and pushes only to
 //! the branches the pipeline lets that repository push to.
 //!
-//! git runs with a clean environment: no user or system config, no hooks,
-//! no credential helpers or prompts, only the https/http/git/file
-//! transports, and symlinks checked out as plain files (so no path the
-//! stage names can leave the clone through one).
+//! git runs on the host's hardened runner ([`crate::exec::git`]): a clean
+//! environment, no user or system config, no hooks, fsmonitor, credential
+//! helpers or prompts, only the https/http/git/file transports, clones
+//! from an empty template, and symlinks checked out as plain files (so no
+//! path the stage names can leave the clone through one).
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::caps::paths::{self, Resolve};
-use crate::caps::process::{self, Finished, Input};
+use crate::exec::git::{redact_url, Git, GitError, Transport, MAX_LISTING};
+use crate::exec::{Finished, Input};
 use crate::pipeline::{remotes, GitRemote};
 use crate::runtime::bindings::ci::stage::git::{Checkout, Host};
 use crate::runtime::bindings::ci::stage::types::RemoteError;
@@ -102,47 +104,33 @@ impl GitCap {
         Ok(self.work.as_ref().expect("just set").path().to_path_buf())
     }
 
-    /// `git` with the hardening above, in `dir`.
-    fn git(&self, home: &Path, dir: &Path) -> tokio::process::Command {
-        let mut c = process::command("git", home);
-        c.current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "/bin/false")
-            .env("GIT_ALLOW_PROTOCOL", "https:http:git:file")
-            .args([
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "core.symlinks=false",
-                "-c",
-                "credential.helper=",
-                "-c",
-                "submodule.recurse=false",
-            ]);
-        c
-    }
+    /// The transports a `[git.NAME]` URL may use.
+    const TRANSPORTS: &'static [Transport] = &[
+        Transport::Https,
+        Transport::Http,
+        Transport::Git,
+        Transport::File,
+    ];
 
-    async fn run_git(&self, dir: &Path, args: &[&str], input: Input) -> Result<Finished, CapError> {
+    /// The hardened git, with its home in the stage's git directory.
+    fn git(&self) -> Git {
         let home = self
             .work
             .as_ref()
             .map(|w| w.path().to_path_buf())
             .unwrap_or_else(std::env::temp_dir);
-        let mut c = self.git(&home, dir);
-        c.args(args);
-        let f = process::run(c, input, self.limits.timeout, 1 << 20)
+        Git::new(home)
+            .transports(Self::TRANSPORTS)
+            .config("core.symlinks", "false")
+            .deadline(self.limits.timeout)
+            .max_output(1 << 20)
+    }
+
+    async fn run_git(&self, dir: &Path, args: &[&str], input: Input) -> Result<Finished, CapError> {
+        self.git()
+            .run(dir, args, input)
             .await
-            .map_err(|e| CapError::Failed(format!("cannot run git: {e}")))?;
-        if f.timed_out {
-            return Err(CapError::Limit(format!(
-                "`git {}` took longer than {:?}",
-                args.first().copied().unwrap_or(""),
-                self.limits.timeout
-            )));
-        }
-        Ok(f)
+            .map_err(|e| git_error(e, self.limits.timeout))
     }
 
     fn clone_of(&self, checkout: Checkout) -> Result<&Cloned, CapError> {
@@ -177,6 +165,8 @@ impl GitCap {
                 &[
                     "clone",
                     "--quiet",
+                    // No hooks, no config but what clone itself writes.
+                    "--template=",
                     "--no-tags",
                     "--single-branch",
                     "--depth",
@@ -207,30 +197,14 @@ impl GitCap {
     async fn list(&self, checkout: Checkout, pattern: &str) -> Result<Vec<String>, CapError> {
         let c = self.clone_of(checkout)?;
         let set = glob(pattern)?;
-        let f = self
-            .run_git(
-                &c.dir,
-                &[
-                    "ls-files",
-                    "-z",
-                    "--cached",
-                    "--others",
-                    "--exclude-standard",
-                ],
-                Input::None,
-            )
-            .await?;
-        if !f.success() {
-            return Err(CapError::Failed(format!(
-                "git ls-files: {}",
-                f.stderr_tail(3)
-            )));
-        }
-        let mut files: Vec<String> = f
-            .stdout
-            .split(|b| *b == 0)
-            .filter(|p| !p.is_empty())
-            .map(|p| String::from_utf8_lossy(p).into_owned())
+        let mut files: Vec<String> = self
+            .git()
+            .max_output(MAX_LISTING)
+            .ls_files(&c.dir)
+            .await
+            .map_err(|e| git_error(e, self.limits.timeout))?
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| set.is_match(p))
             .collect();
         files.sort();
@@ -291,7 +265,11 @@ impl GitCap {
             return Err(CapError::Failed(format!("git add: {}", f.stderr_tail(3))));
         }
         let f = self
-            .run_git(&c.dir, &["diff", "--cached", "--quiet"], Input::None)
+            .run_git(
+                &c.dir,
+                &["diff", "--cached", "--quiet", "--no-ext-diff"],
+                Input::None,
+            )
             .await?;
         match f.code {
             Some(0) => return Ok(None),
@@ -303,24 +281,17 @@ impl GitCap {
             "{message}\n\nPipeline: {}\nPipeline-Run: {}\nPipeline-Stage: {}\n",
             id.pipeline, id.run_id, id.stage
         );
-        let name = format!("user.name={} pipeline", id.pipeline);
         let f = self
-            .run_git(
+            .git()
+            .config("user.name", &format!("{} pipeline", id.pipeline))
+            .config("user.email", "pipeline@localhost")
+            .run(
                 &c.dir,
-                &[
-                    "-c",
-                    &name,
-                    "-c",
-                    "user.email=pipeline@localhost",
-                    "commit",
-                    "--quiet",
-                    "--no-verify",
-                    "--file",
-                    "-",
-                ],
+                &["commit", "--quiet", "--no-verify", "--file", "-"],
                 Input::Bytes(full.into_bytes()),
             )
-            .await?;
+            .await
+            .map_err(|e| git_error(e, self.limits.timeout))?;
         if !f.success() {
             return Err(CapError::Failed(format!(
                 "git commit: {}",
@@ -408,6 +379,20 @@ fn glob(pattern: &str) -> Result<GlobSet, CapError> {
         .map_err(|e| CapError::Invalid(format!("bad glob {pattern:?}: {e}")))
 }
 
+/// A git failure that is not git's answer (it could not run, or ran out
+/// of time or room) as a capability error.
+fn git_error(e: GitError, timeout: Duration) -> CapError {
+    match e {
+        GitError::Timeout { command, .. } => {
+            CapError::Limit(format!("`git {command}` took longer than {timeout:?}"))
+        }
+        e @ GitError::TooLarge { .. } => CapError::Limit(e.to_string()),
+        e @ (GitError::NotFound | GitError::Io(_) | GitError::Exit { .. }) => {
+            CapError::Failed(e.to_string())
+        }
+    }
+}
+
 fn remote(code: &str, message: String, transient: bool) -> CapError {
     CapError::Remote(RemoteError {
         service: "git".into(),
@@ -442,7 +427,11 @@ fn clone_error(repo: &GitRemote, branch: &str, f: &Finished) -> CapError {
     } else if unreachable(&stderr) {
         remote(
             "UNREACHABLE",
-            format!("cannot reach `{}` ({}): {tail}", repo.name, repo.url),
+            format!(
+                "cannot reach `{}` ({}): {tail}",
+                repo.name,
+                redact_url(&repo.url)
+            ),
             true,
         )
     } else if stderr.contains("not found")
@@ -452,13 +441,17 @@ fn clone_error(repo: &GitRemote, branch: &str, f: &Finished) -> CapError {
     {
         remote(
             "REPOSITORY_NOT_FOUND",
-            format!("`{}` ({}): {tail}", repo.name, repo.url),
+            format!("`{}` ({}): {tail}", repo.name, redact_url(&repo.url)),
             false,
         )
     } else {
         remote(
             "CLONE_FAILED",
-            format!("cloning `{}` ({}): {tail}", repo.name, repo.url),
+            format!(
+                "cloning `{}` ({}): {tail}",
+                repo.name,
+                redact_url(&repo.url)
+            ),
             false,
         )
     }
@@ -590,5 +583,57 @@ impl GitCap {
             Ok(c) => format!("{}:{} {what}", c.repo.name, c.branch),
             Err(_) => format!("checkout {checkout} {what}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::git::fixtures::Hostile;
+    use crate::pipeline::Location;
+
+    fn remote(name: &str, url: &str) -> GitRemote {
+        GitRemote {
+            name: name.into(),
+            url: url.into(),
+            branch: "main".into(),
+            push: vec!["main".into()],
+            location: Location {
+                file: "pipeline.toml".into(),
+                line: 1,
+                col: 1,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn clones_start_empty_and_command_transports_are_refused() {
+        let h = Hostile::new();
+        let evil = format!("ext::sh -c touch% {}", h.marker.display());
+        let mut cap = GitCap::new(
+            "s",
+            vec![
+                remote("app", &format!("file://{}", h.repo.display())),
+                remote("evil", &evil),
+                remote("fd", "fd::0"),
+            ],
+            CommitIdentity::default(),
+        );
+        let n = cap.clone_repo("app", None).await.unwrap();
+        let dir = cap.clone_of(n).unwrap().dir.clone();
+        // An empty template: no sample hooks, nothing but clone's config.
+        assert!(!dir.join(".git/hooks").exists());
+        assert_eq!(cap.list(n, "*").await.unwrap(), vec!["a.txt".to_string()]);
+        cap.write(n, "b.txt", b"b").unwrap();
+        assert!(cap.commit_all(n, "two").await.unwrap().is_some());
+        for name in ["evil", "fd"] {
+            let e = cap.clone_repo(name, None).await.unwrap_err();
+            assert!(
+                matches!(&e, CapError::Remote(r) if r.message.contains("not allowed")),
+                "{name}: {}",
+                crate::caps::describe(&e)
+            );
+        }
+        assert_eq!(h.fired(), "");
     }
 }

@@ -11,7 +11,6 @@ pub mod git;
 pub mod http;
 pub mod log;
 pub mod paths;
-pub mod process;
 pub mod scan;
 pub mod secrets;
 pub mod ssh;

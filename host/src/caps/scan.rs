@@ -3,7 +3,7 @@
 //! The stage needs `grants.scan = true`; it never touches the engine or the
 //! scanner itself.
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -13,13 +13,17 @@ use crate::caps::denied;
 use crate::caps::docker::engine::engine_error;
 use crate::caps::docker::policy::ImageRef;
 use crate::caps::docker::DockerEngine;
+use crate::exec::{self, Input};
 use crate::runtime::bindings::ci::stage::scan::{Host, ScanRequest};
 use crate::runtime::bindings::CapError;
 
 /// Scanners Trivy offers (`--scanners`).
 const SCANNERS: &[&str] = &["vuln", "secret", "misconfig", "license"];
-/// Largest report handed back to a plugin.
-const MAX_REPORT: usize = 32 * 1024 * 1024;
+/// Largest report handed back to a plugin (a larger one is refused, not cut).
+const MAX_REPORT: usize = 64 * 1024 * 1024;
+/// Longest a scan may run (the stage's own timeout usually ends it first:
+/// dropping the call kills Trivy).
+const SCAN_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// How the host runs Trivy.
 #[derive(Debug, Clone)]
@@ -120,10 +124,31 @@ impl ScanCap {
         tarball: &std::path::Path,
         scanners: &[String],
     ) -> Result<String, CapError> {
-        let mut cmd = tokio::process::Command::new(&self.config.trivy);
-        cmd.arg("image")
+        // Trivy reads trivy.yaml and .trivyignore from its working
+        // directory, which would otherwise be the host's (possibly a
+        // checkout whose files could silence findings): it runs in a fresh
+        // private directory of the scan directory instead, which is also
+        // its HOME and TMPDIR and is removed afterwards. Relative state
+        // paths are made absolute before the directory changes.
+        let absolute = |p: &std::path::Path| {
+            std::path::absolute(p).map_err(|e| CapError::Failed(format!("{}: {e}", p.display())))
+        };
+        let work_dir = absolute(&self.config.work_dir)?;
+        let cache_dir = absolute(&self.config.cache_dir)?;
+        let tarball = absolute(tarball)?;
+        let private = tempfile::Builder::new()
+            .prefix("trivy-")
+            .tempdir_in(&work_dir)
+            .map_err(|e| CapError::Failed(format!("scan work dir: {e}")))?;
+        let run_dir = private.path();
+        // A clean environment: no TRIVY_* settings of the host's, no
+        // credentials.
+        let mut cmd = exec::command(&self.config.trivy, run_dir);
+        cmd.current_dir(run_dir)
+            .env("TMPDIR", run_dir)
+            .arg("image")
             .arg("--input")
-            .arg(tarball)
+            .arg(&tarball)
             .args([
                 "--format",
                 "json",
@@ -132,35 +157,38 @@ impl ScanCap {
                 &scanners.join(","),
             ])
             .arg("--cache-dir")
-            .arg(&self.config.cache_dir)
+            .arg(&cache_dir)
             // Offline: never try to download a DB (it cannot be fetched
             // here, and a scan must not depend on the network).
             .args([
                 "--skip-db-update",
                 "--skip-java-db-update",
                 "--offline-scan",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let out = cmd.output().await.map_err(|e| {
-            CapError::Failed(format!(
-                "cannot run trivy ({}): {e}; install it or set HOST_TRIVY",
-                self.config.trivy.display()
-            ))
-        })?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(CapError::Failed(format!(
-                "trivy exited with {}: {}",
-                out.status,
-                tail.join(" | ")
+            ]);
+        let out = exec::run(cmd, Input::None, SCAN_TIMEOUT, MAX_REPORT)
+            .await
+            .map_err(|e| {
+                CapError::Failed(format!(
+                    "cannot run trivy ({}): {e}; install it or set HOST_TRIVY",
+                    self.config.trivy.display()
+                ))
+            })?;
+        if out.timed_out {
+            return Err(CapError::Limit(format!(
+                "trivy took longer than {SCAN_TIMEOUT:?}"
             )));
         }
-        if out.stdout.len() > MAX_REPORT {
+        if !out.success() {
+            let status = match out.code {
+                Some(c) => format!("exit status: {c}"),
+                None => "a signal".to_string(),
+            };
+            return Err(CapError::Failed(format!(
+                "trivy exited with {status}: {}",
+                out.stderr_tail(8)
+            )));
+        }
+        if out.stdout_truncated {
             return Err(CapError::Limit(format!(
                 "the scan report exceeds {MAX_REPORT} bytes"
             )));
@@ -186,5 +214,95 @@ impl Host for ScanCap {
             format!("report of {} bytes", r.len())
         });
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for trivy that records where and how it ran (in
+    /// `dir/seen`), then prints `report_cmd`'s output as its report.
+    fn fake_trivy(dir: &std::path::Path, report_cmd: &str) -> ScanCap {
+        use std::os::unix::fs::PermissionsExt;
+        let trivy = dir.join("trivy");
+        std::fs::write(
+            &trivy,
+            format!(
+                "#!/bin/sh\n{{ pwd; env; echo \"ARGS $*\"; }} > '{}'\n{report_cmd}\n",
+                dir.join("seen").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&trivy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = ScanConfig {
+            trivy,
+            cache_dir: dir.join("cache"),
+            work_dir: dir.join("work"),
+        };
+        std::fs::create_dir_all(&config.work_dir).unwrap();
+        ScanCap::new("s", true, config, DockerEngine::default())
+    }
+
+    #[tokio::test]
+    async fn trivy_runs_in_a_private_directory_with_a_clean_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        // Settings of the host's that must not reach the scanner (a
+        // `.trivyignore` path would silence findings).
+        std::env::set_var("TRIVY_IGNOREFILE", "/somewhere/.trivyignore");
+        std::env::set_var("HOST_TEST_SCAN_SECRET", "hunter2");
+        let cap = fake_trivy(&dir, "echo '{\"SchemaVersion\": 2}'");
+        let tarball = dir.join("work").join("image.tar");
+        let report = cap.run_trivy(&tarball, &["secret".into()]).await.unwrap();
+        assert_eq!(report.trim(), "{\"SchemaVersion\": 2}");
+        let seen = std::fs::read_to_string(dir.join("seen")).unwrap();
+        // Its working directory (where it looks for trivy.yaml and
+        // .trivyignore), HOME and TMPDIR: a fresh private directory of
+        // the scan directory, gone afterwards.
+        let run_dir = seen.lines().next().unwrap();
+        assert!(
+            run_dir.starts_with(&format!("{}/trivy-", dir.join("work").display())),
+            "{seen}"
+        );
+        assert!(!std::path::Path::new(run_dir).exists());
+        assert!(seen.contains(&format!("\nHOME={run_dir}\n")), "{seen}");
+        assert!(seen.contains(&format!("\nTMPDIR={run_dir}\n")), "{seen}");
+        assert!(!seen.contains("TRIVY_"), "{seen}");
+        assert!(!seen.contains("hunter2"), "{seen}");
+        assert!(
+            seen.contains(&format!(
+                "ARGS image --input {} --format json --quiet --scanners secret --cache-dir {}",
+                tarball.display(),
+                dir.join("cache").display()
+            )),
+            "{seen}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_report_over_the_bound_is_refused_and_failures_name_the_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = fake_trivy(
+            dir.path(),
+            &format!("head -c {} /dev/zero | tr '\\0' x", MAX_REPORT + 1),
+        );
+        let e = cap
+            .run_trivy(&dir.path().join("work/x.tar"), &["secret".into()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CapError::Limit(m) if m.contains("exceeds")),
+            "{e:?}"
+        );
+        let cap = fake_trivy(dir.path(), "echo 'FATAL no such image' >&2; exit 2");
+        let e = cap
+            .run_trivy(&dir.path().join("work/x.tar"), &["secret".into()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CapError::Failed(m) if m == "trivy exited with exit status: 2: FATAL no such image"),
+            "{e:?}"
+        );
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::caps::paths::{self, Resolve};
-use crate::caps::process::{self, Finished, Input};
 use crate::caps::secrets::SecretStore;
+use crate::exec::{self, Finished, Input};
 use crate::pipeline::SshHost;
 use crate::runtime::bindings::ci::stage::ssh::{ExecRequest, ExecResult, Host};
 use crate::runtime::bindings::ci::stage::types::RemoteError;
@@ -103,7 +103,7 @@ impl SshCap {
 
     fn ssh(&mut self, host: &SshHost) -> Result<tokio::process::Command, CapError> {
         let (home, key, known) = self.files_for(host)?;
-        let mut c = process::command("ssh", &home);
+        let mut c = exec::command("ssh", &home);
         let opt = |k: &str, v: &str| format!("{k}={v}");
         c.arg("-F").arg("/dev/null").arg("-T");
         for o in [
@@ -161,7 +161,7 @@ impl SshCap {
             Some(b) => Input::Bytes(b),
             None => Input::None,
         };
-        let f = process::run(c, input, timeout, MAX_OUTPUT)
+        let f = exec::run(c, input, timeout, MAX_OUTPUT)
             .await
             .map_err(|e| CapError::Failed(format!("cannot run ssh: {e}")))?;
         if f.timed_out {
@@ -209,7 +209,7 @@ impl SshCap {
         let mut c = self.ssh(&host)?;
         // The remote shell sees one quoted word, whatever the path holds.
         c.arg(format!("cat > {}", sh_quote(remote_path)));
-        let f = process::run(c, Input::File(opened), MAX_TIMEOUT, MAX_OUTPUT)
+        let f = exec::run(c, Input::File(opened), MAX_TIMEOUT, MAX_OUTPUT)
             .await
             .map_err(|e| CapError::Failed(format!("cannot run ssh: {e}")))?;
         if f.timed_out {
