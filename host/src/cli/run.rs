@@ -65,6 +65,15 @@ pub struct RunArgs {
     /// lock file (for CI: the lock file is never changed).
     #[arg(long)]
     pub locked: bool,
+    /// Run in the git checkout itself even when a stage may write the
+    /// workspace. Risky: such a stage (or a container it runs) can write
+    /// `.git` (hooks, `core.fsmonitor`, `core.sshCommand`…), and the next git
+    /// command anyone runs there executes what it wrote. Without it, such
+    /// runs get a per-run copy of the working tree (the files git knows of,
+    /// uncommitted changes included, without `.git` and ignored files),
+    /// removed afterwards.
+    #[arg(long, conflicts_with = "source")]
+    pub in_place: bool,
 }
 
 pub(super) fn lock_mode(locked: bool) -> LockMode {
@@ -105,12 +114,20 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
         },
         None => None,
     };
-    let workspace = match &unpacked {
+    let checkout_dir = match &unpacked {
         Some((dir, _)) => resolve_workspace(Some(&dir.path().join("workspace")))?,
         None => resolve_workspace(args.workspace.as_deref())?,
     };
+    let checkout = git::read(&checkout_dir);
+    let copy = match &unpacked {
+        Some(_) => None,
+        None => working_copy(&pipeline, &checkout_dir, state_dir, args.in_place).await?,
+    };
+    let workspace = match &copy {
+        Some(holder) => holder.path().canonicalize()?,
+        None => checkout_dir,
+    };
     let store = RunStore::open(state_dir)?;
-    let checkout = git::read(&workspace);
     let mut opts = new_options(&pipeline, workspace, &store, args.build_number)?;
     if let Some((_, archive)) = &unpacked {
         opts.trigger = Some(crate::run::record::TriggerInfo {
@@ -144,10 +161,60 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
     }
     opts.env.extend(args.env);
     drop(store);
-    // `unpacked` (its workspace) lives until the run has ended.
+    // `unpacked` and `copy` (the workspace) live until the run has ended.
     let code = execute(pipeline, opts, state_dir, args.quiet, args.json).await;
     drop(unpacked);
+    drop(copy);
     code
+}
+
+/// Whether any stage may write the workspace.
+fn writes_workspace(p: &pipeline::Pipeline) -> bool {
+    p.stages
+        .iter()
+        .any(|s| s.grants.workspace == Some(pipeline::WorkspaceAccess::ReadWrite))
+}
+
+/// A per-run copy of a git checkout a stage may write (see `--in-place`):
+/// the stages never get the user's `.git`. `None`: run in `dir` itself.
+async fn working_copy(
+    p: &pipeline::Pipeline,
+    dir: &Path,
+    state_dir: &Path,
+    in_place: bool,
+) -> Result<Option<tempfile::TempDir>> {
+    let is_checkout = std::fs::symlink_metadata(dir.join(".git")).is_ok();
+    if !is_checkout || !writes_workspace(p) {
+        return Ok(None);
+    }
+    if in_place {
+        eprintln!(
+            "workspace: {} in place (--in-place): stages may write it, .git included",
+            dir.display()
+        );
+        return Ok(None);
+    }
+    let files = crate::exec::git::ls_files(dir).await.map_err(|e| {
+        anyhow::anyhow!(
+            "listing the files of the checkout {} with git: {e}",
+            dir.display()
+        )
+    })?;
+    let parent = state_dir.join("workspaces");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let holder = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a workspace in {}", parent.display()))?;
+    let (from, to) = (dir.to_path_buf(), holder.path().to_path_buf());
+    let copied =
+        tokio::task::spawn_blocking(move || source::copy::copy_tree(&from, &files, &to)).await??;
+    eprintln!(
+        "workspace: a copy of {} for this run ({} files, without .git, since a stage may write it; --in-place runs in the checkout itself)",
+        dir.display(),
+        copied.files + copied.links
+    );
+    Ok(Some(holder))
 }
 
 /// A source archive unpacked into a fresh directory that is removed when

@@ -178,7 +178,10 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
             let git_ref = p.git_ref.ok_or_else(|| missing("ref"))?;
             check_ref(&git_ref).map_err(|m| err(format!("`ref`: {m}")))?;
             // Lowercase: one commit has one spelling in the queue and in git.
-            let after = p.after.ok_or_else(|| missing("after"))?.to_ascii_lowercase();
+            let after = p
+                .after
+                .ok_or_else(|| missing("after"))?
+                .to_ascii_lowercase();
             check_sha(&after).map_err(|m| err(format!("`after`: {m}")))?;
             Ok(Event::Push(Push {
                 repository,
