@@ -11,6 +11,7 @@
 pub mod caps;
 pub mod cli;
 pub mod confined;
+pub mod digest;
 pub mod distribution;
 pub mod exec;
 pub mod pipeline;

@@ -15,7 +15,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::caps::audit::Audit;
 use crate::caps::denied;
-use crate::caps::paths::{self, Resolve};
+use crate::confined::{FileError, Root};
 use crate::exec::git::{redact_url, Git, GitError, Transport, MAX_LISTING};
 use crate::exec::{Finished, Input};
 use crate::pipeline::{remotes, GitRemote};
@@ -214,18 +214,10 @@ impl GitCap {
 
     fn read(&self, checkout: Checkout, path: &str) -> Result<Vec<u8>, CapError> {
         let c = self.clone_of(checkout)?;
-        let p = confined(&c.dir, path, paths::existing(&c.dir, path))?;
-        let meta = std::fs::metadata(&p).map_err(|e| CapError::Failed(format!("{path}: {e}")))?;
-        if !meta.is_file() {
-            return Err(CapError::Invalid(format!("`{path}` is not a file")));
-        }
-        if meta.len() as usize > self.limits.max_file {
-            return Err(CapError::Limit(format!(
-                "`{path}` is larger than {} bytes",
-                self.limits.max_file
-            )));
-        }
-        std::fs::read(&p).map_err(|e| CapError::Failed(format!("{path}: {e}")))
+        let rel = not_git_dir(path)?;
+        self.root(c)?
+            .read(rel, self.limits.max_file as u64)
+            .map_err(|e| file_error(path, e, self.limits.max_file))
     }
 
     fn write(&self, checkout: Checkout, path: &str, content: &[u8]) -> Result<(), CapError> {
@@ -236,12 +228,16 @@ impl GitCap {
                 self.limits.max_file
             )));
         }
-        let p = confined(&c.dir, path, paths::writable(&c.dir, path))?;
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| CapError::Failed(format!("{path}: {e}")))?;
-        }
-        std::fs::write(&p, content).map_err(|e| CapError::Failed(format!("{path}: {e}")))
+        let rel = not_git_dir(path)?;
+        self.root(c)?
+            .write_replace(rel, content)
+            .map_err(|e| file_error(path, e, self.limits.max_file))
+    }
+
+    /// The clone, opened as a root every path a plugin names stays beneath.
+    fn root(&self, c: &Cloned) -> Result<Root, CapError> {
+        Root::open(&c.dir, "the clone")
+            .map_err(|e| CapError::Failed(format!("the clone is gone: {e}")))
     }
 
     async fn commit_all(
@@ -351,19 +347,29 @@ impl GitCap {
     }
 }
 
-fn confined(dir: &Path, path: &str, r: Result<PathBuf, Resolve>) -> Result<PathBuf, CapError> {
-    let in_git_dir = Path::new(path)
-        .components()
-        .any(|c| c.as_os_str() == ".git");
-    match r {
-        _ if in_git_dir => Err(CapError::Invalid(format!(
+/// A path a plugin names in a clone: never into the repository's `.git`.
+fn not_git_dir(path: &str) -> Result<&Path, CapError> {
+    let p = Path::new(path);
+    if p.components().any(|c| c.as_os_str() == ".git") {
+        return Err(CapError::Invalid(format!(
             "`{path}`: the repository's .git directory is the host's"
-        ))),
-        Ok(p) if p.starts_with(dir) => Ok(p),
-        Ok(_) | Err(Resolve::Outside) => Err(CapError::Invalid(format!(
-            "`{path}` is not a path inside the clone"
-        ))),
-        Err(Resolve::Missing) => Err(CapError::Invalid(format!("no file `{path}` in the clone"))),
+        )));
+    }
+    Ok(p)
+}
+
+/// What a plugin is told when a path in a clone cannot be used.
+fn file_error(path: &str, e: FileError, max: usize) -> CapError {
+    match e {
+        FileError::Outside { .. } => {
+            CapError::Invalid(format!("`{path}` is not a path inside the clone"))
+        }
+        FileError::NotFound { .. } => CapError::Invalid(format!("no file `{path}` in the clone")),
+        FileError::NotAFile { .. } => CapError::Invalid(format!("`{path}` is not a file")),
+        FileError::TooLarge { .. } => {
+            CapError::Limit(format!("`{path}` is larger than {max} bytes"))
+        }
+        e => CapError::Failed(e.to_string()),
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::caps::audit::Audit;
 use crate::caps::denied;
-use crate::caps::paths::{self, Resolve};
+use crate::confined::{FileError, Root};
 use crate::caps::secrets::SecretStore;
 use crate::exec::{self, Finished, Input};
 use crate::pipeline::SshHost;
@@ -191,21 +191,23 @@ impl SshCap {
         let Some(ws) = self.workspace.clone() else {
             return Err(denied(&self.stage, "workspace", local));
         };
-        let file = match paths::existing(&ws, local) {
-            Ok(p) if p.is_file() => p,
-            Ok(_) | Err(Resolve::Missing) => {
+        if remote_path.trim().is_empty() || remote_path.contains('\0') {
+            return Err(CapError::Invalid("the remote path is empty".into()));
+        }
+        // Opened once, beneath the workspace: what is hashed is what is sent.
+        let root = Root::open(&ws, "the workspace")
+            .map_err(|e| CapError::Failed(format!("the workspace: {e}")))?;
+        let opened = match root.open_file(Path::new(local)) {
+            Ok(f) => f,
+            Err(FileError::Outside { .. }) => return Err(denied(&self.stage, "workspace", local)),
+            Err(FileError::NotFound { .. } | FileError::NotAFile { .. }) => {
                 return Err(CapError::Invalid(format!(
                     "no file `{local}` in the workspace"
                 )))
             }
-            Err(Resolve::Outside) => return Err(denied(&self.stage, "workspace", local)),
+            Err(e) => return Err(CapError::Failed(e.to_string())),
         };
-        if remote_path.trim().is_empty() || remote_path.contains('\0') {
-            return Err(CapError::Invalid("the remote path is empty".into()));
-        }
-        let digest = digest(&file).await?;
-        let opened =
-            std::fs::File::open(&file).map_err(|e| CapError::Failed(format!("`{local}`: {e}")))?;
+        let digest = digest(&opened).await?;
         let mut c = self.ssh(&host)?;
         // The remote shell sees one quoted word, whatever the path holds.
         c.arg(format!("cat > {}", sh_quote(remote_path)));
@@ -230,12 +232,23 @@ impl SshCap {
     }
 }
 
-async fn digest(file: &Path) -> Result<String, CapError> {
-    let f = file.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::run::artifacts::sha256_file(&f))
-        .await
-        .map_err(|e| CapError::Failed(format!("hashing: {e}")))?
-        .map_err(|e| CapError::Failed(format!("hashing: {e}")))
+/// The file's digest, read from the start; the handle is left at the start
+/// again for sending.
+async fn digest(file: &std::fs::File) -> Result<String, CapError> {
+    let hashing = file
+        .try_clone()
+        .map_err(|e| CapError::Failed(format!("hashing: {e}")))?;
+    let d = tokio::task::spawn_blocking(move || {
+        use std::io::{Seek, SeekFrom};
+        let mut f = hashing;
+        let d = crate::digest::sha256_of(&mut f)?;
+        f.seek(SeekFrom::Start(0))?;
+        Ok::<_, std::io::Error>(d)
+    })
+    .await
+    .map_err(|e| CapError::Failed(format!("hashing: {e}")))?
+    .map_err(|e| CapError::Failed(format!("hashing: {e}")))?;
+    Ok(d)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CapError> {

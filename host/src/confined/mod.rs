@@ -165,12 +165,30 @@ impl Root {
 
     /// Replaces `rel` with `bytes` atomically: a fresh temporary file
     /// (created exclusively, so never through a link) beside it, renamed
-    /// over it. A link at `rel` itself is replaced, not followed.
+    /// over it. A link at `rel` itself is replaced, not followed; missing
+    /// parent directories are made (beneath the root); a regular file's
+    /// permissions are kept.
     pub fn write_replace(&self, rel: &Path, bytes: &[u8]) -> Result<(), FileError> {
         let rel = self.checked(rel)?;
         let name = rel.file_name().ok_or_else(|| FileError::NotAFile {
             path: Self::shown(rel),
         })?;
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.dir
+                .create_dir_all(parent)
+                .map_err(|e| self.error(rel, e))?;
+        }
+        let kept = self
+            .dir
+            .symlink_metadata(rel)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions());
+        if self.dir.symlink_metadata(rel).is_ok_and(|m| m.is_dir()) {
+            return Err(FileError::NotAFile {
+                path: Self::shown(rel),
+            });
+        }
         let tmp = rel.with_file_name(format!(
             ".{}.{}.tmp",
             name.to_string_lossy(),
@@ -181,7 +199,13 @@ impl Root {
         let written = self
             .dir
             .open_with(&tmp, &opts)
-            .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+            .and_then(|mut f| {
+                f.write_all(bytes)?;
+                if let Some(p) = kept {
+                    f.set_permissions(p)?;
+                }
+                f.sync_all()
+            })
             .and_then(|_| self.dir.rename(&tmp, &self.dir, rel));
         written.map_err(|e| {
             let _ = self.dir.remove_file(&tmp);

@@ -19,7 +19,6 @@ mod url;
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 
 use crate::confined::Origin;
 use crate::pipeline::{Diagnostic, Location, Pipeline, PluginRef, PluginSource, MAX_PLUGIN_BYTES};
@@ -30,9 +29,7 @@ use store::BlobStore;
 /// The largest signature file the host reads.
 const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::digest::sha256_hex;
 
 /// `sha256:HEX` or `HEX` → lowercase hex.
 pub fn parse_sha256(s: &str) -> Result<String, String> {

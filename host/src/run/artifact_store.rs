@@ -172,7 +172,7 @@ impl ArtifactStore {
 }
 
 fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+    format!("sha256:{}", crate::digest::sha256_hex(b))
 }
 
 fn aad(run: &str, stage: &str, path: &str, digest: &str) -> Vec<u8> {

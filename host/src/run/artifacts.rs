@@ -8,12 +8,11 @@
 //! built and scanned, even if a stage in between (or anyone with access to
 //! the workspace during an approval wait) rewrote it.
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Component, Path};
 
-use sha2::{Digest, Sha256};
 
 use crate::confined::{FileError, Root};
+use crate::digest::sha256_of;
 
 /// Workspace-relative path → `sha256:<hex>`.
 pub type Digests = BTreeMap<String, String>;
@@ -57,32 +56,13 @@ pub fn resolve(workspace: &Path, path: &str) -> Result<Option<std::fs::File>, St
 fn digest(workspace: &Path, path: &str) -> Result<String, String> {
     let f = resolve(workspace, path)?
         .ok_or_else(|| format!("artifact `{path}` is not in the workspace any more"))?;
-    sha256_reader(f).map_err(|e| format!("artifact `{path}`: {e}"))
-}
-
-/// `sha256:<hex>` of a file, read in chunks.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    sha256_reader(std::fs::File::open(path)?)
-}
-
-/// `sha256:<hex>` of everything `r` yields, read in chunks.
-pub fn sha256_reader(mut r: impl Read) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    sha256_of(f).map_err(|e| format!("artifact `{path}`: {e}"))
 }
 
 /// Digests of the files a stage declared, after it succeeded.
 pub fn record(workspace: &Path, paths: &[String]) -> Result<Digests, String> {
     record_with(workspace, paths, |path, file| {
-        sha256_reader(file).map_err(|e| format!("artifact `{path}`: {e}"))
+        sha256_of(file).map_err(|e| format!("artifact `{path}`: {e}"))
     })
 }
 
