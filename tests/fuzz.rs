@@ -1170,8 +1170,10 @@ fn tar_gz_with_huge_metadata(kind: tar::EntryType, size: usize) -> Vec<u8> {
 /// The limits bound what is written, not what the tar reader holds: a GNU
 /// long name or PAX header is read whole into memory by the `tar` crate
 /// before `unpack` sees an entry, so 64 MiB of it (64 KiB compressed, well
-/// under the archive limit) takes 64 MiB+ of memory, and a 512 MiB upload
-/// could take tens of GiB.
+/// under the archive limit) had ~470 MB live at once (the name is copied
+/// and escaped again), and a 512 MiB upload could take hundreds of GiB.
+/// Skipped bodies (a directory's, a global header's) are decompressed in
+/// full as well: time, not memory, but also unbounded by the limits.
 #[test]
 #[ignore = "host bug: archive::unpack_tar lets the tar crate read a GNU long-name/PAX entry of any size into memory, beyond Limits (host/src/source/archive.rs:365-369: the decompressed stream is not bounded, and the name is copied again at :369)"]
 fn huge_tar_metadata_is_bounded() {
