@@ -24,6 +24,21 @@ test: services plugins
     # features for that package alone and rebuild wasmtime.
     "${CARGO_TARGET_DIR:-target}/debug/pipeline-bench" --smoke --out target/bench/smoke.json
 
+# pipeline.toml, pipeline.lock, server.toml, upload archives, webhooks, OCI
+# manifests, JUnit/Cobertura/lcov, Trivy JSON: release with overflow checks and
+# debug assertions on, in its own target dir (the normal release build is left
+# alone). `just test` runs the same tests with FUZZ_CASES=64 (the default).
+# Seeds: tests/fuzz/corpus/; failures found are saved where proptest says.
+# Property tests of every parser of untrusted input with many cases per property.
+fuzz cases="100000":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export FUZZ_CASES={{cases}} CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/fuzz"
+    export CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
+    for package in test-runner trivy-gate pipeline-tests; do
+        cargo test --release -p "$package" --test fuzz
+    done
+
 # Run the demo app's CI/CD flow (pipelines/demo.toml) on the real engine and registry.
 demo: services build
     bash scripts/demo.sh

@@ -14,6 +14,8 @@ use quick_xml::Reader;
 
 /// Most text kept from a `<failure>`/`<error>` body (the annotation shows ~1 KB).
 const MAX_BODY: usize = 16 * 1024;
+/// Deepest element nesting read (PHPUnit nests suites a few levels).
+pub const MAX_DEPTH: usize = 256;
 
 /// Outcome of one test case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +214,10 @@ pub fn parse(file: &str, xml: &str) -> Result<Vec<TestCase>, ParseError> {
     let mut suites: Vec<String> = Vec::new();
     let mut current: Option<TestCase> = None;
     let mut seen_root = false;
+    // Whether the deciding `<failure>`/`<error>`/`<skipped>` is open (kept
+    // here rather than searched for in `stack`: that made deep nesting
+    // quadratic).
+    let mut in_result = false;
 
     loop {
         let start = reader.buffer_position() as usize;
@@ -235,7 +241,12 @@ pub fn parse(file: &str, xml: &str) -> Result<Vec<TestCase>, ParseError> {
                         ));
                     }
                 }
-                let in_result = stack.iter().any(|o| o.kind == Kind::Result);
+                if stack.len() >= MAX_DEPTH {
+                    return Err(err_at(
+                        start,
+                        format!("<{name}>: elements nested more than {MAX_DEPTH} deep"),
+                    ));
+                }
                 let kind = match name.as_str() {
                     _ if in_result => Kind::Other,
                     "testsuite" if current.is_none() => {
@@ -285,6 +296,7 @@ pub fn parse(file: &str, xml: &str) -> Result<Vec<TestCase>, ParseError> {
                 if empty {
                     close(kind, &mut current, &mut suites, &mut cases);
                 } else {
+                    in_result |= kind == Kind::Result;
                     stack.push(Open {
                         name,
                         kind,
@@ -295,11 +307,12 @@ pub fn parse(file: &str, xml: &str) -> Result<Vec<TestCase>, ParseError> {
             Event::End(_) => {
                 // check_end_names guarantees this matches the last Start.
                 if let Some(open) = stack.pop() {
+                    in_result &= open.kind != Kind::Result;
                     close(open.kind, &mut current, &mut suites, &mut cases);
                 }
             }
             Event::Text(t) => {
-                if let Some(body) = result_body(&stack, &mut current) {
+                if let Some(body) = result_body(in_result, &mut current) {
                     let text = t
                         .decode()
                         .map_err(|e| err_at(start, format!("not valid text: {e}")))?;
@@ -307,7 +320,7 @@ pub fn parse(file: &str, xml: &str) -> Result<Vec<TestCase>, ParseError> {
                 }
             }
             Event::CData(t) => {
-                if let Some(body) = result_body(&stack, &mut current) {
+                if let Some(body) = result_body(in_result, &mut current) {
                     let text = t
                         .decode()
                         .map_err(|e| err_at(start, format!("not valid text: {e}")))?;
@@ -315,7 +328,7 @@ pub fn parse(file: &str, xml: &str) -> Result<Vec<TestCase>, ParseError> {
                 }
             }
             Event::GeneralRef(r) => {
-                if let Some(body) = result_body(&stack, &mut current) {
+                if let Some(body) = result_body(in_result, &mut current) {
                     let resolved = match r.resolve_char_ref() {
                         Ok(Some(c)) => c.to_string(),
                         Ok(None) => {
@@ -374,8 +387,8 @@ fn close(
 }
 
 /// The body being collected, when inside the deciding `<failure>`/`<error>`/`<skipped>`.
-fn result_body<'a>(stack: &[Open], current: &'a mut Option<TestCase>) -> Option<&'a mut String> {
-    if stack.iter().any(|o| o.kind == Kind::Result) {
+fn result_body(in_result: bool, current: &mut Option<TestCase>) -> Option<&mut String> {
+    if in_result {
         current.as_mut().map(|c| &mut c.body)
     } else {
         None

@@ -843,6 +843,51 @@ mod tests {
         assert_eq!(r.annotations[0].line, Some(11));
     }
 
+    /// The issue's case: coverage.py's report cut inside `<classes>`. Its
+    /// root's attributes are complete (66.7%, above min-coverage), the
+    /// document is not: the stage fails, naming the file and position.
+    #[test]
+    fn truncated_coverage_report_fails_the_stage() {
+        let corpus = |rel: &str| {
+            let p = format!(
+                "{}/../../tests/fuzz/corpus/{rel}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+        };
+        let cobertura = corpus("cobertura/cobertura_coveragepy_x_xml.xml");
+        let lcov = corpus("lcov/lcov_jest-istanbul_windows-paths.info");
+        for (file, cut, error) in [
+            (
+                "coverage.xml",
+                &cobertura[..cobertura.find("<lines>").unwrap() + 10],
+                "coverage.xml: line 14, column 3: the file ends early (truncated?): \
+                 <lines> opened at line 13 is not closed",
+            ),
+            (
+                "lcov.info",
+                &lcov[..lcov.rfind("LF:").unwrap()],
+                "lcov.info: line 78: the file ends early (truncated?): \
+                 the record opened at line 63 has no end_of_record",
+            ),
+        ] {
+            let mut fake = Fake::new("cutcov", 0, &[(GRADLE, "r/junit.xml")]);
+            fs::write(fake.workspace.join(file), cut).unwrap();
+            let config = format!(
+                r#"{{"image":"x","command":["t"],"junit":"r/*.xml","coverage":"{file}","min-coverage":60}}"#
+            );
+            let r = fake.stage(&config).unwrap();
+            assert_eq!(r.status, ReportStatus::Failed, "{file}");
+            assert_eq!(
+                r.summary,
+                format!("24 tests: 24 passed, 0 failed, 0 errors, 0 skipped — {error}")
+            );
+            assert_eq!(r.annotations.len(), 1);
+            assert_eq!(r.annotations[0].title, "invalid coverage report");
+            assert_eq!(r.annotations[0].file.as_deref(), Some(file));
+        }
+    }
+
     #[test]
     fn coverage_below_minimum_fails() {
         let mut fake = Fake::new("lowcov", 0, &[(GRADLE, "r/junit.xml"), (LCOV, "lcov.info")]);
