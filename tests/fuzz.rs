@@ -216,10 +216,18 @@ fn lock_checked(text: String) -> Result<LockFile, String> {
     guarded("LockFile::parse", Budget::for_input(len), move || {
         let r = LockFile::parse(&text);
         if let Err(e) = &r {
+            // `LINE:COL: message`, inside the text, one line, bounded.
+            let mut parts = e.splitn(3, ':');
+            let line: usize = parts.next().unwrap().parse().expect("a line");
+            let col: usize = parts.next().unwrap().parse().expect("a column");
+            let msg = parts.next().unwrap().trim_start();
+            assert!(line >= 1 && line <= text.lines().count().max(1) + 1, "{e}");
+            assert!(col >= 1, "{e}");
             assert!(
-                e.starts_with("not a valid lock file") || e.starts_with("lock file version"),
+                msg.starts_with("not a valid lock file") || msg.starts_with("lock file version"),
                 "{e}"
             );
+            assert!(!e.contains('\n') && e.chars().count() < 400, "{e}");
         }
         r
     })
@@ -471,7 +479,7 @@ proptest! {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pipeline.lock");
-        lock.write(&path).unwrap();
+        lock.write(&host::confined::Origin::Operator, &path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         prop_assert_eq!(lock_checked(text).unwrap(), lock);
     }
@@ -959,7 +967,7 @@ fn archive_kind() -> impl Strategy<Value = ArchiveKind> {
 /// that need more than one link to get out; set this to `false` once
 /// `host/src/source/archive.rs` resolves link targets through the links it
 /// made.
-const KNOWN_BUG_LINK_THROUGH_LINK: bool = true;
+const KNOWN_BUG_LINK_THROUGH_LINK: bool = false;
 
 /// Where `path` leads when every link on the way is followed as the
 /// filesystem would, including links that dangle; `None` for a link loop
@@ -1112,14 +1120,10 @@ proptest! {
 }
 
 /// A link may point at another link inside the workspace, but then `..`
-/// from there climbs out of it: `a/l -> ..` (the workspace root) is
-/// accepted, and so is `a/y -> l/..`, which the extraction resolves by
-/// name to `a/` but which leads to the workspace's parent directory. A
-/// pipeline file in the archive linked the same way (`ci/pipeline.toml ->
-/// ../a/l/../OTHER-RUN/pipeline.toml`) would be read from outside the
-/// upload.
+/// from there climbs out of it: `a/l -> ..` (the workspace root), then
+/// `a/y -> l/..`, which by name is `a/` but physically the workspace's
+/// parent. Found by this suite; extraction now walks links physically.
 #[test]
-#[ignore = "host bug: archive::unpack resolves a link's target by name, not through the links it made, so `a/l -> ..` then `a/y -> l/..` points outside the workspace (host/src/source/archive.rs:196-218)"]
 fn link_through_an_earlier_link_escapes() {
     for kind in [ArchiveKind::Tar, ArchiveKind::TarGz, ArchiveKind::Zip] {
         let entries = vec![
@@ -1167,15 +1171,12 @@ fn tar_gz_with_huge_metadata(kind: tar::EntryType, size: usize) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-/// The limits bound what is written, not what the tar reader holds: a GNU
-/// long name or PAX header is read whole into memory by the `tar` crate
-/// before `unpack` sees an entry, so 64 MiB of it (64 KiB compressed, well
-/// under the archive limit) had ~470 MB live at once (the name is copied
-/// and escaped again), and a 512 MiB upload could take hundreds of GiB.
-/// Skipped bodies (a directory's, a global header's) are decompressed in
-/// full as well: time, not memory, but also unbounded by the limits.
+/// A GNU long name or PAX header is read whole into memory by the `tar`
+/// crate before `unpack` sees an entry: 64 MiB of it (64 KiB compressed,
+/// well under the archive limit) had ~470 MB live at once. Found by this
+/// suite; such entries are now bounded as the stream goes by, and so is the
+/// whole decompressed stream.
 #[test]
-#[ignore = "host bug: archive::unpack_tar lets the tar crate read a GNU long-name/PAX entry of any size into memory, beyond Limits (host/src/source/archive.rs:365-369: the decompressed stream is not bounded, and the name is copied again at :369)"]
 fn huge_tar_metadata_is_bounded() {
     for kind in [tar::EntryType::GNULongName, tar::EntryType::XHeader] {
         let bytes = tar_gz_with_huge_metadata(kind, 64 << 20);

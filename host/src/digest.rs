@@ -31,6 +31,9 @@ mod tests {
             hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(super::sha256_of(&b"abc"[..]).unwrap(), format!("sha256:{hex}"));
+        assert_eq!(
+            super::sha256_of(&b"abc"[..]).unwrap(),
+            format!("sha256:{hex}")
+        );
     }
 }

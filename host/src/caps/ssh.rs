@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use crate::caps::audit::Audit;
 use crate::caps::denied;
-use crate::confined::{FileError, Root};
 use crate::caps::secrets::SecretStore;
+use crate::confined::{FileError, Root};
 use crate::exec::{self, Finished, Input};
 use crate::pipeline::SshHost;
 use crate::runtime::bindings::ci::stage::ssh::{ExecRequest, ExecResult, Host};

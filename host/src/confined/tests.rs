@@ -137,13 +137,23 @@ fn replacing_a_file_keeps_its_mode_and_makes_parents() {
     use std::os::unix::fs::PermissionsExt;
     let (_t, r) = fixture();
     std::fs::write(r.path().join("run.sh"), "old").unwrap();
-    std::fs::set_permissions(r.path().join("run.sh"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        r.path().join("run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     r.write_replace(Path::new("run.sh"), b"new").unwrap();
-    let mode = std::fs::metadata(r.path().join("run.sh")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(r.path().join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755);
-    r.write_replace(Path::new("deploy/prod/app.yaml"), b"x").unwrap();
-    assert_eq!(r.read_text(Path::new("deploy/prod/app.yaml"), 10).unwrap(), "x");
+    r.write_replace(Path::new("deploy/prod/app.yaml"), b"x")
+        .unwrap();
+    assert_eq!(
+        r.read_text(Path::new("deploy/prod/app.yaml"), 10).unwrap(),
+        "x"
+    );
     assert!(matches!(
         r.write_replace(Path::new("ci"), b"x").unwrap_err(),
         FileError::NotAFile { .. }

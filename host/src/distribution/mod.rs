@@ -19,7 +19,6 @@ mod url;
 
 use std::path::{Path, PathBuf};
 
-
 use crate::confined::Origin;
 use crate::pipeline::{Diagnostic, Location, Pipeline, PluginRef, PluginSource, MAX_PLUGIN_BYTES};
 use lock::{LockEntry, LockFile};

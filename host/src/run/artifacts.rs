@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
-
 use crate::confined::{FileError, Root};
 use crate::digest::sha256_of;
 

@@ -75,7 +75,7 @@ impl Launch<'_> {
         pipeline: Arc<Pipeline>,
         opts: RunOptions,
     ) -> Result<RunRecord, LaunchError> {
-        guard_state_dir(&opts.workspace, self.state_dir)?;
+        guard_state_dir(&pipeline, &opts.workspace, self.state_dir)?;
         let plugins = preflight::load_plugins(&pipeline, &self.runtime)
             .await
             .map_err(LaunchError::Plugins)?;
@@ -106,11 +106,14 @@ impl Launch<'_> {
 
 /// The state directory holds the run records, the artifact key and
 /// compiled plugins (native code the host loads): no stage may reach it,
-/// so it must not lie inside the workspace, whatever the grants say (a
-/// read-only workspace still shows a stage the artifact key).
-fn guard_state_dir(workspace: &Path, state_dir: &Path) -> anyhow::Result<()> {
+/// so it must not lie inside a workspace any stage is given, read-only or
+/// not (a read-only workspace still shows a stage the artifact key).
+fn guard_state_dir(p: &Pipeline, workspace: &Path, state_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    if p.stages.iter().all(|s| s.grants.workspace.is_none()) {
+        return Ok(());
+    }
     let state = state_dir.canonicalize()?;
     let workspace = workspace
         .canonicalize()

@@ -570,8 +570,98 @@ pub fn unpack_named(
     result
 }
 
+/// The largest GNU long-name/long-link or PAX header entry accepted: the
+/// `tar` crate reads such entries whole into memory before anything else
+/// sees them, so they are bounded here, as the stream goes by.
+const MAX_TAR_METADATA: u64 = 64 << 10;
+
+/// Extra decompressed bytes allowed beyond the unpacked-size limit (headers,
+/// padding, skipped bodies): the whole stream is bounded, so neither time nor
+/// memory grows with what the limits do not count.
+const TAR_STREAM_SLACK: u64 = 64 << 20;
+
+/// Passes a tar stream through unchanged while reading each header as it
+/// goes by: refuses format metadata entries over [`MAX_TAR_METADATA`] and a
+/// stream longer than `budget`, before the `tar` crate buffers them.
+struct TarGuard<R> {
+    inner: R,
+    /// Stream offset of the next header block.
+    next_header: u64,
+    pos: u64,
+    budget: u64,
+    header: Vec<u8>,
+}
+
+impl<R: Read> TarGuard<R> {
+    fn new(inner: R, budget: u64) -> Self {
+        Self {
+            inner,
+            next_header: 0,
+            pos: 0,
+            budget,
+            header: Vec::with_capacity(512),
+        }
+    }
+
+    /// Looks at the bytes of the header block among `buf` (which starts at
+    /// stream offset `start`).
+    fn inspect(&mut self, start: u64, buf: &[u8]) -> io::Result<()> {
+        let end = start + buf.len() as u64;
+        let mut at = start;
+        while at < end && at >= self.next_header {
+            let off = (at - start) as usize;
+            let need = 512 - self.header.len();
+            let take = need.min(buf.len() - off);
+            self.header.extend_from_slice(&buf[off..off + take]);
+            at += take as u64;
+            if self.header.len() < 512 {
+                break;
+            }
+            let block = std::mem::take(&mut self.header);
+            let h = tar::Header::from_byte_slice(&block);
+            let size = if block.iter().all(|b| *b == 0) {
+                0 // end-of-archive padding
+            } else {
+                h.entry_size()?
+            };
+            let meta = matches!(
+                h.entry_type(),
+                tar::EntryType::GNULongName
+                    | tar::EntryType::GNULongLink
+                    | tar::EntryType::XHeader
+                    | tar::EntryType::XGlobalHeader
+            );
+            if meta && size > MAX_TAR_METADATA {
+                return Err(io::Error::other(format!(
+                    "a {:?} entry of {size} bytes (at most {MAX_TAR_METADATA})",
+                    h.entry_type()
+                )));
+            }
+            self.next_header = at + size.div_ceil(512) * 512;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let start = self.pos;
+        self.pos += n as u64;
+        if self.pos > self.budget {
+            return Err(io::Error::other(format!(
+                "the tar stream is longer than {} bytes",
+                self.budget
+            )));
+        }
+        self.inspect(start, &buf[..n])?;
+        Ok(n)
+    }
+}
+
 fn unpack_tar(reader: impl Read, x: &mut Extract<'_>) -> Result<(), ArchiveError> {
-    let mut ar = tar::Archive::new(reader);
+    let budget = x.limits.max_total_bytes.saturating_add(TAR_STREAM_SLACK);
+    let mut ar = tar::Archive::new(TarGuard::new(reader, budget));
     let entries = ar.entries().map_err(|e| x.io(e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| x.io(e))?;
