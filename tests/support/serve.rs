@@ -278,6 +278,10 @@ impl Server {
             lines: rx,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // A fresh connection per request: after a refused oversized
+                // body the server closes its side, and a pooled connection
+                // reused in that moment fails with IncompleteMessage.
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
         }
