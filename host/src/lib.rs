@@ -6,7 +6,11 @@
 //! - [`caps`]: the host capabilities a stage may be granted (one module each).
 //! - [`run`]: the executor (DAG scheduling, retries, cancellation) and run records.
 //! - [`serve`]: `host serve`, the CI server (webhooks, queue, history, metrics, pages).
-//! - [`source`]: making a workspace from a commit of a repository.
+//! - [`source`]: making a workspace (a commit, an upload, a per-run copy).
+//! - [`confined`]: files from untrusted places, opened beneath their root.
+//! - [`exec`]: the one hardened runner for child processes (git, ssh, trivy).
+//! - [`grants`]: grant patterns compiled once (URLs, images, names).
+//! - [`digest`]: sha256 spellings.
 //! - [`cli`]: the `host` command line.
 pub mod caps;
 pub mod cli;
@@ -14,6 +18,7 @@ pub mod confined;
 pub mod digest;
 pub mod distribution;
 pub mod exec;
+pub mod grants;
 pub mod pipeline;
 pub mod run;
 pub mod runtime;

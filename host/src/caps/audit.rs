@@ -2,9 +2,15 @@
 //! secrets, scan, git, ssh), allowed or denied, with its target and
 //! outcome, kept in the stage's run record (`host audit RUN`).
 //!
-//! Targets and outcomes go through the run's masker, and no capability
-//! passes a secret *value* here: URLs are recorded as the plugin wrote them
-//! (`${secret:NAME}` unexpanded), secrets by name.
+//! Targets and outcomes go through [`render`], the one function that turns
+//! text into trail text: masked by the run's masker, whole (never just its
+//! first line), control characters escaped, bounded with a marker. No
+//! capability passes a secret *value* here: URLs are recorded as the plugin
+//! wrote them (`${secret:NAME}` unexpanded), secrets by name.
+//!
+//! A target with a raw line break is refused before it is acted on
+//! ([`refuse_line_breaks`]; http URLs, ssh and docker commands): what a
+//! line-oriented tool or log would split must not be run.
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,8 +21,69 @@ use crate::runtime::bindings::CapError;
 
 /// Entries kept per stage; later calls are counted, not kept.
 pub const MAX_ENTRIES: usize = 5_000;
-/// Longest target or outcome text kept.
-const MAX_TEXT: usize = 300;
+/// Longest target text kept (characters, escapes included).
+pub const MAX_TARGET: usize = 4096;
+/// Longest outcome text kept.
+const MAX_OUTCOME: usize = 300;
+
+/// The one rendering of text for the trail (and for log lines naming a
+/// target): masked first (so a value is found as it is), then every
+/// control character escaped (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}` for
+/// bidirectional overrides and line separators) and `\` doubled, so the
+/// result is one line and an escape cannot be forged; at most `max`
+/// characters, ending with `…[N more chars]` when cut.
+pub fn render(masker: &Masker, text: &str, max: usize) -> String {
+    let masked = masker.mask(text);
+    let mut out = String::with_capacity(masked.len().min(max));
+    let mut kept = 0;
+    let mut chars = masked.chars();
+    while let Some(c) = chars.next() {
+        let piece = escape(c);
+        kept += piece.chars().count();
+        if kept > max {
+            let left = 1 + chars.count();
+            out.push_str(&format!("…[{left} more chars]"));
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// [`render`] with the target bound.
+pub fn render_target(masker: &Masker, text: &str) -> String {
+    render(masker, text, MAX_TARGET)
+}
+
+fn escape(c: char) -> std::borrow::Cow<'static, str> {
+    match c {
+        '\\' => "\\\\".into(),
+        '\n' => "\\n".into(),
+        '\r' => "\\r".into(),
+        '\t' => "\\t".into(),
+        c if (c as u32) < 0x80 && c.is_control() => format!("\\x{:02x}", c as u32).into(),
+        c if c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c) =>
+        {
+            format!("\\u{{{:x}}}", c as u32).into()
+        }
+        c => c.to_string().into(),
+    }
+}
+
+/// Refuse a target (an http URL, an ssh or docker command) holding a raw
+/// line break (CR or LF): the call is not made, and the audit entry shows
+/// the target escaped. `what` names it for the message (`the URL`).
+pub fn refuse_line_breaks(what: &str, target: &str) -> Result<(), CapError> {
+    if target.contains(['\n', '\r']) {
+        return Err(CapError::Invalid(format!(
+            "{what} contains a raw line break; escape or encode it"
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEntry {
@@ -72,17 +139,6 @@ impl Audit {
         self.record::<()>(capability, target, &Ok(()), |_| outcome.to_string());
     }
 
-    fn clean(&self, s: &str) -> String {
-        let s = self.masker.mask(s.lines().next().unwrap_or(""));
-        if s.chars().count() > MAX_TEXT {
-            let mut t: String = s.chars().take(MAX_TEXT).collect();
-            t.push('…');
-            t
-        } else {
-            s
-        }
-    }
-
     /// Record one call and how it ended; `ok` describes a success.
     pub fn record<T>(
         &self,
@@ -100,9 +156,9 @@ impl Audit {
             attempt: self.attempt,
             at_ms: self.started.elapsed().as_millis() as u64,
             capability: capability.to_string(),
-            target: self.clean(target),
+            target: render(&self.masker, target, MAX_TARGET),
             allowed,
-            outcome: self.clean(&outcome),
+            outcome: render(&self.masker, &outcome, MAX_OUTCOME),
         };
         let mut inner = self.inner.lock().unwrap();
         if inner.entries.len() < MAX_ENTRIES {
@@ -159,5 +215,51 @@ mod tests {
         let e = a.entries();
         assert_eq!(e.len(), MAX_ENTRIES + 1);
         assert!(e.last().unwrap().outcome.starts_with("2 more calls"));
+    }
+
+    #[test]
+    fn targets_are_whole_escaped_and_bounded() {
+        let m = Masker::new(["hunter2".to_string(), "two\nlines".to_string()]);
+        let a = Audit::new(m.clone(), 1);
+        let no: Result<(), CapError> = Err(CapError::Invalid("x".into()));
+        a.record(
+            "ssh.exec",
+            "ls\nrm -rf / \x1b[2J\r\t\\n hunter2 two\nlines \u{202e}x\0",
+            &no,
+            |_| String::new(),
+        );
+        let e = a.entries();
+        assert_eq!(
+            e[0].target,
+            "ls\\nrm -rf / \\x1b[2J\\r\\t\\\\n *** *** \\u{202e}x\\x00"
+        );
+        // A long target is kept up to the bound, then says how much is cut.
+        let long = format!("GET https://x/{}", "a".repeat(MAX_TARGET));
+        let r = render_target(&m, &long);
+        assert!(r.starts_with("GET https://x/aaaa"), "{r}");
+        assert!(r.ends_with("…[14 more chars]"), "{r}");
+        assert!(r.chars().count() < MAX_TARGET + 20);
+        // An escape is never cut in half.
+        let r = render(&m, "ab\n", 3);
+        assert_eq!(r, "ab…[1 more chars]");
+        // Outcomes are one line too.
+        a.record::<()>(
+            "docker.build",
+            "x",
+            &Err(CapError::Failed("a\nb".into())),
+            |_| String::new(),
+        );
+        assert_eq!(a.entries()[1].outcome, "failed: a\\nb");
+    }
+
+    #[test]
+    fn line_breaks_in_targets_are_refused() {
+        assert!(refuse_line_breaks("the URL", "https://x/a").is_ok());
+        for t in ["https://x/\nHost: y", "ls\rrm", "a\r\n"] {
+            match refuse_line_breaks("the URL", t) {
+                Err(CapError::Invalid(m)) => assert!(m.contains("raw line break"), "{m}"),
+                other => panic!("{t:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -77,7 +77,7 @@ impl StageCaps {
             ),
             http: http::HttpCap::new(
                 stage,
-                http::Allowlist::new(&[]).expect("empty allowlist"),
+                crate::grants::url::UrlAllowlist::default(),
                 http::HttpCap::client(),
                 http::HttpLimits::default(),
                 secrets.clone(),

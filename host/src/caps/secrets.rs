@@ -195,29 +195,46 @@ impl SecretsCap {
 
     /// Value of a secret the stage may *use* in a capability call.
     pub fn usable_value(&self, name: &str) -> Result<&str, CapError> {
-        if !self.usable.iter().any(|n| n == name) && !self.readable.iter().any(|n| n == name) {
-            return Err(denied(&self.stage, "secrets", name));
-        }
+        self.check_usable(name)?;
         self.store.get(name).map_err(CapError::Failed)
     }
 
+    /// Check a `${secret:NAME}` template without touching any value: the
+    /// references are well formed and each NAME is granted for use. Says
+    /// whether `text` references a secret at all. Capabilities call this
+    /// before they validate a request, and [`SecretsCap::expand`] after.
+    pub fn check_template(&self, text: &str) -> Result<bool, CapError> {
+        let mut any = false;
+        for piece in pieces(text)? {
+            if let Piece::Secret(name) = piece {
+                self.check_usable(name)?;
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    fn check_usable(&self, name: &str) -> Result<(), CapError> {
+        if !self.usable.iter().any(|n| n == name) && !self.readable.iter().any(|n| n == name) {
+            return Err(denied(&self.stage, "secrets", name));
+        }
+        Ok(())
+    }
+
     /// Replace every `${secret:NAME}` in `text` with the value. Each NAME
-    /// must be granted to the stage.
+    /// must be granted to the stage. The only place a secret value is put
+    /// into text: call it after the request was validated in its template
+    /// form, and build every message, log line and audit entry from the
+    /// template, never from what this returns. Values are put in as they
+    /// are (a value holding `${secret:…}` is not expanded again).
     pub fn expand(&self, text: &str) -> Result<String, CapError> {
         let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("${secret:") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + "${secret:".len()..];
-            let Some(end) = after.find('}') else {
-                return Err(CapError::Invalid(
-                    "unterminated `${secret:` reference".to_string(),
-                ));
-            };
-            out.push_str(self.usable_value(&after[..end])?);
-            rest = &after[end + 1..];
+        for piece in pieces(text)? {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Secret(name) => out.push_str(self.usable_value(name)?),
+            }
         }
-        out.push_str(rest);
         Ok(out)
     }
 
@@ -235,7 +252,37 @@ impl SecretsCap {
 }
 
 pub fn contains_reference(text: &str) -> bool {
-    text.contains("${secret:")
+    text.contains(OPEN)
+}
+
+const OPEN: &str = "${secret:";
+
+/// A template split into literal text and `${secret:NAME}` references.
+enum Piece<'a> {
+    Text(&'a str),
+    Secret(&'a str),
+}
+
+fn pieces(text: &str) -> Result<Vec<Piece<'_>>, CapError> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        if start > 0 {
+            out.push(Piece::Text(&rest[..start]));
+        }
+        let after = &rest[start + OPEN.len()..];
+        let Some(end) = after.find('}') else {
+            return Err(CapError::Invalid(
+                "unterminated `${secret:` reference".to_string(),
+            ));
+        };
+        out.push(Piece::Secret(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
 }
 
 // Shared with the http capability, which expands `${secret:…}`.
@@ -302,6 +349,33 @@ mod tests {
         }
         assert!(matches!(
             c.expand("${secret:hook"),
+            Err(CapError::Invalid(_))
+        ));
+        // A value is put in as it is, never expanded again.
+        let store = SecretStore::from_values([
+            ("a".to_string(), "${secret:b}".to_string()),
+            ("b".to_string(), "B".to_string()),
+        ]);
+        let c = SecretsCap::new("s", vec!["a".into(), "b".into()], vec![], Arc::new(store));
+        assert_eq!(c.expand("x${secret:a}y").unwrap(), "x${secret:b}y");
+    }
+
+    #[test]
+    fn templates_are_checked_without_values() {
+        let store =
+            SecretStore::from_results([("hook".to_string(), Err("not set".to_string()))].into());
+        let c = SecretsCap::new("s", vec!["hook".into()], vec![], Arc::new(store));
+        assert!(matches!(
+            c.check_template("https://x/${secret:hook}"),
+            Ok(true)
+        ));
+        assert!(matches!(c.check_template("https://x/"), Ok(false)));
+        assert!(matches!(
+            c.check_template("${secret:other}"),
+            Err(CapError::Denied(d)) if d.target == "other"
+        ));
+        assert!(matches!(
+            c.check_template("a${secret:hook"),
             Err(CapError::Invalid(_))
         ));
     }

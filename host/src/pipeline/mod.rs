@@ -222,8 +222,9 @@ pub struct Grants {
     pub workspace: Option<WorkspaceAccess>,
     /// Host environment variables passed through by name.
     pub env: Vec<String>,
-    /// URL glob patterns for outgoing HTTP (e.g. `https://hooks.slack.com/*`).
-    pub http: Vec<String>,
+    /// URL patterns for outgoing HTTP (e.g. `https://hooks.slack.com/*`),
+    /// compiled at validation; the http capability matches with these.
+    pub http: crate::grants::url::UrlAllowlist,
     /// Secrets the plugin may *use* via `${secret:NAME}` in capability calls.
     pub secrets: Vec<String>,
     /// Secrets whose *value* the plugin may read (`secrets-read`).

@@ -590,7 +590,7 @@ fn other_grant_checks() {
         &stage("grants = { http = [\"https://x/[\"] }"),
         13,
         20,
-        "invalid glob pattern in `grants.http`",
+        "invalid glob pattern in the path",
     );
     assert_diag(
         &stage("grants = { docker = { ports = [0] } }"),

@@ -14,6 +14,7 @@ use super::{
     DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
 };
 use crate::confined::Origin;
+use crate::grants::url::{UrlAllowlist, UrlPattern};
 
 const STAGE_NAME_RULE: &str =
     "lower-case letters, digits, `-` and `_`, starting with a letter or digit";
@@ -532,18 +533,11 @@ fn build_grants(cx: &mut Ctx<'_, '_>, g: &RawGrants, known: &Declared<'_>) -> Gr
     let mut http = Vec::new();
     for h in g.http.iter().flatten() {
         let p = h.get_ref();
-        if !(p.starts_with("https://") || p.starts_with("http://")) {
-            cx.err(
-                h.span(),
-                format!("`grants.http` pattern {p:?} must start with `https://` or `http://`, e.g. \"https://hooks.slack.com/*\""),
-            );
-        } else if let Err(e) = http_glob(p) {
-            cx.err(
-                h.span(),
-                format!("invalid glob pattern in `grants.http`: {}", e.kind()),
-            );
-        } else {
-            http.push(p.clone());
+        // Parsed and compiled here, once: `host check` and the http
+        // capability both use these values.
+        match UrlPattern::parse(p) {
+            Ok(pattern) => http.push(pattern),
+            Err(e) => cx.err(h.span(), format!("`grants.http` pattern {p:?}: {e}")),
         }
     }
 
@@ -579,7 +573,7 @@ fn build_grants(cx: &mut Ctx<'_, '_>, g: &RawGrants, known: &Declared<'_>) -> Gr
     Grants {
         workspace: g.workspace,
         env,
-        http,
+        http: UrlAllowlist::new(http),
         secrets: secret_use,
         secrets_read,
         docker,
@@ -605,15 +599,6 @@ fn build_docker(cx: &mut Ctx<'_, '_>, d: &RawDocker) -> DockerGrants {
         containers: patterns(cx, d.containers.as_ref(), "grants.docker.containers"),
         ports,
     }
-}
-
-/// URL patterns are matched by the http capability, where `*` may cross
-/// `/`; compile them with the same settings so validity agrees with it.
-fn http_glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
-    globset::GlobBuilder::new(pattern)
-        .literal_separator(false)
-        .backslash_escape(true)
-        .build()
 }
 
 fn port_range(v: &toml::Value) -> Result<PortRange, String> {

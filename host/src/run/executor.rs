@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::caps::audit::Audit;
 use crate::caps::docker::{policy::DockerPolicy, DockerCap, DockerEngine};
 use crate::caps::git::{CommitIdentity, GitCap};
-use crate::caps::http::{Allowlist, HttpCap, HttpLimits};
+use crate::caps::http::{HttpCap, HttpLimits};
 use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
 use crate::caps::scan::{ScanCap, ScanConfig};
 use crate::caps::secrets::{Masker, SecretFiles, SecretStore, SecretsCap};
@@ -600,7 +600,6 @@ fn build_caps(
         .with_audit(audit.clone()),
     );
     secrets.check_available()?;
-    let allow = Allowlist::new(&g.http).map_err(|e| format!("bad `grants.http` pattern: {e}"))?;
     let workspace = g.workspace.map(|a| {
         (
             shared.opts.workspace.clone(),
@@ -612,7 +611,7 @@ fn build_caps(
         log: log.clone(),
         http: HttpCap::new(
             &stage.name,
-            allow,
+            g.http.clone(),
             shared.http.clone(),
             shared.http_limits.clone(),
             secrets.clone(),

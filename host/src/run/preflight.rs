@@ -1,13 +1,13 @@
 //! Checks before a run that need the plugins themselves.
 use std::collections::BTreeMap;
 
-use crate::caps::http::Allowlist;
 use crate::pipeline::{Diagnostic, Location, Pipeline};
 use crate::runtime::{Plugin, Runtime};
 
 /// Load every plugin of the pipeline (compiled once, or from the cache) and
 /// run the checks that need them: each is a component of our world, each
-/// `with` key is one its plugin declares, each URL pattern compiles.
+/// `with` key is one its plugin declares. (`grants.http` patterns were
+/// compiled when the file was validated, into the values the run uses.)
 pub async fn load_plugins(
     p: &Pipeline,
     runtime: &Runtime,
@@ -35,12 +35,6 @@ pub async fn load_plugins(
         }
     }
     for stage in &p.stages {
-        if let Err(e) = Allowlist::new(&stage.grants.http) {
-            diags.push(at(
-                &stage.location,
-                format!("stage `{}`: grants.http: {e}", stage.name),
-            ));
-        }
         let Some(info) = infos.get(&stage.plugin) else {
             continue;
         };
