@@ -12,6 +12,7 @@ pub mod caps;
 pub mod cli;
 pub mod confined;
 pub mod distribution;
+pub mod grants;
 pub mod pipeline;
 pub mod run;
 pub mod runtime;

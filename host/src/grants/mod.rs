@@ -1,0 +1,2 @@
+//! Grant patterns compiled once, when the pipeline is validated, and used as they are by `host check`, validation and every capability call.
+pub mod image;
