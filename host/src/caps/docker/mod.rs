@@ -3,6 +3,7 @@
 //! checked against `grants.docker` (see [`policy`]) before it reaches the
 //! engine (see [`engine`]). Containers get the workspace as their only
 //! mount, ports on 127.0.0.1 only, and never privileges.
+pub mod dockerfile;
 pub mod engine;
 pub mod policy;
 
