@@ -697,6 +697,17 @@ grants = {{ docker = {{ run = ["{image}"], containers = ["ph-limits-*"] }} }}
 "#
         ))
         .await;
+    // What the engine was told, for the created container (removed first,
+    // whatever the assertions below say).
+    let host_config: serde_json::Value = serde_json::from_str(&docker(&[
+        "inspect",
+        "--format",
+        "{{json .HostConfig}}",
+        &name,
+    ]))
+    .unwrap_or_default();
+    let user = docker(&["inspect", "--format", "{{.Config.User}}", &name]);
+    docker(&["rm", "-f", &name]);
     for s in ["default", "root", "create"] {
         assert_eq!(
             stage(&run, s).status,
@@ -777,16 +788,6 @@ grants = {{ docker = {{ run = ["{image}"], containers = ["ph-limits-*"] }} }}
             "user 4242:4243, memory 96MiB, cpus 0.5, pids 64, no capabilities, no-new-privileges"
         )));
 
-    // What the engine was told, for a container that exists.
-    let host_config: serde_json::Value = serde_json::from_str(&docker(&[
-        "inspect",
-        "--format",
-        "{{json .HostConfig}}",
-        &name,
-    ]))
-    .unwrap();
-    let user = docker(&["inspect", "--format", "{{.Config.User}}", &name]);
-    docker(&["rm", "-f", &name]);
     assert_eq!(user, "65534:65534");
     assert_eq!(host_config["CapDrop"], serde_json::json!(["ALL"]));
     assert_eq!(
