@@ -26,12 +26,14 @@ plugin = "build"
 with = {{ image = "local/{repo}-test:ci", context = "demo-app", dockerfile = "Dockerfile.test" }}
 grants = {{ workspace = "ro", docker = {{ build = ["local/{repo}-test"] }} }}
 
+# The test workspace belongs to root (the tests run as root): the test
+# container writes its reports as root, still without capabilities.
 [[stage]]
 name = "test"
 plugin = "test-runner"
 needs = ["test-image"]
 with = {{ image = "local/{repo}-test:ci", command = ["/container-tests.sh"], env = {{ REPORT_DIR = "reports" {test_env} }}, junit = "reports/*.xml", timeout = "2m" }}
-grants = {{ workspace = "rw", docker = {{ run = ["local/{repo}-test"] }} }}
+grants = {{ workspace = "rw", docker = {{ run = ["local/{repo}-test"], root = true }} }}
 
 [[stage]]
 name = "build"

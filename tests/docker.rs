@@ -52,6 +52,18 @@ async fn grant_violations_are_refused_before_reaching_the_engine() {
     h.env
         .insert("REGISTRY_AUTH".into(), "ci:ci-registry-password".into());
     busybox_context(&h.workspace.join("app"));
+    for (dir, dockerfile) in [
+        ("evil", "FROM local/other:1\n"),
+        (
+            "copyfrom",
+            "FROM scratch\nCOPY --from=private/secret-image:1 /etc/secret /secret\n",
+        ),
+        ("argfrom", "ARG BASE=scratch\nFROM ${BASE}\n"),
+        ("unknown", "FROM local/base-${TARGETARCH}\n"),
+    ] {
+        std::fs::create_dir_all(h.workspace.join(dir)).unwrap();
+        std::fs::write(h.workspace.join(dir).join("Dockerfile"), dockerfile).unwrap();
+    }
 
     let grants = r#"grants = { workspace = "ro", docker = { build = ["local/app"], run = ["local/app"], tag = ["127.0.0.1:5000/app"], push = ["127.0.0.1:5000/app"], containers = ["app-*"], ports = [18000] } }"#;
     let cases: &[(&str, &str, &[&str])] = &[
@@ -135,11 +147,73 @@ async fn grant_violations_are_refused_before_reaching_the_engine() {
             r#"op = "start", name = "someone-elses""#,
             &["docker.start", "someone-elses"],
         ),
+        // A build reads only base images the stage is granted.
+        (
+            "build-from",
+            r#"op = "build", image = "local/app", context = "evil""#,
+            &["docker.base", "local/other:1 (FROM, Dockerfile line 1)"],
+        ),
+        (
+            "build-copy-from",
+            r#"op = "build", image = "local/app", context = "copyfrom""#,
+            &[
+                "docker.base",
+                "private/secret-image:1 (COPY --from, Dockerfile line 2)",
+            ],
+        ),
+        (
+            "build-arg-from",
+            r#"op = "build", image = "local/app", context = "argfrom", build-args = { BASE = "private/secret-image:1" }"#,
+            &["docker.base", "private/secret-image:1 (FROM"],
+        ),
+    ];
+    // Malformed requests: refused as invalid, before the engine too.
+    let invalid: &[(&str, &str, &[&str])] = &[
+        (
+            "build-unknown-from",
+            r#"op = "build", image = "local/app", context = "unknown""#,
+            &["TARGETARCH", "set by the builder"],
+        ),
+        (
+            "secret-build-arg",
+            r#"op = "build", image = "local/app", context = "app", build-args = { TOKEN = "${secret:registry-auth}" }"#,
+            &["build arg `TOKEN`", "image's history", "legacy builder"],
+        ),
+        (
+            "newline-command",
+            r#"op = "run", image = "local/app", command = ["/bin/sh", "-c", "echo hi\nrm -rf /workspace"]"#,
+            &["command argument 3", "control character '\\n'"],
+        ),
+        (
+            "newline-image",
+            r#"op = "run", image = "local/app\nlocal/other""#,
+            &["not an image reference", "'\\n'"],
+        ),
+        (
+            "newline-env",
+            r#"op = "run", image = "local/app", env = { "A\nB" = "x" }"#,
+            &["environment variable name", "control character"],
+        ),
+        (
+            "escape-workdir",
+            r#"op = "run", image = "local/app", workdir = "/w\u001b[2J""#,
+            &["working directory", "control character"],
+        ),
+        (
+            "newline-label",
+            r#"op = "create", name = "app-3", image = "local/app", labels = { team = "a\nb" }"#,
+            &["label `team`", "control character"],
+        ),
+        (
+            "newline-name",
+            r#"op = "inspect", name = "app-1\nx""#,
+            &["is not a container name"],
+        ),
     ];
     let mut text_toml = String::from(
         "[pipeline]\nname = \"denials\"\n[plugins]\nhostile = \"{plugin:hostile}\"\n[secrets]\nregistry-auth = { env = \"REGISTRY_AUTH\" }\n",
     );
-    for (name, with, _) in cases {
+    for (name, with, _) in cases.iter().chain(invalid) {
         text_toml.push_str(&format!(
             "[[stage]]\nname = \"{name}\"\nplugin = \"hostile\"\nwith = {{ attack = \"docker\", {with} }}\n{grants}\n"
         ));
@@ -154,6 +228,17 @@ async fn grant_violations_are_refused_before_reaching_the_engine() {
         assert!(
             t.contains(&format!("\"{name}\"")) || t.contains(&format!("`{name}`")),
             "{name}: stage not named: {t}"
+        );
+        for f in *fragments {
+            assert!(t.contains(f), "{name}: expected `{f}` in: {t}");
+        }
+    }
+    for (name, _, fragments) in invalid {
+        let t = text(&run, name);
+        assert_eq!(stage(&run, name).status, Status::Failure, "{name}: {t}");
+        assert!(
+            t.contains("invalid request"),
+            "{name}: not refused as invalid: {t}"
         );
         for f in *fragments {
             assert!(t.contains(f), "{name}: expected `{f}` in: {t}");
@@ -289,6 +374,9 @@ async fn run_to_completion_with_workspace_exit_code_timeout_and_cleanup() {
     busybox_context(&ctx);
     let image = format!("local/{}:1", unique("ph-test-run"));
     docker(&["build", "-q", "-t", &image, ctx.to_str().unwrap()]);
+    // As on a runner whose workspaces belong to an ordinary user: the
+    // container runs as that user and writes the workspace as them.
+    std::os::unix::fs::chown(&h.workspace, Some(4242), Some(4242)).unwrap();
     let grants = format!(r#"grants = {{ workspace = "rw", docker = {{ run = ["{image}"] }} }}"#);
     let run = h
         .run_with(
@@ -327,6 +415,9 @@ with = {{ attack = "docker", op = "run", image = "{image}", command = ["/bin/sle
             .trim(),
         "hi"
     );
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(h.workspace.join("out.txt")).unwrap();
+    assert_eq!((owner.uid(), owner.gid()), (4242, 4242));
     let slow = stage(&run, "slow");
     assert_eq!(slow.outputs["timed-out"], "true", "{}", text(&run, "slow"));
     // Containers are always removed.
@@ -513,4 +604,401 @@ grants = {{ docker = {{ run = ["{image}"] }} }}
         "containers left behind"
     );
     docker(&["image", "rm", "-f", &image]);
+}
+
+/// A busybox image (`FROM scratch`) the hardening tests share, built once
+/// per test process and kept between runs (the engine caches it).
+fn shared_busybox() -> &'static str {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let image = "local/ph-test-hardening:1".to_string();
+        let dir = tempfile::tempdir().unwrap();
+        busybox_context(dir.path());
+        docker(&["build", "-q", "-t", &image, dir.path().to_str().unwrap()]);
+        assert!(
+            !docker(&["image", "inspect", "--format", "{{.Id}}", &image]).is_empty(),
+            "building {image} failed"
+        );
+        image
+    })
+}
+
+fn output_lines(run: &RunRecord, name: &str) -> Vec<String> {
+    stage(run, name).outputs["output"]
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn hex(text: &str) -> String {
+    hex::encode(text.as_bytes())
+}
+
+/// The test process's peak resident memory, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Containers run as the workspace owner (root only with the grant), with
+/// no capabilities and no-new-privileges: what they leave in the workspace
+/// cannot gain privileges. Memory, CPU and pid limits are always on, come
+/// from the grant or the stage's `memory`, and are in the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_unprivileged_with_limits_that_are_recorded() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    services::require();
+    let image = shared_busybox();
+    let h = Harness::new().unwrap();
+    let ws = &h.workspace;
+    // Made by the host (root): a container must not make it set-id.
+    std::fs::write(ws.join("rootfile"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(ws.join("rootfile"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A workspace of an ordinary user, as on a runner.
+    std::os::unix::fs::chown(ws, Some(4242), Some(4243)).unwrap();
+    let attack = "id -u; id -g; \
+        touch /workspace/made && echo made; \
+        chown 0:0 /workspace/made && echo CHOWN-WORKED || echo chown-refused; \
+        chmod u+s /workspace/rootfile && echo SETUID-WORKED || echo setuid-refused; \
+        chmod g+s /workspace/rootfile && echo SETGID-WORKED || echo setgid-refused; \
+        mknod /workspace/null c 1 3 && echo MKNOD-WORKED || echo mknod-refused";
+    let inside = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
+        cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes \
+            /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max \
+            /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null; true";
+    let as_root = "id -u; mknod /tmp/null c 1 3 && echo MKNOD-WORKED || echo mknod-refused";
+    let name = unique("ph-limits");
+    let run = h
+        .run(&format!(
+            r#"
+[pipeline]
+name = "privileges"
+[plugins]
+hostile = "{{plugin:hostile}}"
+[[stage]]
+name = "default"
+plugin = "hostile"
+with = {{ attack = "docker", op = "run", image = "{image}", workspace = "rw", command = ["/bin/sh", "-c", "{attack}; {inside}"] }}
+grants = {{ workspace = "rw", docker = {{ run = ["{image}"], memory = "96MiB", cpus = 0.5, pids = 64 }} }}
+[[stage]]
+name = "root"
+plugin = "hostile"
+memory = "80MiB"
+with = {{ attack = "docker", op = "run", image = "{image}", workspace = "rw", command = ["/bin/sh", "-c", "{as_root}; {inside}"] }}
+grants = {{ workspace = "rw", docker = {{ run = ["{image}"], root = true }} }}
+[[stage]]
+name = "create"
+plugin = "hostile"
+memory = "72MiB"
+with = {{ attack = "docker", op = "create", name = "{name}", image = "{image}", command = ["/bin/sleep", "1"] }}
+grants = {{ docker = {{ run = ["{image}"], containers = ["ph-limits-*"] }} }}
+"#
+        ))
+        .await;
+    // What the engine was told, for the created container (removed first,
+    // whatever the assertions below say).
+    let host_config: serde_json::Value = serde_json::from_str(&docker(&[
+        "inspect",
+        "--format",
+        "{{json .HostConfig}}",
+        &name,
+    ]))
+    .unwrap_or_default();
+    let user = docker(&["inspect", "--format", "{{.Config.User}}", &name]);
+    docker(&["rm", "-f", &name]);
+    for s in ["default", "root", "create"] {
+        assert_eq!(
+            stage(&run, s).status,
+            Status::Success,
+            "{s}: {}",
+            text(&run, s)
+        );
+    }
+
+    // The workspace owner's ids, and every escalation refused.
+    let out = output_lines(&run, "default");
+    let has = |lines: &[String], l: &str| lines.iter().any(|x| x.trim() == l);
+    for want in [
+        "4242",
+        "4243",
+        "made",
+        "chown-refused",
+        "setuid-refused",
+        "setgid-refused",
+        "mknod-refused",
+        "NoNewPrivs:\t1",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        // 96MiB, 64 pids, half a CPU (cgroup v1 or v2).
+        "100663296",
+        "64",
+    ] {
+        assert!(has(&out, want), "`{want}` missing in {out:?}");
+    }
+    assert!(
+        out.iter()
+            .any(|l| l.trim() == "50000" || l.trim() == "50000 100000"),
+        "no CPU quota in {out:?}"
+    );
+    assert!(!out.iter().any(|l| l.contains("WORKED")), "{out:?}");
+    let made = std::fs::metadata(ws.join("made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (4242, 4243));
+    let rootfile = std::fs::metadata(ws.join("rootfile")).unwrap();
+    assert_eq!(rootfile.mode() & 0o6000, 0);
+    assert!(!ws.join("null").exists());
+
+    // Root only with the grant, and still without capabilities; the
+    // stage's `memory` when the grant names none.
+    let out = output_lines(&run, "root");
+    for want in [
+        "0",
+        "mknod-refused",
+        "NoNewPrivs:\t1",
+        "CapEff:\t0000000000000000",
+        "83886080",
+        "512",
+    ] {
+        assert!(has(&out, want), "root: `{want}` missing in {out:?}");
+    }
+
+    // In the record: the audit trail and the stage log say what applied.
+    let audit = |s: &str, op: &str| {
+        stage(&run, s)
+            .audit
+            .iter()
+            .find(|a| a.capability == op)
+            .unwrap_or_else(|| panic!("{s}: no {op} in the audit trail"))
+            .outcome
+            .clone()
+    };
+    assert_eq!(
+        audit("default", "docker.run"),
+        "exit 0 (user 4242:4243, memory 96MiB, cpus 0.5, pids 64)"
+    );
+    assert_eq!(
+        audit("root", "docker.run"),
+        "exit 0 (user 0:0, memory 80MiB, cpus 1, pids 512)"
+    );
+    assert!(audit("create", "docker.create")
+        .ends_with("(user 65534:65534, memory 72MiB, cpus 1, pids 512)"));
+    assert!(stage(&run, "default").log.iter().any(|l| l.stream == "host"
+        && l.text.contains(
+            "user 4242:4243, memory 96MiB, cpus 0.5, pids 64, no capabilities, no-new-privileges"
+        )));
+
+    assert_eq!(user, "65534:65534");
+    assert_eq!(host_config["CapDrop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        host_config["SecurityOpt"],
+        serde_json::json!(["no-new-privileges:true"])
+    );
+    assert_eq!(host_config["Privileged"], false);
+    assert_eq!(host_config["Memory"], 72 << 20);
+    assert_eq!(host_config["MemorySwap"], 72 << 20);
+    assert_eq!(host_config["NanoCpus"], 1_000_000_000);
+    assert_eq!(host_config["PidsLimit"], 512);
+    assert_eq!(host_config["IpcMode"], "private");
+    assert!(host_config["Devices"]
+        .as_array()
+        .is_none_or(|d| d.is_empty()));
+}
+
+/// A build reads only base images the stage is granted (`scratch` needs
+/// none), and its context is streamed with a limit: a 3GiB file fails the
+/// build at once without the host reading it into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_start_only_from_granted_bases_and_stream_a_bounded_context() {
+    services::require();
+    let image = shared_busybox();
+    let base_repo = image.rsplit_once(':').unwrap().0;
+    let h = Harness::new().unwrap();
+    let ctx = h.workspace.join("derived");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nCOPY hello.txt /hello.txt\n"),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    let big = h.workspace.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::write(big.join("Dockerfile"), "FROM scratch\nCOPY blob /blob\n").unwrap();
+    std::fs::File::create(big.join("blob"))
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let repo = unique("local/ph-test-derived");
+    let stage_toml = |name: &str, with: &str, base: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\nplugin = \"hostile\"\nwith = {{ attack = \"docker\", op = \"build\", {with} }}\ngrants = {{ workspace = \"ro\", docker = {{ build = [\"{repo}\"], base = [{base}] }} }}\n"
+        )
+    };
+    let mut p =
+        String::from("[pipeline]\nname = \"bases\"\n[plugins]\nhostile = \"{plugin:hostile}\"\n");
+    p += &stage_toml(
+        "granted",
+        &format!(r#"image = "{repo}:1", context = "derived""#),
+        &format!("\"{base_repo}\""),
+    );
+    p += &stage_toml(
+        "ungranted",
+        &format!(r#"image = "{repo}:2", context = "derived""#),
+        "\"local/other\"",
+    );
+    p += &stage_toml(
+        "big",
+        &format!(r#"image = "{repo}:3", context = "big""#),
+        "",
+    );
+    let before = peak_rss();
+    let run = h.run(&p).await;
+    let grew = peak_rss().saturating_sub(before);
+
+    assert_eq!(
+        stage(&run, "granted").status,
+        Status::Success,
+        "{}",
+        text(&run, "granted")
+    );
+    assert!(docker(&["run", "--rm", &format!("{repo}:1"), "cat", "/hello.txt"]) == "hello");
+
+    let t = text(&run, "ungranted");
+    assert_eq!(stage(&run, "ungranted").status, Status::Failure);
+    assert!(
+        t.contains("docker.base") && t.contains(&format!("{image} (FROM, Dockerfile line 1)")),
+        "{t}"
+    );
+    assert_eq!(
+        docker(&["images", "-q", &format!("{repo}:2")]),
+        "",
+        "built without a grant"
+    );
+
+    let big = stage(&run, "big");
+    let t = text(&run, "big");
+    assert_eq!(big.status, Status::Failure);
+    assert!(
+        t.contains("larger than its limit of 1GiB")
+            && t.contains("`blob`")
+            && t.contains("context-limit"),
+        "{t}"
+    );
+    assert!(big.duration_ms < 30_000, "took {} ms", big.duration_ms);
+    assert!(
+        grew < 512 << 20,
+        "the host's peak memory grew by {grew} bytes"
+    );
+    assert_eq!(docker(&["images", "-q", &format!("{repo}:3")]), "");
+    services::remove_images(&repo);
+}
+
+/// Secrets never land in an image (a build arg is in its history), and
+/// every text the docker capability hands back is masked: the plugin
+/// itself never sees a secret it was not granted to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_images_and_what_the_plugin_gets_is_masked() {
+    services::require();
+    let image = shared_busybox();
+    let base_repo = image.rsplit_once(':').unwrap().0;
+    let mut h = Harness::new().unwrap();
+    let secret = format!("tok{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    h.env.insert("TOKEN_VALUE".into(), secret.clone());
+    let ctx = h.workspace.join("app");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {image}\nARG NOTE\nARG TOKEN\nRUN [\"/bin/sh\", \"-c\", \"echo note=$NOTE\"]\n"
+        ),
+    )
+    .unwrap();
+    let repo = unique("local/ph-test-secret");
+    let build_grants = format!(
+        r#"grants = {{ workspace = "ro", secrets = ["tok"], docker = {{ build = ["{repo}"], base = ["{base_repo}"] }} }}"#
+    );
+    let run_grants = format!(
+        r#"grants = {{ secrets = ["tok"], docker = {{ run = ["{image}"], containers = ["nothing-*"] }} }}"#
+    );
+    let run = h
+        .run(&format!(
+            r#"
+[pipeline]
+name = "secrets"
+[plugins]
+hostile = "{{plugin:hostile}}"
+[secrets]
+tok = {{ env = "TOKEN_VALUE" }}
+[[stage]]
+name = "build-plain"
+plugin = "hostile"
+with = {{ attack = "docker", op = "build", image = "{repo}:1", context = "app", build-args = {{ NOTE = "visible-in-history" }} }}
+{build_grants}
+[[stage]]
+name = "build-secret"
+plugin = "hostile"
+with = {{ attack = "docker", op = "build", image = "{repo}:2", context = "app", build-args = {{ TOKEN = "${{secret:tok}}" }} }}
+{build_grants}
+[[stage]]
+name = "build-literal"
+plugin = "hostile"
+with = {{ attack = "docker", op = "build", image = "{repo}:3", context = "app", build-args = {{ TOKEN = "{secret}" }} }}
+{build_grants}
+[[stage]]
+name = "echo"
+plugin = "hostile"
+with = {{ attack = "docker", op = "run", image = "{image}", env = {{ TOKEN = "${{secret:tok}}" }}, command = ["/bin/sh", "-c", "echo token=$TOKEN"] }}
+{run_grants}
+[[stage]]
+name = "denied-name"
+plugin = "hostile"
+with = {{ attack = "docker", op = "inspect", name = "{secret}" }}
+{run_grants}
+"#
+        ))
+        .await;
+    assert_eq!(
+        stage(&run, "build-plain").status,
+        Status::Success,
+        "{}",
+        text(&run, "build-plain")
+    );
+    // Why: build args are in the image's history for anyone to read.
+    let history = docker(&["history", "--no-trunc", &format!("{repo}:1")]);
+    assert!(history.contains("visible-in-history"), "{history}");
+    assert!(!history.contains(&secret));
+
+    for s in ["build-secret", "build-literal"] {
+        let t = text(&run, s);
+        assert_eq!(stage(&run, s).status, Status::Failure, "{s}: {t}");
+        assert!(
+            t.contains("build arg `TOKEN`")
+                && t.contains("image's history")
+                && t.contains("legacy builder"),
+            "{s}: {t}"
+        );
+    }
+    assert_eq!(docker(&["images", "-q", &format!("{repo}:2")]), "");
+    assert_eq!(docker(&["images", "-q", &format!("{repo}:3")]), "");
+
+    // The container printed the secret: the plugin got it masked.
+    let echo = stage(&run, "echo");
+    assert_eq!(echo.status, Status::Success, "{}", text(&run, "echo"));
+    assert_eq!(echo.outputs["output-hex"], hex("token=***\n"));
+    assert!(echo
+        .log
+        .iter()
+        .any(|l| l.stream == "container" && l.text == "token=***"));
+    // An error naming it: masked too.
+    let denied = stage(&run, "denied-name");
+    assert_eq!(denied.status, Status::Failure);
+    let error = String::from_utf8(hex::decode(&denied.outputs["error-hex"]).unwrap()).unwrap();
+    assert!(error.contains("denied") && error.contains("***"), "{error}");
+    assert!(!error.contains(&secret));
+
+    // Nowhere in the record, in any encoding the plugin could choose here.
+    let record = serde_json::to_string(&run).unwrap();
+    assert!(!record.contains(&secret) && !record.contains(&hex(&secret)));
+    services::remove_images(&repo);
 }

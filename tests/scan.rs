@@ -24,15 +24,20 @@ name = "no-grant"
 plugin = "hostile"
 with = {{ attack = "scan", image = "{image}", scanners = ["secret"] }}
 [[stage]]
+name = "not-its-image"
+plugin = "hostile"
+with = {{ attack = "scan", image = "{image}", scanners = ["secret"] }}
+grants = {{ scan = true, docker = {{ scan = ["local/other"], run = ["local/ph-other-*"] }} }}
+[[stage]]
 name = "scan"
 plugin = "hostile"
 with = {{ attack = "scan", image = "{image}", scanners = ["secret"] }}
-grants = {{ scan = true }}
+grants = {{ scan = true, docker = {{ scan = ["local/ph-secret-*"] }} }}
 [[stage]]
 name = "bad-scanner"
 plugin = "hostile"
 with = {{ attack = "scan", image = "{image}", scanners = ["--config=/etc/passwd"] }}
-grants = {{ scan = true }}
+grants = {{ scan = true, docker = {{ scan = ["local/ph-secret-*"] }} }}
 "#
         ))
         .await;
@@ -42,6 +47,15 @@ grants = {{ scan = true }}
         no.summary.contains("denied") && no.summary.contains("scan"),
         "{}",
         no.summary
+    );
+
+    // A scan reads the image: only images the stage may use.
+    let other = run.stage("not-its-image").unwrap();
+    assert_eq!(other.status, Status::Failure);
+    assert!(
+        other.summary.contains("denied") && other.summary.contains("docker.scan"),
+        "{}",
+        other.summary
     );
 
     let scan = run.stage("scan").unwrap();

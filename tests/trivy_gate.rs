@@ -24,7 +24,7 @@ fn gate_pipeline(stages: &[(&str, &str)]) -> String {
     );
     for (name, with) in stages {
         p.push_str(&format!(
-            "[[stage]]\nname = \"{name}\"\nplugin = \"trivy-gate\"\nwith = {{ {with} }}\ngrants = {{ workspace = \"ro\", scan = true }}\n"
+            "[[stage]]\nname = \"{name}\"\nplugin = \"trivy-gate\"\nwith = {{ {with} }}\ngrants = {{ workspace = \"ro\", scan = true, docker = {{ scan = [\"local/ph-planted-*\", \"local/ph-clean-*\"] }} }}\n"
         ));
     }
     p

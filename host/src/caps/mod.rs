@@ -10,7 +10,6 @@ pub mod docker;
 pub mod git;
 pub mod http;
 pub mod log;
-pub mod paths;
 pub mod scan;
 pub mod secrets;
 pub mod ssh;

@@ -1,7 +1,8 @@
 //! Image scanning: the host exports the image from the engine and runs
 //! Trivy on the tarball (`trivy image --input`), returning its JSON report.
-//! The stage needs `grants.scan = true`; it never touches the engine or the
-//! scanner itself.
+//! The stage needs `grants.scan = true`, and scans only images it may use:
+//! ones its `grants.docker` patterns name (build, run, tag, push, base or
+//! scan). It never touches the engine or the scanner itself.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::caps::docker::engine::engine_error;
 use crate::caps::docker::policy::ImageRef;
 use crate::caps::docker::DockerEngine;
 use crate::exec::{self, Input};
+use crate::pipeline::DockerGrants;
 use crate::runtime::bindings::ci::stage::scan::{Host, ScanRequest};
 use crate::runtime::bindings::CapError;
 
@@ -51,6 +53,9 @@ impl ScanConfig {
 pub struct ScanCap {
     stage: String,
     granted: bool,
+    /// The images it may scan: those its docker grants name (none unless
+    /// [`ScanCap::with_images`] says).
+    images: DockerGrants,
     config: ScanConfig,
     engine: DockerEngine,
     audit: Audit,
@@ -61,6 +66,7 @@ impl ScanCap {
         Self {
             stage: stage.to_string(),
             granted,
+            images: DockerGrants::default(),
             config,
             engine,
             audit: Audit::default(),
@@ -73,11 +79,22 @@ impl ScanCap {
         self
     }
 
+    /// The stage's docker grants: it may scan the images they name.
+    pub fn with_images(mut self, grants: DockerGrants) -> Self {
+        self.images = grants;
+        self
+    }
+
     async fn scan(&self, req: ScanRequest) -> Result<String, CapError> {
         if !self.granted {
             return Err(denied(&self.stage, "scan", req.image));
         }
         let image = ImageRef::parse(&req.image).map_err(CapError::Invalid)?;
+        // A scan reads the image (a secret scan reports what it found):
+        // only images the stage may use.
+        if !self.images.may_use(&image) {
+            return Err(denied(&self.stage, "docker.scan", req.image));
+        }
         let scanners = if req.scanners.is_empty() {
             vec!["vuln".to_string(), "secret".to_string()]
         } else {

@@ -1,2 +1,4 @@
-//! Grant patterns, parsed and compiled once when the pipeline is validated.
+//! Grant patterns compiled once, when the pipeline is validated, and used as
+//! they are by `host check` and every capability call.
+pub mod image;
 pub mod url;

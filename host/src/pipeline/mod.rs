@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::confined::Origin;
+use crate::grants::image::{ImagePatterns, ImageRef, NamePatterns};
 pub use files::MAX_PLUGIN_BYTES;
 pub(crate) use parse::tidy_message;
 pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_SIZE, MIN_SIZE};
@@ -246,16 +247,50 @@ pub enum WorkspaceAccess {
     ReadWrite,
 }
 
-/// `grants.docker`: patterns for image/container names, parsed and checked
-/// for syntax here; enforcement lives in the docker capability.
+/// `grants.docker`: image and container-name patterns, compiled once here
+/// (see [`crate::grants::image`]) and matched as they are by the docker and
+/// scan capabilities; the limits every container and build gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DockerGrants {
-    pub build: Vec<String>,
-    pub run: Vec<String>,
-    pub tag: Vec<String>,
-    pub push: Vec<String>,
-    pub containers: Vec<String>,
+    pub build: ImagePatterns,
+    pub run: ImagePatterns,
+    pub tag: ImagePatterns,
+    pub push: ImagePatterns,
+    /// Images a build may start `FROM` (or `COPY --from`); `scratch` needs none.
+    pub base: ImagePatterns,
+    /// Images the stage may scan (besides those it may build, run, tag,
+    /// push or build from); `grants.scan` must be on too.
+    pub scan: ImagePatterns,
+    pub containers: NamePatterns,
     pub ports: Vec<PortRange>,
+    /// Containers may run as uid 0 inside (still without capabilities and
+    /// with `no-new-privileges`); otherwise they run as the workspace owner.
+    pub root: bool,
+    /// Container and build memory; the stage's `memory` when unset.
+    pub memory: Option<u64>,
+    /// CPUs in billionths (`cpus = 1.5` is 1_500_000_000).
+    pub nano_cpus: Option<u64>,
+    /// Most processes and threads in a container.
+    pub pids: Option<u32>,
+    /// Largest build context sent to the engine.
+    pub context_limit: Option<u64>,
+}
+
+impl DockerGrants {
+    /// Whether the stage may use `image` in any way: build, run, tag, push,
+    /// build from or scan it. A tag's source and a scan must be one of these.
+    pub fn may_use(&self, image: &ImageRef) -> bool {
+        [
+            &self.build,
+            &self.run,
+            &self.tag,
+            &self.push,
+            &self.base,
+            &self.scan,
+        ]
+        .iter()
+        .any(|p| p.allows(image))
+    }
 }
 
 /// An inclusive host port range; a single port has `start == end`.

@@ -131,7 +131,7 @@ pub(super) struct RawGrants {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct RawDocker {
     pub build: Option<StrList>,
     pub run: Option<StrList>,
@@ -139,6 +139,13 @@ pub(super) struct RawDocker {
     pub push: Option<StrList>,
     pub containers: Option<StrList>,
     pub ports: Option<Vec<Spanned<toml::Value>>>,
+    pub base: Option<StrList>,
+    pub scan: Option<StrList>,
+    pub root: Option<bool>,
+    pub memory: Option<Spanned<toml::Value>>,
+    pub cpus: Option<Spanned<toml::Value>>,
+    pub pids: Option<Spanned<toml::Value>>,
+    pub context_limit: Option<Spanned<toml::Value>>,
 }
 
 /// The file being checked: its name for messages and its text for turning

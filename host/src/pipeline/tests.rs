@@ -616,6 +616,59 @@ fn other_grant_checks() {
         30,
         "must not be empty",
     );
+    // Docker patterns are compiled here, as the capability uses them.
+    assert_diag(
+        &stage("grants = { docker = { run = [\"Local/App\"] } }"),
+        13,
+        30,
+        "lower case",
+    );
+    assert_diag(
+        &stage("grants = { docker = { base = [\"local/[\"] } }"),
+        13,
+        31,
+        "invalid glob",
+    );
+    assert_diag(
+        &stage("grants = { docker = { containers = [\"a/b\"] } }"),
+        13,
+        37,
+        "cannot appear in a container name",
+    );
+    assert_diag(&stage("grants = { docker = { scan = [\"local/app:1@sha256:0123456789abcdef0123456789abcdef\"] } }"), 13, 31, "not both");
+    assert_diag(
+        &stage("grants = { docker = { cpus = 0 } }"),
+        13,
+        30,
+        "number of CPUs",
+    );
+    assert_diag(
+        &stage("grants = { docker = { pids = 1 } }"),
+        13,
+        30,
+        "from 16 to 65536",
+    );
+    assert_diag(
+        &stage("grants = { docker = { memory = \"1KiB\" } }"),
+        13,
+        32,
+        "`grants.docker.memory`",
+    );
+    assert_diag(
+        &stage("grants = { docker = { context-limit = 5 } }"),
+        13,
+        39,
+        "expected a size string",
+    );
+    let p = ok(&stage("grants = { workspace = \"rw\", docker = { run = [\"local/app\"], base = [\"local/base:*\"], scan = [\"local/app\"], root = true, memory = \"1GiB\", cpus = 1.5, pids = 100, context-limit = \"2GiB\" } }"));
+    let d = &p.stages[0].grants.docker;
+    assert_eq!(d.base, ["local/base:*"]);
+    assert_eq!(d.scan, ["local/app"]);
+    assert!(d.root);
+    assert_eq!(
+        (d.memory, d.nano_cpus, d.pids, d.context_limit),
+        (Some(1 << 30), Some(1_500_000_000), Some(100), Some(2 << 30))
+    );
 }
 
 #[test]

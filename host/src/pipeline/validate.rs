@@ -15,6 +15,7 @@ use super::{
 };
 use crate::confined::Origin;
 use crate::grants::url::{UrlAllowlist, UrlPattern};
+use crate::grants::image::{ImagePattern, ImagePatterns, NamePattern, NamePatterns};
 
 const STAGE_NAME_RULE: &str =
     "lower-case letters, digits, `-` and `_`, starting with a letter or digit";
@@ -591,13 +592,82 @@ fn build_docker(cx: &mut Ctx<'_, '_>, d: &RawDocker) -> DockerGrants {
             Err(msg) => cx.err(p.span(), msg),
         }
     }
+    let mut images = |list: Option<&StrList>, key: &str| -> ImagePatterns {
+        let mut out = Vec::new();
+        for p in list.into_iter().flatten() {
+            match ImagePattern::parse(p.get_ref()) {
+                Ok(c) => out.push(c),
+                Err(e) => cx.err(p.span(), format!("`grants.docker.{key}`: {e}")),
+            }
+        }
+        ImagePatterns::new(out)
+    };
+    let build = images(d.build.as_ref(), "build");
+    let run = images(d.run.as_ref(), "run");
+    let tag = images(d.tag.as_ref(), "tag");
+    let push = images(d.push.as_ref(), "push");
+    let base = images(d.base.as_ref(), "base");
+    let scan = images(d.scan.as_ref(), "scan");
+    let mut containers = Vec::new();
+    for p in d.containers.iter().flatten() {
+        match NamePattern::parse(p.get_ref()) {
+            Ok(c) => containers.push(c),
+            Err(e) => cx.err(p.span(), format!("`grants.docker.containers`: {e}")),
+        }
+    }
+    let mut size = |v: Option<&Spanned<toml::Value>>, key: &str| -> Option<u64> {
+        let v = v?;
+        let r = match v.get_ref() {
+            toml::Value::String(s) => units::parse_size(s),
+            other => Err(format!(
+                "expected a size string like \"512MiB\" or \"2GiB\", found {}",
+                type_name(other)
+            )),
+        };
+        r.map_err(|m| cx.err(v.span(), format!("`grants.docker.{key}`: {m}")))
+            .ok()
+    };
+    let memory = size(d.memory.as_ref(), "memory");
+    let context_limit = size(d.context_limit.as_ref(), "context-limit");
+    let nano_cpus = d.cpus.as_ref().and_then(|v| {
+        const HINT: &str = "expected a number of CPUs from 0.01 to 64, like 1 or 0.5";
+        let n = match v.get_ref() {
+            toml::Value::Integer(i) => Some(*i as f64),
+            toml::Value::Float(f) => Some(*f),
+            _ => None,
+        };
+        match n {
+            Some(n) if (0.01..=64.0).contains(&n) => Some((n * 1e9).round() as u64),
+            _ => {
+                cx.err(v.span(), format!("`grants.docker.cpus`: {HINT}"));
+                None
+            }
+        }
+    });
+    let pids = d.pids.as_ref().and_then(|v| match v.get_ref() {
+        toml::Value::Integer(i) if (16..=65_536).contains(i) => Some(*i as u32),
+        _ => {
+            cx.err(
+                v.span(),
+                "`grants.docker.pids`: expected a number of processes from 16 to 65536",
+            );
+            None
+        }
+    });
     DockerGrants {
-        build: patterns(cx, d.build.as_ref(), "grants.docker.build"),
-        run: patterns(cx, d.run.as_ref(), "grants.docker.run"),
-        tag: patterns(cx, d.tag.as_ref(), "grants.docker.tag"),
-        push: patterns(cx, d.push.as_ref(), "grants.docker.push"),
-        containers: patterns(cx, d.containers.as_ref(), "grants.docker.containers"),
+        build,
+        run,
+        tag,
+        push,
+        base,
+        scan,
+        containers: NamePatterns::new(containers),
         ports,
+        root: d.root.unwrap_or(false),
+        memory,
+        nano_cpus,
+        pids,
+        context_limit,
     }
 }
 

@@ -618,7 +618,8 @@ fn build_caps(
         )
         .with_audit(audit.clone()),
         docker: DockerCap::new(
-            DockerPolicy::new(&stage.name, &g.docker, workspace.clone())?,
+            DockerPolicy::new(&stage.name, &g.docker, workspace.clone())?
+                .with_stage_memory(stage.memory),
             shared.docker.clone(),
             secrets.clone(),
             log,
@@ -632,6 +633,7 @@ fn build_caps(
             shared.scan.clone(),
             shared.docker.clone(),
         )
+        .with_images(g.docker.clone())
         .with_audit(audit.clone()),
         git: GitCap::new(
             &stage.name,

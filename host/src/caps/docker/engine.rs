@@ -1,7 +1,7 @@
 //! The Docker engine, reached through bollard. Everything here runs only
 //! after `policy` allowed the call; this module knows nothing of grants.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::policy::{ImageRef, MANAGED_LABEL};
+use super::context::{self, ContextError};
+use super::policy::{BuildContext, ContainerLimits, ImageRef, MANAGED_LABEL};
 use crate::caps::log::StageLog;
 use crate::runtime::bindings::ci::stage::docker::{ContainerInfo, PortMapping};
 use crate::runtime::bindings::ci::stage::types::RemoteError;
@@ -187,34 +188,33 @@ pub fn credentials(value: &str, registry: Option<&str>) -> Result<DockerCredenti
     })
 }
 
-/// Tar the build context (symlinks kept as links, never followed).
-fn tar_context(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.append_dir_all(".", dir)?;
-    b.into_inner()
-}
-
 pub struct Build<'a> {
-    pub context: PathBuf,
-    pub dockerfile: String,
+    pub context: BuildContext,
     pub image: &'a ImageRef,
     pub build_args: HashMap<String, String>,
     pub labels: HashMap<String, String>,
+    /// Memory and CPU of the build's RUN steps.
+    pub limits: ContainerLimits,
+    /// Largest context sent.
+    pub context_limit: u64,
 }
 
+/// Build an image from a context streamed to the engine while it is read.
 pub async fn build(
     docker: &Docker,
     b: Build<'_>,
     log: &StageLog,
 ) -> Result<(String, String), CapError> {
-    let ctx = b.context.clone();
-    let tar = tokio::task::spawn_blocking(move || tar_context(&ctx))
-        .await
-        .map_err(|e| CapError::Failed(format!("packing the build context: {e}")))?
-        .map_err(|e| CapError::Failed(format!("packing the build context: {e}")))?;
+    let BuildContext {
+        dir,
+        dockerfile,
+        text,
+    } = b.context;
+    let (body, packing) = context::stream(dir, dockerfile.clone(), text, b.context_limit);
+    // The engine API takes 32-bit sizes here: at most 2GiB for a build.
+    let memory = i32::try_from(b.limits.memory).unwrap_or(i32::MAX);
     let options = q::BuildImageOptions {
-        dockerfile: b.dockerfile,
+        dockerfile,
         t: Some(b.image.to_string()),
         rm: true,
         forcerm: true,
@@ -223,9 +223,13 @@ pub async fn build(
         // Builds get no network: nothing can be fetched or sent from a
         // Dockerfile's RUN steps.
         networkmode: Some("none".into()),
+        memory: Some(memory),
+        memswap: Some(memory),
+        cpuperiod: Some(100_000),
+        cpuquota: Some(i32::try_from(b.limits.nano_cpus / 10_000).unwrap_or(i32::MAX)),
         ..Default::default()
     };
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+    let mut stream = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
     let mut tail: Vec<String> = Vec::new();
     let mut push_tail = |line: &str| {
         tail.push(line.to_string());
@@ -234,6 +238,7 @@ pub async fn build(
         }
     };
     let mut failure = None;
+    let mut broken = None;
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
@@ -254,8 +259,33 @@ pub async fn build(
                 push_tail(&error);
                 failure = Some(error);
             }
-            Err(e) => return Err(engine_error(e)),
+            Err(e) => {
+                broken = Some(engine_error(e));
+                break;
+            }
         }
+    }
+    // The request is over: the packer stops if it still runs.
+    drop(stream);
+    let sent = packing
+        .await
+        .map_err(|e| CapError::Failed(format!("packing the build context: {e}")))?;
+    match sent {
+        // Why the context could not be sent is the error, whatever the
+        // engine made of the broken request.
+        Err(ContextError::Closed) => {}
+        Err(e) => return Err(e.into()),
+        Ok(sent) if sent.skipped > 0 => log.append_external(
+            "host",
+            &format!(
+                "build context: {} fifos, sockets or devices left out",
+                sent.skipped
+            ),
+        ),
+        Ok(_) => {}
+    }
+    if let Some(e) = broken {
+        return Err(e);
     }
     let tail = tail.join("\n");
     if let Some(e) = failure {
@@ -327,8 +357,16 @@ pub async fn push(
     digest.ok_or_else(|| CapError::Failed(format!("push of {image} finished without a digest")))
 }
 
-/// Engine-side settings every container gets, whatever the plugin asked.
-fn host_config(bind: Option<String>, ports: &[PortMapping]) -> HostConfig {
+/// Engine-side settings every container gets, whatever the plugin asked:
+/// no capabilities at all, `no-new-privileges`, never privileged, no
+/// devices, its own IPC namespace, the engine's default bridge network and
+/// pid namespace, memory (no swap beyond it), CPU and pid limits, ports on
+/// 127.0.0.1 only, and the workspace as the only mount.
+fn host_config(
+    bind: Option<String>,
+    ports: &[PortMapping],
+    limits: &ContainerLimits,
+) -> HostConfig {
     let port_bindings = (!ports.is_empty()).then(|| {
         ports
             .iter()
@@ -344,12 +382,21 @@ fn host_config(bind: Option<String>, ports: &[PortMapping]) -> HostConfig {
             })
             .collect()
     });
+    let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
     HostConfig {
         binds: bind.map(|b| vec![b]),
         port_bindings,
         privileged: Some(false),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(vec![]),
         security_opt: Some(vec!["no-new-privileges:true".into()]),
-        pids_limit: Some(4096),
+        devices: Some(vec![]),
+        ipc_mode: Some("private".into()),
+        readonly_rootfs: Some(false),
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some(i64::try_from(limits.nano_cpus).unwrap_or(i64::MAX)),
+        pids_limit: Some(i64::from(limits.pids)),
         ..Default::default()
     }
 }
@@ -363,6 +410,7 @@ pub struct ContainerRequest {
     pub bind: Option<String>,
     pub ports: Vec<PortMapping>,
     pub labels: HashMap<String, String>,
+    pub limits: ContainerLimits,
 }
 
 pub async fn create(docker: &Docker, r: ContainerRequest) -> Result<String, CapError> {
@@ -377,9 +425,12 @@ pub async fn create(docker: &Docker, r: ContainerRequest) -> Result<String, CapE
         cmd: (!r.command.is_empty()).then_some(r.command),
         env: Some(r.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: r.workdir,
+        // Never the image's own user: the workspace owner, or root only
+        // with the stage's `root` grant.
+        user: Some(format!("{}:{}", r.limits.uid, r.limits.gid)),
         labels: Some(r.labels),
         exposed_ports: exposed,
-        host_config: Some(host_config(r.bind, &r.ports)),
+        host_config: Some(host_config(r.bind, &r.ports, &r.limits)),
         ..Default::default()
     };
     let resp = docker

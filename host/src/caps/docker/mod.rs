@@ -1,8 +1,17 @@
 //! Docker engine access for a stage. The host owns the engine; a stage asks
 //! it to build, tag, push, run and manage containers, and every call is
 //! checked against `grants.docker` (see [`policy`]) before it reaches the
-//! engine (see [`engine`]). Containers get the workspace as their only
-//! mount, ports on 127.0.0.1 only, and never privileges.
+//! engine (see [`engine`]).
+//!
+//! Containers run as the workspace owner (never root without the `root`
+//! grant), with no capabilities, `no-new-privileges`, memory, CPU and pid
+//! limits, the workspace as their only mount and ports on 127.0.0.1 only.
+//! A build reads only the base images the stage is granted ([`dockerfile`]),
+//! its context is streamed with a size limit ([`context`]), and a secret
+//! never goes into a build arg. Every text handed back to the plugin passes
+//! the stage's masker on the way out ([`DockerCap::audited`]).
+pub mod context;
+pub mod dockerfile;
 pub mod engine;
 pub mod policy;
 
@@ -13,19 +22,22 @@ use std::time::Duration;
 use crate::caps::audit::Audit;
 use crate::caps::denied;
 use crate::caps::log::StageLog;
-use crate::caps::secrets::SecretsCap;
+use crate::caps::secrets::{contains_reference, Masker, SecretsCap};
 use crate::runtime::bindings::ci::stage::docker::{
-    BuildRequest, BuildResult, ContainerInfo, ContainerSpec, Host, PushResult, RunRequest,
-    RunResult,
+    BuildRequest, BuildResult, ContainerInfo, ContainerSpec, Host, MountMode, PushResult,
+    RunRequest, RunResult,
 };
-use crate::runtime::bindings::CapError;
+use crate::runtime::bindings::{CapError, Denial};
 use engine::ContainerRequest;
 pub use engine::DockerEngine;
-use policy::{DockerPolicy, MANAGED_LABEL};
+use policy::{plain_text, DockerPolicy, MANAGED_LABEL};
 
 /// A container `run` without its own timeout gets this one (the stage's
 /// own timeout still applies on top).
 const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Why a secret may not be a build arg, and what to do instead.
+const BUILD_ARG_SECRET: &str = "a build arg is stored in the image's history (`docker history` shows it to anyone who can pull the image), so the host refuses secrets there. Use the secret where it is needed at run time instead (`${secret:NAME}` in a container's env), or keep it out of the build. BuildKit secret mounts (`RUN --mount=type=secret`) would keep it out of the image, but this engine builds with the legacy builder, which has none";
 
 pub struct DockerCap {
     policy: DockerPolicy,
@@ -37,6 +49,120 @@ pub struct DockerCap {
 }
 
 type R<T> = wasmtime::Result<Result<T, CapError>>;
+
+/// A value handed back to the plugin, with every text in it masked.
+trait Masked {
+    fn masked(self, m: &Masker) -> Self;
+}
+
+impl Masked for () {
+    fn masked(self, _: &Masker) -> Self {}
+}
+
+impl Masked for String {
+    fn masked(self, m: &Masker) -> Self {
+        m.mask(&self)
+    }
+}
+
+impl<T: Masked> Masked for Option<T> {
+    fn masked(self, m: &Masker) -> Self {
+        self.map(|v| v.masked(m))
+    }
+}
+
+impl<T: Masked> Masked for Vec<T> {
+    fn masked(self, m: &Masker) -> Self {
+        self.into_iter().map(|v| v.masked(m)).collect()
+    }
+}
+
+impl<A: Masked, B: Masked> Masked for (A, B) {
+    fn masked(self, m: &Masker) -> Self {
+        (self.0.masked(m), self.1.masked(m))
+    }
+}
+
+impl Masked for BuildResult {
+    fn masked(self, m: &Masker) -> Self {
+        BuildResult {
+            image_id: self.image_id.masked(m),
+            log_tail: self.log_tail.masked(m),
+        }
+    }
+}
+
+impl Masked for PushResult {
+    fn masked(self, m: &Masker) -> Self {
+        PushResult {
+            digest: self.digest.masked(m),
+        }
+    }
+}
+
+impl Masked for RunResult {
+    fn masked(self, m: &Masker) -> Self {
+        RunResult {
+            output: self.output.masked(m),
+            ..self
+        }
+    }
+}
+
+impl Masked for ContainerInfo {
+    fn masked(self, m: &Masker) -> Self {
+        ContainerInfo {
+            id: self.id.masked(m),
+            name: self.name.masked(m),
+            image: self.image.masked(m),
+            state: self.state.masked(m),
+            running: self.running,
+            health: self.health.masked(m),
+            ports: self.ports,
+            labels: self.labels.masked(m),
+            address: self.address.masked(m),
+        }
+    }
+}
+
+impl Masked for CapError {
+    fn masked(self, m: &Masker) -> Self {
+        match self {
+            CapError::Denied(d) => CapError::Denied(Denial {
+                stage: d.stage,
+                capability: d.capability,
+                target: d.target.masked(m),
+            }),
+            CapError::Invalid(s) => CapError::Invalid(s.masked(m)),
+            CapError::Limit(s) => CapError::Limit(s.masked(m)),
+            CapError::Failed(s) => CapError::Failed(s.masked(m)),
+            CapError::Unsupported(s) => CapError::Unsupported(s.masked(m)),
+            CapError::Remote(mut r) => {
+                r.code = r.code.masked(m);
+                r.message = r.message.masked(m);
+                CapError::Remote(r)
+            }
+        }
+    }
+}
+
+/// `cmd arg 'two words'`: the command as one unambiguous line.
+fn shown_command(command: &[String]) -> String {
+    command
+        .iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 impl DockerCap {
     pub fn new(
@@ -62,20 +188,30 @@ impl DockerCap {
         self
     }
 
-    /// Record a finished call and hand its result to the guest.
-    fn audited<T>(
+    /// Every result goes back to the plugin through here: masked with the
+    /// stage's masker (values, errors, log tails, container output,
+    /// inspect output), and recorded in the audit trail.
+    fn audited<T: Masked>(
         &self,
         op: &str,
         target: &str,
         r: Result<T, CapError>,
         ok: impl FnOnce(&T) -> String,
     ) -> R<T> {
+        let m = self.secrets.masker();
+        let r = r.map(|v| v.masked(m)).map_err(|e| e.masked(m));
         self.audit.record(&format!("docker.{op}"), target, &r, ok);
         Ok(r)
     }
 
     fn stage(&self) -> &str {
         &self.policy.stage
+    }
+
+    /// Whether `text` holds the value of one of the run's secrets.
+    fn holds_secret(&self, text: &str) -> bool {
+        let m = self.secrets.masker();
+        !m.is_empty() && m.mask(text) != text
     }
 
     /// The labels every container and image of this stage carries.
@@ -102,28 +238,65 @@ impl DockerCap {
         Ok(info)
     }
 
+    /// Build args: plain names, no secrets (not by reference, not by value).
+    fn build_args(&self, args: Vec<(String, String)>) -> Result<HashMap<String, String>, CapError> {
+        args.into_iter()
+            .map(|(k, v)| {
+                plain_text("a build arg name", &k, false)?;
+                if k.is_empty() || k.contains('=') {
+                    return Err(CapError::Invalid(format!("bad build arg name `{k}`")));
+                }
+                plain_text(&format!("build arg `{k}`"), &v, true)?;
+                if contains_reference(&v) {
+                    return Err(CapError::Invalid(format!(
+                        "build arg `{k}` names a secret (`${{secret:…}}`): {BUILD_ARG_SECRET}"
+                    )));
+                }
+                if self.holds_secret(&v) {
+                    return Err(CapError::Invalid(format!(
+                        "build arg `{k}` holds the value of a secret: {BUILD_ARG_SECRET}"
+                    )));
+                }
+                Ok((k, v))
+            })
+            .collect()
+    }
+
     async fn build(&self, req: BuildRequest) -> Result<BuildResult, CapError> {
         let image = self.policy.build_image(&req.image)?;
         self.policy.labels(&req.labels)?;
-        let (context, dockerfile) = self
+        if let Some((k, _)) = req.labels.iter().find(|(_, v)| self.holds_secret(v)) {
+            return Err(CapError::Invalid(format!(
+                "label `{k}` holds the value of a secret: labels are stored in the image for anyone who can pull it"
+            )));
+        }
+        let build_args = self.build_args(req.build_args)?;
+        let context = self
             .policy
             .build_context(&req.context, req.dockerfile.as_deref())?;
+        if self.holds_secret(&context.text) {
+            return Err(CapError::Invalid(format!(
+                "the Dockerfile `{}` holds the value of a secret: it would be stored in the image's history",
+                context.dockerfile
+            )));
+        }
+        let bases = dockerfile::external_images(&context.text, &build_args)
+            .map_err(|e| CapError::Invalid(format!("`{}`: {e}", context.dockerfile)))?;
+        for b in &bases {
+            self.policy.base_image(b)?;
+        }
         let mut labels: HashMap<String, String> = req.labels.into_iter().collect();
         labels.extend(self.host_labels());
-        let build_args = req
-            .build_args
-            .into_iter()
-            .map(|(k, v)| Ok((k, self.secrets.expand(&v)?)))
-            .collect::<Result<_, CapError>>()?;
         let docker = self.engine.client().await?;
         let (image_id, log_tail) = engine::build(
             docker,
             engine::Build {
                 context,
-                dockerfile,
                 image: &image,
                 build_args,
                 labels,
+                limits: self.policy.limits(),
+                context_limit: self.policy.context_limit(),
             },
             &self.log,
         )
@@ -143,6 +316,7 @@ impl DockerCap {
         let creds = match auth {
             None => None,
             Some(name) => {
+                plain_text("the auth secret name", &name, false)?;
                 let value = self.secrets.usable_value(&name)?;
                 Some(engine::credentials(value, image.registry()).map_err(|e| {
                     CapError::Invalid(format!("secret `{name}` is not registry credentials: {e}"))
@@ -159,9 +333,36 @@ impl DockerCap {
         format!("ph-{}-{}-{}", self.run_id, self.stage(), &id[..8])
     }
 
+    fn command(command: &[String], workdir: Option<&str>) -> Result<(), CapError> {
+        for (i, a) in command.iter().enumerate() {
+            plain_text(&format!("command argument {}", i + 1), a, false)?;
+        }
+        if let Some(w) = workdir {
+            plain_text("the working directory", w, false)?;
+        }
+        Ok(())
+    }
+
+    /// Say in the stage log what a container runs as and with.
+    fn note_limits(&self, name: &str, mount: Option<MountMode>) {
+        let limits = self.policy.limits();
+        self.log
+            .append_external("host", &format!("container {name}: {limits}"));
+        if mount == Some(MountMode::ReadWrite) && self.policy.workspace_root_owned() {
+            self.log.append_external(
+                "host",
+                &format!(
+                    "the workspace belongs to root and containers never run as root without `grants.docker.root`: this one runs as {}:{} and cannot write it",
+                    limits.uid, limits.gid
+                ),
+            );
+        }
+    }
+
     async fn run(&self, req: RunRequest) -> Result<RunResult, CapError> {
         self.policy.run_image(&req.image)?;
         self.policy.privileges("run", &req.privileges)?;
+        Self::command(&req.command, req.workdir.as_deref())?;
         let bind = self.policy.workspace_mount("run", req.workspace)?;
         let env = self.expand_env(req.env)?;
         let timeout = req
@@ -169,11 +370,13 @@ impl DockerCap {
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_RUN_TIMEOUT);
         let docker = self.engine.client().await?;
+        let name = self.container_name();
+        self.note_limits(&name, Some(req.workspace));
         let r = engine::run(
             &self.engine,
             docker,
             ContainerRequest {
-                name: self.container_name(),
+                name,
                 image: req.image,
                 command: req.command,
                 env,
@@ -181,6 +384,7 @@ impl DockerCap {
                 bind,
                 ports: vec![],
                 labels: self.host_labels(),
+                limits: self.policy.limits(),
             },
             timeout,
             &self.log,
@@ -188,7 +392,7 @@ impl DockerCap {
         .await?;
         Ok(RunResult {
             exit_code: r.exit_code,
-            output: self.secrets.masker().mask(&r.output),
+            output: r.output,
             timed_out: r.timed_out,
         })
     }
@@ -197,11 +401,13 @@ impl DockerCap {
     fn expand_env(&self, env: Vec<(String, String)>) -> Result<Vec<(String, String)>, CapError> {
         env.into_iter()
             .map(|(k, v)| {
+                plain_text("an environment variable name", &k, false)?;
                 if k.is_empty() || k.contains('=') {
                     return Err(CapError::Invalid(format!(
                         "bad environment variable name `{k}`"
                     )));
                 }
+                plain_text(&format!("environment variable `{k}`"), &v, true)?;
                 Ok((k, self.secrets.expand(&v)?))
             })
             .collect()
@@ -212,6 +418,7 @@ impl DockerCap {
         self.policy.run_image(&spec.image)?;
         self.policy.privileges("create", &spec.privileges)?;
         self.policy.labels(&spec.labels)?;
+        Self::command(&spec.command, None)?;
         for p in &spec.ports {
             self.policy.port("create", p.host_port)?;
         }
@@ -219,6 +426,7 @@ impl DockerCap {
         labels.extend(self.host_labels());
         let env = self.expand_env(spec.env)?;
         let docker = self.engine.client().await?;
+        self.note_limits(&spec.name, None);
         engine::create(
             docker,
             ContainerRequest {
@@ -230,6 +438,7 @@ impl DockerCap {
                 bind: None,
                 ports: spec.ports,
                 labels,
+                limits: self.policy.limits(),
             },
         )
         .await
@@ -239,8 +448,11 @@ impl DockerCap {
 impl Host for DockerCap {
     async fn build(&mut self, req: BuildRequest) -> R<BuildResult> {
         let target = format!("{} (context {})", req.image, req.context);
+        let limits = self.policy.limits().build_summary();
         let r = DockerCap::build(self, req).await;
-        self.audited("build", &target, r, |b| format!("image {}", b.image_id))
+        self.audited("build", &target, r, |b| {
+            format!("image {} ({limits})", b.image_id)
+        })
     }
     async fn tag(&mut self, source: String, target: String) -> R<()> {
         let shown = format!("{source} -> {target}");
@@ -256,21 +468,23 @@ impl Host for DockerCap {
         self.audited("push", &target, r, |p| format!("digest {}", p.digest))
     }
     async fn run(&mut self, req: RunRequest) -> R<RunResult> {
-        let target = format!("{} {}", req.image, req.command.join(" "));
+        let target = format!("{} {}", req.image, shown_command(&req.command));
+        let limits = self.policy.limits().summary();
         let r = DockerCap::run(self, req).await;
         self.audited("run", target.trim_end(), r, |x| {
             if x.timed_out {
-                "timed out".into()
+                format!("timed out ({limits})")
             } else {
-                format!("exit {}", x.exit_code)
+                format!("exit {} ({limits})", x.exit_code)
             }
         })
     }
     async fn create(&mut self, spec: ContainerSpec) -> R<String> {
         let target = format!("{} ({})", spec.name, spec.image);
+        let limits = self.policy.limits().summary();
         let r = DockerCap::create(self, spec).await;
         self.audited("create", &target, r, |id| {
-            format!("id {}", &id[..id.len().min(12)])
+            format!("id {} ({limits})", &id[..id.len().min(12)])
         })
     }
     async fn start(&mut self, name: String) -> R<()> {
@@ -322,6 +536,7 @@ impl Host for DockerCap {
     }
     async fn list_containers(&mut self, label: String) -> R<Vec<ContainerInfo>> {
         let r = async {
+            plain_text("the label filter", &label, false)?;
             if !self.policy.granted() {
                 return Err(denied(self.stage(), "docker.list", label.clone()));
             }
@@ -337,5 +552,71 @@ impl Host for DockerCap {
         };
         let r = r.await;
         self.audited("list", &label, r, |v| format!("{} containers", v.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caps::secrets::SecretStore;
+    use crate::runtime::bindings::ci::stage::types::RemoteError;
+
+    #[test]
+    fn commands_are_shown_unambiguously() {
+        let c = |a: &[&str]| shown_command(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            c(&["/bin/sh", "-c", "echo hi; rm -rf /"]),
+            "/bin/sh -c 'echo hi; rm -rf /'"
+        );
+        assert_eq!(c(&["a", "", "it's"]), r"a '' 'it'\''s'");
+    }
+
+    #[test]
+    fn everything_returned_is_masked() {
+        let m = SecretStore::from_values([("t".to_string(), "hunter2-token".to_string())])
+            .masker()
+            .clone();
+        let e = CapError::Remote(RemoteError {
+            service: "docker".into(),
+            status: Some(500),
+            code: "ERROR".into(),
+            message: "bad hunter2-token".into(),
+            transient: false,
+        })
+        .masked(&m);
+        assert!(matches!(e, CapError::Remote(r) if r.message == "bad ***"));
+        let b = BuildResult {
+            image_id: "sha256:x".into(),
+            log_tail: "Step 2: hunter2-token".into(),
+        }
+        .masked(&m);
+        assert_eq!(b.log_tail, "Step 2: ***");
+        let r = RunResult {
+            exit_code: 0,
+            output: "hunter2-token\n".into(),
+            timed_out: false,
+        }
+        .masked(&m);
+        assert_eq!(r.output, "***\n");
+        let i = ContainerInfo {
+            id: "x".into(),
+            name: "n".into(),
+            image: "i".into(),
+            state: "running".into(),
+            running: true,
+            health: None,
+            ports: vec![],
+            labels: vec![("k".into(), "hunter2-token".into())],
+            address: None,
+        }
+        .masked(&m);
+        assert_eq!(i.labels[0].1, "***");
+        let d = CapError::Denied(Denial {
+            stage: "s".into(),
+            capability: "docker.run".into(),
+            target: "x hunter2-token".into(),
+        })
+        .masked(&m);
+        assert!(matches!(d, CapError::Denied(d) if d.target == "x ***"));
     }
 }
