@@ -160,6 +160,10 @@ pub struct Masker {
 }
 
 struct MaskerInner {
+    /// Leftmost-longest: can use the fast (SIMD) prefilter, answers "is
+    /// there anything to mask?" for the common line that holds nothing.
+    quick: AhoCorasick,
+    /// Every match, overlapping ones too (only run when `quick` matched).
     searcher: AhoCorasick,
     /// Longest needle in bytes: how far a match can reach past a cut.
     longest: usize,
@@ -185,8 +189,16 @@ impl Masker {
             .match_kind(MatchKind::Standard)
             .build(&needles)
             .expect("secret needles build an automaton");
+        let quick = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&needles)
+            .expect("secret needles build an automaton");
         Self {
-            inner: Some(Arc::new(MaskerInner { searcher, longest })),
+            inner: Some(Arc::new(MaskerInner {
+                quick,
+                searcher,
+                longest,
+            })),
         }
     }
 
@@ -241,7 +253,7 @@ impl Masker {
     /// Byte ranges to mask, overlapping matches merged; `None` if none.
     fn spans(&self, text: &str) -> Option<Vec<(usize, usize)>> {
         let inner = self.inner.as_ref()?;
-        if !inner.searcher.is_match(text) {
+        if !inner.quick.is_match(text) {
             return None;
         }
         let mut found: Vec<(usize, usize)> = inner
