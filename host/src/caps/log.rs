@@ -13,21 +13,13 @@ use crate::runtime::bindings::{ci::stage::log::Host, Level};
 
 /// Default budget for one stage's log (all streams together).
 pub const DEFAULT_LOG_LIMIT: usize = 2 * 1024 * 1024;
-/// A single line longer than this is cut.
-const MAX_LINE: usize = 16 * 1024;
+/// A single line longer than this is cut. Lines are masked before they are
+/// cut, so a secret that straddles the cut is masked whole.
+pub const MAX_LINE: usize = 16 * 1024;
+/// What a cut line ends with.
+pub const LINE_CUT: &str = " …[line cut]";
 /// Budget for output of work the host does for a stage (builds, containers).
 pub const EXTERNAL_LOG_LIMIT: usize = 8 * 1024 * 1024;
-
-fn truncate_line(text: &mut String) {
-    if text.len() > MAX_LINE {
-        let mut cut = MAX_LINE;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str(" …[line cut]");
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogLine {
@@ -48,8 +40,19 @@ struct Inner {
     /// Output of work the host does for the stage (container, build).
     external_used: usize,
     external_truncated: bool,
-    partial_stdout: Vec<u8>,
-    partial_stderr: Vec<u8>,
+    stdout: Partial,
+    stderr: Partial,
+}
+
+/// The unterminated line of stdout or stderr.
+#[derive(Default)]
+struct Partial {
+    /// At most [`MAX_LINE`] bytes plus how far a secret can reach past the
+    /// cut (the masker's reach).
+    buf: Vec<u8>,
+    /// The line was too long: it has been logged, cut, and the rest of it
+    /// (counted against the budget) is dropped until its newline.
+    skipping: bool,
 }
 
 /// Shared handle; clones write to the same log.
@@ -81,8 +84,8 @@ impl StageLog {
                 exceeded: false,
                 external_used: 0,
                 external_truncated: false,
-                partial_stdout: Vec::new(),
-                partial_stderr: Vec::new(),
+                stdout: Partial::default(),
+                stderr: Partial::default(),
             })),
             limit,
             started: Instant::now(),
@@ -103,10 +106,23 @@ impl StageLog {
         stream: &str,
         text: &str,
     ) -> Result<(), LogLimitExceeded> {
+        self.charge(inner, text.len() + 1)?;
+        let line = LogLine {
+            at_ms: self.started.elapsed().as_millis() as u64,
+            stream: stream.to_string(),
+            text: self.masker.mask_cut(text, MAX_LINE, LINE_CUT),
+        };
+        self.emit(&line);
+        inner.lines.push(line);
+        Ok(())
+    }
+
+    /// Count `cost` bytes against the budget; past it, note it once and
+    /// fail from then on.
+    fn charge(&self, inner: &mut Inner, cost: usize) -> Result<(), LogLimitExceeded> {
         if inner.exceeded {
             return Err(self.exceeded());
         }
-        let cost = text.len() + 1;
         if inner.used + cost > self.limit {
             inner.exceeded = true;
             let note = LogLine {
@@ -119,15 +135,6 @@ impl StageLog {
             return Err(self.exceeded());
         }
         inner.used += cost;
-        let mut text = self.masker.mask(text);
-        truncate_line(&mut text);
-        let line = LogLine {
-            at_ms: self.started.elapsed().as_millis() as u64,
-            stream: stream.to_string(),
-            text,
-        };
-        self.emit(&line);
-        inner.lines.push(line);
         Ok(())
     }
 
@@ -166,12 +173,10 @@ impl StageLog {
             return;
         }
         inner.external_used += cost;
-        let mut text = self.masker.mask(text);
-        truncate_line(&mut text);
         let line = LogLine {
             at_ms,
             stream: stream.to_string(),
-            text,
+            text: self.masker.mask_cut(text, MAX_LINE, LINE_CUT),
         };
         self.emit(&line);
         inner.lines.push(line);
@@ -181,34 +186,63 @@ impl StageLog {
     fn write_stream(&self, stdout: bool, bytes: &[u8]) -> Result<(), LogLimitExceeded> {
         let mut inner = self.inner.lock().unwrap();
         let stream = if stdout { "stdout" } else { "stderr" };
-        let mut buf = std::mem::take(if stdout {
-            &mut inner.partial_stdout
+        let mut partial = std::mem::take(if stdout {
+            &mut inner.stdout
         } else {
-            &mut inner.partial_stderr
+            &mut inner.stderr
         });
-        buf.extend_from_slice(bytes);
-        let mut result = Ok(());
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-            if let Err(e) = self.push_locked(&mut inner, stream, text.trim_end_matches('\r')) {
-                result = Err(e);
-                buf.clear();
-                break;
-            }
-        }
-        // A line that never ends still counts against the budget.
-        if result.is_ok() && buf.len() > MAX_LINE {
-            let text = String::from_utf8_lossy(&buf).to_string();
-            buf.clear();
-            result = self.push_locked(&mut inner, stream, &text);
+        let result = self.split_lines(&mut inner, stream, &mut partial, bytes);
+        if result.is_err() {
+            partial = Partial::default();
         }
         *(if stdout {
-            &mut inner.partial_stdout
+            &mut inner.stdout
         } else {
-            &mut inner.partial_stderr
-        }) = buf;
+            &mut inner.stderr
+        }) = partial;
         result
+    }
+
+    /// Log every line `bytes` completes. A line longer than [`MAX_LINE`] is
+    /// logged (masked, then cut) as soon as enough of it has come to mask
+    /// whatever starts before the cut; the rest of it is counted and
+    /// dropped, never shown as a line of its own (which could start with
+    /// the second half of a secret).
+    fn split_lines(
+        &self,
+        inner: &mut Inner,
+        stream: &str,
+        partial: &mut Partial,
+        mut bytes: &[u8],
+    ) -> Result<(), LogLimitExceeded> {
+        let window = MAX_LINE + self.masker.reach().max(1);
+        while !bytes.is_empty() {
+            let newline = bytes.iter().position(|b| *b == b'\n');
+            let part = &bytes[..newline.unwrap_or(bytes.len())];
+            bytes = &bytes[newline.map_or(bytes.len(), |i| i + 1)..];
+            if partial.skipping {
+                self.charge(inner, part.len())?;
+            } else if partial.buf.len() + part.len() >= window {
+                let keep = window - partial.buf.len();
+                partial.buf.extend_from_slice(&part[..keep]);
+                let text = String::from_utf8_lossy(&partial.buf).into_owned();
+                partial.buf.clear();
+                partial.skipping = true;
+                self.push_locked(inner, stream, &text)?;
+                self.charge(inner, part.len() - keep)?;
+            } else {
+                partial.buf.extend_from_slice(part);
+                if newline.is_some() {
+                    let text = String::from_utf8_lossy(&partial.buf).into_owned();
+                    partial.buf.clear();
+                    self.push_locked(inner, stream, text.trim_end_matches('\r'))?;
+                }
+            }
+            if newline.is_some() {
+                partial.skipping = false;
+            }
+        }
+        Ok(())
     }
 
     /// Flush unterminated output and return every line.
@@ -225,13 +259,13 @@ impl StageLog {
     fn flush_partial(&self) -> std::sync::MutexGuard<'_, Inner> {
         let mut inner = self.inner.lock().unwrap();
         for stdout in [true, false] {
-            let buf = std::mem::take(if stdout {
-                &mut inner.partial_stdout
+            let Partial { buf, skipping } = std::mem::take(if stdout {
+                &mut inner.stdout
             } else {
-                &mut inner.partial_stderr
+                &mut inner.stderr
             });
-            if !buf.is_empty() {
-                let text = String::from_utf8_lossy(&buf).to_string();
+            if !buf.is_empty() && !skipping {
+                let text = String::from_utf8_lossy(&buf).into_owned();
                 let _ =
                     self.push_locked(&mut inner, if stdout { "stdout" } else { "stderr" }, &text);
             }
@@ -345,6 +379,7 @@ impl tokio::io::AsyncWrite for StageOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caps::secrets::MASK;
 
     #[test]
     fn splits_stream_output_into_masked_lines() {
@@ -354,6 +389,73 @@ mod tests {
         log.write_stream(true, b"ial\n").unwrap();
         let lines: Vec<String> = log.finish().into_iter().map(|l| l.text).collect();
         assert_eq!(lines, ["hello", "pass=***", "partial"]);
+    }
+
+    const SECRET: &str = "tok-7a1b2c3d-e5f6";
+
+    fn texts(log: &StageLog) -> Vec<String> {
+        log.finish().into_iter().map(|l| l.text).collect()
+    }
+
+    fn assert_hidden(lines: &[String], what: &str) {
+        for w in SECRET.as_bytes().windows(6) {
+            let piece = std::str::from_utf8(w).unwrap();
+            for l in lines {
+                assert!(!l.contains(piece), "{what}: `{piece}` visible in {l:.80}");
+            }
+        }
+    }
+
+    /// A secret across the 16 KiB cut, whatever the writes' boundaries:
+    /// masked in the cut line, and nothing of it after the cut.
+    #[test]
+    fn a_secret_across_the_line_cut_is_masked_on_both_sides() {
+        let masker = Masker::new([SECRET.to_string()]);
+        for start in MAX_LINE - SECRET.len()..MAX_LINE + 2 {
+            let mut line = "x".repeat(start).into_bytes();
+            line.extend_from_slice(SECRET.as_bytes());
+            line.extend(std::iter::repeat_n(b'y', 30_000 - line.len()));
+            line.extend_from_slice(b"\nnext\n");
+            // Split where the secret is, and in the guest's 4 KiB pieces.
+            let splits = [start + 3, start + SECRET.len() - 1, MAX_LINE, MAX_LINE + 1];
+            for split in splits {
+                let log = StageLog::new("s", 1 << 20, masker.clone(), None);
+                log.write_stream(true, &line[..split]).unwrap();
+                log.write_stream(true, &line[split..]).unwrap();
+                let lines = texts(&log);
+                assert_hidden(&lines, &format!("start {start}, split {split}"));
+                assert_eq!(lines.len(), 2, "{start}/{split}: one cut line, then `next`");
+                assert!(lines[0].ends_with(LINE_CUT));
+                assert_eq!(lines[0].contains(MASK), start < MAX_LINE, "{start}");
+                assert_eq!(lines[1], "next");
+            }
+            let log = StageLog::new("s", 1 << 20, masker.clone(), None);
+            for piece in line.chunks(4096) {
+                log.write_stream(false, piece).unwrap();
+            }
+            assert_hidden(&texts(&log), "4 KiB pieces");
+            // The `log` import: whole lines, masked before the cut.
+            let log = StageLog::new("s", 1 << 20, masker.clone(), None);
+            log.push("info", std::str::from_utf8(&line[..30_000]).unwrap())
+                .unwrap();
+            let lines = texts(&log);
+            assert_hidden(&lines, "push");
+            assert!(lines[0].len() <= MAX_LINE + MASK.len() + LINE_CUT.len());
+        }
+    }
+
+    #[test]
+    fn the_dropped_rest_of_a_long_line_counts_against_the_budget() {
+        let log = StageLog::new("s", 100_000, Masker::default(), None);
+        let long = vec![b'z'; 90_000];
+        log.write_stream(true, &long).unwrap();
+        assert!(
+            log.write_stream(true, &long).is_err(),
+            "180,000 bytes > budget"
+        );
+        let lines = texts(&log);
+        assert_eq!(lines[0].len(), MAX_LINE + LINE_CUT.len());
+        assert!(lines.last().unwrap().starts_with("log truncated"));
     }
 
     #[test]

@@ -3,8 +3,13 @@
 //! A stage granted `secrets = ["x"]` may have the host put `x` into a
 //! capability call (`${secret:x}`); only `secrets-read = ["x"]` lets the
 //! plugin read the value itself.
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
 
 use crate::caps::audit::Audit;
 use crate::caps::denied;
@@ -121,45 +126,294 @@ impl SecretStore {
     }
 }
 
-/// Replaces secret values (and their common encodings) with [`MASK`].
+/// Replaces secret values, and the encodings they commonly travel in, with
+/// [`MASK`]. Built once per run from every secret value of the run; every
+/// path that stores or shows text a stage could influence goes through
+/// [`Masker::mask`] (or [`Masker::mask_cut`] where the text is also cut).
+///
+/// For each value it looks for:
+/// - the value itself;
+/// - URL-encoded: RFC 3986, `encodeURIComponent`, Python's `quote` (keeps
+///   `/`) and form style, each with `%2F`/`%2f` hex and `%20`/`+` spaces;
+/// - JSON-escaped: minimal (serde, `JSON.stringify`), ASCII-only (`\u00e9`,
+///   Python's default), with `\/` (PHP), HTML-safe (`\u003c`, Go);
+/// - base64, standard and URL-safe, padded and not, and the part of it that
+///   survives inside a longer base64 text (the value after 0, 1 or 2 bytes
+///   of something else, with the characters it shares with its neighbours
+///   trimmed), so `base64(prefix + value + suffix)` is masked too;
+/// - hex, lower and upper case.
+///
+/// Every value is masked in its raw, URL and JSON forms whatever its length
+/// (a one-character secret masks that character everywhere). The base64 and
+/// hex forms are only used when they are at least [`MIN_ENCODED_NEEDLE`]
+/// characters long (values of 2 bytes or less have none that long, apart
+/// from the full hex and padded base64 forms).
+///
+/// A value of several lines is also masked line by line (lines of at least
+/// [`MIN_ENCODED_NEEDLE`] characters), since logs are split into lines.
+///
+/// Text that overlaps several matches is masked as one `***`, so two
+/// secrets sharing characters never leave a piece of either visible.
 #[derive(Clone, Default)]
 pub struct Masker {
-    needles: Arc<Vec<String>>,
+    inner: Option<Arc<MaskerInner>>,
 }
+
+struct MaskerInner {
+    /// Leftmost-longest: can use the fast (SIMD) prefilter, answers "is
+    /// there anything to mask?" for the common line that holds nothing.
+    quick: AhoCorasick,
+    /// Every match, overlapping ones too (only run when `quick` matched).
+    searcher: AhoCorasick,
+    /// Longest needle in bytes: how far a match can reach past a cut.
+    longest: usize,
+}
+
+/// Shortest base64 or hex needle used (shorter ones would mask noise).
+pub const MIN_ENCODED_NEEDLE: usize = 4;
 
 impl Masker {
     pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut needles = Vec::new();
-        for v in values {
-            // Very short values would mask random text; they are still
-            // secrets, so mask them anyway: leaking beats nothing here.
-            let encoded = url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
-            if encoded != v {
-                needles.push(encoded);
-            }
-            needles.push(v);
-        }
-        // Longest first, so a secret containing another is masked whole.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        let mut needles: Vec<String> = values
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .flat_map(|v| needles_of(&v))
+            .collect();
+        needles.sort();
         needles.dedup();
+        if needles.is_empty() {
+            return Self::default();
+        }
+        let longest = needles.iter().map(String::len).max().unwrap_or(0);
+        let searcher = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&needles)
+            .expect("secret needles build an automaton");
+        let quick = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&needles)
+            .expect("secret needles build an automaton");
         Self {
-            needles: Arc::new(needles),
+            inner: Some(Arc::new(MaskerInner {
+                quick,
+                searcher,
+                longest,
+            })),
         }
     }
 
+    /// `text` with every secret (in every form above) replaced by [`MASK`].
     pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for n in self.needles.iter() {
-            if !n.is_empty() && out.contains(n.as_str()) {
-                out = out.replace(n.as_str(), MASK);
+        self.mask_cow(text).into_owned()
+    }
+
+    /// Like [`Masker::mask`], without a copy when there is nothing to mask.
+    pub fn mask_cow<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.spans(text) {
+            None => Cow::Borrowed(text),
+            Some(spans) => Cow::Owned(render(text, &spans, text.len())),
+        }
+    }
+
+    /// The first `max` bytes of `text`, masked, then `marker` if anything
+    /// was cut. Masked *before* cutting: a secret that straddles the cut is
+    /// masked whole, never left half visible on either side.
+    pub fn mask_cut(&self, text: &str, max: usize, marker: &str) -> String {
+        let cut = if text.len() > max {
+            let mut cut = max;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
             }
+            cut
+        } else {
+            text.len()
+        };
+        let mut out = match self.spans(text) {
+            None => text[..cut].to_string(),
+            Some(spans) => render(text, &spans, cut),
+        };
+        if cut < text.len() {
+            out.push_str(marker);
         }
         out
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.needles.is_empty()
+    /// How many bytes past a cut a secret that starts before it can reach
+    /// (the longest needle, minus one).
+    pub fn reach(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.longest.saturating_sub(1))
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// Byte ranges to mask, overlapping matches merged; `None` if none.
+    fn spans(&self, text: &str) -> Option<Vec<(usize, usize)>> {
+        let inner = self.inner.as_ref()?;
+        if !inner.quick.is_match(text) {
+            return None;
+        }
+        let mut found: Vec<(usize, usize)> = inner
+            .searcher
+            .find_overlapping_iter(text)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        found.sort_unstable();
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(found.len());
+        for (s, e) in found {
+            match spans.last_mut() {
+                Some(last) if s < last.1 => last.1 = last.1.max(e),
+                _ => spans.push((s, e)),
+            }
+        }
+        Some(spans)
+    }
+}
+
+/// `text[..cut]` with each span that starts before `cut` replaced by
+/// [`MASK`] (whole, even where it runs past `cut`).
+fn render(text: &str, spans: &[(usize, usize)], cut: usize) -> String {
+    let mut out = String::with_capacity(cut.min(text.len()));
+    let mut pos = 0;
+    for &(s, e) in spans.iter().take_while(|(s, _)| *s < cut) {
+        out.push_str(&text[pos..s]);
+        out.push_str(MASK);
+        pos = e;
+    }
+    if pos < cut {
+        out.push_str(&text[pos..cut]);
+    }
+    out
+}
+
+/// Every form of `value` the masker looks for.
+fn needles_of(value: &str) -> Vec<String> {
+    let mut out = vec![value.to_string()];
+    // URL-encoded: which characters stay as they are, by encoder.
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    let keep_sets: [&dyn Fn(u8) -> bool; 4] = [
+        &unreserved,
+        // encodeURIComponent
+        &|b: u8| b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b),
+        // Python's urllib.parse.quote (safe="/")
+        &|b: u8| unreserved(b) || b == b'/',
+        // application/x-www-form-urlencoded (url::form_urlencoded)
+        &|b: u8| b.is_ascii_alphanumeric() || b"*-._".contains(&b),
+    ];
+    for keep in keep_sets {
+        for upper in [true, false] {
+            for plus in [true, false] {
+                out.push(percent_encode(value, keep, upper, plus));
+            }
+        }
+    }
+    // JSON string contents.
+    for ascii in [false, true] {
+        for slash in [false, true] {
+            for html in [false, true] {
+                out.push(json_escape(value, ascii, slash, html, false));
+            }
+        }
+    }
+    out.push(json_escape(value, true, false, false, true));
+    // base64 (standard and URL-safe) and hex.
+    let bytes = value.as_bytes();
+    let mut encoded = vec![
+        STANDARD.encode(bytes),
+        STANDARD_NO_PAD.encode(bytes),
+        URL_SAFE.encode(bytes),
+        URL_SAFE_NO_PAD.encode(bytes),
+        hex::encode(bytes),
+        hex::encode_upper(bytes),
+    ];
+    // Inside a longer base64 text the value starts 0, 1 or 2 bytes into a
+    // 3-byte group: encode it that way and keep the characters that only
+    // depend on its own bits.
+    let n = bytes.len();
+    for shift in 0..3usize {
+        let mut shifted = vec![0u8; shift];
+        shifted.extend_from_slice(bytes);
+        let enc = STANDARD_NO_PAD.encode(&shifted);
+        let (start, end) = ((8 * shift).div_ceil(6), 8 * (shift + n) / 6);
+        if start < end {
+            let stable = &enc[start..end];
+            encoded.push(stable.to_string());
+            encoded.push(stable.replace('+', "-").replace('/', "_"));
+        }
+    }
+    out.extend(
+        encoded
+            .into_iter()
+            .filter(|e| e.len() >= MIN_ENCODED_NEEDLE),
+    );
+    // Logs are split into lines: a value of several lines (a key file) is
+    // also masked line by line.
+    if value.contains('\n') {
+        out.extend(
+            value
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.len() >= MIN_ENCODED_NEEDLE)
+                .map(str::to_string),
+        );
+    }
+    out.retain(|n| !n.is_empty());
+    out
+}
+
+fn percent_encode(value: &str, keep: &dyn Fn(u8) -> bool, upper: bool, plus: bool) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        if keep(b) {
+            out.push(b as char);
+        } else if b == b' ' && plus {
+            out.push('+');
+        } else if upper {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The contents of a JSON string holding `value`, as different encoders
+/// write them: `ascii` escapes non-ASCII as `\uXXXX` (UTF-16), `slash`
+/// writes `\/`, `html` escapes `<`, `>`, `&`, U+2028 and U+2029.
+fn json_escape(value: &str, ascii: bool, slash: bool, html: bool, upper: bool) -> String {
+    let mut out = String::with_capacity(value.len());
+    let unicode = |out: &mut String, u: u16| {
+        if upper {
+            out.push_str(&format!("\\u{u:04X}"));
+        } else {
+            out.push_str(&format!("\\u{u:04x}"));
+        }
+    };
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '/' if slash => out.push_str("\\/"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' if html => unicode(&mut out, c as u16),
+            c if (c as u32) < 0x20 => unicode(&mut out, c as u16),
+            c if ascii && !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    unicode(&mut out, *u);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Per-stage view of the secrets: which names it may use and read.
@@ -390,6 +644,131 @@ mod tests {
         );
         assert_eq!(m.mask("t=s3cr3t%26x"), "t=***");
         assert_eq!(m.mask("nothing here"), "nothing here");
+    }
+
+    const SECRET: &str = "Tok3n/+? &=\"q\"\\é~42xyz";
+
+    /// No 8-character piece of `secret` (all of a shorter one) in `text`.
+    fn assert_hidden(text: &str, secret: &str, what: &str) {
+        let chars: Vec<char> = secret.chars().collect();
+        for w in chars.windows(chars.len().min(8)) {
+            let piece: String = w.iter().collect();
+            assert!(
+                !text.contains(&piece),
+                "{what}: `{piece}` visible in {text}"
+            );
+        }
+    }
+
+    fn pct(s: &str, keep: &[u8], upper: bool, plus: bool) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b if b.is_ascii_alphanumeric() || keep.contains(&b) => (b as char).to_string(),
+                b' ' if plus => "+".into(),
+                b if upper => format!("%{b:02X}"),
+                b => format!("%{b:02x}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn masks_every_common_encoding() {
+        let m = Masker::new([SECRET.to_string()]);
+        let b = SECRET.as_bytes();
+        let json = serde_json::to_string(SECRET).unwrap();
+        let json = &json[1..json.len() - 1];
+        let forms = [
+            SECRET.to_string(),
+            STANDARD.encode(b),
+            STANDARD_NO_PAD.encode(b),
+            URL_SAFE.encode(b),
+            URL_SAFE_NO_PAD.encode(b),
+            hex::encode(b),
+            hex::encode_upper(b),
+            pct(SECRET, b"*-._", true, true),
+            pct(SECRET, b"*-._", false, true),
+            pct(SECRET, b"-._~", true, false),
+            pct(SECRET, b"-._~", false, false),
+            pct(SECRET, b"-._~/", true, false),
+            pct(SECRET, b"-_.!~*'()", false, false),
+            json.to_string(),
+            json.replace('é', "\\u00e9"),
+            json.replace('é', "\\u00E9"),
+            json.replace('/', "\\/"),
+        ];
+        assert_ne!(STANDARD.encode(b), URL_SAFE.encode(b));
+        for f in &forms {
+            let masked = m.mask(&format!("before {f} after"));
+            assert_eq!(masked, "before *** after", "form {f}");
+        }
+    }
+
+    #[test]
+    fn masks_base64_of_a_value_inside_longer_data() {
+        let m = Masker::new([SECRET.to_string()]);
+        for prefix in ["", "A", "AB", "ABC", "user:", "Authorization: Basic x"] {
+            for suffix in ["", "\n", "CD", "xyz!"] {
+                let data = format!("{prefix}{SECRET}{suffix}");
+                for (url, enc) in [
+                    (false, STANDARD.encode(&data)),
+                    (true, URL_SAFE_NO_PAD.encode(&data)),
+                ] {
+                    let masked = m.mask(&enc);
+                    assert!(masked.contains(MASK), "{prefix:?}+{suffix:?}: {masked}");
+                    // What depends on the value alone is gone.
+                    let (p, n) = (prefix.len(), SECRET.len());
+                    let core = &enc[(8 * p).div_ceil(6)..8 * (p + n) / 6];
+                    assert_hidden(&masked, core, &format!("url={url} {prefix:?}"));
+                }
+            }
+        }
+        // hex inside a longer dump, either case.
+        let dump = hex::encode(format!("pre{SECRET}post"));
+        assert_eq!(m.mask(&dump), format!("707265***706f7374"));
+        assert_eq!(m.mask(&dump.to_uppercase()), format!("707265***706F7374"));
+    }
+
+    #[test]
+    fn overlapping_secrets_are_masked_as_one() {
+        let m = Masker::new(["abcdef12".to_string(), "ef12ghij".to_string()]);
+        assert_eq!(m.mask("x abcdef12ghij y"), "x *** y");
+        assert_eq!(m.mask("abcdef12ef12ghij"), "******");
+    }
+
+    #[test]
+    fn mask_cut_masks_a_secret_across_the_cut_whole() {
+        let m = Masker::new(["hunter2-secret".to_string()]);
+        let text = format!("{}hunter2-secret{}", "x".repeat(10), "y".repeat(10));
+        for cut in 8..30 {
+            let out = m.mask_cut(&text, cut, "|cut");
+            assert_hidden(&out, "hunter2-secret", &format!("cut {cut}"));
+            if cut > 10 {
+                assert!(out.starts_with("xxxxxxxxxx***"), "{cut}: {out}");
+            }
+            assert!(out.ends_with("|cut"), "{out}");
+        }
+        assert_eq!(m.mask_cut("short", 100, "|cut"), "short");
+        assert!(
+            m.reach() >= "hunter2-secret".len() * 2 - 1,
+            "hex is the longest"
+        );
+    }
+
+    #[test]
+    fn short_and_multi_line_values() {
+        // A one-character secret is masked raw (today's rule: every value,
+        // whatever its length), but not as 2-character hex or base64.
+        let m = Masker::new(["x".to_string()]);
+        assert_eq!(m.mask("a x b 78 eA"), "a *** b 78 eA");
+        // A key file: masked whole, and line by line as logs split it.
+        let key = "-----BEGIN KEY-----\nMIIEabcdefgh\nQUJDREVGR0hJ\n-----END KEY-----";
+        let m = Masker::new([key.to_string()]);
+        assert_eq!(m.mask(&format!("k={key}.")), "k=***.");
+        assert_eq!(m.mask("line: QUJDREVGR0hJ"), "line: ***");
+        // Nothing to mask: no copy.
+        assert!(matches!(m.mask_cow("plain"), Cow::Borrowed(_)));
+        assert!(Masker::default().is_empty());
+        assert_eq!(Masker::default().mask("x"), "x");
     }
 
     #[tokio::test]

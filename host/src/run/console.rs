@@ -1,5 +1,7 @@
 //! What a person sees while a run goes: one line per stage event, the
 //! stage's log lines prefixed with its name, and a summary table at the end.
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
@@ -102,8 +104,38 @@ fn status_code(s: &StageRecord) -> &'static str {
     }
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
+/// The first line of a summary or error, safe for the terminal.
+fn first_line(s: &str) -> Cow<'_, str> {
+    terminal_safe(s.lines().next().unwrap_or(""))
+}
+
+/// Text a stage controls (log lines, summaries, errors) made safe to print
+/// on a terminal: control characters (C0 but tab, DEL, C1) are shown as
+/// `\x1b`-style escapes and bidirectional overrides and isolates as
+/// `\u{202e}`, so nothing a stage writes can move the cursor, clear the
+/// screen, set the window title, recolour or reorder what the operator
+/// reads. Every stage-controlled text the console prints goes through it.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !needs_escape(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{8}' | '\u{a}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// An RFC 3339 timestamp as `2026-12-01 18:20:01Z` (to the second), or as
@@ -166,7 +198,7 @@ impl RunObserver for Console {
     fn stage_log(&self, stage: &str, line: &LogLine) {
         if self.show_logs {
             let prefix = self.paint("90", &format!("{stage:>w$} │", w = self.width));
-            self.line(&format!("{prefix} {}", line.text));
+            self.line(&format!("{prefix} {}", terminal_safe(&line.text)));
         }
     }
 
@@ -184,5 +216,20 @@ impl RunObserver for Console {
             first_line(&detail),
             w = self.width
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_text_is_neutralized_for_the_terminal() {
+        assert!(matches!(terminal_safe("plain\ttext é"), Cow::Borrowed(_)));
+        assert_eq!(
+            terminal_safe("\u{1b}[2J\u{1b}]0;t\u{7}a\rb\u{8}\u{7f}\u{9b}1m\u{202e}z\u{2066}"),
+            "\\x1b[2J\\x1b]0;t\\x07a\\x0db\\x08\\x7f\\u{9b}1m\\u{202e}z\\u{2066}"
+        );
+        assert_eq!(first_line("ok\u{1b}[A\nsecond"), "ok\\x1b[A");
     }
 }

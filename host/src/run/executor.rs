@@ -33,7 +33,7 @@ use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status, Trigg
 use crate::runtime::bindings::{
     ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
 };
-use crate::runtime::sandbox::Sandbox;
+use crate::runtime::sandbox::{check_report, Sandbox, MAX_REPORT_TEXT};
 use crate::runtime::{Plugin, Runtime};
 
 /// What a run is about (the trigger) and where it runs.
@@ -785,7 +785,7 @@ async fn run_stage(
             Err(failure) => {
                 rec.status = Status::Failure;
                 rec.summary.clear();
-                rec.error = Some(masker.mask(&failure.to_string()));
+                rec.error = Some(stage_text(&masker, &failure.to_string()));
             }
         }
     }
@@ -841,6 +841,8 @@ async fn scrub_workspace(shared: &RunShared, rec: &mut StageRecord) {
         }
         Err(e) => e,
     };
+    // File names a container chose: stage-controlled text.
+    let problem = shared.secrets.masker().mask(&problem);
     rec.status = Status::Failure;
     rec.error = Some(match rec.error.take() {
         Some(e) => format!("{e}; {problem}"),
@@ -923,21 +925,40 @@ async fn approval_gate(
     outcome
 }
 
+/// Text a stage controls, as its record keeps it: masked, then cut at
+/// [`MAX_REPORT_TEXT`] (a secret across the cut is masked whole).
+fn stage_text(masker: &Masker, text: &str) -> String {
+    masker.mask_cut(text, MAX_REPORT_TEXT, " …[cut]")
+}
+
+/// A stage's report becomes its record: every string in it masked (output
+/// keys and values, summary, every annotation field), bounded by the report
+/// limits (over one, the stage fails naming it and keeps no outputs or
+/// annotations).
 fn apply_report(rec: &mut StageRecord, report: StageReport, masker: &Masker) {
-    rec.summary = masker.mask(&report.summary);
+    if let Err(limit) = check_report(&report) {
+        rec.status = Status::Failure;
+        rec.warning = false;
+        rec.summary.clear();
+        rec.outputs.clear();
+        rec.annotations.clear();
+        rec.error = Some(stage_text(masker, &limit));
+        return;
+    }
+    rec.summary = stage_text(masker, &report.summary);
     rec.outputs = report
         .outputs
         .into_iter()
-        .map(|(k, v)| (k, masker.mask(&v)))
+        .map(|(k, v)| (masker.mask(&k), masker.mask(&v)))
         .collect();
     rec.annotations = report
         .annotations
         .into_iter()
         .map(|a| AnnotationRecord {
             level: level_name(a.level).into(),
-            title: masker.mask(&a.title),
-            message: masker.mask(&a.message),
-            file: a.file,
+            title: stage_text(masker, &a.title),
+            message: stage_text(masker, &a.message),
+            file: a.file.as_deref().map(|f| stage_text(masker, f)),
             line: a.line,
         })
         .collect();
@@ -958,4 +979,70 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::{Annotation, Level};
+
+    fn report(status: ReportStatus, text: &str) -> StageReport {
+        StageReport {
+            status,
+            summary: format!("summary {text}"),
+            outputs: vec![(format!("key-{text}"), format!("value {text}"))],
+            annotations: vec![Annotation {
+                level: Level::Warn,
+                title: format!("title {text}"),
+                message: format!("message {text}"),
+                file: Some(format!("src/{text}.rs")),
+                line: Some(3),
+            }],
+        }
+    }
+
+    #[test]
+    fn every_string_of_a_report_is_masked() {
+        let masker = Masker::new(["hunter2-xyz".to_string()]);
+        let mut rec = StageRecord::pending("s", "p");
+        apply_report(
+            &mut rec,
+            report(ReportStatus::Passed, "hunter2-xyz"),
+            &masker,
+        );
+        assert_eq!(rec.status, Status::Success);
+        assert_eq!(rec.summary, "summary ***");
+        assert_eq!(rec.outputs["key-***"], "value ***");
+        let a = &rec.annotations[0];
+        assert_eq!(
+            (a.title.as_str(), a.message.as_str(), a.file.as_deref()),
+            ("title ***", "message ***", Some("src/***.rs"))
+        );
+        // Hex of the value, in a failed report: the error too.
+        let hex = hex::encode("hunter2-xyz");
+        apply_report(&mut rec, report(ReportStatus::Failed, &hex), &masker);
+        assert_eq!(rec.error.as_deref(), Some("summary ***"));
+        // Long text is cut after masking.
+        let long = "x".repeat(MAX_REPORT_TEXT + 10);
+        let mut r = report(ReportStatus::Passed, &long);
+        r.outputs.clear();
+        apply_report(&mut rec, r, &masker);
+        assert_eq!(rec.status, Status::Success, "{:?}", rec.error);
+        assert!(rec.summary.len() < MAX_REPORT_TEXT + 20 && rec.summary.ends_with("[cut]"));
+    }
+
+    #[test]
+    fn a_report_over_a_limit_fails_and_keeps_nothing() {
+        let mut r = report(ReportStatus::Passed, "x");
+        r.annotations = (0..2000).map(|_| r.annotations[0].clone()).collect();
+        let mut rec = StageRecord::pending("s", "p");
+        apply_report(&mut rec, r, &Masker::default());
+        assert_eq!(rec.status, Status::Failure);
+        let err = rec.error.unwrap();
+        assert!(
+            err.contains("2000 annotations") && err.contains("limit is 1000"),
+            "{err}"
+        );
+        assert!(rec.annotations.is_empty() && rec.outputs.is_empty() && rec.summary.is_empty());
+    }
 }

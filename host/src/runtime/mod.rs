@@ -298,10 +298,7 @@ impl Runtime {
             StageState {
                 wasi,
                 table: ResourceTable::new(),
-                limits: Limits {
-                    memory_bytes: usize::try_from(sandbox.memory_bytes).unwrap_or(usize::MAX),
-                    memory_hit: false,
-                },
+                limits: Limits::new(usize::try_from(sandbox.memory_bytes).unwrap_or(usize::MAX)),
                 caps,
             },
         );
@@ -380,6 +377,23 @@ fn classify_trap(
         return StageFailure::Memory(format!(
             "stage exceeded its memory limit ({})",
             err.root_cause()
+        ));
+    }
+    if let Some(e) = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<sandbox::TableLimitExceeded>())
+    {
+        return StageFailure::Memory(e.to_string());
+    }
+    // wasmtime's own count check ("resource limit exceeded: memory count
+    // too high at 33"): say which limits a stage has.
+    let cause = err.root_cause().to_string();
+    if cause.starts_with("resource limit exceeded") {
+        return StageFailure::Memory(format!(
+            "stage exceeded its limits of {} instances, {} memories and {} tables in all ({cause})",
+            sandbox::MAX_INSTANCES,
+            sandbox::MAX_MEMORIES,
+            sandbox::MAX_TABLES
         ));
     }
     // The root cause is the useful part (e.g. "wasm trap: unreachable");
