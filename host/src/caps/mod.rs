@@ -19,7 +19,9 @@ use crate::runtime::bindings::{CapError, Denial};
 /// The refusal every capability returns for an ungranted call.
 pub fn denied(stage: &str, capability: &str, target: impl Into<String>) -> CapError {
     let target = target.into();
-    tracing::warn!(stage, capability, target, "capability call denied");
+    // Escaped: a target is plugin-controlled text on its way into the log.
+    let shown = target.escape_debug().to_string();
+    tracing::warn!(stage, capability, target = %shown, "capability call denied");
     CapError::Denied(Denial {
         stage: stage.to_string(),
         capability: capability.to_string(),

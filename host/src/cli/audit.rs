@@ -101,8 +101,8 @@ fn show(args: AuditArgs, state_dir: &Path) -> Result<u8> {
             e.at_ms,
             e.capability,
             if e.allowed { "allowed" } else { "DENIED" },
-            e.target,
-            e.outcome
+            crate::run::console::terminal_safe(&e.target),
+            crate::run::console::terminal_safe(&e.outcome)
         )?;
     }
     Ok(0)

@@ -226,7 +226,7 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
     )?;
     writeln!(out, "status       {}", run.status)?;
     if let Some(reason) = &run.reason {
-        writeln!(out, "reason       {reason}")?;
+        writeln!(out, "reason       {}", safe(reason))?;
     }
     writeln!(
         out,
@@ -254,10 +254,10 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
             )?;
         }
         if let Some(s) = &t.sender {
-            writeln!(out, "by           {s}")?;
+            writeln!(out, "by           {}", safe(s))?;
         }
         if let Some(m) = &t.message {
-            writeln!(out, "commit       {m}")?;
+            writeln!(out, "commit       {}", safe(m))?;
         }
         if let Some(n) = t.pull_request {
             writeln!(out, "pull request #{n}")?;
@@ -304,7 +304,7 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
                 "-".into()
             },
             s.attempts,
-            detail.lines().next().unwrap_or("")
+            safe(detail.lines().next().unwrap_or(""))
         )?;
     }
     for s in &run.stages {
@@ -313,7 +313,12 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
         }
         writeln!(out, "\n{}:", s.name)?;
         for (k, v) in &s.outputs {
-            writeln!(out, "  output {k} = {}", v.lines().next().unwrap_or(""))?;
+            writeln!(
+                out,
+                "  output {} = {}",
+                safe(k),
+                safe(v.lines().next().unwrap_or(""))
+            )?;
         }
         for a in &s.annotations {
             let at = match (&a.file, a.line) {
@@ -321,7 +326,14 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
                 (Some(f), None) => format!(" ({f})"),
                 _ => String::new(),
             };
-            writeln!(out, "  {} {}: {}{at}", a.level, a.title, a.message)?;
+            writeln!(
+                out,
+                "  {} {}: {}{}",
+                a.level,
+                safe(&a.title),
+                safe(&a.message),
+                safe(&at)
+            )?;
         }
         if let Some(a) = &s.approval {
             writeln!(
@@ -430,8 +442,13 @@ fn print_line(
         s => format!("[{s}] "),
     };
     if with_stage {
-        writeln!(out, "{:>width$} │ {stream}{}", l.stage, l.line.text)
+        writeln!(out, "{:>width$} │ {stream}{}", l.stage, safe(&l.line.text))
     } else {
-        writeln!(out, "{stream}{}", l.line.text)
+        writeln!(out, "{stream}{}", safe(&l.line.text))
     }
+}
+
+/// Stage- and sender-controlled text as the terminal may show it.
+fn safe(text: &str) -> std::borrow::Cow<'_, str> {
+    crate::run::console::terminal_safe(text)
 }

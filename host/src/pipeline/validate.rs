@@ -14,8 +14,8 @@ use super::{
     DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
 };
 use crate::confined::Origin;
-use crate::grants::url::{UrlAllowlist, UrlPattern};
 use crate::grants::image::{ImagePattern, ImagePatterns, NamePattern, NamePatterns};
+use crate::grants::url::{UrlAllowlist, UrlPattern};
 
 const STAGE_NAME_RULE: &str =
     "lower-case letters, digits, `-` and `_`, starting with a letter or digit";
