@@ -31,6 +31,10 @@ url = "{url}"
 branch = "main"
 push = [{push}]
 
+[git.other-config]
+url = "{url}"
+branch = "main"
+
 [[stage]]
 name = "deploy-dev"
 plugin = "gitops-deploy"
@@ -111,11 +115,30 @@ fn gitops_deploy_edits_the_image_line_commits_naming_the_run_and_pushes_only_whe
         .unwrap()
         .contains("already at"));
 
-    // Not granted the repository: the clone is refused, named, audited.
+    // Granted no repository at all: the plugin declares it needs `git`, so
+    // the run stops before anything starts and says what to add.
     let file = pipeline(
         dir.path(),
         &repo.url(),
         "",
+        r#""main""#,
+        "127.0.0.1:5000/app:2.0",
+    );
+    let out = host_env(&state, &["run", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert!(
+        text(&out.stderr).contains(
+            "stage `deploy-dev`: plugin `gitops-deploy` needs grant git; add grants.git = [...]"
+        ),
+        "{}",
+        shown(&out)
+    );
+
+    // Granted another repository: the clone is refused, named, audited.
+    let file = pipeline(
+        dir.path(),
+        &repo.url(),
+        r#"git = ["other-config"]"#,
         r#""main""#,
         "127.0.0.1:5000/app:2.0",
     );

@@ -38,6 +38,11 @@ address = "{SSH_USER}@127.0.0.1:{sshd}"
 host-key = "{host_key}"
 key = "deploy-key"
 
+[ssh.elsewhere]
+address = "{SSH_USER}@127.0.0.1:{sshd}"
+host-key = "{host_key}"
+key = "deploy-key"
+
 [[stage]]
 name = "deploy"
 plugin = "ssh-deploy"
@@ -191,11 +196,28 @@ fn ssh_deploy_switches_blue_green_over_a_checked_connection_and_refuses_every_wr
     let why = format!("{} {}", d["summary"], d["error"]);
     assert!(why.contains("AUTH_FAILED"), "{why}");
 
-    // No `ssh` grant: denied in the host, recorded in the audit trail.
+    // No `ssh` grant at all: the plugin declares it needs one, so nothing
+    // runs and the error says what to add.
     let ungranted = setup.pipeline(
         dir.path(),
         START,
         r#"workspace = "ro", http = ["http://127.0.0.1:*/health"]"#,
+    );
+    let out = run(&ungranted, &key);
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert!(
+        text(&out.stderr).contains(
+            "stage `deploy`: plugin `ssh-deploy` needs grant ssh; add grants.ssh = [...]"
+        ),
+        "{}",
+        shown(&out)
+    );
+
+    // Granted another host: denied in the host, recorded in the audit trail.
+    let ungranted = setup.pipeline(
+        dir.path(),
+        START,
+        r#"workspace = "ro", http = ["http://127.0.0.1:*/health"], ssh = ["elsewhere"]"#,
     );
     let out = run(&ungranted, &key);
     assert_eq!(out.status.code(), Some(1), "{}", shown(&out));

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
+use crate::caps::capability::{Cap, Capability, GrantCx, NoGrant, StageEnv};
 use crate::caps::secrets::Masker;
 use crate::runtime::bindings::{ci::stage::log::Host, Level};
 
@@ -373,6 +374,32 @@ impl tokio::io::AsyncWrite for StageOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Capability for StageLog {
+    const NAME: &'static str = "log";
+    type Raw = NoGrant;
+    type Grant = ();
+    type Decls = ();
+
+    fn compile(_: &NoGrant, _: &(), _: &mut GrantCx<'_>) {}
+
+    /// Every stage may log.
+    fn covers(_: &(), _: Option<&str>) -> bool {
+        true
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        crate::runtime::bindings::ci::stage::log::add_to_linker::<_, Cap<Self>>(linker, get)
+    }
+
+    /// The stage's log, shared with the executor that collects it.
+    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+        Ok(env.log.clone())
     }
 }
 

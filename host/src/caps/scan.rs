@@ -10,12 +10,13 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::caps::audit::Audit;
+use crate::caps::capability::{Cap, Capability, GrantCx, StageEnv};
 use crate::caps::denied;
 use crate::caps::docker::engine::engine_error;
+use crate::caps::docker::grant::DockerGrants;
 use crate::caps::docker::policy::ImageRef;
 use crate::caps::docker::DockerEngine;
 use crate::exec::{self, Input};
-use crate::pipeline::DockerGrants;
 use crate::runtime::bindings::ci::stage::scan::{Host, ScanRequest};
 use crate::runtime::bindings::CapError;
 
@@ -59,6 +60,43 @@ pub struct ScanCap {
     config: ScanConfig,
     engine: DockerEngine,
     audit: Audit,
+}
+
+impl Capability for ScanCap {
+    const NAME: &'static str = "scan";
+    type Raw = bool;
+    type Grant = bool;
+    type Decls = ();
+
+    fn compile(raw: &bool, _: &(), _: &mut GrantCx<'_>) -> bool {
+        *raw
+    }
+
+    fn covers(g: &bool, _: Option<&str>) -> bool {
+        *g
+    }
+
+    fn hint(_: Option<&str>) -> String {
+        "grants.scan = true".into()
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        crate::runtime::bindings::ci::stage::scan::add_to_linker::<_, Cap<Self>>(linker, get)
+    }
+
+    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+        Ok(ScanCap::new(
+            env.stage,
+            env.grants.scan,
+            env.shared.scan.clone(),
+            env.shared.docker.clone(),
+        )
+        .with_images(env.grants.docker.clone())
+        .with_audit(env.audit.clone()))
+    }
 }
 
 impl ScanCap {

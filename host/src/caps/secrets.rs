@@ -12,6 +12,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use base64::Engine;
 
 use crate::caps::audit::Audit;
+use crate::caps::capability::{Cap, Capability, GrantCx, NoGrant, StageEnv};
 use crate::caps::denied;
 use crate::confined::{read_operator_file, Root};
 use crate::pipeline::{Pipeline, SecretSource};
@@ -540,6 +541,34 @@ fn pieces(text: &str) -> Result<Vec<Piece<'_>>, CapError> {
 }
 
 // Shared with the http capability, which expands `${secret:…}`.
+impl Capability for Arc<SecretsCap> {
+    const NAME: &'static str = "secrets";
+    type Raw = NoGrant;
+    type Grant = ();
+    type Decls = ();
+
+    fn compile(_: &NoGrant, _: &(), _: &mut GrantCx<'_>) {}
+
+    /// What a stage may do with secrets is in the sandbox grants
+    /// (`grants.secrets`, `secrets-read`), checked by the caller.
+    fn covers(_: &(), _: Option<&str>) -> bool {
+        true
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        crate::runtime::bindings::ci::stage::secrets::add_to_linker::<_, Cap<Self>>(linker, get)
+    }
+
+    /// The stage's secret use, shared with the capabilities that expand
+    /// `${secret:…}`.
+    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+        Ok(env.secrets_cap.clone())
+    }
+}
+
 impl Host for Arc<SecretsCap> {
     async fn names(&mut self) -> wasmtime::Result<Vec<String>> {
         let mut names: Vec<String> = self.usable.iter().chain(&self.readable).cloned().collect();

@@ -12,7 +12,6 @@
 mod dag;
 mod files;
 pub(crate) mod parse;
-pub(crate) mod remotes;
 mod units;
 mod validate;
 mod when;
@@ -25,8 +24,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::caps::docker::grant::{DockerGrants, PortRange};
+pub use crate::caps::git::GitRemote;
+pub use crate::caps::ssh::SshHost;
+pub use crate::caps::{Grants, WorkspaceAccess};
 pub use crate::confined::Origin;
-use crate::grants::image::{ImagePatterns, ImageRef, NamePatterns};
 pub use files::MAX_PLUGIN_BYTES;
 pub(crate) use parse::tidy_message;
 pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_SIZE, MIN_SIZE};
@@ -57,57 +59,10 @@ pub struct Pipeline {
     pub secrets: BTreeMap<String, SecretSource>,
     /// `[environments]`, in file order (the first that matches a run wins).
     pub environments: Vec<Environment>,
-    /// `[git.NAME]`: repositories stages may be granted (`grants.git`).
-    pub git: BTreeMap<String, GitRemote>,
-    /// `[ssh.NAME]`: hosts stages may be granted (`grants.ssh`).
-    pub ssh: BTreeMap<String, SshHost>,
+    /// What capabilities declare (`[git.NAME]`, `[ssh.NAME]`), by capability.
+    pub declared: crate::caps::Decls,
     /// In file order.
     pub stages: Vec<Stage>,
-}
-
-/// `[git.NAME]`: a repository the host clones and pushes for the stages
-/// granted NAME.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GitRemote {
-    pub name: String,
-    /// `https://`, `http://`, `git://` or `file://` (checked in validate).
-    pub url: String,
-    /// Branch cloned when the stage names none.
-    pub branch: String,
-    /// Branch globs a granted stage may push to (default: `[branch]`).
-    pub push: Vec<String>,
-    pub location: Location,
-}
-
-/// `[ssh.NAME]`: a host the system `ssh` reaches for the stages granted
-/// NAME, with the key from a secret and the host key pinned here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshHost {
-    pub name: String,
-    pub user: String,
-    pub host: String,
-    pub port: u16,
-    /// `TYPE BASE64` of the host's public key, as in known_hosts.
-    pub host_key: String,
-    /// Secret holding the private key (OpenSSH format).
-    pub key: String,
-    pub location: Location,
-}
-
-impl SshHost {
-    /// The one known_hosts line ssh may accept for this host.
-    pub fn known_hosts_line(&self) -> String {
-        if self.port == 22 {
-            format!("{} {}", self.host, self.host_key)
-        } else {
-            format!("[{}]:{} {}", self.host, self.port, self.host_key)
-        }
-    }
-
-    /// `user@host:port`, for messages and the audit trail.
-    pub fn address(&self) -> String {
-        format!("{}@{}:{}", self.user, self.host, self.port)
-    }
 }
 
 /// A deployment environment: the runs that deploy to it (by branch or tag
@@ -214,106 +169,6 @@ pub struct Stage {
     pub rollback: Option<String>,
     /// Location of the stage's `name` value.
     pub location: Location,
-}
-
-/// What a stage may do beyond computing. Everything defaults to nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Grants {
-    /// `/workspace` preopen; `None` means no filesystem at all.
-    pub workspace: Option<WorkspaceAccess>,
-    /// Host environment variables passed through by name.
-    pub env: Vec<String>,
-    /// URL patterns for outgoing HTTP (e.g. `https://hooks.slack.com/*`),
-    /// compiled at validation; the http capability matches with these.
-    pub http: crate::grants::url::UrlAllowlist,
-    /// Secrets the plugin may *use* via `${secret:NAME}` in capability calls.
-    pub secrets: Vec<String>,
-    /// Secrets whose *value* the plugin may read (`secrets-read`).
-    pub secrets_read: Vec<String>,
-    pub docker: DockerGrants,
-    /// May ask the host to run an image scan.
-    pub scan: bool,
-    /// `[git.NAME]` repositories the stage may clone and push.
-    pub git: Vec<String>,
-    /// `[ssh.NAME]` hosts the stage may run commands on.
-    pub ssh: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub enum WorkspaceAccess {
-    #[serde(rename = "ro")]
-    ReadOnly,
-    #[serde(rename = "rw")]
-    ReadWrite,
-}
-
-/// `grants.docker`: image and container-name patterns, compiled once here
-/// (see [`crate::grants::image`]) and matched as they are by the docker and
-/// scan capabilities; the limits every container and build gets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DockerGrants {
-    pub build: ImagePatterns,
-    pub run: ImagePatterns,
-    pub tag: ImagePatterns,
-    pub push: ImagePatterns,
-    /// Images a build may start `FROM` (or `COPY --from`); `scratch` needs none.
-    pub base: ImagePatterns,
-    /// Images the stage may scan (besides those it may build, run, tag,
-    /// push or build from); `grants.scan` must be on too.
-    pub scan: ImagePatterns,
-    pub containers: NamePatterns,
-    pub ports: Vec<PortRange>,
-    /// Containers may run as uid 0 inside (still without capabilities and
-    /// with `no-new-privileges`); otherwise they run as the workspace owner.
-    pub root: bool,
-    /// Container and build memory; the stage's `memory` when unset.
-    pub memory: Option<u64>,
-    /// CPUs in billionths (`cpus = 1.5` is 1_500_000_000).
-    pub nano_cpus: Option<u64>,
-    /// Most processes and threads in a container.
-    pub pids: Option<u32>,
-    /// Largest build context sent to the engine.
-    pub context_limit: Option<u64>,
-}
-
-impl DockerGrants {
-    /// Whether the stage may use `image` in any way: build, run, tag, push,
-    /// build from or scan it. A tag's source and a scan must be one of these.
-    pub fn may_use(&self, image: &ImageRef) -> bool {
-        [
-            &self.build,
-            &self.run,
-            &self.tag,
-            &self.push,
-            &self.base,
-            &self.scan,
-        ]
-        .iter()
-        .any(|p| p.allows(image))
-    }
-}
-
-/// An inclusive host port range; a single port has `start == end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub start: u16,
-    pub end: u16,
-}
-
-impl PortRange {
-    pub fn contains(&self, port: u16) -> bool {
-        (self.start..=self.end).contains(&port)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.start == self.end {
-            write!(f, "{}", self.start)
-        } else {
-            write!(f, "{}-{}", self.start, self.end)
-        }
-    }
 }
 
 /// A position in a pipeline file; line and column are 1-based, the column

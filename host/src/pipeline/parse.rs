@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::{Diagnostic, Location, WorkspaceAccess};
+use super::{Diagnostic, Location};
 
 pub(super) type Str = Spanned<String>;
 pub(super) type StrList = Vec<Str>;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Not `deny_unknown_fields`: capabilities read their own top-level tables
+// (`[git.NAME]`); `validate::check_tables` refuses any other table.
 pub(super) struct RawFile {
     pub pipeline: Option<Spanned<RawPipeline>>,
     #[serde(default)]
@@ -31,29 +32,7 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub environments: BTreeMap<Str, Spanned<RawEnvironment>>,
     #[serde(default)]
-    pub git: BTreeMap<Str, Spanned<RawGitRemote>>,
-    #[serde(default)]
-    pub ssh: BTreeMap<Str, Spanned<RawSshHost>>,
-    #[serde(default)]
     pub stage: Vec<Spanned<RawStage>>,
-}
-
-/// `[git.NAME]`: a repository stages may be granted by name.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct RawGitRemote {
-    pub url: Option<Str>,
-    pub branch: Option<Str>,
-    pub push: Option<StrList>,
-}
-
-/// `[ssh.NAME]`: a host stages may be granted by name.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct RawSshHost {
-    pub address: Option<Str>,
-    pub host_key: Option<Str>,
-    pub key: Option<Str>,
 }
 
 /// `[trust]`: the keys plugins must be signed by.
@@ -98,7 +77,7 @@ pub(super) struct RawStage {
     pub needs: Option<StrList>,
     pub when: Option<Spanned<RawWhen>>,
     pub with: Option<Spanned<toml::Value>>,
-    pub grants: Option<RawGrants>,
+    pub grants: Option<crate::caps::RawGrants>,
     pub timeout: Option<Spanned<toml::Value>>,
     pub memory: Option<Spanned<toml::Value>>,
     pub retries: Option<Spanned<i64>>,
@@ -114,38 +93,6 @@ pub(super) struct RawWhen {
     pub tag: Option<StrList>,
     pub event: Option<StrList>,
     pub always: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct RawGrants {
-    pub workspace: Option<WorkspaceAccess>,
-    pub env: Option<StrList>,
-    pub http: Option<StrList>,
-    pub secrets: Option<StrList>,
-    pub secrets_read: Option<StrList>,
-    pub docker: Option<RawDocker>,
-    pub scan: Option<bool>,
-    pub git: Option<StrList>,
-    pub ssh: Option<StrList>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct RawDocker {
-    pub build: Option<StrList>,
-    pub run: Option<StrList>,
-    pub tag: Option<StrList>,
-    pub push: Option<StrList>,
-    pub containers: Option<StrList>,
-    pub ports: Option<Vec<Spanned<toml::Value>>>,
-    pub base: Option<StrList>,
-    pub scan: Option<StrList>,
-    pub root: Option<bool>,
-    pub memory: Option<Spanned<toml::Value>>,
-    pub cpus: Option<Spanned<toml::Value>>,
-    pub pids: Option<Spanned<toml::Value>>,
-    pub context_limit: Option<Spanned<toml::Value>>,
 }
 
 /// The file being checked: its name for messages and its text for turning

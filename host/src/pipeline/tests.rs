@@ -258,7 +258,7 @@ fn unknown_keys() {
         "[pipeline]\nname = \"x\"\n[foo]\n",
         3,
         2,
-        "expected one of `pipeline`, `plugins`, `trust`, `secrets`, `environments`, `git`, `ssh`, `stage`",
+        "unknown table `foo`, expected one of `pipeline`, `plugins`, `trust`, `secrets`, `environments`, `stage`, `git`, `ssh`",
     );
     let stage = |extra: &str| format!("{HEAD}[[stage]]\nname = \"a\"\nplugin = \"tag\"\n{extra}\n");
     assert_diag(
@@ -273,7 +273,7 @@ fn unknown_keys() {
         29,
         "unknown field `nope`, expected one of `branch`, `tag`, `event`, `always`",
     );
-    assert_diag(&stage("grants = { workspce = \"ro\" }"), 13, 12, "unknown field `workspce`, expected one of `workspace`, `env`, `http`, `secrets`, `secrets-read`, `docker`, `scan`");
+    assert_diag(&stage("grants = { workspce = \"ro\" }"), 13, 12, "unknown field `workspce`, expected one of `workspace`, `env`, `secrets`, `secrets-read`, `http`, `docker`, `scan`, `git`, `ssh`");
     assert_diag(&stage("grants = { docker = { pull = [] } }"), 13, 23, "unknown field `pull`, expected one of `build`, `run`, `tag`, `push`, `containers`, `ports`");
     assert_diag(
         &stage("grants = { workspace = \"rx\" }"),
@@ -1110,10 +1110,10 @@ fn git_repositories_and_ssh_hosts_are_declared_once_and_granted_by_name() {
          [ssh.prod]\naddress = \"deploy@127.0.0.1:2222\"\nhost-key = \"{HOST_KEY} prod\"\nkey = \"hook\"\n\n\
          [[stage]]\nname = \"deploy\"\nplugin = \"tag\"\ngrants = {{ git = [\"deploy-config\"], ssh = [\"prod\", \"prod\"] }}\n"
     ));
-    let g = &p.git["deploy-config"];
+    let g = &p.declared.git["deploy-config"];
     assert_eq!(g.branch, "main");
-    assert_eq!(g.push, vec!["main", "env/*"]);
-    let h = &p.ssh["prod"];
+    assert_eq!(g.push.iter().collect::<Vec<_>>(), vec!["main", "env/*"]);
+    let h = &p.declared.ssh["prod"];
     assert_eq!(
         (h.user.as_str(), h.host.as_str(), h.port),
         ("deploy", "127.0.0.1", 2222)
@@ -1125,7 +1125,10 @@ fn git_repositories_and_ssh_hosts_are_declared_once_and_granted_by_name() {
     let p = ok(&format!(
         "{HEAD}[git.r]\nurl = \"file:///srv/r.git\"\nbranch = \"deploy\"\n[[stage]]\nname = \"a\"\nplugin = \"tag\"\n"
     ));
-    assert_eq!(p.git["r"].push, vec!["deploy"]);
+    assert_eq!(
+        p.declared.git["r"].push.iter().collect::<Vec<_>>(),
+        vec!["deploy"]
+    );
 }
 
 #[test]

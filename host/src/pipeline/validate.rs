@@ -7,19 +7,18 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 
-use super::parse::{RawDocker, RawFile, RawGrants, RawStage, RawWhen, Source, Str, StrList};
+use super::parse::{RawFile, RawPipeline, RawSecret, RawStage, RawWhen, Source, Str, StrList};
 use super::{
-    dag, remotes, units, when, Diagnostic, DockerGrants, Environment, GitRemote, Grants, Location,
-    Pipeline, PluginRef, PluginSource, PortRange, SecretSource, SshHost, Stage, Trust, When,
-    DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY, DEFAULT_TIMEOUT, MAX_RETRIES,
+    dag, units, when, Diagnostic, Environment, Grants, Location, Pipeline, PluginRef, PluginSource,
+    SecretSource, Stage, Trust, When, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY, DEFAULT_TIMEOUT,
+    MAX_RETRIES,
 };
+use crate::caps::capability::{toml_type as type_name, valid_id, GrantCx, ID_RULE};
+use crate::caps::{self, Decls, RawGrants};
 use crate::confined::Origin;
-use crate::grants::image::{ImagePattern, ImagePatterns, NamePattern, NamePatterns};
-use crate::grants::url::{UrlAllowlist, UrlPattern};
 
 const STAGE_NAME_RULE: &str =
     "lower-case letters, digits, `-` and `_`, starting with a letter or digit";
-const ID_RULE: &str = "letters, digits, `-`, `_` and `.`, starting with a letter or digit";
 
 pub(super) struct Ctx<'s, 'a> {
     src: &'s Source<'a>,
@@ -34,8 +33,19 @@ impl Ctx<'_, '_> {
     pub(super) fn loc(&self, span: std::ops::Range<usize>) -> Location {
         self.src.span(span)
     }
-    pub(super) fn check_id(&mut self, key: &Str, what: &str) {
-        check_id(self, key, what)
+    /// Runs `f` with a capability's view of the file; what it reports
+    /// becomes diagnostics here.
+    fn grant_cx<R>(&mut self, secrets: &[String], f: impl FnOnce(&mut GrantCx<'_>) -> R) -> R {
+        let mut found = Vec::new();
+        let r = {
+            let mut report = |span, message| found.push((span, message));
+            let mut g = GrantCx::new(self.src.text, secrets, &mut report);
+            f(&mut g)
+        };
+        for (span, message) in found {
+            self.err(span, message);
+        }
+        r
     }
 }
 
@@ -48,13 +58,85 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    check_tables(&mut cx);
+    let header = build_header(&mut cx, raw.pipeline);
+    let plugins = build_plugins(&mut cx, raw.plugins, &dir);
+    let trust = build_trust(&mut cx, raw.trust);
+    let secrets = build_secrets(&mut cx, raw.secrets, &dir);
+    let secret_names: Vec<String> = secrets.keys().cloned().collect();
+    // Tables capabilities own (`[git.NAME]`, `[ssh.NAME]`).
+    let decls = cx.grant_cx(&secret_names, caps::declare_all);
+    let environments = build_environments(&mut cx, raw.environments);
+    let scope = Scope::new(
+        &raw.stage,
+        &header,
+        &plugins,
+        &secrets,
+        &decls,
+        &environments,
+    );
+    let stages = build_stages(&mut cx, &raw.stage, &scope);
+    let pipeline = Pipeline {
+        file: src.file.clone(),
+        dir,
+        origin: Origin::Operator,
+        name: header.name,
+        default_branch: header.default_branch,
+        plugins,
+        trust,
+        secrets,
+        environments,
+        declared: decls,
+        stages,
+    };
+    check_rollbacks(&mut cx, &raw.stage, &pipeline);
+    (pipeline, cx.diags)
+}
 
-    // [pipeline]
+/// The pipeline's own tables and those capabilities own; nothing else.
+fn check_tables(cx: &mut Ctx<'_, '_>) {
+    const OWN: &[&str] = &[
+        "pipeline",
+        "plugins",
+        "trust",
+        "secrets",
+        "environments",
+        "stage",
+    ];
+    let Ok(top) = toml::from_str::<BTreeMap<Str, serde::de::IgnoredAny>>(cx.src.text) else {
+        return; // the decode reported it
+    };
+    let theirs = caps::tables();
+    for key in top.keys() {
+        let k = key.get_ref().as_str();
+        if !OWN.contains(&k) && !theirs.contains(&k) {
+            let known: Vec<String> = OWN
+                .iter()
+                .chain(theirs.iter())
+                .map(|t| format!("`{t}`"))
+                .collect();
+            cx.err(
+                key.span(),
+                format!("unknown table `{k}`, expected one of {}", known.join(", ")),
+            );
+        }
+    }
+}
+
+/// `[pipeline]`: the name and the defaults every stage starts from.
+struct Header {
+    name: String,
+    default_branch: String,
+    default_timeout: Duration,
+    default_memory: u64,
+}
+
+fn build_header(cx: &mut Ctx<'_, '_>, raw: Option<Spanned<RawPipeline>>) -> Header {
     let mut name = String::new();
     let mut default_branch = "main".to_string();
     let mut default_timeout = DEFAULT_TIMEOUT;
     let mut default_memory = DEFAULT_MEMORY;
-    match raw.pipeline {
+    match raw {
         None => cx.err(
             0..0,
             "missing [pipeline] table; expected `[pipeline]` with `name = \"...\"`",
@@ -80,27 +162,42 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
                 }
             }
             if let Some(t) = p.timeout {
-                default_timeout = duration(&mut cx, &t).unwrap_or(default_timeout);
+                default_timeout = duration(cx, &t).unwrap_or(default_timeout);
             }
             if let Some(m) = p.memory {
-                default_memory = size(&mut cx, &m).unwrap_or(default_memory);
+                default_memory = size(cx, &m).unwrap_or(default_memory);
             }
         }
     }
 
-    // [plugins]
+    Header {
+        name,
+        default_branch,
+        default_timeout,
+        default_memory,
+    }
+}
+
+fn build_plugins(
+    cx: &mut Ctx<'_, '_>,
+    raw: BTreeMap<Str, Spanned<toml::Value>>,
+    dir: &Path,
+) -> BTreeMap<String, PluginRef> {
     let mut plugins = BTreeMap::new();
-    for (key, value) in raw.plugins {
-        check_id(&mut cx, &key, "plugin");
+    for (key, value) in raw {
+        check_id(cx, &key, "plugin");
         let name = key.into_inner();
-        if let Some(p) = plugin_entry(&mut cx, &name, &value, &dir) {
+        if let Some(p) = plugin_entry(cx, &name, &value, dir) {
             plugins.insert(name, p);
         }
     }
 
-    // [trust]
+    plugins
+}
+
+fn build_trust(cx: &mut Ctx<'_, '_>, raw: Option<Spanned<super::parse::RawTrust>>) -> Trust {
     let mut trust = Trust::default();
-    if let Some(t) = raw.trust {
+    if let Some(t) = raw {
         trust.location = Some(cx.loc(t.span()));
         for k in &t.get_ref().signed_by {
             match crate::distribution::signing::PublicKey::parse(k.get_ref()) {
@@ -116,15 +213,22 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         }
     }
 
-    // [secrets]
+    trust
+}
+
+fn build_secrets(
+    cx: &mut Ctx<'_, '_>,
+    raw: BTreeMap<Str, Spanned<RawSecret>>,
+    dir: &Path,
+) -> BTreeMap<String, SecretSource> {
     let mut secrets = BTreeMap::new();
-    for (key, value) in raw.secrets {
-        check_id(&mut cx, &key, "secret");
+    for (key, value) in raw {
+        check_id(cx, &key, "secret");
         let span = value.span();
         let s = value.into_inner();
         let source = match (s.env, s.file) {
             (Some(env), None) => {
-                check_env_name(&mut cx, &env, "secret source");
+                check_env_name(cx, &env, "secret source");
                 SecretSource::Env(env.into_inner())
             }
             (None, Some(file)) => {
@@ -147,30 +251,28 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         secrets.insert(key.into_inner(), source);
     }
 
-    // [git.NAME] and [ssh.NAME]
-    let git = remotes::build_git(&mut cx, raw.git);
-    let ssh = remotes::build_ssh(&mut cx, raw.ssh, &secrets);
-    let declared = Declared {
-        secrets: &secrets,
-        git: &git,
-        ssh: &ssh,
-    };
+    secrets
+}
 
-    // [environments], in file order.
-    let mut raw_envs: Vec<_> = raw.environments.into_iter().collect();
+/// `[environments]`, in file order.
+fn build_environments(
+    cx: &mut Ctx<'_, '_>,
+    raw: BTreeMap<Str, Spanned<super::parse::RawEnvironment>>,
+) -> Vec<Environment> {
+    let mut raw_envs: Vec<_> = raw.into_iter().collect();
     raw_envs.sort_by_key(|(k, _)| k.span().start);
     let mut environments = Vec::new();
     for (key, value) in raw_envs {
-        check_id(&mut cx, &key, "environment");
+        check_id(cx, &key, "environment");
         let e = value.get_ref();
         let when = When {
-            branch: patterns(&mut cx, e.branch.as_ref(), "environments.branch"),
-            tag: patterns(&mut cx, e.tag.as_ref(), "environments.tag"),
+            branch: patterns(cx, e.branch.as_ref(), "environments.branch"),
+            tag: patterns(cx, e.tag.as_ref(), "environments.tag"),
             event: vec![],
             always: false,
         };
         let approval_timeout = match &e.approval_timeout {
-            Some(v) => duration(&mut cx, v).unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
+            Some(v) => duration(cx, v).unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
             None => DEFAULT_APPROVAL_TIMEOUT,
         };
         environments.push(Environment {
@@ -181,12 +283,56 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
             location: cx.loc(key.span()),
         });
     }
-    let env_names: Vec<&str> = environments.iter().map(|e| e.name.as_str()).collect();
 
-    // [[stage]]
-    if raw.stage.is_empty() {
+    environments
+}
+
+/// What a stage may name, gathered once for all stages.
+struct Scope<'p> {
+    defaults: (Duration, u64),
+    plugins: &'p BTreeMap<String, PluginRef>,
+    plugin_list: String,
+    secrets: &'p BTreeMap<String, SecretSource>,
+    secret_names: Vec<String>,
+    decls: &'p Decls,
+    env_names: Vec<&'p str>,
+    all_names: HashSet<&'p str>,
+    stage_list: String,
+}
+
+impl<'p> Scope<'p> {
+    fn new(
+        raw: &'p [Spanned<RawStage>],
+        header: &Header,
+        plugins: &'p BTreeMap<String, PluginRef>,
+        secrets: &'p BTreeMap<String, SecretSource>,
+        decls: &'p Decls,
+        environments: &'p [Environment],
+    ) -> Self {
+        let all_names: HashSet<&str> = raw
+            .iter()
+            .filter_map(|s| s.get_ref().name.as_ref().map(|n| n.get_ref().as_str()))
+            .collect();
+        Scope {
+            defaults: (header.default_timeout, header.default_memory),
+            plugins,
+            plugin_list: sorted_list(plugins.keys().map(String::as_str)),
+            secrets,
+            secret_names: secrets.keys().cloned().collect(),
+            decls,
+            env_names: environments.iter().map(|e| e.name.as_str()).collect(),
+            stage_list: sorted_list(all_names.iter().copied()),
+            all_names,
+        }
+    }
+}
+
+/// `[[stage]]`, in file order; duplicate names and cycles are reported.
+fn build_stages(cx: &mut Ctx<'_, '_>, raw: &[Spanned<RawStage>], scope: &Scope<'_>) -> Vec<Stage> {
+    if raw.is_empty() {
+        let end = cx.src.text.len();
         cx.err(
-            src.text.len()..src.text.len(),
+            end..end,
             "no stages; expected at least one `[[stage]]` table",
         );
     }
@@ -194,26 +340,8 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
     // Spans of each stage's `needs` entries, parallel to `Stage::needs`.
     let mut needs_spans: Vec<Vec<std::ops::Range<usize>>> = Vec::new();
     let mut first_seen: HashMap<String, usize> = HashMap::new();
-    let all_names: HashSet<&str> = raw
-        .stage
-        .iter()
-        .filter_map(|s| s.get_ref().name.as_ref().map(|n| n.get_ref().as_str()))
-        .collect();
-    let stage_list = sorted_list(all_names.iter().copied());
-    let plugin_list = sorted_list(plugins.keys().map(String::as_str));
-    let defaults = (default_timeout, default_memory);
-    for raw_stage in &raw.stage {
-        let (stage, spans) = build_stage(
-            &mut cx,
-            raw_stage,
-            defaults,
-            &plugins,
-            &plugin_list,
-            &declared,
-            &env_names,
-            &all_names,
-            &stage_list,
-        );
+    for raw_stage in raw {
+        let (stage, spans) = build_stage(cx, raw_stage, scope);
         if !stage.name.is_empty() {
             if let Some(line) = first_seen.get(&stage.name) {
                 let msg = format!(
@@ -231,25 +359,13 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         stages.push(stage);
         needs_spans.push(spans);
     }
+    check_cycles(cx, &stages, &needs_spans);
+    stages
+}
 
-    check_cycles(&mut cx, &stages, &needs_spans);
-
-    let pipeline = Pipeline {
-        file: src.file.clone(),
-        dir,
-        origin: Origin::Operator,
-        name,
-        default_branch,
-        plugins,
-        trust,
-        secrets,
-        environments,
-        git,
-        ssh,
-        stages,
-    };
+fn check_rollbacks(cx: &mut Ctx<'_, '_>, raw: &[Spanned<RawStage>], pipeline: &Pipeline) {
     // `rollback` names a stage this one depends on.
-    for (raw_stage, stage) in raw.stage.iter().zip(&pipeline.stages) {
+    for (raw_stage, stage) in raw.iter().zip(&pipeline.stages) {
         let Some(target) = &raw_stage.get_ref().rollback else {
             continue;
         };
@@ -267,24 +383,64 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
             );
         }
     }
-    (pipeline, cx.diags)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn build_stage(
     cx: &mut Ctx<'_, '_>,
     raw: &Spanned<RawStage>,
-    (default_timeout, default_memory): (Duration, u64),
-    plugins: &BTreeMap<String, PluginRef>,
-    plugin_list: &str,
-    declared: &Declared<'_>,
-    env_names: &[&str],
-    all_names: &HashSet<&str>,
-    stage_list: &str,
+    scope: &Scope<'_>,
 ) -> (Stage, Vec<std::ops::Range<usize>>) {
+    let r = raw.get_ref();
+    let (name, location) = stage_name(cx, raw);
+    let plugin = stage_plugin(cx, raw, &name, scope);
+    let (needs, needs_spans) = stage_needs(cx, r, &name, scope);
+    let when = r
+        .when
+        .as_ref()
+        .map(|w| build_when(cx, w))
+        .unwrap_or_default();
+    let with = stage_with(cx, r);
+    let grants = r
+        .grants
+        .as_ref()
+        .map(|g| build_grants(cx, g, scope))
+        .unwrap_or_default();
+    let (default_timeout, default_memory) = scope.defaults;
+    let timeout = r
+        .timeout
+        .as_ref()
+        .and_then(|t| duration(cx, t))
+        .unwrap_or(default_timeout);
+    let memory = r
+        .memory
+        .as_ref()
+        .and_then(|m| size(cx, m))
+        .unwrap_or(default_memory);
+    let retries = stage_retries(cx, r);
+    let environment = stage_environment(cx, r, scope);
+    let artifacts = stage_artifacts(cx, r, &grants);
+    let stage = Stage {
+        name,
+        plugin,
+        needs,
+        when,
+        with,
+        grants,
+        timeout,
+        memory,
+        retries,
+        environment,
+        artifacts,
+        // Checked against the whole pipeline in `check_rollbacks`.
+        rollback: r.rollback.as_ref().map(|r| r.get_ref().clone()),
+        location,
+    };
+    (stage, needs_spans)
+}
+
+fn stage_name(cx: &mut Ctx<'_, '_>, raw: &Spanned<RawStage>) -> (String, Location) {
     let stage_span = raw.span();
     let r = raw.get_ref();
-
     let (name, location) = match &r.name {
         None => {
             cx.err(
@@ -306,9 +462,20 @@ fn build_stage(
             (n.get_ref().clone(), cx.loc(n.span()))
         }
     };
-    let label = if name.is_empty() { "stage" } else { &name };
+    (name, location)
+}
 
-    let plugin = match &r.plugin {
+fn stage_plugin(
+    cx: &mut Ctx<'_, '_>,
+    raw: &Spanned<RawStage>,
+    name: &str,
+    scope: &Scope<'_>,
+) -> String {
+    let stage_span = raw.span();
+    let r = raw.get_ref();
+    let label = if name.is_empty() { "stage" } else { name };
+    let (plugins, plugin_list) = (scope.plugins, &scope.plugin_list);
+    match &r.plugin {
         None => {
             cx.err(
                 stage_span.clone(),
@@ -332,13 +499,21 @@ fn build_stage(
             }
             p.get_ref().clone()
         }
-    };
+    }
+}
 
+fn stage_needs(
+    cx: &mut Ctx<'_, '_>,
+    r: &RawStage,
+    name: &str,
+    scope: &Scope<'_>,
+) -> (Vec<String>, Vec<std::ops::Range<usize>>) {
+    let (all_names, stage_list) = (&scope.all_names, &scope.stage_list);
     let mut needs = Vec::new();
     let mut needs_spans = Vec::new();
     for n in r.needs.iter().flatten() {
         let target = n.get_ref();
-        if !name.is_empty() && *target == name {
+        if !name.is_empty() && *target == *name {
             cx.err(n.span(), format!("stage `{name}` needs itself"));
         } else if !all_names.contains(target.as_str()) {
             cx.err(
@@ -353,13 +528,11 @@ fn build_stage(
         }
     }
 
-    let when = r
-        .when
-        .as_ref()
-        .map(|w| build_when(cx, w))
-        .unwrap_or_default();
+    (needs, needs_spans)
+}
 
-    let with = match &r.with {
+fn stage_with(cx: &mut Ctx<'_, '_>, r: &RawStage) -> serde_json::Value {
+    match &r.with {
         None => serde_json::Value::Object(Default::default()),
         Some(w) => match w.get_ref() {
             toml::Value::Table(_) => {
@@ -381,26 +554,11 @@ fn build_stage(
                 serde_json::Value::Object(Default::default())
             }
         },
-    };
+    }
+}
 
-    let grants = r
-        .grants
-        .as_ref()
-        .map(|g| build_grants(cx, g, declared))
-        .unwrap_or_default();
-
-    let timeout = r
-        .timeout
-        .as_ref()
-        .and_then(|t| duration(cx, t))
-        .unwrap_or(default_timeout);
-    let memory = r
-        .memory
-        .as_ref()
-        .and_then(|m| size(cx, m))
-        .unwrap_or(default_memory);
-
-    let retries = match &r.retries {
+fn stage_retries(cx: &mut Ctx<'_, '_>, r: &RawStage) -> u32 {
+    match &r.retries {
         None => 0,
         Some(n) => match u32::try_from(*n.get_ref()) {
             Ok(v) if v <= MAX_RETRIES => v,
@@ -415,9 +573,12 @@ fn build_stage(
                 0
             }
         },
-    };
+    }
+}
 
-    let environment = match &r.environment {
+fn stage_environment(cx: &mut Ctx<'_, '_>, r: &RawStage, scope: &Scope<'_>) -> Option<String> {
+    let env_names = &scope.env_names;
+    match &r.environment {
         Some(e) if e.get_ref().trim().is_empty() => {
             cx.err(e.span(), "`environment` must not be empty");
             None
@@ -436,8 +597,10 @@ fn build_stage(
         }
         Some(e) => Some(e.get_ref().clone()),
         None => None,
-    };
+    }
+}
 
+fn stage_artifacts(cx: &mut Ctx<'_, '_>, r: &RawStage, grants: &Grants) -> Vec<String> {
     let mut artifacts = Vec::new();
     for a in r.artifacts.iter().flatten() {
         match crate::run::artifacts::check_path(a.get_ref()) {
@@ -460,23 +623,7 @@ fn build_stage(
         }
     }
 
-    let stage = Stage {
-        name,
-        plugin,
-        needs,
-        when,
-        with,
-        grants,
-        timeout,
-        memory,
-        retries,
-        environment,
-        artifacts,
-        // Checked against the whole pipeline below.
-        rollback: r.rollback.as_ref().map(|r| r.get_ref().clone()),
-        location,
-    };
-    (stage, needs_spans)
+    artifacts
 }
 
 fn build_when(cx: &mut Ctx<'_, '_>, w: &Spanned<RawWhen>) -> When {
@@ -516,32 +663,15 @@ fn patterns(cx: &mut Ctx<'_, '_>, list: Option<&StrList>, key: &str) -> Vec<Stri
     out
 }
 
-/// What grants may name: declared secrets, repositories and hosts.
-struct Declared<'a> {
-    secrets: &'a BTreeMap<String, SecretSource>,
-    git: &'a BTreeMap<String, GitRemote>,
-    ssh: &'a BTreeMap<String, SshHost>,
-}
-
-fn build_grants(cx: &mut Ctx<'_, '_>, g: &RawGrants, known: &Declared<'_>) -> Grants {
-    let secrets = known.secrets;
+/// A stage's grants: the sandbox's own here, each capability's by the
+/// capability (see `caps::capabilities!`).
+fn build_grants(cx: &mut Ctx<'_, '_>, g: &RawGrants, scope: &Scope<'_>) -> Grants {
+    let secrets = scope.secrets;
     let mut env = Vec::new();
     for e in g.env.iter().flatten() {
         check_env_name(cx, e, "grants.env");
         env.push(e.get_ref().clone());
     }
-
-    let mut http = Vec::new();
-    for h in g.http.iter().flatten() {
-        let p = h.get_ref();
-        // Parsed and compiled here, once: `host check` and the http
-        // capability both use these values.
-        match UrlPattern::parse(p) {
-            Ok(pattern) => http.push(pattern),
-            Err(e) => cx.err(h.span(), format!("`grants.http` pattern {p:?}: {e}")),
-        }
-    }
-
     let declared = sorted_list(secrets.keys().map(String::as_str));
     let mut secret_names = |list: Option<&StrList>, key: &str| -> Vec<String> {
         let mut out = Vec::new();
@@ -565,144 +695,17 @@ fn build_grants(cx: &mut Ctx<'_, '_>, g: &RawGrants, known: &Declared<'_>) -> Gr
     let secret_use = secret_names(g.secrets.as_ref(), "grants.secrets");
     let secrets_read = secret_names(g.secrets_read.as_ref(), "grants.secrets-read");
 
-    let docker = g
-        .docker
-        .as_ref()
-        .map(|d| build_docker(cx, d))
-        .unwrap_or_default();
-
-    Grants {
+    let mut grants = Grants {
         workspace: g.workspace,
         env,
-        http: UrlAllowlist::new(http),
         secrets: secret_use,
         secrets_read,
-        docker,
-        scan: g.scan.unwrap_or(false),
-        git: remotes::granted_names(cx, g.git.as_ref(), known.git, "grants.git", "git"),
-        ssh: remotes::granted_names(cx, g.ssh.as_ref(), known.ssh, "grants.ssh", "ssh"),
-    }
-}
-
-fn build_docker(cx: &mut Ctx<'_, '_>, d: &RawDocker) -> DockerGrants {
-    let mut ports = Vec::new();
-    for p in d.ports.iter().flatten() {
-        match port_range(p.get_ref()) {
-            Ok(r) => ports.push(r),
-            Err(msg) => cx.err(p.span(), msg),
-        }
-    }
-    let mut images = |list: Option<&StrList>, key: &str| -> ImagePatterns {
-        let mut out = Vec::new();
-        for p in list.into_iter().flatten() {
-            match ImagePattern::parse(p.get_ref()) {
-                Ok(c) => out.push(c),
-                Err(e) => cx.err(p.span(), format!("`grants.docker.{key}`: {e}")),
-            }
-        }
-        ImagePatterns::new(out)
+        ..Grants::default()
     };
-    let build = images(d.build.as_ref(), "build");
-    let run = images(d.run.as_ref(), "run");
-    let tag = images(d.tag.as_ref(), "tag");
-    let push = images(d.push.as_ref(), "push");
-    let base = images(d.base.as_ref(), "base");
-    let scan = images(d.scan.as_ref(), "scan");
-    let mut containers = Vec::new();
-    for p in d.containers.iter().flatten() {
-        match NamePattern::parse(p.get_ref()) {
-            Ok(c) => containers.push(c),
-            Err(e) => cx.err(p.span(), format!("`grants.docker.containers`: {e}")),
-        }
-    }
-    let mut size = |v: Option<&Spanned<toml::Value>>, key: &str| -> Option<u64> {
-        let v = v?;
-        let r = match v.get_ref() {
-            toml::Value::String(s) => units::parse_size(s),
-            other => Err(format!(
-                "expected a size string like \"512MiB\" or \"2GiB\", found {}",
-                type_name(other)
-            )),
-        };
-        r.map_err(|m| cx.err(v.span(), format!("`grants.docker.{key}`: {m}")))
-            .ok()
-    };
-    let memory = size(d.memory.as_ref(), "memory");
-    let context_limit = size(d.context_limit.as_ref(), "context-limit");
-    let nano_cpus = d.cpus.as_ref().and_then(|v| {
-        const HINT: &str = "expected a number of CPUs from 0.01 to 64, like 1 or 0.5";
-        let n = match v.get_ref() {
-            toml::Value::Integer(i) => Some(*i as f64),
-            toml::Value::Float(f) => Some(*f),
-            _ => None,
-        };
-        match n {
-            Some(n) if (0.01..=64.0).contains(&n) => Some((n * 1e9).round() as u64),
-            _ => {
-                cx.err(v.span(), format!("`grants.docker.cpus`: {HINT}"));
-                None
-            }
-        }
+    cx.grant_cx(&scope.secret_names, |gc| {
+        caps::compile_grants(g, scope.decls, gc, &mut grants)
     });
-    let pids = d.pids.as_ref().and_then(|v| match v.get_ref() {
-        toml::Value::Integer(i) if (16..=65_536).contains(i) => Some(*i as u32),
-        _ => {
-            cx.err(
-                v.span(),
-                "`grants.docker.pids`: expected a number of processes from 16 to 65536",
-            );
-            None
-        }
-    });
-    DockerGrants {
-        build,
-        run,
-        tag,
-        push,
-        base,
-        scan,
-        containers: NamePatterns::new(containers),
-        ports,
-        root: d.root.unwrap_or(false),
-        memory,
-        nano_cpus,
-        pids,
-        context_limit,
-    }
-}
-
-fn port_range(v: &toml::Value) -> Result<PortRange, String> {
-    const HINT: &str = "expected a port (1-65535) or a range string like \"8000-8100\"";
-    let port = |n: i64| -> Result<u16, String> {
-        u16::try_from(n)
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("port {n} is out of range; {HINT}"))
-    };
-    let parse = |s: &str| -> Result<u16, String> {
-        let n: i64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{HINT}, found {s:?}"))?;
-        port(n)
-    };
-    match v {
-        toml::Value::Integer(n) => port(*n).map(|p| PortRange { start: p, end: p }),
-        toml::Value::String(s) => {
-            let (start, end) = match s.split_once('-') {
-                Some((a, b)) => (parse(a)?, parse(b)?),
-                None => {
-                    let p = parse(s)?;
-                    (p, p)
-                }
-            };
-            if start > end {
-                return Err(format!("port range {s:?} is reversed; {HINT}"));
-            }
-            Ok(PortRange { start, end })
-        }
-        other => Err(format!("{HINT}, found {}", type_name(other))),
-    }
+    grants
 }
 
 fn check_cycles(
@@ -905,10 +908,7 @@ fn valid_stage_name(s: &str) -> bool {
 /// so keep them to a plain, unambiguous alphabet.
 fn check_id(cx: &mut Ctx<'_, '_>, key: &Str, what: &str) {
     let s = key.get_ref();
-    let mut chars = s.chars();
-    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
+    if !valid_id(s) {
         cx.err(
             key.span(),
             format!("invalid {what} name {s:?}; expected {ID_RULE}"),
@@ -937,18 +937,6 @@ fn sorted_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn type_name(v: &toml::Value) -> &'static str {
-    match v {
-        toml::Value::String(_) => "a string",
-        toml::Value::Integer(_) => "an integer",
-        toml::Value::Float(_) => "a float",
-        toml::Value::Boolean(_) => "a boolean",
-        toml::Value::Datetime(_) => "a datetime",
-        toml::Value::Array(_) => "an array",
-        toml::Value::Table(_) => "a table",
-    }
 }
 
 /// TOML → JSON for `with`. Datetimes become their TOML text; NaN and

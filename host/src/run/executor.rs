@@ -17,14 +17,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::caps::audit::Audit;
-use crate::caps::docker::{policy::DockerPolicy, DockerCap, DockerEngine};
-use crate::caps::git::{CommitIdentity, GitCap};
-use crate::caps::http::{HttpCap, HttpLimits};
+use crate::caps::docker::DockerEngine;
 use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
-use crate::caps::scan::{ScanCap, ScanConfig};
+use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::{Masker, SecretFiles, SecretStore, SecretsCap};
-use crate::caps::ssh::SshCap;
-use crate::caps::StageCaps;
+use crate::caps::{self, StageCaps, StageEnv};
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
 use crate::run::approvals::{ApprovalStore, Decision};
 use crate::run::artifact_store::ArtifactStore;
@@ -123,10 +120,7 @@ impl RunObserver for Quiet {}
 
 pub struct Executor {
     runtime: Arc<Runtime>,
-    http: reqwest::Client,
-    http_limits: HttpLimits,
-    docker: DockerEngine,
-    scan: ScanConfig,
+    caps: caps::Shared,
     approvals: Option<ApprovalStore>,
     artifact_store: Option<ArtifactStore>,
 }
@@ -139,10 +133,7 @@ struct RunShared {
     secrets: Arc<SecretStore>,
     observer: Arc<dyn RunObserver>,
     runtime: Arc<Runtime>,
-    http: reqwest::Client,
-    http_limits: HttpLimits,
-    docker: DockerEngine,
-    scan: ScanConfig,
+    caps: caps::Shared,
     approvals: Option<ApprovalStore>,
     artifact_store: Option<ArtifactStore>,
 }
@@ -151,10 +142,7 @@ impl Executor {
     pub fn new(runtime: Arc<Runtime>) -> Self {
         Self {
             runtime,
-            http: HttpCap::client(),
-            http_limits: HttpLimits::default(),
-            docker: DockerEngine::default(),
-            scan: ScanConfig::from_env(&std::env::temp_dir().join("pipeline-host")),
+            caps: caps::Shared::default(),
             approvals: None,
             artifact_store: None,
         }
@@ -174,13 +162,13 @@ impl Executor {
 
     /// Run Trivy this way (binary, cache and work directories).
     pub fn with_scanner(mut self, scan: ScanConfig) -> Self {
-        self.scan = scan;
+        self.caps.scan = scan;
         self
     }
 
     /// Use this engine connection (tests point it at a recording socket).
     pub fn with_docker(mut self, docker: DockerEngine) -> Self {
-        self.docker = docker;
+        self.caps.docker = docker;
         self
     }
 
@@ -230,10 +218,7 @@ impl Executor {
             secrets: Arc::new(secrets),
             observer,
             runtime: self.runtime.clone(),
-            http: self.http.clone(),
-            http_limits: self.http_limits.clone(),
-            docker: self.docker.clone(),
-            scan: self.scan.clone(),
+            caps: self.caps.clone(),
             approvals: self.approvals.clone(),
             artifact_store: self.artifact_store.clone(),
         });
@@ -396,7 +381,10 @@ impl Executor {
             Status::Success
         };
         if cancelled {
-            self.docker.finish_cleanups(Duration::from_secs(20)).await;
+            self.caps
+                .docker
+                .finish_cleanups(Duration::from_secs(20))
+                .await;
         }
         record.duration_ms = started.elapsed().as_millis() as u64;
         record
@@ -590,7 +578,7 @@ fn build_caps(
     let observer = shared.observer.clone();
     let sink: LogSink =
         Arc::new(move |stage: &str, line: &LogLine| observer.stage_log(stage, line));
-    let secrets = Arc::new(
+    let secrets_cap = Arc::new(
         SecretsCap::new(
             &stage.name,
             g.secrets.clone(),
@@ -599,60 +587,28 @@ fn build_caps(
         )
         .with_audit(audit.clone()),
     );
-    secrets.check_available()?;
+    secrets_cap.check_available()?;
     let workspace = g.workspace.map(|a| {
         (
             shared.opts.workspace.clone(),
             a == WorkspaceAccess::ReadWrite,
         )
     });
-    let log = StageLog::new(&stage.name, shared.opts.log_limit, masker, Some(sink));
-    let caps = StageCaps {
-        log: log.clone(),
-        http: HttpCap::new(
-            &stage.name,
-            g.http.clone(),
-            shared.http.clone(),
-            shared.http_limits.clone(),
-            secrets.clone(),
-        )
-        .with_audit(audit.clone()),
-        docker: DockerCap::new(
-            DockerPolicy::new(&stage.name, &g.docker, workspace.clone())?
-                .with_stage_memory(stage.memory),
-            shared.docker.clone(),
-            secrets.clone(),
-            log,
-            &shared.opts.id,
-        )
-        .with_audit(audit.clone()),
-        secrets,
-        scan: ScanCap::new(
-            &stage.name,
-            g.scan,
-            shared.scan.clone(),
-            shared.docker.clone(),
-        )
-        .with_images(g.docker.clone())
-        .with_audit(audit.clone()),
-        git: GitCap::new(
-            &stage.name,
-            granted(&shared.pipeline.git, &g.git),
-            CommitIdentity {
-                pipeline: shared.pipeline.name.clone(),
-                run_id: shared.opts.id.clone(),
-                stage: stage.name.clone(),
-            },
-        )
-        .with_audit(audit.clone()),
-        ssh: SshCap::new(
-            &stage.name,
-            granted(&shared.pipeline.ssh, &g.ssh),
-            shared.secrets.clone(),
-            workspace.as_ref().map(|(p, _)| p.clone()),
-        )
-        .with_audit(audit.clone()),
+    let env = StageEnv {
+        stage: &stage.name,
+        pipeline: &shared.pipeline.name,
+        run_id: &shared.opts.id,
+        grants: g,
+        decls: &shared.pipeline.declared,
+        workspace: workspace.clone(),
+        memory: stage.memory,
+        secrets: shared.secrets.clone(),
+        secrets_cap,
+        log: StageLog::new(&stage.name, shared.opts.log_limit, masker, Some(sink)),
+        audit: audit.clone(),
+        shared: &shared.caps,
     };
+    let caps = StageCaps::for_stage(&env)?;
     let env = g
         .env
         .iter()
@@ -667,14 +623,6 @@ fn build_caps(
             timeout: stage.timeout,
         },
     ))
-}
-
-/// The declared entries (`[git.NAME]`, `[ssh.NAME]`) a stage is granted.
-fn granted<T: Clone>(declared: &BTreeMap<String, T>, names: &[String]) -> Vec<T> {
-    names
-        .iter()
-        .filter_map(|n| declared.get(n).cloned())
-        .collect()
 }
 
 /// The artifacts recorded by the stages `stage` depends on.

@@ -38,6 +38,7 @@ pub async fn load_plugins(
         let Some(info) = infos.get(&stage.plugin) else {
             continue;
         };
+        diags.extend(missing_grants(stage, info));
         let with = stage.with.as_object().cloned().unwrap_or_default();
         // A plugin that declares a `*` key takes free-form settings.
         let open = info.config.iter().any(|k| k.name == "*");
@@ -72,6 +73,37 @@ pub async fn load_plugins(
     } else {
         Err(diags)
     }
+}
+
+/// `describe().capabilities` is a contract: what a plugin says it needs,
+/// its stage must be granted, before anything runs.
+fn missing_grants<'a>(
+    stage: &'a crate::pipeline::Stage,
+    info: &'a crate::runtime::bindings::PluginInfo,
+) -> impl Iterator<Item = Diagnostic> + 'a {
+    crate::caps::missing(&stage.grants, &info.capabilities)
+        .into_iter()
+        .map(move |(need, hint)| {
+            let head = need.split('.').next().unwrap_or(&need).to_string();
+            let how = if hint.starts_with("no capability") {
+                hint
+            } else {
+                format!("add {hint}")
+            };
+            at(
+                &stage.location,
+                format!(
+                    "stage `{}`: plugin `{}` needs grant {head}{}; {how}",
+                    stage.name,
+                    stage.plugin,
+                    if need == head {
+                        String::new()
+                    } else {
+                        format!(" ({need})")
+                    }
+                ),
+            )
+        })
 }
 
 fn at(location: &Location, message: String) -> Diagnostic {

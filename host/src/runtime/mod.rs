@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{
     types::{ComponentExtern, ComponentItem},
-    Component, HasData, HasSelf, Linker,
+    Component, HasSelf, Linker,
 };
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::ResourceTable;
@@ -90,37 +90,6 @@ pub enum StageFailure {
     Setup(String),
 }
 
-// One marker type per capability: the linker hands each interface only its
-// own field of the store, so capabilities cannot reach into each other.
-struct LogCap;
-impl HasData for LogCap {
-    type Data<'a> = &'a mut caps::log::StageLog;
-}
-struct HttpCap;
-impl HasData for HttpCap {
-    type Data<'a> = &'a mut caps::http::HttpCap;
-}
-struct SecretsCap;
-impl HasData for SecretsCap {
-    type Data<'a> = &'a mut Arc<caps::secrets::SecretsCap>;
-}
-struct DockerCap;
-impl HasData for DockerCap {
-    type Data<'a> = &'a mut caps::docker::DockerCap;
-}
-struct ScanCap;
-impl HasData for ScanCap {
-    type Data<'a> = &'a mut caps::scan::ScanCap;
-}
-struct GitCap;
-impl HasData for GitCap {
-    type Data<'a> = &'a mut caps::git::GitCap;
-}
-struct SshCap;
-impl HasData for SshCap {
-    type Data<'a> = &'a mut caps::ssh::SshCap;
-}
-
 impl bindings::ci::stage::types::Host for StageState {}
 
 impl Runtime {
@@ -137,13 +106,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         use bindings::ci::stage as wit;
         wit::types::add_to_linker::<_, HasSelf<StageState>>(&mut linker, |s| s)?;
-        wit::log::add_to_linker::<_, LogCap>(&mut linker, |s| &mut s.caps.log)?;
-        wit::http::add_to_linker::<_, HttpCap>(&mut linker, |s| &mut s.caps.http)?;
-        wit::secrets::add_to_linker::<_, SecretsCap>(&mut linker, |s| &mut s.caps.secrets)?;
-        wit::docker::add_to_linker::<_, DockerCap>(&mut linker, |s| &mut s.caps.docker)?;
-        wit::scan::add_to_linker::<_, ScanCap>(&mut linker, |s| &mut s.caps.scan)?;
-        wit::git::add_to_linker::<_, GitCap>(&mut linker, |s| &mut s.caps.git)?;
-        wit::ssh::add_to_linker::<_, SshCap>(&mut linker, |s| &mut s.caps.ssh)?;
+        caps::link_all(&mut linker)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {

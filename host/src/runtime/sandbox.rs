@@ -277,6 +277,12 @@ pub struct StageState {
     pub caps: StageCaps,
 }
 
+impl crate::caps::HasCaps for StageState {
+    fn caps(&mut self) -> &mut StageCaps {
+        &mut self.caps
+    }
+}
+
 impl WasiView for StageState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

@@ -239,7 +239,7 @@ impl Stage for Tag {
             "Image to tag; default: the `image` output of the first successful stage in \
              `needs`. Without one, tags are only computed",
         ))
-        .capability("docker.tag")
+        .capability("docker.tag?")
     }
 
     fn run(ctx: Context) -> Result<Report, StageError> {

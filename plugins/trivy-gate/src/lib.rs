@@ -447,8 +447,8 @@ impl Stage for TrivyGate {
             "Most annotations per group (blocking, warnings, expired ignore entries) before one \"N more\"",
             "100",
         ))
-        .capability("scan")
-        .capability("workspace")
+        .capability("scan?")
+        .capability("workspace?")
     }
 
     fn run(ctx: Context) -> Result<Report, StageError> {

@@ -658,7 +658,7 @@ fn annotations_are_capped() {
 fn describe_lists_every_key() {
     let info = <TrivyGate as Stage>::describe();
     assert_eq!(info.name, "trivy-gate");
-    assert_eq!(info.capabilities, ["scan", "workspace"]);
+    assert_eq!(info.capabilities, ["scan?", "workspace?"]);
     let keys: Vec<&str> = info.config.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(
         keys,

@@ -13,6 +13,7 @@
 pub mod context;
 pub mod dockerfile;
 pub mod engine;
+pub mod grant;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::caps::audit::Audit;
+use crate::caps::capability::{Cap, Capability, GrantCx, StageEnv};
 use crate::caps::denied;
 use crate::caps::log::StageLog;
 use crate::caps::secrets::{contains_reference, Masker, SecretsCap};
@@ -49,6 +51,55 @@ pub struct DockerCap {
 }
 
 type R<T> = wasmtime::Result<Result<T, CapError>>;
+
+impl Capability for DockerCap {
+    const NAME: &'static str = "docker";
+    type Raw = grant::RawDocker;
+    type Grant = grant::DockerGrants;
+    type Decls = ();
+
+    fn compile(raw: &Self::Raw, _: &(), cx: &mut GrantCx<'_>) -> Self::Grant {
+        grant::compile(cx, raw)
+    }
+
+    fn covers(g: &Self::Grant, part: Option<&str>) -> bool {
+        match part {
+            None => *g != Self::Grant::default(),
+            Some("build") => !g.build.is_empty(),
+            Some("run") => !g.run.is_empty(),
+            Some("tag") => !g.tag.is_empty(),
+            Some("push") => !g.push.is_empty(),
+            Some("base") => !g.base.is_empty(),
+            Some("containers") => !g.containers.is_empty(),
+            Some("ports") => !g.ports.is_empty(),
+            Some(_) => false,
+        }
+    }
+
+    fn hint(part: Option<&str>) -> String {
+        format!("grants.docker = {{ {} = [...] }}", part.unwrap_or("run"))
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        crate::runtime::bindings::ci::stage::docker::add_to_linker::<_, Cap<Self>>(linker, get)
+    }
+
+    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+        let policy = DockerPolicy::new(env.stage, &env.grants.docker, env.workspace.clone())?
+            .with_stage_memory(env.memory);
+        Ok(DockerCap::new(
+            policy,
+            env.shared.docker.clone(),
+            env.secrets_cap.clone(),
+            env.log.clone(),
+            env.run_id,
+        )
+        .with_audit(env.audit.clone()))
+    }
+}
 
 /// A value handed back to the plugin, with every text in it masked.
 trait Masked {

@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::caps::denied;
+use crate::caps::docker::grant::DockerGrants;
 use crate::confined::{FileError, Root};
-use crate::pipeline::DockerGrants;
 use crate::runtime::bindings::ci::stage::docker::{MountMode, Privileges};
 use crate::runtime::bindings::CapError;
 
@@ -449,8 +449,8 @@ impl DockerPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caps::docker::grant::PortRange;
     use crate::grants::image::{ImagePatterns, NamePatterns};
-    use crate::pipeline::PortRange;
 
     fn grants() -> DockerGrants {
         DockerGrants {

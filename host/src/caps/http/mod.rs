@@ -33,9 +33,10 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 
 use crate::caps::audit::{render, render_target, Audit};
+use crate::caps::capability::{Cap, Capability, GrantCx, StageEnv, StrList};
 use crate::caps::denied;
 use crate::caps::secrets::SecretsCap;
-use crate::grants::url::{Refusal, UrlAllowlist};
+use crate::grants::url::{Refusal, UrlAllowlist, UrlPattern};
 use crate::runtime::bindings::ci::stage::http::{Host, Request, Response};
 use crate::runtime::bindings::CapError;
 use std::sync::Arc;
@@ -69,6 +70,49 @@ pub struct HttpCap {
     limits: HttpLimits,
     secrets: Arc<SecretsCap>,
     audit: Audit,
+}
+
+impl Capability for HttpCap {
+    const NAME: &'static str = "http";
+    type Raw = StrList;
+    type Grant = UrlAllowlist;
+    type Decls = ();
+
+    /// Parsed and compiled here, once: `host check` and every call use
+    /// these values.
+    fn compile(raw: &StrList, _: &(), cx: &mut GrantCx<'_>) -> UrlAllowlist {
+        let mut out = Vec::new();
+        for h in raw {
+            let p = h.get_ref();
+            match UrlPattern::parse(p) {
+                Ok(pattern) => out.push(pattern),
+                Err(e) => cx.err(h.span(), format!("`grants.http` pattern {p:?}: {e}")),
+            }
+        }
+        UrlAllowlist::new(out)
+    }
+
+    fn covers(g: &UrlAllowlist, _: Option<&str>) -> bool {
+        !g.is_empty()
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        crate::runtime::bindings::ci::stage::http::add_to_linker::<_, Cap<Self>>(linker, get)
+    }
+
+    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+        Ok(HttpCap::new(
+            env.stage,
+            env.grants.http.clone(),
+            env.shared.http.clone(),
+            env.shared.http_limits.clone(),
+            env.secrets_cap.clone(),
+        )
+        .with_audit(env.audit.clone()))
+    }
 }
 
 /// A header as the plugin wrote it, checked.

@@ -13,14 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::caps::audit::Audit;
+use crate::caps::capability::{declared_names, Cap, Capability, GrantCx, StageEnv, StrList};
 use crate::caps::denied;
 use crate::caps::secrets::SecretStore;
 use crate::confined::{FileError, Root};
 use crate::exec::{self, Finished, Input};
-use crate::pipeline::SshHost;
 use crate::runtime::bindings::ci::stage::ssh::{ExecRequest, ExecResult, Host};
 use crate::runtime::bindings::ci::stage::types::RemoteError;
 use crate::runtime::bindings::CapError;
+
+mod declare;
+
+pub use declare::{check_host_key, ssh_address, SshHost};
 
 /// Longest command run when the stage asks for no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,6 +45,48 @@ pub struct SshCap {
     /// Key and known_hosts files, created on first use, removed with the stage.
     files: Option<tempfile::TempDir>,
     audit: Audit,
+}
+
+impl Capability for SshCap {
+    const NAME: &'static str = "ssh";
+    const TABLE: Option<&'static str> = Some("ssh");
+    type Raw = StrList;
+    /// The names of the `[ssh.NAME]` hosts granted.
+    type Grant = Vec<String>;
+    type Decls = std::collections::BTreeMap<String, SshHost>;
+
+    fn declare(cx: &mut GrantCx<'_>) -> Self::Decls {
+        declare::declare(cx)
+    }
+
+    fn compile(raw: &StrList, decls: &Self::Decls, cx: &mut GrantCx<'_>) -> Vec<String> {
+        declared_names(cx, raw, decls, "ssh")
+    }
+
+    fn covers(g: &Vec<String>, _: Option<&str>) -> bool {
+        !g.is_empty()
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        crate::runtime::bindings::ci::stage::ssh::add_to_linker::<_, Cap<Self>>(linker, get)
+    }
+
+    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+        let hosts = env
+            .grants
+            .ssh
+            .iter()
+            .filter_map(|n| env.decls.ssh.get(n).cloned())
+            .collect();
+        let workspace = env.workspace.as_ref().map(|(p, _)| p.clone());
+        Ok(
+            SshCap::new(env.stage, hosts, env.secrets.clone(), workspace)
+                .with_audit(env.audit.clone()),
+        )
+    }
 }
 
 impl SshCap {

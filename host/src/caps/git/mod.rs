@@ -14,14 +14,18 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::caps::audit::Audit;
+use crate::caps::capability::{declared_names, Cap, Capability, GrantCx, StageEnv, StrList};
 use crate::caps::denied;
 use crate::confined::{FileError, Root};
 use crate::exec::git::{redact_url, Git, GitError, Transport, MAX_LISTING};
 use crate::exec::{Finished, Input};
-use crate::pipeline::{remotes, GitRemote};
 use crate::runtime::bindings::ci::stage::git::{Checkout, Host};
 use crate::runtime::bindings::ci::stage::types::RemoteError;
 use crate::runtime::bindings::CapError;
+
+mod declare;
+
+pub use declare::{branch_name, git_url, GitRemote};
 
 /// Limits of one stage's use of git.
 #[derive(Debug, Clone)]
@@ -68,6 +72,49 @@ pub struct GitCap {
     work: Option<tempfile::TempDir>,
     clones: Vec<Cloned>,
     audit: Audit,
+}
+
+impl Capability for GitCap {
+    const NAME: &'static str = "git";
+    const TABLE: Option<&'static str> = Some("git");
+    type Raw = StrList;
+    /// The names of the `[git.NAME]` repositories granted.
+    type Grant = Vec<String>;
+    type Decls = std::collections::BTreeMap<String, GitRemote>;
+
+    fn declare(cx: &mut GrantCx<'_>) -> Self::Decls {
+        declare::declare(cx)
+    }
+
+    fn compile(raw: &StrList, decls: &Self::Decls, cx: &mut GrantCx<'_>) -> Vec<String> {
+        declared_names(cx, raw, decls, "git")
+    }
+
+    fn covers(g: &Vec<String>, _: Option<&str>) -> bool {
+        !g.is_empty()
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        crate::runtime::bindings::ci::stage::git::add_to_linker::<_, Cap<Self>>(linker, get)
+    }
+
+    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+        let repos = env
+            .grants
+            .git
+            .iter()
+            .filter_map(|n| env.decls.git.get(n).cloned())
+            .collect();
+        let identity = CommitIdentity {
+            pipeline: env.pipeline.to_string(),
+            run_id: env.run_id.to_string(),
+            stage: env.stage.to_string(),
+        };
+        Ok(GitCap::new(env.stage, repos, identity).with_audit(env.audit.clone()))
+    }
 }
 
 impl GitCap {
@@ -149,7 +196,7 @@ impl GitCap {
             return Err(denied(&self.stage, "git", repo));
         };
         let branch = branch.unwrap_or_else(|| remote.branch.clone());
-        remotes::branch_name(&branch).map_err(CapError::Invalid)?;
+        branch_name(&branch).map_err(CapError::Invalid)?;
         if self.clones.len() >= self.limits.max_checkouts {
             return Err(CapError::Limit(format!(
                 "a stage may make at most {} clones",
@@ -313,18 +360,7 @@ impl GitCap {
 
     async fn push_branch(&self, checkout: Checkout) -> Result<(), CapError> {
         let c = self.clone_of(checkout)?;
-        let allowed = c
-            .repo
-            .push
-            .iter()
-            .filter_map(|p| {
-                GlobBuilder::new(p)
-                    .literal_separator(true)
-                    .build()
-                    .ok()
-                    .map(|g| g.compile_matcher())
-            })
-            .any(|m| m.is_match(&c.branch));
+        let allowed = c.repo.push.allows(&c.branch);
         if !allowed {
             return Err(denied(
                 &self.stage,
@@ -596,19 +632,14 @@ impl GitCap {
 mod tests {
     use super::*;
     use crate::exec::git::fixtures::Hostile;
-    use crate::pipeline::Location;
 
     fn remote(name: &str, url: &str) -> GitRemote {
+        use crate::grants::branch::{BranchPattern, BranchPatterns};
         GitRemote {
             name: name.into(),
             url: url.into(),
             branch: "main".into(),
-            push: vec!["main".into()],
-            location: Location {
-                file: "pipeline.toml".into(),
-                line: 1,
-                col: 1,
-            },
+            push: BranchPatterns::new(vec![BranchPattern::parse("main").unwrap()]),
         }
     }
 
