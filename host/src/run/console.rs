@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 use crate::caps::log::LogLine;
 use crate::run::executor::RunObserver;
@@ -50,7 +51,7 @@ impl Console {
     }
 
     fn line(&self, text: &str) {
-        let mut out = self.out.lock().unwrap();
+        let mut out = self.out.lock();
         let _ = writeln!(out, "{text}");
     }
 
