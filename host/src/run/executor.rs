@@ -918,7 +918,7 @@ async fn approval_gate(
         Decision::TimedOut => Err(format!(
             "no approval for `{}` within {}",
             env.name,
-            crate::run::console::format_duration(env.approval_timeout.as_millis() as u64)
+            crate::run::display::format_duration(env.approval_timeout.as_millis() as u64)
         )),
     };
     rec.approval = Some(approval);

@@ -4,6 +4,7 @@ pub mod approvals;
 pub mod artifact_store;
 pub mod artifacts;
 pub mod console;
+pub mod display;
 pub mod executor;
 pub mod git;
 pub mod launch;

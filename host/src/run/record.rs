@@ -134,6 +134,16 @@ impl StageRecord {
         }
     }
 
+    /// What a person reads about how the stage went: its summary, or
+    /// its error when it has none.
+    pub fn detail(&self) -> &str {
+        if self.summary.is_empty() {
+            self.error.as_deref().unwrap_or_default()
+        } else {
+            &self.summary
+        }
+    }
+
     /// A copy without the log lines (which the live log already holds):
     /// copying a chatty stage's log is most of what recording costs.
     pub fn without_log(&self) -> Self {
