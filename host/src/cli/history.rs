@@ -293,12 +293,7 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
         }
         writeln!(out, "\n{}:", s.name)?;
         for (k, v) in &s.outputs {
-            writeln!(
-                out,
-                "  output {} = {}",
-                terminal_safe(k),
-                first_line(v)
-            )?;
+            writeln!(out, "  output {} = {}", terminal_safe(k), first_line(v))?;
         }
         for a in &s.annotations {
             let at = match (&a.file, a.line) {
@@ -422,7 +417,12 @@ fn print_line(
         s => format!("[{s}] "),
     };
     if with_stage {
-        writeln!(out, "{:>width$} │ {stream}{}", l.stage, terminal_safe(&l.line.text))
+        writeln!(
+            out,
+            "{:>width$} │ {stream}{}",
+            l.stage,
+            terminal_safe(&l.line.text)
+        )
     } else {
         writeln!(out, "{stream}{}", terminal_safe(&l.line.text))
     }

@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 
 use crate::caps::log::LogLine;
 use crate::run::display::{first_line, format_duration, status_word, terminal_safe};
-use crate::run::executor::RunObserver;
+use crate::run::observer::RunObserver;
 use crate::run::record::{RunRecord, StageRecord, Status};
 
 pub struct Console {

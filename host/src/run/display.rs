@@ -112,7 +112,10 @@ mod tests {
         assert_eq!(format_duration(999), "999ms");
         assert_eq!(format_duration(1500), "1.5s");
         assert_eq!(format_duration(61_000), "1m01s");
-        assert_eq!(format_time("2026-12-01T18:20:01.5Z"), "2026-12-01 18:20:01Z");
+        assert_eq!(
+            format_time("2026-12-01T18:20:01.5Z"),
+            "2026-12-01 18:20:01Z"
+        );
         assert_eq!(format_time("now"), "now");
         assert_eq!(status_word(Status::Success, true), "warning");
         assert_eq!(status_word(Status::Failure, true), "failure");

@@ -15,8 +15,8 @@ use anyhow::{anyhow, Context, Result};
 use parking_lot::Mutex;
 
 use crate::caps::log::LogLine;
-use crate::run::executor::{now_rfc3339, RunObserver};
-use crate::run::record::{RunRecord, RunStore, StageRecord, Status};
+use crate::run::observer::RunObserver;
+use crate::run::record::{now_rfc3339, RunRecord, RunStore, StageRecord, Status};
 
 enum Msg {
     Started(Box<RunRecord>),

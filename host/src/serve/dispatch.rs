@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 use crate::caps::secrets::SecretFiles;
 use crate::confined::Origin;
 use crate::distribution::{load_resolved_from, LockMode};
-use crate::run::executor::now_rfc3339;
 use crate::run::launch::{Launch, LaunchError, RunControl};
+use crate::run::record::now_rfc3339;
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
 use crate::serve::queue::{Queue, QueuedJob};
 use crate::serve::ServerState;
@@ -90,9 +90,7 @@ pub async fn run(s: Arc<ServerState>) {
 
 async fn run_job(s: Arc<ServerState>, q: QueuedJob) {
     let control = RunControl::new();
-    s.running
-        .lock()
-        .insert(q.run_id.clone(), control.clone());
+    s.running.lock().insert(q.run_id.clone(), control.clone());
     let workspace = s.workspaces.join(&q.run_id);
     let record = execute(&s, &q, &control, &workspace).await;
     s.running.lock().remove(&q.run_id);
