@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use host::run::console::format_duration;
+use host::run::display::format_duration;
 use pipeline_tests::plugins::plugin;
 use pipeline_tests::serve::{config, GitRepo, Server};
 use serde_json::{json, Value};

@@ -306,7 +306,7 @@ pub async fn all(opts: &Options) -> Result<Results> {
     });
 
     Ok(Results {
-        date: host::run::executor::now_rfc3339(),
+        date: host::run::record::now_rfc3339(),
         build: if cfg!(debug_assertions) {
             "debug"
         } else {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::history::find_run;
 use crate::caps::audit::AuditEntry;
+use crate::run::display::terminal_safe;
 use crate::run::RunStore;
 
 #[derive(Args)]
@@ -101,8 +102,8 @@ fn show(args: AuditArgs, state_dir: &Path) -> Result<u8> {
             e.at_ms,
             e.capability,
             if e.allowed { "allowed" } else { "DENIED" },
-            crate::run::console::terminal_safe(&e.target),
-            crate::run::console::terminal_safe(&e.outcome)
+            terminal_safe(&e.target),
+            terminal_safe(&e.outcome)
         )?;
     }
     Ok(0)

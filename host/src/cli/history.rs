@@ -7,7 +7,9 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use crate::run::approvals::ApprovalStore;
-use crate::run::console::{format_duration, format_time};
+use crate::run::display::{
+    first_line, format_duration, format_time, ref_name, short_sha, status_word, terminal_safe,
+};
 use crate::run::record::StoredLine;
 use crate::run::{RunFilter, RunRecord, RunStore, RunSummary, Status};
 use crate::serve::queue::{Queue, QueuedJob};
@@ -157,18 +159,6 @@ fn duration(r: &RunSummary) -> String {
     }
 }
 
-pub fn ref_name(branch: Option<&str>, tag: Option<&str>) -> String {
-    match (tag, branch) {
-        (Some(t), _) => format!("tag {t}"),
-        (None, Some(b)) => b.to_string(),
-        (None, None) => "-".into(),
-    }
-}
-
-pub fn short_sha(sha: &str) -> &str {
-    &sha[..sha.len().min(8)]
-}
-
 fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
@@ -226,7 +216,7 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
     )?;
     writeln!(out, "status       {}", run.status)?;
     if let Some(reason) = &run.reason {
-        writeln!(out, "reason       {}", safe(reason))?;
+        writeln!(out, "reason       {}", terminal_safe(reason))?;
     }
     writeln!(
         out,
@@ -254,10 +244,10 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
             )?;
         }
         if let Some(s) = &t.sender {
-            writeln!(out, "by           {}", safe(s))?;
+            writeln!(out, "by           {}", terminal_safe(s))?;
         }
         if let Some(m) = &t.message {
-            writeln!(out, "commit       {}", safe(m))?;
+            writeln!(out, "commit       {}", terminal_safe(m))?;
         }
         if let Some(n) = t.pull_request {
             writeln!(out, "pull request #{n}")?;
@@ -283,28 +273,18 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
         "STAGE", "STATUS", "DURATION", "ATTEMPTS"
     )?;
     for s in &run.stages {
-        let status = if s.warning && s.status == Status::Success {
-            "warning"
-        } else {
-            s.status.as_str()
-        };
-        let detail = if s.summary.is_empty() {
-            s.error.clone().unwrap_or_default()
-        } else {
-            s.summary.clone()
-        };
         writeln!(
             out,
             "{:<w$}  {:<9}  {:>8}  {:>8}  {}",
             s.name,
-            status,
+            status_word(s.status, s.warning),
             if s.status.is_final() && s.started_at.is_some() {
                 format_duration(s.duration_ms)
             } else {
                 "-".into()
             },
             s.attempts,
-            safe(detail.lines().next().unwrap_or(""))
+            first_line(s.detail())
         )?;
     }
     for s in &run.stages {
@@ -313,12 +293,7 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
         }
         writeln!(out, "\n{}:", s.name)?;
         for (k, v) in &s.outputs {
-            writeln!(
-                out,
-                "  output {} = {}",
-                safe(k),
-                safe(v.lines().next().unwrap_or(""))
-            )?;
+            writeln!(out, "  output {} = {}", terminal_safe(k), first_line(v))?;
         }
         for a in &s.annotations {
             let at = match (&a.file, a.line) {
@@ -330,9 +305,9 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
                 out,
                 "  {} {}: {}{}",
                 a.level,
-                safe(&a.title),
-                safe(&a.message),
-                safe(&at)
+                terminal_safe(&a.title),
+                terminal_safe(&a.message),
+                terminal_safe(&at)
             )?;
         }
         if let Some(a) = &s.approval {
@@ -442,13 +417,13 @@ fn print_line(
         s => format!("[{s}] "),
     };
     if with_stage {
-        writeln!(out, "{:>width$} │ {stream}{}", l.stage, safe(&l.line.text))
+        writeln!(
+            out,
+            "{:>width$} │ {stream}{}",
+            l.stage,
+            terminal_safe(&l.line.text)
+        )
     } else {
-        writeln!(out, "{stream}{}", safe(&l.line.text))
+        writeln!(out, "{stream}{}", terminal_safe(&l.line.text))
     }
-}
-
-/// Stage- and sender-controlled text as the terminal may show it.
-fn safe(text: &str) -> std::borrow::Cow<'_, str> {
-    crate::run::console::terminal_safe(text)
 }

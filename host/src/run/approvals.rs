@@ -9,50 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::run::executor::now_rfc3339;
+use crate::run::record::now_rfc3339;
+pub use crate::run::record::{ApprovalRecord, Decision};
 
 /// How often a waiting stage looks for a decision.
 const POLL: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Decision {
-    Approved,
-    Rejected,
-    TimedOut,
-}
-
-impl Decision {
-    fn as_str(self) -> &'static str {
-        match self {
-            Decision::Approved => "approved",
-            Decision::Rejected => "rejected",
-            Decision::TimedOut => "timed-out",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "approved" => Some(Decision::Approved),
-            "rejected" => Some(Decision::Rejected),
-            "timed-out" => Some(Decision::TimedOut),
-            _ => None,
-        }
-    }
-}
-
-/// What the run record keeps about an approval.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ApprovalRecord {
-    pub environment: String,
-    pub requested_at: String,
-    pub decision: Decision,
-    pub decided_at: String,
-    /// Who decided (`host approve --by`, default `$USER`); none on timeout.
-    pub by: Option<String>,
-    pub comment: Option<String>,
-}
 
 /// A pending request, as `host approve` lists it.
 #[derive(Debug, Clone, Serialize)]

@@ -9,7 +9,6 @@
 //! - cancelling (Ctrl-C) drops every running stage's future, which drops its
 //!   store: the guest stops at its next epoch tick.
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,105 +17,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::caps::audit::Audit;
 use crate::caps::docker::DockerEngine;
-use crate::caps::log::{level_name, LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
+use crate::caps::log::{level_name, LogLine, LogSink, StageLog};
 use crate::caps::scan::ScanConfig;
-use crate::caps::secrets::{Masker, SecretFiles, SecretStore, SecretsCap};
+use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
 use crate::caps::{self, StageCaps, StageEnv};
 use crate::pipeline::{Pipeline, Stage, Trigger, WorkspaceAccess};
-use crate::run::approvals::{ApprovalStore, Decision};
+use crate::run::approvals::ApprovalStore;
 use crate::run::artifact_store::ArtifactStore;
 use crate::run::artifacts;
-use crate::run::record::{AnnotationRecord, RunRecord, StageRecord, Status, TriggerInfo};
+use crate::run::observer::RunObserver;
+use crate::run::options::RunOptions;
+use crate::run::record::{
+    now_rfc3339, AnnotationRecord, ApprovalRecord, Decision, RunRecord, StageRecord, Status,
+};
 use crate::runtime::bindings::{
     ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
 };
 use crate::runtime::sandbox::{check_report, Sandbox, MAX_REPORT_TEXT};
 use crate::runtime::{Plugin, Runtime};
-
-/// What a run is about (the trigger) and where it runs.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub id: String,
-    pub build_number: u64,
-    pub commit_sha: String,
-    pub branch: Option<String>,
-    pub tag: Option<String>,
-    pub event: String,
-    pub url: String,
-    /// The environment this run deploys to; default: the first
-    /// `[environments]` entry whose branch/tag patterns match.
-    pub environment: Option<String>,
-    /// Run only these stages (the others are skipped, and the selected ones
-    /// do not wait for their `needs`): `host rollback` runs one deploy.
-    pub only: Option<Vec<String>>,
-    /// Keys merged into a stage's `with` (stage → JSON object).
-    pub overrides: BTreeMap<String, serde_json::Value>,
-    /// Approvals already given (stage → who): `host rollback` is itself a
-    /// person's explicit decision.
-    pub approved_by: BTreeMap<String, String>,
-    /// Directory mounted at `/workspace` for stages granted it.
-    pub workspace: PathBuf,
-    /// Environment a stage's `env` grant picks names from.
-    pub env: BTreeMap<String, String>,
-    pub log_limit: usize,
-    /// The webhook delivery that asked for the run, kept in its record.
-    pub trigger: Option<TriggerInfo>,
-    /// Where `{ file = "…" }` secrets may be read from.
-    pub secret_files: SecretFiles,
-}
-
-impl RunOptions {
-    pub fn new(id: String, workspace: PathBuf) -> Self {
-        Self {
-            id,
-            build_number: 1,
-            commit_sha: String::new(),
-            branch: None,
-            tag: None,
-            event: "push".into(),
-            url: String::new(),
-            environment: None,
-            only: None,
-            overrides: BTreeMap::new(),
-            approved_by: BTreeMap::new(),
-            workspace,
-            env: std::env::vars().collect(),
-            log_limit: DEFAULT_LOG_LIMIT,
-            trigger: None,
-            secret_files: SecretFiles::AsWritten,
-        }
-    }
-
-    fn trigger(&self) -> Trigger {
-        Trigger {
-            branch: self.branch.clone(),
-            tag: self.tag.clone(),
-            event: self.event.clone(),
-        }
-    }
-}
-
-/// Hears about a run as it happens (console, server, tests).
-pub trait RunObserver: Send + Sync {
-    /// The run begins; `record` has every stage pending.
-    fn run_started(&self, _record: &RunRecord) {}
-    fn stage_started(&self, _stage: &str, _attempt: u32) {}
-    /// A stage waits for a person to approve its deployment.
-    fn approval_requested(
-        &self,
-        _run_id: &str,
-        _stage: &str,
-        _environment: &str,
-        _timeout: Duration,
-    ) {
-    }
-    fn stage_log(&self, _stage: &str, _line: &LogLine) {}
-    fn stage_finished(&self, _record: &StageRecord) {}
-}
-
-/// An observer that ignores everything.
-pub struct Quiet;
-impl RunObserver for Quiet {}
 
 pub struct Executor {
     runtime: Arc<Runtime>,
@@ -814,7 +732,7 @@ async fn approval_gate(
     };
     if let Some(by) = shared.opts.approved_by.get(&stage.name) {
         let now = now_rfc3339();
-        rec.approval = Some(crate::run::approvals::ApprovalRecord {
+        rec.approval = Some(ApprovalRecord {
             environment: env.name.clone(),
             requested_at: now.clone(),
             decision: Decision::Approved,
@@ -866,7 +784,7 @@ async fn approval_gate(
         Decision::TimedOut => Err(format!(
             "no approval for `{}` within {}",
             env.name,
-            crate::run::console::format_duration(env.approval_timeout.as_millis() as u64)
+            crate::run::display::format_duration(env.approval_timeout.as_millis() as u64)
         )),
     };
     rec.approval = Some(approval);
@@ -921,12 +839,6 @@ fn apply_report(rec: &mut StageRecord, report: StageReport, masker: &Masker) {
             rec.error = Some(rec.summary.clone());
         }
     }
-}
-
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

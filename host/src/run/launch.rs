@@ -2,9 +2,10 @@
 //! and `host serve` share (plugin checks, the executor with its scanner and
 //! approvals, secrets, the live record, the final save).
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::caps::scan::ScanConfig;
@@ -31,7 +32,7 @@ impl RunControl {
 
     /// Cancel the run; the first reason given is the one recorded.
     pub fn cancel(&self, reason: impl Into<String>) {
-        self.reason.lock().unwrap().get_or_insert(reason.into());
+        self.reason.lock().get_or_insert(reason.into());
         self.token.cancel();
     }
 
@@ -40,7 +41,7 @@ impl RunControl {
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.reason.lock().unwrap().clone()
+        self.reason.lock().clone()
     }
 
     pub fn token(&self) -> CancellationToken {

@@ -7,15 +7,16 @@
 //! connection and writes in batches (one transaction per batch).
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use parking_lot::Mutex;
 
 use crate::caps::log::LogLine;
-use crate::run::executor::{now_rfc3339, RunObserver};
-use crate::run::record::{RunRecord, RunStore, StageRecord, Status};
+use crate::run::observer::RunObserver;
+use crate::run::record::{now_rfc3339, RunRecord, RunStore, StageRecord, Status};
 
 enum Msg {
     Started(Box<RunRecord>),
@@ -60,7 +61,7 @@ impl LiveRecorder {
     /// Save the final record (after everything sent before it) and stop.
     pub async fn finish(&self, record: &RunRecord) -> Result<()> {
         let _ = self.tx.send(Msg::Finish(Box::new(record.without_logs())));
-        let handle = self.writer.lock().unwrap().take();
+        let handle = self.writer.lock().take();
         let Some(handle) = handle else {
             return Err(anyhow!("the run recorder was already finished"));
         };

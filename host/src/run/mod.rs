@@ -4,12 +4,17 @@ pub mod approvals;
 pub mod artifact_store;
 pub mod artifacts;
 pub mod console;
+pub mod display;
 pub mod executor;
 pub mod git;
 pub mod launch;
 pub mod live;
+pub mod observer;
+pub mod options;
 pub mod preflight;
 pub mod record;
 
-pub use executor::{Executor, Quiet, RunObserver, RunOptions};
+pub use executor::Executor;
+pub use observer::{Quiet, RunObserver};
+pub use options::RunOptions;
 pub use record::{RunFilter, RunRecord, RunStore, RunSummary, StageRecord, Status, TriggerInfo};

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::caps::audit::AuditEntry;
 use crate::caps::log::LogLine;
-use crate::run::approvals::ApprovalRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +77,46 @@ pub struct AnnotationRecord {
     pub line: Option<u32>,
 }
 
+/// How a person decided on a stage waiting for approval (see
+/// [`crate::run::approvals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    Approved,
+    Rejected,
+    TimedOut,
+}
+
+impl Decision {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+            Decision::TimedOut => "timed-out",
+        }
+    }
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "approved" => Some(Decision::Approved),
+            "rejected" => Some(Decision::Rejected),
+            "timed-out" => Some(Decision::TimedOut),
+            _ => None,
+        }
+    }
+}
+
+/// What the run record keeps about an approval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalRecord {
+    pub environment: String,
+    pub requested_at: String,
+    pub decision: Decision,
+    pub decided_at: String,
+    /// Who decided (`host approve --by`, default `$USER`); none on timeout.
+    pub by: Option<String>,
+    pub comment: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
     pub name: String,
@@ -131,6 +170,16 @@ impl StageRecord {
             audit: Vec::new(),
             artifacts: BTreeMap::new(),
             log: Vec::new(),
+        }
+    }
+
+    /// What a person reads about how the stage went: its summary, or
+    /// its error when it has none.
+    pub fn detail(&self) -> &str {
+        if self.summary.is_empty() {
+            self.error.as_deref().unwrap_or_default()
+        } else {
+            &self.summary
         }
     }
 
@@ -300,6 +349,13 @@ impl RunRecord {
     pub fn started_unix_ms(&self) -> i64 {
         parse_unix_ms(&self.started_at).unwrap_or(0)
     }
+}
+
+/// Now, as records write times (RFC 3339, UTC).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// A fresh run id: 12 hex digits.

@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 use crate::caps::secrets::SecretFiles;
 use crate::confined::Origin;
 use crate::distribution::{load_resolved_from, LockMode};
-use crate::run::executor::now_rfc3339;
 use crate::run::launch::{Launch, LaunchError, RunControl};
+use crate::run::record::now_rfc3339;
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
 use crate::serve::queue::{Queue, QueuedJob};
 use crate::serve::ServerState;
@@ -50,7 +50,7 @@ pub async fn recover(s: &Arc<ServerState>) -> Result<String> {
 
 /// Cancel running runs that a newer one superseded.
 pub fn cancel_running(s: &ServerState, run_ids: &[String], by: &str) {
-    let running = s.running.lock().unwrap();
+    let running = s.running.lock();
     for id in run_ids {
         if let Some(c) = running.get(id) {
             c.cancel(format!("superseded by run {by}"));
@@ -82,7 +82,7 @@ pub async fn run(s: Arc<ServerState>) {
             _ = tokio::time::sleep(IDLE_LOOK) => {}
         }
     }
-    for c in s.running.lock().unwrap().values() {
+    for c in s.running.lock().values() {
         c.cancel("the server stopped; the run is queued to run again at its next start");
     }
     while tasks.join_next().await.is_some() {}
@@ -90,13 +90,10 @@ pub async fn run(s: Arc<ServerState>) {
 
 async fn run_job(s: Arc<ServerState>, q: QueuedJob) {
     let control = RunControl::new();
-    s.running
-        .lock()
-        .unwrap()
-        .insert(q.run_id.clone(), control.clone());
+    s.running.lock().insert(q.run_id.clone(), control.clone());
     let workspace = s.workspaces.join(&q.run_id);
     let record = execute(&s, &q, &control, &workspace).await;
-    s.running.lock().unwrap().remove(&q.run_id);
+    s.running.lock().remove(&q.run_id);
     let stopped_by_server = s.shutdown.is_cancelled() && control.is_cancelled();
     let id = q.run_id.clone();
     let done = s

@@ -17,9 +17,10 @@ pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +88,7 @@ impl ServerState {
     ) -> Result<T> {
         let s = self.clone();
         tokio::task::spawn_blocking(move || {
-            let db = s.db.lock().unwrap_or_else(|p| p.into_inner());
+            let db = s.db.lock();
             f(&db)
         })
         .await
@@ -98,13 +99,12 @@ impl ServerState {
         *self
             .deliveries
             .lock()
-            .unwrap()
             .entry(outcome.to_string())
             .or_default() += 1;
     }
 
     pub fn delivery_counts(&self) -> BTreeMap<String, u64> {
-        self.deliveries.lock().unwrap().clone()
+        self.deliveries.lock().clone()
     }
 }
 

@@ -21,8 +21,7 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::run::executor::now_rfc3339;
-use crate::run::TriggerInfo;
+use crate::run::record::{now_rfc3339, TriggerInfo};
 
 /// How often a run may be interrupted by a server stop before it is given
 /// up as failed (a run that kills its server must not loop forever).

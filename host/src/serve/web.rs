@@ -5,7 +5,7 @@
 //! progress reloads itself every two seconds.
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::run::console::{format_duration, format_time};
+use crate::run::display::{format_duration, format_time, ref_name, short_sha, status_word};
 use crate::run::{RunRecord, RunSummary, StageRecord, Status};
 use crate::serve::queue::QueuedJob;
 
@@ -53,16 +53,8 @@ fn page(title: &str, refresh: bool, body: Markup) -> String {
 }
 
 fn badge(status: Status, warning: bool) -> Markup {
-    let word = if warning && status == Status::Success {
-        "warning"
-    } else {
-        status.as_str()
-    };
+    let word = status_word(status, warning);
     html! { span class={ "status status-" (word) } data-status=(word) { (word) } }
-}
-
-fn ref_label(branch: Option<&str>, tag: Option<&str>) -> String {
-    crate::cli::history::ref_name(branch, tag)
 }
 
 fn duration(status: Status, ms: u64) -> String {
@@ -86,8 +78,8 @@ pub fn run_list(runs: &[RunSummary], queued: &[QueuedJob]) -> String {
                         tr data-run=(q.run_id) {
                             td { code { (q.run_id) } }
                             td { (q.repository) }
-                            td { (ref_label(q.job.branch.as_deref(), q.job.tag.as_deref())) }
-                            td { code { (crate::cli::history::short_sha(&q.job.sha)) } }
+                            td { (ref_name(q.job.branch.as_deref(), q.job.tag.as_deref())) }
+                            td { code { (short_sha(&q.job.sha)) } }
                             td { (q.job.event) }
                             td { (format_time(&q.enqueued_at)) }
                         }
@@ -109,8 +101,8 @@ pub fn run_list(runs: &[RunSummary], queued: &[QueuedJob]) -> String {
                             td { (badge(r.status, false)) }
                             td { a href={ "/runs/" (r.id) } { "#" (r.build_number) } " " code { (r.id) } }
                             td { (r.pipeline) }
-                            td { (ref_label(r.branch.as_deref(), r.tag.as_deref())) }
-                            td { code { (crate::cli::history::short_sha(&r.commit_sha)) } }
+                            td { (ref_name(r.branch.as_deref(), r.tag.as_deref())) }
+                            td { code { (short_sha(&r.commit_sha)) } }
                             td { (r.event) }
                             td { (r.environment.as_deref().unwrap_or("")) }
                             td { (format_time(&r.started_at)) }
@@ -172,7 +164,7 @@ pub fn run_page(run: &RunRecord) -> String {
         @if let Some(r) = &run.reason { p class="reason" { (r) } }
         dl class="meta" {
             dt { "run" } dd { code { (run.id) } }
-            dt { "trigger" } dd { (run.event) " of " (ref_label(run.branch.as_deref(), run.tag.as_deref())) }
+            dt { "trigger" } dd { (run.event) " of " (ref_name(run.branch.as_deref(), run.tag.as_deref())) }
             dt { "commit" } dd { code { (run.commit_sha) } }
             @if let Some(t) = &run.trigger {
                 dt { "repository" } dd { (t.repository) }
@@ -200,7 +192,7 @@ pub fn run_page(run: &RunRecord) -> String {
                                 @if s.started_at.is_some() { (duration(s.status, s.duration_ms)) } @else { "" }
                             }
                             td class="num" { (s.attempts) }
-                            td { (if s.summary.is_empty() { s.error.as_deref().unwrap_or("") } else { &s.summary }) }
+                            td { (s.detail()) }
                         }
                     }
                 }

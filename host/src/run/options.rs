@@ -1,0 +1,72 @@
+//! What a run is about (its trigger, what it builds) and where it runs:
+//! the options every way of starting a run fills in.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::caps::log::DEFAULT_LOG_LIMIT;
+use crate::caps::secrets::SecretFiles;
+use crate::pipeline::Trigger;
+use crate::run::record::TriggerInfo;
+
+/// What a run is about (the trigger) and where it runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub id: String,
+    pub build_number: u64,
+    pub commit_sha: String,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub event: String,
+    pub url: String,
+    /// The environment this run deploys to; default: the first
+    /// `[environments]` entry whose branch/tag patterns match.
+    pub environment: Option<String>,
+    /// Run only these stages (the others are skipped, and the selected ones
+    /// do not wait for their `needs`): `host rollback` runs one deploy.
+    pub only: Option<Vec<String>>,
+    /// Keys merged into a stage's `with` (stage → JSON object).
+    pub overrides: BTreeMap<String, serde_json::Value>,
+    /// Approvals already given (stage → who): `host rollback` is itself a
+    /// person's explicit decision.
+    pub approved_by: BTreeMap<String, String>,
+    /// Directory mounted at `/workspace` for stages granted it.
+    pub workspace: PathBuf,
+    /// Environment a stage's `env` grant picks names from.
+    pub env: BTreeMap<String, String>,
+    pub log_limit: usize,
+    /// The webhook delivery that asked for the run, kept in its record.
+    pub trigger: Option<TriggerInfo>,
+    /// Where `{ file = "…" }` secrets may be read from.
+    pub secret_files: SecretFiles,
+}
+
+impl RunOptions {
+    pub fn new(id: String, workspace: PathBuf) -> Self {
+        Self {
+            id,
+            build_number: 1,
+            commit_sha: String::new(),
+            branch: None,
+            tag: None,
+            event: "push".into(),
+            url: String::new(),
+            environment: None,
+            only: None,
+            overrides: BTreeMap::new(),
+            approved_by: BTreeMap::new(),
+            workspace,
+            env: std::env::vars().collect(),
+            log_limit: DEFAULT_LOG_LIMIT,
+            trigger: None,
+            secret_files: SecretFiles::AsWritten,
+        }
+    }
+
+    pub fn trigger(&self) -> Trigger {
+        Trigger {
+            branch: self.branch.clone(),
+            tag: self.tag.clone(),
+            event: self.event.clone(),
+        }
+    }
+}
