@@ -20,6 +20,7 @@ pub mod distribution;
 pub mod exec;
 pub mod grants;
 pub mod pipeline;
+pub mod plugin_source;
 pub mod run;
 pub mod runtime;
 pub mod serve;

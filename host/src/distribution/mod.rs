@@ -30,25 +30,10 @@ const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
 
 pub use crate::digest::sha256_hex;
 
-/// `sha256:HEX` or `HEX` → lowercase hex.
-pub fn parse_sha256(s: &str) -> Result<String, String> {
-    let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(hex.to_ascii_lowercase())
-    } else {
-        Err(format!(
-            "{s:?} is not a sha256 digest (64 hex digits, optionally prefixed `sha256:`)"
-        ))
-    }
-}
-
-pub fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+/// The plugin-source parsers live in [`crate::plugin_source`] (so that
+/// `pipeline` can check a file without depending on this module); these
+/// are their old paths.
+pub use crate::plugin_source::{is_loopback, parse_sha256, DigestError};
 
 /// How a run treats the lock file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,7 +304,7 @@ impl Resolver {
         }
         let (bytes, signature) = match &plugin.source {
             PluginSource::Oci(r) => {
-                let tag = oci::parse_reference(r)?;
+                let tag = oci::parse_reference(r).map_err(|e| e.to_string())?;
                 let pinned = l
                     .resolved
                     .strip_prefix("oci://")
@@ -370,7 +355,7 @@ impl Resolver {
     ) -> Result<(Vec<u8>, String, Option<String>), String> {
         match source {
             PluginSource::Oci(r) => {
-                let reference = oci::parse_reference(r)?;
+                let reference = oci::parse_reference(r).map_err(|e| e.to_string())?;
                 let (bytes, a) = oci::pull(&reference, &self.auth)
                     .await
                     .map_err(|e| format!("{e:#}"))?;
@@ -418,21 +403,4 @@ fn verify(got: &Got, trusted: &[PublicKey]) -> Result<String, SignatureError> {
     let sig = Signature::from_json(text)?;
     sig.verify(&got.sha256, trusted)?;
     Ok(sig.key)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_and_hosts() {
-        let d = "A".repeat(64);
-        assert_eq!(
-            parse_sha256(&format!("sha256:{d}")).unwrap(),
-            "a".repeat(64)
-        );
-        assert!(parse_sha256("sha256:12").is_err());
-        assert!(is_loopback("127.0.0.1") && is_loopback("localhost") && is_loopback("[::1]"));
-        assert!(!is_loopback("example.com"));
-    }
 }

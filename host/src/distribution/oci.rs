@@ -15,7 +15,7 @@ use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use super::{is_loopback, sha256_hex};
+use super::{is_loopback, parse_sha256, sha256_hex};
 
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM_MEDIA_TYPE: &str = "application/wasm";
@@ -28,20 +28,9 @@ pub const MAX_COMPONENT_BYTES: i64 = 128 << 20;
 pub const USER_ENV: &str = "HOST_REGISTRY_USERNAME";
 pub const PASSWORD_ENV: &str = "HOST_REGISTRY_PASSWORD";
 
-/// Parse `registry/repo:tag` or `registry/repo@sha256:…`. The registry must
-/// be written out: a bare `repo:tag` would silently mean Docker Hub.
-pub fn parse_reference(s: &str) -> Result<Reference, String> {
-    let r: Reference = s
-        .parse()
-        .map_err(|e| format!("not an OCI reference ({e})"))?;
-    let first = s.split('/').next().unwrap_or("");
-    if !s.contains('/') || !(first.contains('.') || first.contains(':') || first == "localhost") {
-        return Err(format!(
-            "name the registry, e.g. `127.0.0.1:5000/{s}` (a bare name would mean Docker Hub)"
-        ));
-    }
-    Ok(r)
-}
+/// Parse `registry/repo:tag` or `registry/repo@sha256:…` (see
+/// [`crate::plugin_source::parse_oci_reference`]; this is its old path).
+pub use crate::plugin_source::{parse_oci_reference as parse_reference, ReferenceError};
 
 /// Credentials from [`USER_ENV`] / [`PASSWORD_ENV`], else anonymous.
 pub fn auth_from_env() -> RegistryAuth {
@@ -169,8 +158,8 @@ pub async fn pull(
             layer.size
         );
     }
-    let expected = super::parse_sha256(&layer.digest)
-        .map_err(|e| anyhow::anyhow!("{shown}: layer digest: {e}"))?;
+    let expected =
+        parse_sha256(&layer.digest).map_err(|e| anyhow::anyhow!("{shown}: layer digest: {e}"))?;
     let mut bytes = Vec::with_capacity(layer.size.max(0) as usize);
     c.pull_blob(reference, layer, &mut bytes)
         .await
@@ -210,20 +199,4 @@ fn registry_error(
         reference.resolve_registry(),
         reference.whole()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_name_their_registry() {
-        let r = parse_reference("127.0.0.1:5000/plugins/tag:1.0").unwrap();
-        assert_eq!(r.repository(), "plugins/tag");
-        assert_eq!(r.tag(), Some("1.0"));
-        assert!(parse_reference("plugins/tag:1.0")
-            .unwrap_err()
-            .contains("name the registry"));
-        assert!(parse_reference("127.0.0.1:5000/Bad/x").is_err());
-    }
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, Verifier};
 use serde::{Deserialize, Serialize};
 
 const CONTEXT: &str = "pipeline-host/plugin-signature/v1\n";
@@ -37,32 +37,9 @@ pub enum SignatureError {
     Malformed(String),
 }
 
-/// A public key, `ed25519:BASE64(32 bytes)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicKey(VerifyingKey);
-
-impl PublicKey {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let b64 = text.trim().strip_prefix("ed25519:").ok_or_else(|| {
-            format!("{text:?} is not a public key; expected `ed25519:BASE64` (from `host plugin keygen`)")
-        })?;
-        let bytes = B64
-            .decode(b64)
-            .map_err(|e| format!("{text:?}: not base64 ({e})"))?;
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| format!("{text:?}: an ed25519 public key is 32 bytes"))?;
-        VerifyingKey::from_bytes(&arr)
-            .map(PublicKey)
-            .map_err(|e| format!("{text:?}: not a valid ed25519 key ({e})"))
-    }
-}
-
-impl std::fmt::Display for PublicKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ed25519:{}", B64.encode(self.0.as_bytes()))
-    }
-}
+/// A public key, `ed25519:BASE64(32 bytes)` (defined in
+/// [`crate::plugin_source`]; this is its old path).
+pub use crate::plugin_source::{KeyError, PublicKey};
 
 /// A secret signing key.
 pub struct SecretKey(SigningKey);
@@ -76,7 +53,7 @@ impl SecretKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey::from_verifying_key(self.0.verifying_key())
     }
 
     /// The key file's text (never logged).
@@ -86,7 +63,7 @@ impl SecretKey {
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("reading the key file {}: {e}", path.display()))?;
         let mut lines = text.lines();
         let bad = || {
             anyhow::anyhow!(
@@ -144,7 +121,8 @@ impl Signature {
                 self.version, self.algorithm
             )));
         }
-        let key = PublicKey::parse(&self.key).map_err(SignatureError::Malformed)?;
+        let key =
+            PublicKey::parse(&self.key).map_err(|e| SignatureError::Malformed(e.to_string()))?;
         let shown = key.to_string();
         if !trusted.contains(&key) {
             return Err(SignatureError::UntrustedKey(shown));
@@ -160,7 +138,7 @@ impl Signature {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| SignatureError::Malformed("signature is not 64 base64 bytes".into()))?;
-        key.0
+        key.verifying_key()
             .verify(
                 message(sha256).as_bytes(),
                 &ed25519_dalek::Signature::from_bytes(&bytes),
