@@ -25,3 +25,5 @@ pub mod run;
 pub mod runtime;
 pub mod serve;
 pub mod source;
+pub mod text;
+pub mod units;

@@ -100,7 +100,12 @@ impl Harness {
         opts.commit_sha = "0123456789abcdef0123456789abcdef01234567".into();
         tweak(&mut opts);
         let env = opts.env.clone();
-        let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned(), &opts.secret_files);
+        let secrets = SecretStore::resolve(
+            &pipeline.secrets,
+            &pipeline.dir,
+            &|k| env.get(k).cloned(),
+            &opts.secret_files,
+        );
         executor
             .run(pipeline, plugins, opts, secrets, Arc::new(Quiet), cancel)
             .await

@@ -74,7 +74,7 @@ impl<'a> GrantCx<'a> {
             Ok(t) => Some(t),
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
-                self.err(span, crate::pipeline::tidy_message(e.message()));
+                self.err(span, crate::text::tidy_message(e.message()));
                 None
             }
         }

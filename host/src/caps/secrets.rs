@@ -15,7 +15,6 @@ use crate::caps::audit::Audit;
 use crate::caps::capability::{Cap, Capability, GrantCx, NoGrant, StageEnv};
 use crate::caps::denied;
 use crate::confined::{read_operator_file, Root};
-use crate::pipeline::{Pipeline, SecretSource};
 use crate::runtime::bindings::{ci::stage::secrets::Host, CapError};
 
 /// Replaced for every secret value in logs, reports and records.
@@ -36,6 +35,15 @@ impl std::fmt::Debug for SecretStore {
     }
 }
 
+/// Where the host reads a secret's value from when a stage uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `{ env = "VAR" }`: the host's environment variable `VAR`.
+    Env(String),
+    /// `{ file = "path" }`: a file, resolved against the pipeline directory.
+    File(std::path::PathBuf),
+}
+
 /// Where `{ file = "…" }` secrets may be read from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SecretFiles {
@@ -54,7 +62,11 @@ pub enum SecretFiles {
 const MAX_SECRET_FILE_BYTES: u64 = 1 << 20;
 
 impl SecretFiles {
-    fn read(&self, pipeline: &Pipeline, path: &std::path::Path) -> Result<String, String> {
+    fn read(
+        &self,
+        pipeline_dir: &std::path::Path,
+        path: &std::path::Path,
+    ) -> Result<String, String> {
         let bytes = match self {
             SecretFiles::AsWritten => read_operator_file(path, MAX_SECRET_FILE_BYTES),
             SecretFiles::Denied(why) => return Err(why.clone()),
@@ -62,7 +74,7 @@ impl SecretFiles {
                 // The name comes from the repository: opened beneath the
                 // server's secrets directory, never anywhere else.
                 let rel = path
-                    .strip_prefix(&pipeline.dir)
+                    .strip_prefix(pipeline_dir)
                     .map_err(|_| "an absolute secret file path is not allowed here".to_string())?;
                 Root::open(dir, "the server's secrets directory")
                     .map_err(|e| format!("the server's secrets directory: {e}"))?
@@ -79,17 +91,18 @@ impl SecretStore {
     /// Resolve every secret the pipeline declares. A missing one is kept as
     /// an error and reported when a stage that is granted it starts.
     pub fn resolve(
-        pipeline: &Pipeline,
+        declared: &BTreeMap<String, SecretSource>,
+        pipeline_dir: &std::path::Path,
         env: &dyn Fn(&str) -> Option<String>,
         files: &SecretFiles,
     ) -> Self {
         let mut values = BTreeMap::new();
-        for (name, source) in &pipeline.secrets {
+        for (name, source) in declared {
             let value = match source {
                 SecretSource::Env(var) => {
                     env(var).ok_or_else(|| format!("environment variable `{var}` is not set"))
                 }
-                SecretSource::File(path) => files.read(pipeline, path),
+                SecretSource::File(path) => files.read(pipeline_dir, path),
             }
             .and_then(|v| {
                 if v.is_empty() {

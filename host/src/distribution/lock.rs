@@ -80,7 +80,7 @@ impl LockFile {
             let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
             format!(
                 "{line}:{col}: not a valid lock file: {}",
-                crate::pipeline::tidy_message(e.message())
+                crate::text::tidy_message(e.message())
             )
         })?;
         if lock.version != 1 {

@@ -12,7 +12,8 @@
 mod dag;
 mod files;
 pub(crate) mod parse;
-mod units;
+pub use crate::caps::secrets::SecretSource;
+use crate::units;
 mod validate;
 mod when;
 
@@ -30,7 +31,6 @@ pub use crate::caps::ssh::SshHost;
 pub use crate::caps::{Grants, WorkspaceAccess};
 pub use crate::confined::Origin;
 pub use files::MAX_PLUGIN_BYTES;
-pub(crate) use parse::tidy_message;
 pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_SIZE, MIN_SIZE};
 pub use when::{compile as when_compile, Trigger, When};
 
@@ -131,15 +131,6 @@ pub struct Trust {
     /// plugin must carry a signature by one of them.
     pub signed_by: Vec<String>,
     pub location: Option<Location>,
-}
-
-/// Where the host reads a secret's value from when a stage uses it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// `{ env = "VAR" }`: the host's environment variable `VAR`.
-    Env(String),
-    /// `{ file = "path" }`: a file, resolved against the pipeline directory.
-    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -392,4 +383,25 @@ impl Pipeline {
             })
             .collect()
     }
+}
+
+/// Why a declared path cannot be an artifact (checked by `host check`).
+pub fn check_artifact_path(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    if path.trim().is_empty() {
+        return Err("an artifact path must not be empty".into());
+    }
+    if p.is_absolute() {
+        return Err(format!(
+            "artifact `{path}` must be relative to the workspace"
+        ));
+    }
+    if p.components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "artifact `{path}` must not contain `..` or `.` parts"
+        ));
+    }
+    Ok(())
 }

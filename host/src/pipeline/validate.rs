@@ -200,7 +200,7 @@ fn build_trust(cx: &mut Ctx<'_, '_>, raw: Option<Spanned<super::parse::RawTrust>
     if let Some(t) = raw {
         trust.location = Some(cx.loc(t.span()));
         for k in &t.get_ref().signed_by {
-            match crate::distribution::signing::PublicKey::parse(k.get_ref()) {
+            match crate::plugin_source::PublicKey::parse(k.get_ref()) {
                 Ok(_) => trust.signed_by.push(k.get_ref().clone()),
                 Err(e) => cx.err(k.span(), format!("`trust.signed-by`: {e}")),
             }
@@ -603,7 +603,7 @@ fn stage_environment(cx: &mut Ctx<'_, '_>, r: &RawStage, scope: &Scope<'_>) -> O
 fn stage_artifacts(cx: &mut Ctx<'_, '_>, r: &RawStage, grants: &Grants) -> Vec<String> {
     let mut artifacts = Vec::new();
     for a in r.artifacts.iter().flatten() {
-        match crate::run::artifacts::check_path(a.get_ref()) {
+        match super::check_artifact_path(a.get_ref()) {
             Ok(()) if artifacts.contains(a.get_ref()) => cx.err(
                 a.span(),
                 format!("artifact `{}` is listed twice", a.get_ref()),
@@ -841,7 +841,7 @@ fn plugin_entry(
             return None;
         }
     };
-    let sha256 = match sha256.map(|d| crate::distribution::parse_sha256(&d)) {
+    let sha256 = match sha256.map(|d| crate::plugin_source::parse_sha256(&d)) {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
@@ -875,12 +875,13 @@ fn plugin_source(written: &str, pinned: bool) -> Result<PluginSource, String> {
         return Ok(PluginSource::Path(written.to_string()));
     };
     match scheme {
-        "oci" => crate::distribution::oci::parse_reference(rest)
+        "oci" => crate::plugin_source::parse_oci_reference(rest)
             .map(|_| PluginSource::Oci(rest.to_string()))
             .map_err(|e| format!("`{written}`: {e}")),
         "https" | "http" => {
             let url = url::Url::parse(written).map_err(|e| format!("`{written}`: {e}"))?;
-            if scheme == "http" && !crate::distribution::is_loopback(url.host_str().unwrap_or("")) {
+            if scheme == "http" && !crate::plugin_source::is_loopback(url.host_str().unwrap_or(""))
+            {
                 return Err(format!(
                     "`{written}`: plain http is only allowed on loopback; use https"
                 ));

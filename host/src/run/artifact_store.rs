@@ -17,8 +17,6 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::run::artifacts;
-
 /// First bytes of a blob: format and version.
 const MAGIC: &[u8; 4] = b"PHA1";
 /// Largest artifact kept (read whole to encrypt).
@@ -217,7 +215,7 @@ fn local_key(file: &Path) -> Result<[u8; 32], StoreError> {
 
 /// Checks a recorded path before writing it under an output directory.
 pub fn output_path(out: &Path, stage: &str, path: &str) -> Result<PathBuf, String> {
-    artifacts::check_path(path)?;
+    crate::pipeline::check_artifact_path(path)?;
     Ok(out.join(stage).join(path))
 }
 
@@ -232,14 +230,14 @@ mod tests {
         std::fs::create_dir_all(ws.join("dist")).unwrap();
         std::fs::write(ws.join("dist/app"), b"the release").unwrap();
         let store = ArtifactStore::open(&dir.path().join("state")).unwrap();
-        let digests = artifacts::record_with(&ws, &["dist/app".to_string()], |p, f| {
+        let digests = crate::run::artifacts::record_with(&ws, &["dist/app".to_string()], |p, f| {
             store.keep("r1", "build", p, f).map_err(|e| e.to_string())
         })
         .unwrap();
         let digest = digests["dist/app"].clone();
         assert_eq!(
             digests,
-            artifacts::record(&ws, &["dist/app".to_string()]).unwrap()
+            crate::run::artifacts::record(&ws, &["dist/app".to_string()]).unwrap()
         );
         assert!(store.holds("r1", "build", "dist/app"));
         assert_eq!(

@@ -8,32 +8,13 @@
 //! built and scanned, even if a stage in between (or anyone with access to
 //! the workspace during an approval wait) rewrote it.
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use crate::confined::{FileError, Root};
 use crate::digest::sha256_of;
 
 /// Workspace-relative path → `sha256:<hex>`.
 pub type Digests = BTreeMap<String, String>;
-
-/// Why a declared path cannot be an artifact (checked by `host check`).
-pub fn check_path(path: &str) -> Result<(), String> {
-    let p = Path::new(path);
-    if path.trim().is_empty() {
-        return Err("an artifact path must not be empty".into());
-    }
-    if p.is_absolute() {
-        return Err(format!(
-            "artifact `{path}` must be relative to the workspace"
-        ));
-    }
-    if p.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(format!(
-            "artifact `{path}` must not contain `..` or `.` parts"
-        ));
-    }
-    Ok(())
-}
 
 /// A declared artifact's file, opened beneath the workspace (`None`:
 /// nothing there); links leading out of it are refused.
@@ -135,7 +116,7 @@ mod tests {
         assert!(record(t.path(), &["out".into()])
             .unwrap_err()
             .contains("leads out"));
-        assert!(check_path("../x").is_err() && check_path("/x").is_err());
-        assert!(check_path("dist/app.tar").is_ok());
+        assert!(crate::pipeline::check_artifact_path("../x").is_err());
+        assert!(crate::pipeline::check_artifact_path("dist/app.tar").is_ok());
     }
 }

@@ -85,7 +85,12 @@ impl Launch<'_> {
             .with_approvals(ApprovalStore::open(self.state_dir)?)
             .with_artifact_store(ArtifactStore::open(self.state_dir).map_err(anyhow::Error::from)?);
         let env = opts.env.clone();
-        let secrets = SecretStore::resolve(&pipeline, &|k| env.get(k).cloned(), &opts.secret_files);
+        let secrets = SecretStore::resolve(
+            &pipeline.secrets,
+            &pipeline.dir,
+            &|k| env.get(k).cloned(),
+            &opts.secret_files,
+        );
         let recorder = LiveRecorder::start(self.state_dir, self.observer)?;
         let mut record = executor
             .run(

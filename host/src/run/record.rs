@@ -274,16 +274,7 @@ pub struct TriggerInfo {
     pub archive: Option<SourceArchive>,
 }
 
-/// An uploaded source archive, as checked and unpacked.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct SourceArchive {
-    /// File name as uploaded.
-    pub name: String,
-    /// sha256 of the archive's bytes.
-    pub sha256: String,
-    pub files: usize,
-    pub bytes: u64,
-}
+pub use crate::source::archive::SourceArchive;
 
 impl RunRecord {
     /// A copy whose stages carry no log lines (see `StageRecord::without_log`).

@@ -28,8 +28,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::pipeline::parse::{tidy_message, Source};
+use crate::pipeline::parse::Source;
 use crate::pipeline::{parse_duration, parse_size, Diagnostic, PipelineError, When};
+use crate::text::tidy_message;
 
 type Str = Spanned<String>;
 

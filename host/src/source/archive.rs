@@ -461,12 +461,12 @@ pub fn workspace(
     dir: &Path,
     id: &str,
     limits: &Limits,
-) -> Result<(PathBuf, crate::run::record::SourceArchive), ArchiveError> {
+) -> Result<(PathBuf, SourceArchive), ArchiveError> {
     let dest = dir.join(id);
     let u = unpack_named(archive, original_name, &dest, limits)?;
     Ok((
         dest,
-        crate::run::record::SourceArchive {
+        SourceArchive {
             name: original_name.to_string(),
             sha256: u.sha256,
             files: u.files,
@@ -737,6 +737,17 @@ fn unpack_zip(archive: File, x: &mut Extract<'_>) -> Result<(), ArchiveError> {
     }
     Ok(())
 }
+/// An uploaded source archive, as checked and unpacked.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct SourceArchive {
+    /// File name as uploaded.
+    pub name: String,
+    /// sha256 of the archive's bytes.
+    pub sha256: String,
+    pub files: usize,
+    pub bytes: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
