@@ -28,9 +28,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::pipeline::parse::Source;
+use crate::pipeline::parse::{decode_toml, Source};
 use crate::pipeline::{parse_duration, parse_size, Diagnostic, PipelineError, When};
-use crate::text::tidy_message;
 
 type Str = Spanned<String>;
 
@@ -227,13 +226,7 @@ pub fn load(path: &Path) -> Result<ServerConfig, PipelineError> {
 
 pub fn parse(path: &Path, text: &str) -> Result<ServerConfig, PipelineError> {
     let src = Source::new(path, text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let location = e.span().map_or(src.location(0), |s| src.span(s));
-        PipelineError::new(vec![Diagnostic {
-            location,
-            message: tidy_message(e.message()),
-        }])
-    })?;
+    let raw: RawFile = decode_toml(&src).map_err(|d| PipelineError::new(vec![d]))?;
     let mut diags = Vec::new();
     let cfg = build(&src, raw, &mut diags);
     if diags.is_empty() {
