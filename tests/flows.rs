@@ -714,6 +714,16 @@ fn the_write_ups_flows_run_and_their_broken_variants_fail_where_they_should() {
     let ws = demo_app_workspace(dir.path());
     // `FLOWS=gitops,actions cargo test --test flows` runs only those.
     let only = std::env::var("FLOWS").unwrap_or_default();
+    // A misspelt name must fail, not run nothing and pass.
+    const FLOWS: [&str; 5] = ["fintech", "archive", "ecs", "gitops", "actions"];
+    let unknown: Vec<&str> = only
+        .split(',')
+        .filter(|f| !f.is_empty() && !FLOWS.contains(f))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "FLOWS names unknown flows {unknown:?}; known: {FLOWS:?}"
+    );
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|f| f == name);
     if wanted("fintech") {
         jenkins_fintech(dir.path(), &ws);
