@@ -27,10 +27,26 @@ pub fn tidy_message(message: &str) -> String {
             }
         })
         .collect();
-    if one.chars().count() > MAX_MESSAGE_CHARS {
-        let cut: String = one.chars().take(MAX_MESSAGE_CHARS).collect();
-        format!("{cut}…")
-    } else {
-        one
+    cut(&one, MAX_MESSAGE_CHARS)
+}
+
+/// `text` with at most `max` characters, and `…` where it was cut.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::cut;
+
+    #[test]
+    fn cut_counts_characters_and_marks_only_what_it_cut() {
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "abc…");
+        assert_eq!(cut("ééé", 2), "éé…");
+        assert_eq!(cut("", 0), "");
     }
 }

@@ -176,11 +176,10 @@ pub(crate) fn decode_toml<T: serde::de::DeserializeOwned>(
         message: crate::text::tidy_message(e.message()),
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let keys = key_segments(e.path());
+        let mut keys = key_segments(e.path());
         let e = e.into_inner();
         let location = at(&e);
         let got_text = e.span().and_then(|s| src.text.get(s)).unwrap_or("");
-        let mut keys = keys;
         // An unknown key is named by the message itself; say where it is.
         if e.message().starts_with("unknown field `") {
             keys.pop();
@@ -242,6 +241,7 @@ fn key_path(keys: &[Key]) -> String {
                     && name
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                // The mark goes outside the quotes: the quoted part is the key as written.
                 let short: String = name.chars().take(MAX_KEY_CHARS).collect();
                 let cut = if short.len() < name.len() { "…" } else { "" };
                 if bare {
@@ -283,9 +283,8 @@ fn explain(message: &str, keys: &[Key], got_text: &str) -> String {
             .strip_prefix(prefix)
             .and_then(|rest| rest.rsplit_once("`, expected "))
         {
-            let short: String = name.chars().take(MAX_KEY_CHARS).collect();
-            let cut = if short.len() < name.len() { "…" } else { "" };
-            return format!("{prefix}{short}{cut}`, expected {rest}");
+            let short = crate::text::cut(name, MAX_KEY_CHARS);
+            return format!("{prefix}{short}`, expected {rest}");
         }
     }
     message.to_string()
@@ -296,10 +295,10 @@ fn shorten(got: &str) -> String {
     if got.chars().count() <= MAX_QUOTED_CHARS + 10 {
         return got.to_string();
     }
-    let cut: String = got.chars().take(MAX_QUOTED_CHARS).collect();
+    let cut = crate::text::cut(got, MAX_QUOTED_CHARS);
     match got.chars().last() {
-        Some(q @ ('"' | '`')) => format!("{cut}…{q}"),
-        _ => format!("{cut}…"),
+        Some(q @ ('"' | '`')) => format!("{cut}{q}"),
+        _ => cut,
     }
 }
 
