@@ -112,21 +112,9 @@ impl Executor {
                 .map(|e| e.name.clone());
         }
         let mut record = RunRecord {
-            id: opts.id.clone(),
-            pipeline: pipeline.name.clone(),
             file: pipeline.file.display().to_string(),
-            build_number: opts.build_number,
-            commit_sha: opts.commit_sha.clone(),
-            branch: opts.branch.clone(),
-            tag: opts.tag.clone(),
-            event: opts.event.clone(),
-            environment: opts.environment.clone(),
-            status: Status::Running,
-            started_at: now_rfc3339(),
-            duration_ms: 0,
-            reason: None,
-            trigger: opts.trigger.clone(),
             stages: pipeline.stages.iter().map(pending).collect(),
+            ..RunRecord::new(&pipeline.name, &opts)
         };
         observer.run_started(&record);
         let shared = Arc::new(RunShared {

@@ -13,7 +13,6 @@ use crate::caps::secrets::SecretFiles;
 use crate::confined::Origin;
 use crate::distribution::{load_resolved_from, LockMode};
 use crate::run::launch::{Launch, LaunchError, RunControl};
-use crate::run::record::now_rfc3339;
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
 use crate::serve::queue::{Queue, QueuedJob};
 use crate::serve::ServerState;
@@ -246,13 +245,7 @@ async fn execute(
         }
     }
 
-    let mut opts = RunOptions::new(q.run_id.clone(), workspace.to_path_buf());
-    opts.commit_sha = job.sha.clone();
-    opts.branch = job.branch.clone();
-    opts.tag = job.tag.clone();
-    opts.event = job.event.clone();
-    opts.environment = job.environment.clone();
-    opts.trigger = Some(job.trigger.clone());
+    let mut opts = job_options(q, workspace);
     if let Some(base) = &s.config.public_url {
         opts.url = format!("{base}/runs/{}", q.run_id);
     }
@@ -289,35 +282,11 @@ async fn execute(
         Ok(r) => Some(r),
         Err(LaunchError::Plugins(d)) => {
             let reason = relative(&LaunchError::Plugins(d).to_string(), workspace);
-            Some(
-                save_unstarted(
-                    s,
-                    unstarted(
-                        q,
-                        &pipeline.name,
-                        opts.build_number,
-                        Status::Failure,
-                        reason,
-                    ),
-                )
-                .await,
-            )
+            Some(save_unstarted(s, unstarted(&pipeline.name, &opts, Status::Failure, reason)).await)
         }
         Err(LaunchError::Host(e)) => {
             let reason = format!("host error: {e:#}");
-            Some(
-                save_unstarted(
-                    s,
-                    unstarted(
-                        q,
-                        &pipeline.name,
-                        opts.build_number,
-                        Status::Failure,
-                        reason,
-                    ),
-                )
-                .await,
-            )
+            Some(save_unstarted(s, unstarted(&pipeline.name, &opts, Status::Failure, reason)).await)
         }
     }
 }
@@ -332,7 +301,7 @@ async fn number(
 ) -> Result<u64> {
     let _one_at_a_time = s.numbering.lock().await;
     let (pipeline, run_id) = (pipeline.to_string(), run_id.to_string());
-    let mut placeholder = placeholder(&run_id, &pipeline, opts);
+    let mut placeholder = RunRecord::new(&pipeline, opts);
     s.with_db(move |db| {
         let n = match db.get(&run_id)? {
             // A run that runs again keeps its number.
@@ -346,52 +315,28 @@ async fn number(
     .await
 }
 
-fn placeholder(run_id: &str, pipeline: &str, opts: &RunOptions) -> RunRecord {
+/// A record for a run that ended before any stage started.
+fn unstarted(pipeline: &str, opts: &RunOptions, status: Status, reason: String) -> RunRecord {
     RunRecord {
-        id: run_id.to_string(),
-        pipeline: pipeline.to_string(),
-        file: String::new(),
-        build_number: 0,
-        commit_sha: opts.commit_sha.clone(),
-        branch: opts.branch.clone(),
-        tag: opts.tag.clone(),
-        event: opts.event.clone(),
-        environment: opts.environment.clone(),
-        status: Status::Running,
-        started_at: now_rfc3339(),
-        duration_ms: 0,
-        reason: None,
-        trigger: opts.trigger.clone(),
-        stages: Vec::new(),
+        status,
+        reason: Some(reason),
+        ..RunRecord::new(pipeline, opts)
     }
 }
 
-/// A record for a run that ended before any stage started.
-fn unstarted(
-    q: &QueuedJob,
-    pipeline: &str,
-    build_number: u64,
-    status: Status,
-    reason: String,
-) -> RunRecord {
+/// What a queued job is about, as a run's options (before the server's
+/// own choices: secrets, environment, URL).
+fn job_options(q: &QueuedJob, workspace: &Path) -> RunOptions {
     let job = &q.job;
-    RunRecord {
-        id: q.run_id.clone(),
-        pipeline: pipeline.to_string(),
-        file: String::new(),
-        build_number,
-        commit_sha: job.sha.clone(),
-        branch: job.branch.clone(),
-        tag: job.tag.clone(),
-        event: job.event.clone(),
-        environment: job.environment.clone(),
-        status,
-        started_at: now_rfc3339(),
-        duration_ms: 0,
-        reason: Some(reason),
-        trigger: Some(job.trigger.clone()),
-        stages: Vec::new(),
-    }
+    let mut opts = RunOptions::new(q.run_id.clone(), workspace.to_path_buf());
+    opts.build_number = 0;
+    opts.commit_sha = job.sha.clone();
+    opts.branch = job.branch.clone();
+    opts.tag = job.tag.clone();
+    opts.event = job.event.clone();
+    opts.environment = job.environment.clone();
+    opts.trigger = Some(job.trigger.clone());
+    opts
 }
 
 /// Number and save a record for a run that ended before it started.
@@ -403,7 +348,8 @@ pub async fn record_unstarted(
     reason: String,
 ) -> Option<RunRecord> {
     let _one_at_a_time = s.numbering.lock().await;
-    let mut rec = unstarted(q, pipeline, 0, status, reason);
+    let opts = job_options(q, &s.workspaces.join(&q.run_id));
+    let mut rec = unstarted(pipeline, &opts, status, reason);
     let saved = s
         .with_db(move |db| {
             rec.build_number = match db.get(&rec.id)? {
