@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::caps::secrets::SecretFiles;
 use crate::confined::Origin;
 use crate::distribution::{load_resolved_from, LockMode};
+use crate::pipeline::Pipeline;
 use crate::run::launch::{Launch, LaunchError, RunControl};
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
 use crate::serve::queue::{Queue, QueuedJob};
@@ -160,66 +161,68 @@ async fn execute(
     control: &RunControl,
     workspace: &Path,
 ) -> Option<RunRecord> {
-    let job = &q.job;
     if workspace.exists() {
         // Left by an interrupted attempt.
         let _ = tokio::fs::remove_dir_all(workspace).await;
     }
+    let pipeline = match prepare(s, q, control, workspace).await {
+        Ok(p) => p,
+        Err(u) => return record_unstarted(s, q, &u.pipeline, u.status, u.reason).await,
+    };
+    let mut opts = server_options(s, q, workspace);
+    opts.build_number = match number(s, &pipeline.name, &q.run_id, &opts).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("run {}: {e:#}", q.run_id);
+            return None;
+        }
+    };
+
+    let launch = Launch {
+        runtime: s.runtime.clone(),
+        state_dir: &s.state_dir,
+        observer: Arc::new(Quiet),
+        control: control.clone(),
+    };
+    let reason = match launch.run(pipeline.clone(), opts.clone()).await {
+        Ok(r) => return Some(r),
+        Err(e @ LaunchError::Plugins(_)) => relative(&e.to_string(), workspace),
+        Err(LaunchError::Host(e)) => format!("host error: {e:#}"),
+    };
+    let rec = unstarted(&pipeline.name, &opts, Status::Failure, reason);
+    Some(save_unstarted(s, rec).await)
+}
+
+/// Why a run ended before any stage started, for its record.
+struct Unstarted {
+    /// The pipeline's name once known, else the repository's.
+    pipeline: String,
+    status: Status,
+    reason: String,
+}
+
+impl Unstarted {
+    fn failure(pipeline: &str, reason: String) -> Self {
+        Self {
+            pipeline: pipeline.to_string(),
+            status: Status::Failure,
+            reason,
+        }
+    }
+}
+
+/// The source in `workspace` (unpacked or checked out) and its pipeline
+/// loaded from it.
+async fn prepare(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    control: &RunControl,
+    workspace: &Path,
+) -> Result<Arc<Pipeline>, Unstarted> {
+    let job = &q.job;
     let pipeline_path = match &job.archive {
-        Some(archive) => {
-            let Some(upload) = s.config.uploads.iter().find(|u| u.name == job.repository) else {
-                let reason = format!(
-                    "upload source `{}` is no longer configured on this server",
-                    job.repository
-                );
-                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-            };
-            let limits = Limits {
-                max_archive_bytes: upload.max_size,
-                ..Limits::default()
-            };
-            let (a, w) = (archive.clone(), workspace.to_path_buf());
-            let unpacked = tokio::task::spawn_blocking(move || unpack(&a, &w, &limits)).await;
-            match unpacked {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    let reason = format!("the source archive was refused: {e}");
-                    return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-                }
-                Err(e) => {
-                    let reason = format!("unpacking the source archive: {e}");
-                    return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-                }
-            }
-            upload.pipeline.clone()
-        }
-        None => {
-            let Some(repo) = s
-                .config
-                .repositories
-                .iter()
-                .find(|r| r.name == job.repository)
-            else {
-                let reason = format!(
-                    "repository `{}` is no longer configured on this server",
-                    job.repository
-                );
-                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-            };
-            let cancelled = control.token();
-            let fetched = tokio::select! {
-                r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
-                _ = cancelled.cancelled() => {
-                    let reason = control.reason().unwrap_or_default();
-                    return record_unstarted(s, q, &job.repository, Status::Cancelled, reason).await;
-                }
-            };
-            if let Err(e) = fetched {
-                let reason = format!("checkout of {} failed: {e}", short(&job.sha));
-                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-            }
-            repo.pipeline.clone()
-        }
+        Some(archive) => unpack_upload(s, q, archive, workspace).await?,
+        None => checkout(s, q, control, workspace).await?,
     };
     // Everything the pipeline file names is opened beneath the checkout
     // (or the operator's plugin directories), and nothing is written there.
@@ -232,7 +235,7 @@ async fn execute(
         Ok(p) => Arc::new(p),
         Err(e) => {
             let reason = relative(&e.to_string(), workspace);
-            return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+            return Err(Unstarted::failure(&job.repository, reason));
         }
     };
     if let Some(env) = &job.environment {
@@ -241,10 +244,87 @@ async fn execute(
                 "the trigger deploys to `{env}`, which {} does not declare in [environments]",
                 pipeline_path
             );
-            return record_unstarted(s, q, &pipeline.name, Status::Failure, reason).await;
+            return Err(Unstarted::failure(&pipeline.name, reason));
         }
     }
+    Ok(pipeline)
+}
 
+/// An upload's archive unpacked into `workspace`; returns the pipeline
+/// file's path in it.
+async fn unpack_upload(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    archive: &Path,
+    workspace: &Path,
+) -> Result<String, Unstarted> {
+    let repository = &q.job.repository;
+    let Some(upload) = s.config.uploads.iter().find(|u| &u.name == repository) else {
+        let reason = format!("upload source `{repository}` is no longer configured on this server");
+        return Err(Unstarted::failure(repository, reason));
+    };
+    let limits = Limits {
+        max_archive_bytes: upload.max_size,
+        ..Limits::default()
+    };
+    let (a, w) = (archive.to_path_buf(), workspace.to_path_buf());
+    let unpacked = tokio::task::spawn_blocking(move || unpack(&a, &w, &limits)).await;
+    match unpacked {
+        Ok(Ok(_)) => Ok(upload.pipeline.clone()),
+        Ok(Err(e)) => Err(Unstarted::failure(
+            repository,
+            format!("the source archive was refused: {e}"),
+        )),
+        Err(e) => Err(Unstarted::failure(
+            repository,
+            format!("unpacking the source archive: {e}"),
+        )),
+    }
+}
+
+/// The job's commit checked out into `workspace` (unless the run is
+/// cancelled first); returns the pipeline file's path in it.
+async fn checkout(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    control: &RunControl,
+    workspace: &Path,
+) -> Result<String, Unstarted> {
+    let job = &q.job;
+    let Some(repo) = s
+        .config
+        .repositories
+        .iter()
+        .find(|r| r.name == job.repository)
+    else {
+        let reason = format!(
+            "repository `{}` is no longer configured on this server",
+            job.repository
+        );
+        return Err(Unstarted::failure(&job.repository, reason));
+    };
+    let cancelled = control.token();
+    let fetched = tokio::select! {
+        r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
+        _ = cancelled.cancelled() => {
+            return Err(Unstarted {
+                pipeline: job.repository.clone(),
+                status: Status::Cancelled,
+                reason: control.reason().unwrap_or_default(),
+            });
+        }
+    };
+    if let Err(e) = fetched {
+        let reason = format!("checkout of {} failed: {e}", short(&job.sha));
+        return Err(Unstarted::failure(&job.repository, reason));
+    }
+    Ok(repo.pipeline.clone())
+}
+
+/// The run's options: the job's, with what the server decides (its URL,
+/// which secrets and environment a run of this source gets).
+fn server_options(s: &ServerState, q: &QueuedJob, workspace: &Path) -> RunOptions {
+    let job = &q.job;
     let mut opts = job_options(q, workspace);
     if let Some(base) = &s.config.public_url {
         opts.url = format!("{base}/runs/{}", q.run_id);
@@ -264,31 +344,7 @@ async fn execute(
     if let crate::serve::config::SecretRef::Env(var) = &s.config.webhook_secret {
         opts.env.remove(var);
     }
-    opts.build_number = match number(s, &pipeline.name, &q.run_id, &opts).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!("run {}: {e:#}", q.run_id);
-            return None;
-        }
-    };
-
-    let launch = Launch {
-        runtime: s.runtime.clone(),
-        state_dir: &s.state_dir,
-        observer: Arc::new(Quiet),
-        control: control.clone(),
-    };
-    match launch.run(pipeline.clone(), opts.clone()).await {
-        Ok(r) => Some(r),
-        Err(LaunchError::Plugins(d)) => {
-            let reason = relative(&LaunchError::Plugins(d).to_string(), workspace);
-            Some(save_unstarted(s, unstarted(&pipeline.name, &opts, Status::Failure, reason)).await)
-        }
-        Err(LaunchError::Host(e)) => {
-            let reason = format!("host error: {e:#}");
-            Some(save_unstarted(s, unstarted(&pipeline.name, &opts, Status::Failure, reason)).await)
-        }
-    }
+    opts
 }
 
 /// The next build number of `pipeline`, taken by saving a placeholder
