@@ -1,13 +1,10 @@
-//! Runs a pipeline: stages as a DAG, independent ones concurrently.
-//!
-//! Rules:
-//! - a stage starts once every stage it `needs` has finished;
-//! - it is skipped when its `when` does not match the trigger, or when a
-//!   needed stage did not succeed, unless it says `when.always = true`;
-//! - a failure (report `failed`, trap, timeout, limit) is retried up to
-//!   `retries` times;
-//! - cancelling (Ctrl-C) drops every running stage's future, which drops its
-//!   store: the guest stops at its next epoch tick.
+//! Runs a pipeline: stages as a DAG, independent ones concurrently, each
+//! in its own task. What may start, what is skipped and what a failure
+//! rolls back is the [`Scheduler`]'s to say (see its rules); running one
+//! stage (retrying a failure up to `retries` times) is
+//! `run::stage`'s. Cancelling (Ctrl-C) drops every running
+//! stage's future, which drops its store: the guest stops at its next
+//! epoch tick.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +12,10 @@ use std::time::{Duration, Instant};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::caps;
 use crate::caps::docker::DockerEngine;
 use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
-use crate::caps::{self};
 use crate::pipeline::Pipeline;
 use crate::run::approvals::ApprovalStore;
 use crate::run::artifact_store::ArtifactStore;
