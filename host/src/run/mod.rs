@@ -1,5 +1,6 @@
-//! Running pipelines: the executor, the console view, run records (kept
-//! live while a run goes) and what every way of starting a run shares.
+//! Running pipelines: the executor (the scheduler decides what starts, a
+//! stage module runs one stage), the console view, run records (kept live
+//! while a run goes) and what every way of starting a run shares.
 pub mod approvals;
 pub mod artifact_store;
 pub mod artifacts;
@@ -13,6 +14,8 @@ pub mod observer;
 pub mod options;
 pub mod preflight;
 pub mod record;
+pub mod scheduler;
+mod stage;
 
 pub use executor::Executor;
 pub use observer::{Quiet, RunObserver};

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 use crate::caps::log::DEFAULT_LOG_LIMIT;
 use crate::caps::secrets::SecretFiles;
 use crate::pipeline::Trigger;
-use crate::run::record::TriggerInfo;
+use crate::source::archive::SourceArchive;
 
 /// What a run is about (the trigger) and where it runs.
 #[derive(Debug, Clone)]
@@ -69,4 +71,24 @@ impl RunOptions {
             event: self.event.clone(),
         }
     }
+}
+
+/// What a webhook delivery said about the change a run builds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TriggerInfo {
+    /// `owner/name`, as the delivery named it.
+    pub repository: String,
+    /// `X-GitHub-Delivery`.
+    pub delivery: String,
+    /// Who pushed or opened the pull request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The head commit's message (first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
+    /// The source archive the workspace was unpacked from (an upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<SourceArchive>,
 }

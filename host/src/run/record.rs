@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caps::audit::AuditEntry;
 use crate::caps::log::LogLine;
+use crate::run::options::RunOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -254,29 +255,35 @@ pub struct RunRecord {
     pub stages: Vec<StageRecord>,
 }
 
-/// What a webhook delivery said about the change a run builds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TriggerInfo {
-    /// `owner/name`, as the delivery named it.
-    pub repository: String,
-    /// `X-GitHub-Delivery`.
-    pub delivery: String,
-    /// Who pushed or opened the pull request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender: Option<String>,
-    /// The head commit's message (first line).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_request: Option<u64>,
-    /// The source archive the workspace was unpacked from (an upload).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive: Option<SourceArchive>,
-}
-
+// Part of what a run is about (its options); here too for the paths
+// callers already use.
+pub use crate::run::options::TriggerInfo;
 pub use crate::source::archive::SourceArchive;
 
 impl RunRecord {
+    /// The record of run `opts.id` of `pipeline` as it starts (running,
+    /// no stages yet): the one place a run record is made, so `host run`
+    /// and `host serve` describe a run the same way.
+    pub fn new(pipeline: &str, opts: &RunOptions) -> Self {
+        Self {
+            id: opts.id.clone(),
+            pipeline: pipeline.to_string(),
+            file: String::new(),
+            build_number: opts.build_number,
+            commit_sha: opts.commit_sha.clone(),
+            branch: opts.branch.clone(),
+            tag: opts.tag.clone(),
+            event: opts.event.clone(),
+            environment: opts.environment.clone(),
+            status: Status::Running,
+            started_at: now_rfc3339(),
+            duration_ms: 0,
+            reason: None,
+            trigger: opts.trigger.clone(),
+            stages: Vec::new(),
+        }
+    }
+
     /// A copy whose stages carry no log lines (see `StageRecord::without_log`).
     pub fn without_logs(&self) -> Self {
         let Self {

@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 use crate::caps::secrets::SecretFiles;
 use crate::confined::Origin;
 use crate::distribution::{load_resolved_from, LockMode};
+use crate::pipeline::Pipeline;
 use crate::run::launch::{Launch, LaunchError, RunControl};
-use crate::run::record::now_rfc3339;
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
 use crate::serve::queue::{Queue, QueuedJob};
 use crate::serve::ServerState;
@@ -161,66 +161,68 @@ async fn execute(
     control: &RunControl,
     workspace: &Path,
 ) -> Option<RunRecord> {
-    let job = &q.job;
     if workspace.exists() {
         // Left by an interrupted attempt.
         let _ = tokio::fs::remove_dir_all(workspace).await;
     }
+    let pipeline = match prepare(s, q, control, workspace).await {
+        Ok(p) => p,
+        Err(u) => return record_unstarted(s, q, &u.pipeline, u.status, u.reason).await,
+    };
+    let mut opts = server_options(s, q, workspace);
+    opts.build_number = match number(s, &pipeline.name, &q.run_id, &opts).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("run {}: {e:#}", q.run_id);
+            return None;
+        }
+    };
+
+    let launch = Launch {
+        runtime: s.runtime.clone(),
+        state_dir: &s.state_dir,
+        observer: Arc::new(Quiet),
+        control: control.clone(),
+    };
+    let reason = match launch.run(pipeline.clone(), opts.clone()).await {
+        Ok(r) => return Some(r),
+        Err(e @ LaunchError::Plugins(_)) => relative(&e.to_string(), workspace),
+        Err(LaunchError::Host(e)) => format!("host error: {e:#}"),
+    };
+    let rec = unstarted(&pipeline.name, &opts, Status::Failure, reason);
+    Some(save_unstarted(s, rec).await)
+}
+
+/// Why a run ended before any stage started, for its record.
+struct Unstarted {
+    /// The pipeline's name once known, else the repository's.
+    pipeline: String,
+    status: Status,
+    reason: String,
+}
+
+impl Unstarted {
+    fn failure(pipeline: &str, reason: String) -> Self {
+        Self {
+            pipeline: pipeline.to_string(),
+            status: Status::Failure,
+            reason,
+        }
+    }
+}
+
+/// The source in `workspace` (unpacked or checked out) and its pipeline
+/// loaded from it.
+async fn prepare(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    control: &RunControl,
+    workspace: &Path,
+) -> Result<Arc<Pipeline>, Unstarted> {
+    let job = &q.job;
     let pipeline_path = match &job.archive {
-        Some(archive) => {
-            let Some(upload) = s.config.uploads.iter().find(|u| u.name == job.repository) else {
-                let reason = format!(
-                    "upload source `{}` is no longer configured on this server",
-                    job.repository
-                );
-                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-            };
-            let limits = Limits {
-                max_archive_bytes: upload.max_size,
-                ..Limits::default()
-            };
-            let (a, w) = (archive.clone(), workspace.to_path_buf());
-            let unpacked = tokio::task::spawn_blocking(move || unpack(&a, &w, &limits)).await;
-            match unpacked {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    let reason = format!("the source archive was refused: {e}");
-                    return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-                }
-                Err(e) => {
-                    let reason = format!("unpacking the source archive: {e}");
-                    return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-                }
-            }
-            upload.pipeline.clone()
-        }
-        None => {
-            let Some(repo) = s
-                .config
-                .repositories
-                .iter()
-                .find(|r| r.name == job.repository)
-            else {
-                let reason = format!(
-                    "repository `{}` is no longer configured on this server",
-                    job.repository
-                );
-                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-            };
-            let cancelled = control.token();
-            let fetched = tokio::select! {
-                r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
-                _ = cancelled.cancelled() => {
-                    let reason = control.reason().unwrap_or_default();
-                    return record_unstarted(s, q, &job.repository, Status::Cancelled, reason).await;
-                }
-            };
-            if let Err(e) = fetched {
-                let reason = format!("checkout of {} failed: {e}", short(&job.sha));
-                return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
-            }
-            repo.pipeline.clone()
-        }
+        Some(archive) => unpack_upload(s, q, archive, workspace).await?,
+        None => checkout(s, q, control, workspace).await?,
     };
     // Everything the pipeline file names is opened beneath the checkout
     // (or the operator's plugin directories), and nothing is written there.
@@ -233,7 +235,7 @@ async fn execute(
         Ok(p) => Arc::new(p),
         Err(e) => {
             let reason = relative(&e.to_string(), workspace);
-            return record_unstarted(s, q, &job.repository, Status::Failure, reason).await;
+            return Err(Unstarted::failure(&job.repository, reason));
         }
     };
     if let Some(env) = &job.environment {
@@ -242,17 +244,88 @@ async fn execute(
                 "the trigger deploys to `{env}`, which {} does not declare in [environments]",
                 pipeline_path
             );
-            return record_unstarted(s, q, &pipeline.name, Status::Failure, reason).await;
+            return Err(Unstarted::failure(&pipeline.name, reason));
         }
     }
+    Ok(pipeline)
+}
 
-    let mut opts = RunOptions::new(q.run_id.clone(), workspace.to_path_buf());
-    opts.commit_sha = job.sha.clone();
-    opts.branch = job.branch.clone();
-    opts.tag = job.tag.clone();
-    opts.event = job.event.clone();
-    opts.environment = job.environment.clone();
-    opts.trigger = Some(job.trigger.clone());
+/// An upload's archive unpacked into `workspace`; returns the pipeline
+/// file's path in it.
+async fn unpack_upload(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    archive: &Path,
+    workspace: &Path,
+) -> Result<String, Unstarted> {
+    let repository = &q.job.repository;
+    let Some(upload) = s.config.uploads.iter().find(|u| &u.name == repository) else {
+        let reason = format!("upload source `{repository}` is no longer configured on this server");
+        return Err(Unstarted::failure(repository, reason));
+    };
+    let limits = Limits {
+        max_archive_bytes: upload.max_size,
+        ..Limits::default()
+    };
+    let (a, w) = (archive.to_path_buf(), workspace.to_path_buf());
+    let unpacked = tokio::task::spawn_blocking(move || unpack(&a, &w, &limits)).await;
+    match unpacked {
+        Ok(Ok(_)) => Ok(upload.pipeline.clone()),
+        Ok(Err(e)) => Err(Unstarted::failure(
+            repository,
+            format!("the source archive was refused: {e}"),
+        )),
+        Err(e) => Err(Unstarted::failure(
+            repository,
+            format!("unpacking the source archive: {e}"),
+        )),
+    }
+}
+
+/// The job's commit checked out into `workspace` (unless the run is
+/// cancelled first); returns the pipeline file's path in it.
+async fn checkout(
+    s: &Arc<ServerState>,
+    q: &QueuedJob,
+    control: &RunControl,
+    workspace: &Path,
+) -> Result<String, Unstarted> {
+    let job = &q.job;
+    let Some(repo) = s
+        .config
+        .repositories
+        .iter()
+        .find(|r| r.name == job.repository)
+    else {
+        let reason = format!(
+            "repository `{}` is no longer configured on this server",
+            job.repository
+        );
+        return Err(Unstarted::failure(&job.repository, reason));
+    };
+    let cancelled = control.token();
+    let fetched = tokio::select! {
+        r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
+        _ = cancelled.cancelled() => {
+            return Err(Unstarted {
+                pipeline: job.repository.clone(),
+                status: Status::Cancelled,
+                reason: control.reason().unwrap_or_default(),
+            });
+        }
+    };
+    if let Err(e) = fetched {
+        let reason = format!("checkout of {} failed: {e}", short(&job.sha));
+        return Err(Unstarted::failure(&job.repository, reason));
+    }
+    Ok(repo.pipeline.clone())
+}
+
+/// The run's options: the job's, with what the server decides (its URL,
+/// which secrets and environment a run of this source gets).
+fn server_options(s: &ServerState, q: &QueuedJob, workspace: &Path) -> RunOptions {
+    let job = &q.job;
+    let mut opts = job_options(q, workspace);
     if let Some(base) = &s.config.public_url {
         opts.url = format!("{base}/runs/{}", q.run_id);
     }
@@ -271,55 +344,7 @@ async fn execute(
     if let crate::serve::config::SecretRef::Env(var) = &s.config.webhook_secret {
         opts.env.remove(var);
     }
-    opts.build_number = match number(s, &pipeline.name, &q.run_id, &opts).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!("run {}: {e:#}", q.run_id);
-            return None;
-        }
-    };
-
-    let launch = Launch {
-        runtime: s.runtime.clone(),
-        state_dir: &s.state_dir,
-        observer: Arc::new(Quiet),
-        control: control.clone(),
-    };
-    match launch.run(pipeline.clone(), opts.clone()).await {
-        Ok(r) => Some(r),
-        Err(LaunchError::Plugins(d)) => {
-            let reason = relative(&LaunchError::Plugins(d).to_string(), workspace);
-            Some(
-                save_unstarted(
-                    s,
-                    unstarted(
-                        q,
-                        &pipeline.name,
-                        opts.build_number,
-                        Status::Failure,
-                        reason,
-                    ),
-                )
-                .await,
-            )
-        }
-        Err(LaunchError::Host(e)) => {
-            let reason = format!("host error: {e:#}");
-            Some(
-                save_unstarted(
-                    s,
-                    unstarted(
-                        q,
-                        &pipeline.name,
-                        opts.build_number,
-                        Status::Failure,
-                        reason,
-                    ),
-                )
-                .await,
-            )
-        }
-    }
+    opts
 }
 
 /// The next build number of `pipeline`, taken by saving a placeholder
@@ -332,7 +357,7 @@ async fn number(
 ) -> Result<u64> {
     let _one_at_a_time = s.numbering.lock().await;
     let (pipeline, run_id) = (pipeline.to_string(), run_id.to_string());
-    let mut placeholder = placeholder(&run_id, &pipeline, opts);
+    let mut placeholder = RunRecord::new(&pipeline, opts);
     s.with_db(move |db| {
         let n = match db.get(&run_id)? {
             // A run that runs again keeps its number.
@@ -346,52 +371,28 @@ async fn number(
     .await
 }
 
-fn placeholder(run_id: &str, pipeline: &str, opts: &RunOptions) -> RunRecord {
+/// A record for a run that ended before any stage started.
+fn unstarted(pipeline: &str, opts: &RunOptions, status: Status, reason: String) -> RunRecord {
     RunRecord {
-        id: run_id.to_string(),
-        pipeline: pipeline.to_string(),
-        file: String::new(),
-        build_number: 0,
-        commit_sha: opts.commit_sha.clone(),
-        branch: opts.branch.clone(),
-        tag: opts.tag.clone(),
-        event: opts.event.clone(),
-        environment: opts.environment.clone(),
-        status: Status::Running,
-        started_at: now_rfc3339(),
-        duration_ms: 0,
-        reason: None,
-        trigger: opts.trigger.clone(),
-        stages: Vec::new(),
+        status,
+        reason: Some(reason),
+        ..RunRecord::new(pipeline, opts)
     }
 }
 
-/// A record for a run that ended before any stage started.
-fn unstarted(
-    q: &QueuedJob,
-    pipeline: &str,
-    build_number: u64,
-    status: Status,
-    reason: String,
-) -> RunRecord {
+/// What a queued job is about, as a run's options (before the server's
+/// own choices: secrets, environment, URL).
+fn job_options(q: &QueuedJob, workspace: &Path) -> RunOptions {
     let job = &q.job;
-    RunRecord {
-        id: q.run_id.clone(),
-        pipeline: pipeline.to_string(),
-        file: String::new(),
-        build_number,
-        commit_sha: job.sha.clone(),
-        branch: job.branch.clone(),
-        tag: job.tag.clone(),
-        event: job.event.clone(),
-        environment: job.environment.clone(),
-        status,
-        started_at: now_rfc3339(),
-        duration_ms: 0,
-        reason: Some(reason),
-        trigger: Some(job.trigger.clone()),
-        stages: Vec::new(),
-    }
+    let mut opts = RunOptions::new(q.run_id.clone(), workspace.to_path_buf());
+    opts.build_number = 0;
+    opts.commit_sha = job.sha.clone();
+    opts.branch = job.branch.clone();
+    opts.tag = job.tag.clone();
+    opts.event = job.event.clone();
+    opts.environment = job.environment.clone();
+    opts.trigger = Some(job.trigger.clone());
+    opts
 }
 
 /// Number and save a record for a run that ended before it started.
@@ -403,7 +404,8 @@ pub async fn record_unstarted(
     reason: String,
 ) -> Option<RunRecord> {
     let _one_at_a_time = s.numbering.lock().await;
-    let mut rec = unstarted(q, pipeline, 0, status, reason);
+    let opts = job_options(q, &s.workspaces.join(&q.run_id));
+    let mut rec = unstarted(pipeline, &opts, status, reason);
     let saved = s
         .with_db(move |db| {
             rec.build_number = match db.get(&rec.id)? {

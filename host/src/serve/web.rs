@@ -215,6 +215,7 @@ pub fn not_found() -> String {
 mod tests {
     use super::*;
     use crate::caps::log::LogLine;
+    use crate::run::RunOptions;
 
     #[test]
     fn everything_a_stage_or_pusher_wrote_is_escaped() {
@@ -226,22 +227,16 @@ mod tests {
             text: "<script>alert(1)</script>".into(),
         });
         s.summary = "a & b".into();
+        let mut opts = RunOptions::new("r1".into(), "/ws".into());
+        opts.build_number = 3;
+        opts.commit_sha = "abc".into();
+        opts.branch = Some("main".into());
         let run = RunRecord {
-            id: "r1".into(),
-            pipeline: "<b>p</b>".into(),
-            file: String::new(),
-            build_number: 3,
-            commit_sha: "abc".into(),
-            branch: Some("main".into()),
-            tag: None,
-            event: "push".into(),
-            environment: None,
             status: Status::Failure,
             started_at: "now".into(),
             duration_ms: 1500,
-            reason: None,
-            trigger: None,
             stages: vec![s],
+            ..RunRecord::new("<b>p</b>", &opts)
         };
         let html = run_page(&run);
         assert!(!html.contains("<script>alert"), "{html}");

@@ -1,0 +1,581 @@
+//! Running one stage: its approval, its attempts (capabilities built from
+//! its grants, the component run in its sandbox, the report recorded), the
+//! workspace scrub and its artifacts. The scheduler decides when; this
+//! decides nothing about other stages.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::caps::audit::Audit;
+use crate::caps::log::{level_name, LogLine, LogSink, StageLog};
+use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
+use crate::caps::{self, StageCaps, StageEnv};
+use crate::pipeline::{Pipeline, Stage, WorkspaceAccess};
+use crate::run::approvals::ApprovalStore;
+use crate::run::artifact_store::ArtifactStore;
+use crate::run::artifacts;
+use crate::run::observer::RunObserver;
+use crate::run::options::RunOptions;
+use crate::run::record::{
+    now_rfc3339, AnnotationRecord, ApprovalRecord, Decision, StageRecord, Status,
+};
+use crate::run::scheduler::{pending, Rollback, Scheduler};
+use crate::runtime::bindings::{
+    ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
+};
+use crate::runtime::sandbox::{check_report, Sandbox, MAX_REPORT_TEXT};
+use crate::runtime::{Plugin, Runtime};
+
+/// Everything one stage task needs, shared read-only across tasks.
+pub(super) struct RunShared {
+    pub(super) pipeline: Arc<Pipeline>,
+    pub(super) plugins: BTreeMap<String, Plugin>,
+    pub(super) opts: RunOptions,
+    pub(super) secrets: Arc<SecretStore>,
+    pub(super) observer: Arc<dyn RunObserver>,
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) caps: caps::Shared,
+    pub(super) approvals: Option<ApprovalStore>,
+    pub(super) artifact_store: Option<ArtifactStore>,
+}
+
+fn stage_status(s: Status) -> StageStatus {
+    match s {
+        Status::Success => StageStatus::Success,
+        Status::Skipped => StageStatus::Skipped,
+        Status::Cancelled => StageStatus::Cancelled,
+        _ => StageStatus::Failure,
+    }
+}
+
+fn stage_context(shared: &RunShared, stage: &Stage, sched: &Scheduler<'_>) -> StageContext {
+    let o = &shared.opts;
+    StageContext {
+        run: RunContext {
+            run_id: o.id.clone(),
+            pipeline: shared.pipeline.name.clone(),
+            build_number: o.build_number,
+            commit_sha: o.commit_sha.clone(),
+            branch: o.branch.clone(),
+            tag: o.tag.clone(),
+            event: o.event.clone(),
+            environment: stage.environment.clone(),
+            default_branch: shared.pipeline.default_branch.clone(),
+            url: o.url.clone(),
+        },
+        stage: stage.name.clone(),
+        config: match shared.opts.overrides.get(&stage.name) {
+            Some(extra) => merged(&stage.with, extra).to_string(),
+            None => stage.with.to_string(),
+        },
+        needs: stage
+            .needs
+            .iter()
+            .filter_map(|n| sched.record(n))
+            .map(|r| Upstream {
+                stage: r.name.clone(),
+                status: stage_status(r.status),
+                outputs: r.outputs.clone().into_iter().collect(),
+            })
+            .collect(),
+        finished: sched
+            .finished()
+            .map(|r| StageSummary {
+                stage: r.name.clone(),
+                status: stage_status(r.status),
+                duration_ms: r.duration_ms,
+                summary: if r.summary.is_empty() {
+                    r.error.clone().unwrap_or_default()
+                } else {
+                    r.summary.clone()
+                },
+            })
+            .collect(),
+    }
+}
+
+/// `base` with the keys of `extra` set (both JSON objects).
+fn merged(base: &serde_json::Value, extra: &serde_json::Value) -> serde_json::Value {
+    let mut out = base.clone();
+    if let (Some(o), Some(e)) = (out.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Build one attempt's capabilities and sandbox from the stage's grants.
+fn build_caps(
+    shared: &RunShared,
+    stage: &Stage,
+    audit: &Audit,
+) -> Result<(StageCaps, Sandbox), String> {
+    let g = &stage.grants;
+    let masker: Masker = shared.secrets.masker().clone();
+    let observer = shared.observer.clone();
+    let sink: LogSink =
+        Arc::new(move |stage: &str, line: &LogLine| observer.stage_log(stage, line));
+    let secrets_cap = Arc::new(
+        SecretsCap::new(
+            &stage.name,
+            g.secrets.clone(),
+            g.secrets_read.clone(),
+            shared.secrets.clone(),
+        )
+        .with_audit(audit.clone()),
+    );
+    secrets_cap.check_available()?;
+    let workspace = g.workspace.map(|a| {
+        (
+            shared.opts.workspace.clone(),
+            a == WorkspaceAccess::ReadWrite,
+        )
+    });
+    let env = StageEnv {
+        stage: &stage.name,
+        pipeline: &shared.pipeline.name,
+        run_id: &shared.opts.id,
+        grants: g,
+        decls: &shared.pipeline.declared,
+        workspace: workspace.clone(),
+        memory: stage.memory,
+        secrets: shared.secrets.clone(),
+        secrets_cap,
+        log: StageLog::new(&stage.name, shared.opts.log_limit, masker, Some(sink)),
+        audit: audit.clone(),
+        shared: &shared.caps,
+    };
+    let caps = StageCaps::for_stage(&env)?;
+    let env = g
+        .env
+        .iter()
+        .filter_map(|k| shared.opts.env.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
+    Ok((
+        caps,
+        Sandbox {
+            workspace,
+            env,
+            memory_bytes: stage.memory,
+            timeout: stage.timeout,
+        },
+    ))
+}
+
+/// The artifacts recorded by the stages `stage` depends on.
+fn upstream_artifacts(
+    pipeline: &Pipeline,
+    stage: &Stage,
+    sched: &Scheduler<'_>,
+) -> Vec<(String, artifacts::Digests)> {
+    pipeline
+        .ancestors(&stage.name)
+        .into_iter()
+        .filter_map(|n| sched.record(n))
+        .filter(|r| !r.artifacts.is_empty())
+        .map(|r| (r.name.clone(), r.artifacts.clone()))
+        .collect()
+}
+
+/// Off the async threads: hashing can take a while for big files.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("artifact check: {e}")))
+}
+
+/// One stage to run, with what it is told: its context and the
+/// artifacts it must find as recorded.
+pub(super) struct StageRun {
+    stage: Stage,
+    ctx: StageContext,
+    upstream: Vec<(String, artifacts::Digests)>,
+    /// A rollback restores what was approved before; it does not wait.
+    rollback: bool,
+}
+
+impl StageRun {
+    /// `stage`, as the scheduler's records stand now.
+    pub(super) fn new(shared: &RunShared, stage: &Stage, sched: &Scheduler<'_>) -> Self {
+        Self {
+            stage: stage.clone(),
+            ctx: stage_context(shared, stage, sched),
+            upstream: upstream_artifacts(&shared.pipeline, stage, sched),
+            rollback: false,
+        }
+    }
+
+    /// The rollback of `rb.target`: told what the target was told, with
+    /// `with.image` set to the image to go back to.
+    pub(super) fn rollback(shared: &RunShared, rb: Rollback<'_>, sched: &Scheduler<'_>) -> Self {
+        let mut ctx = stage_context(shared, rb.target, sched);
+        let base: serde_json::Value = serde_json::from_str(&ctx.config).unwrap_or_default();
+        ctx.config = merged(&base, &serde_json::json!({ "image": rb.image })).to_string();
+        ctx.stage = rb.stage.name.clone();
+        Self {
+            upstream: upstream_artifacts(&shared.pipeline, rb.target, sched),
+            stage: *rb.stage,
+            ctx,
+            rollback: true,
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.stage.name
+    }
+
+    /// Run it to its record.
+    pub(super) async fn run(self, shared: Arc<RunShared>) -> StageRecord {
+        let stage = &self.stage;
+        let mut rec = pending(stage);
+        rec.started_at = Some(now_rfc3339());
+        rec.status = Status::Running;
+        let started = Instant::now();
+        let Some(plugin) = shared.plugins.get(&stage.plugin) else {
+            rec.status = Status::Failure;
+            rec.error = Some(format!("plugin `{}` was not loaded", stage.plugin));
+            return rec;
+        };
+        rec.plugin_sha256 = plugin.sha256.clone();
+        let gate = if self.rollback {
+            Ok(())
+        } else {
+            approval_gate(&shared, stage, &mut rec).await
+        };
+        if let Err(reason) = gate {
+            rec.status = Status::Failure;
+            rec.error = Some(reason);
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            return rec;
+        }
+        self.attempts(&shared, plugin, &mut rec).await;
+        if stage.grants.workspace == Some(WorkspaceAccess::ReadWrite)
+            && !stage.grants.docker.run.is_empty()
+        {
+            scrub_workspace(&shared, &mut rec).await;
+        }
+        if rec.status == Status::Success && !stage.artifacts.is_empty() {
+            keep_artifacts(&shared, stage, &mut rec).await;
+        }
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        rec
+    }
+
+    /// Up to `retries + 1` attempts, until one succeeds.
+    async fn attempts(&self, shared: &RunShared, plugin: &Plugin, rec: &mut StageRecord) {
+        let (stage, masker) = (&self.stage, shared.secrets.masker());
+        let attempts = stage.retries + 1;
+        for attempt in 1..=attempts {
+            rec.attempts = attempt;
+            shared.observer.stage_started(&stage.name, attempt);
+            // Checked before every attempt: an approval wait or a retry delay
+            // is time for someone to swap a file.
+            if let Err(e) = self.check_upstream(shared).await {
+                rec.status = Status::Failure;
+                rec.error = Some(masker.mask(&e));
+                break;
+            }
+            let audit = Audit::new(masker.clone(), attempt);
+            let (caps, sandbox) = match build_caps(shared, stage, &audit) {
+                Ok(x) => x,
+                Err(e) => {
+                    rec.status = Status::Failure;
+                    rec.error = Some(masker.mask(&e));
+                    break;
+                }
+            };
+            if attempt > 1 {
+                let line = LogLine {
+                    at_ms: 0,
+                    stream: "host".into(),
+                    text: format!("attempt {attempt} of {attempts}"),
+                };
+                shared.observer.stage_log(&stage.name, &line);
+                rec.log.push(line);
+            }
+            let log = caps.log.clone();
+            let outcome = shared
+                .runtime
+                .run_stage(plugin, &sandbox, caps, &self.ctx)
+                .await;
+            rec.log.extend(log.take());
+            rec.audit.extend(audit.entries());
+            match outcome {
+                Ok(report) => {
+                    apply_report(rec, report, masker);
+                    if rec.status == Status::Success {
+                        break;
+                    }
+                }
+                Err(failure) => {
+                    rec.status = Status::Failure;
+                    rec.summary.clear();
+                    rec.error = Some(stage_text(masker, &failure.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The artifacts of the stages this one depends on are as recorded.
+    async fn check_upstream(&self, shared: &RunShared) -> Result<(), String> {
+        if self.upstream.is_empty() {
+            return Ok(());
+        }
+        let ws = shared.opts.workspace.clone();
+        let up = self.upstream.clone();
+        blocking(move || {
+            up.iter()
+                .try_for_each(|(producer, d)| artifacts::verify(&ws, producer, d))
+        })
+        .await
+    }
+}
+
+/// Record the digests of a successful stage's artifacts (and keep a copy
+/// when the host has an artifact store); the stage fails when it cannot.
+async fn keep_artifacts(shared: &RunShared, stage: &Stage, rec: &mut StageRecord) {
+    let ws = shared.opts.workspace.clone();
+    let paths = stage.artifacts.clone();
+    let store = shared.artifact_store.clone();
+    let (run, name) = (shared.opts.id.clone(), stage.name.clone());
+    let kept = blocking(move || match store {
+        Some(store) => artifacts::record_with(&ws, &paths, |path, file| {
+            store
+                .keep(&run, &name, path, file)
+                .map_err(|e| e.to_string())
+        }),
+        None => artifacts::record(&ws, &paths),
+    });
+    match kept.await {
+        Ok(d) => rec.artifacts = d,
+        Err(e) => {
+            rec.status = Status::Failure;
+            rec.error = Some(shared.secrets.masker().mask(&e));
+        }
+    }
+}
+
+/// After a stage whose containers could write the workspace: nothing a
+/// container made is left to gain privileges or block the host (set-id
+/// bits cleared, device nodes, fifos and sockets removed), and the stage
+/// fails, naming them, so its output is not handed on.
+async fn scrub_workspace(shared: &RunShared, rec: &mut StageRecord) {
+    let ws = shared.opts.workspace.clone();
+    let scrubbed = blocking(move || {
+        crate::confined::scrub::scrub(&ws).map_err(|e| format!("checking the workspace: {e}"))
+    })
+    .await;
+    let problem = match scrubbed {
+        Ok(found) if found.is_empty() => return,
+        Ok(found) => {
+            let shown: Vec<String> = found.iter().take(10).map(|f| f.to_string()).collect();
+            format!(
+                "a container left files in the workspace that could gain privileges or block the host; neutralized: {}{}",
+                shown.join(", "),
+                if found.len() > 10 { format!(" and {} more", found.len() - 10) } else { String::new() }
+            )
+        }
+        Err(e) => e,
+    };
+    // File names a container chose: stage-controlled text.
+    let problem = shared.secrets.masker().mask(&problem);
+    rec.status = Status::Failure;
+    rec.error = Some(match rec.error.take() {
+        Some(e) => format!("{e}; {problem}"),
+        None => problem,
+    });
+}
+
+/// Wait for a person's approval when the stage's environment asks for one.
+async fn approval_gate(
+    shared: &RunShared,
+    stage: &Stage,
+    rec: &mut StageRecord,
+) -> Result<(), String> {
+    let Some(env) = stage
+        .environment
+        .as_deref()
+        .and_then(|e| shared.pipeline.environment(e))
+        .filter(|e| e.approval)
+    else {
+        return Ok(());
+    };
+    if let Some(by) = shared.opts.approved_by.get(&stage.name) {
+        let now = now_rfc3339();
+        rec.approval = Some(ApprovalRecord {
+            environment: env.name.clone(),
+            requested_at: now.clone(),
+            decision: Decision::Approved,
+            decided_at: now,
+            by: Some(by.clone()),
+            comment: Some("given with the command that started the run".into()),
+        });
+        return Ok(());
+    }
+    let Some(store) = &shared.approvals else {
+        return Err(format!(
+            "deploying to `{}` needs an approval, and this host has no approval store",
+            env.name
+        ));
+    };
+    // Recorded before it is announced: the printed `host approve`
+    // command must find it.
+    let deadline = store
+        .ask(
+            &shared.opts.id,
+            &stage.name,
+            &env.name,
+            env.approval_timeout,
+        )
+        .await
+        .map_err(|e| format!("approval: {e:#}"))?;
+    shared.observer.approval_requested(
+        &shared.opts.id,
+        &stage.name,
+        &env.name,
+        env.approval_timeout,
+    );
+    let approval = store
+        .wait(&shared.opts.id, &stage.name, deadline)
+        .await
+        .map_err(|e| format!("approval: {e:#}"))?;
+    let outcome = match approval.decision {
+        Decision::Approved => Ok(()),
+        Decision::Rejected => Err(format!(
+            "deployment to `{}` rejected by {}{}",
+            env.name,
+            approval.by.as_deref().unwrap_or("someone"),
+            approval
+                .comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        )),
+        Decision::TimedOut => Err(format!(
+            "no approval for `{}` within {}",
+            env.name,
+            crate::run::display::format_duration(env.approval_timeout.as_millis() as u64)
+        )),
+    };
+    rec.approval = Some(approval);
+    outcome
+}
+
+/// Text a stage controls, as its record keeps it: masked, then cut at
+/// [`MAX_REPORT_TEXT`] (a secret across the cut is masked whole).
+fn stage_text(masker: &Masker, text: &str) -> String {
+    masker.mask_cut(text, MAX_REPORT_TEXT, " …[cut]")
+}
+
+/// A stage's report becomes its record: every string in it masked (output
+/// keys and values, summary, every annotation field), bounded by the report
+/// limits (over one, the stage fails naming it and keeps no outputs or
+/// annotations).
+fn apply_report(rec: &mut StageRecord, report: StageReport, masker: &Masker) {
+    if let Err(limit) = check_report(&report) {
+        rec.status = Status::Failure;
+        rec.warning = false;
+        rec.summary.clear();
+        rec.outputs.clear();
+        rec.annotations.clear();
+        rec.error = Some(stage_text(masker, &limit));
+        return;
+    }
+    rec.summary = stage_text(masker, &report.summary);
+    rec.outputs = report
+        .outputs
+        .into_iter()
+        .map(|(k, v)| (masker.mask(&k), masker.mask(&v)))
+        .collect();
+    rec.annotations = report
+        .annotations
+        .into_iter()
+        .map(|a| AnnotationRecord {
+            level: level_name(a.level).into(),
+            title: stage_text(masker, &a.title),
+            message: stage_text(masker, &a.message),
+            file: a.file.as_deref().map(|f| stage_text(masker, f)),
+            line: a.line,
+        })
+        .collect();
+    match report.status {
+        ReportStatus::Passed | ReportStatus::Warning => {
+            rec.status = Status::Success;
+            rec.warning = report.status == ReportStatus::Warning;
+            rec.error = None;
+        }
+        ReportStatus::Failed => {
+            rec.status = Status::Failure;
+            rec.error = Some(rec.summary.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::{Annotation, Level};
+
+    fn report(status: ReportStatus, text: &str) -> StageReport {
+        StageReport {
+            status,
+            summary: format!("summary {text}"),
+            outputs: vec![(format!("key-{text}"), format!("value {text}"))],
+            annotations: vec![Annotation {
+                level: Level::Warn,
+                title: format!("title {text}"),
+                message: format!("message {text}"),
+                file: Some(format!("src/{text}.rs")),
+                line: Some(3),
+            }],
+        }
+    }
+
+    #[test]
+    fn every_string_of_a_report_is_masked() {
+        let masker = Masker::new(["hunter2-xyz".to_string()]);
+        let mut rec = StageRecord::pending("s", "p");
+        apply_report(
+            &mut rec,
+            report(ReportStatus::Passed, "hunter2-xyz"),
+            &masker,
+        );
+        assert_eq!(rec.status, Status::Success);
+        assert_eq!(rec.summary, "summary ***");
+        assert_eq!(rec.outputs["key-***"], "value ***");
+        let a = &rec.annotations[0];
+        assert_eq!(
+            (a.title.as_str(), a.message.as_str(), a.file.as_deref()),
+            ("title ***", "message ***", Some("src/***.rs"))
+        );
+        // Hex of the value, in a failed report: the error too.
+        let hex = hex::encode("hunter2-xyz");
+        apply_report(&mut rec, report(ReportStatus::Failed, &hex), &masker);
+        assert_eq!(rec.error.as_deref(), Some("summary ***"));
+        // Long text is cut after masking.
+        let long = "x".repeat(MAX_REPORT_TEXT + 10);
+        let mut r = report(ReportStatus::Passed, &long);
+        r.outputs.clear();
+        apply_report(&mut rec, r, &masker);
+        assert_eq!(rec.status, Status::Success, "{:?}", rec.error);
+        assert!(rec.summary.len() < MAX_REPORT_TEXT + 20 && rec.summary.ends_with("[cut]"));
+    }
+
+    #[test]
+    fn a_report_over_a_limit_fails_and_keeps_nothing() {
+        let mut r = report(ReportStatus::Passed, "x");
+        r.annotations = (0..2000).map(|_| r.annotations[0].clone()).collect();
+        let mut rec = StageRecord::pending("s", "p");
+        apply_report(&mut rec, r, &Masker::default());
+        assert_eq!(rec.status, Status::Failure);
+        let err = rec.error.unwrap();
+        assert!(
+            err.contains("2000 annotations") && err.contains("limit is 1000"),
+            "{err}"
+        );
+        assert!(rec.annotations.is_empty() && rec.outputs.is_empty() && rec.summary.is_empty());
+    }
+}
