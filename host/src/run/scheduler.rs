@@ -137,8 +137,8 @@ pub struct Scheduler<'p> {
     /// Names in the order their records became final.
     finished: Vec<String>,
     /// Failed stages waiting for the rollback they asked for, by the
-    /// rollback's name.
-    held: HashMap<String, StageRecord>,
+    /// rollback's name: two checks of one deploy share its one rollback.
+    held: HashMap<String, Vec<StageRecord>>,
     skipped: HashMap<String, SkipReason>,
     cancelled: bool,
 }
@@ -194,28 +194,40 @@ impl<'p> Scheduler<'p> {
             return Next::Final(self.rollback_ended(rec, failed));
         }
         match self.rollback_of(&rec) {
-            None => {
-                let name = rec.name.clone();
-                self.record_final(rec);
-                Next::Final(vec![name])
-            }
+            None => Next::Final(vec![self.record_final(rec)]),
             Some(Planned::Nothing(target)) => {
-                let mut skipped = pending(target);
-                skipped.name = format!("{}{ROLLBACK_SUFFIX}", target.name);
-                skipped.status = Status::Skipped;
-                let reason = SkipReason::NothingToRollBack {
-                    target: target.name.clone(),
-                };
-                skipped.error = Some(reason.to_string());
-                self.skipped.insert(skipped.name.clone(), reason);
-                let names = vec![skipped.name.clone(), rec.name.clone()];
-                self.record_final(skipped);
-                self.record_final(rec);
+                let name = format!("{}{ROLLBACK_SUFFIX}", target.name);
+                let mut names = Vec::new();
+                // Another check of the same deploy already found nothing.
+                if !self.done.contains_key(&name) {
+                    let mut skipped = pending(target);
+                    skipped.name = name;
+                    skipped.status = Status::Skipped;
+                    let reason = SkipReason::NothingToRollBack {
+                        target: target.name.clone(),
+                    };
+                    skipped.error = Some(reason.to_string());
+                    self.skipped.insert(skipped.name.clone(), reason);
+                    names.push(self.record_final(skipped));
+                }
+                names.push(self.record_final(rec));
                 Next::Final(names)
             }
             Some(Planned::Run(rollback)) => {
-                self.running.insert(rollback.stage.name.clone());
-                self.held.insert(rollback.stage.name.clone(), rec);
+                let name = rollback.stage.name.clone();
+                if let Some(waiting) = self.held.get_mut(&name) {
+                    // That rollback is running: wait for it with the others.
+                    waiting.push(rec);
+                    return Next::Final(Vec::new());
+                }
+                if let Some(done) = self.done.get(&name) {
+                    // It already ran for another check: it is this one's too.
+                    let mut rec = rec;
+                    note_rollback(&mut rec, done);
+                    return Next::Final(vec![self.record_final(rec)]);
+                }
+                self.running.insert(name.clone());
+                self.held.insert(name, vec![rec]);
                 Next::Rollback(rollback)
             }
         }
@@ -253,7 +265,7 @@ impl<'p> Scheduler<'p> {
     /// The stages' records, whatever did not finish cancelled.
     pub fn close(mut self) -> Ending {
         // A stage whose rollback was cancelled still failed.
-        for (_, rec) in self.held.drain() {
+        for rec in self.held.drain().flat_map(|(_, recs)| recs) {
             self.done.insert(rec.name.clone(), rec);
         }
         // Rollbacks are not pipeline stages: they go after the others, in
@@ -293,9 +305,12 @@ impl<'p> Scheduler<'p> {
         }
     }
 
-    fn record_final(&mut self, rec: StageRecord) {
-        self.finished.push(rec.name.clone());
-        self.done.insert(rec.name.clone(), rec);
+    /// Makes `rec` final; returns its name.
+    fn record_final(&mut self, rec: StageRecord) -> String {
+        let name = rec.name.clone();
+        self.finished.push(name.clone());
+        self.done.insert(name.clone(), rec);
+        name
     }
 
     /// Why a ready stage does not run, if it does not.
@@ -358,31 +373,43 @@ impl<'p> Scheduler<'p> {
         }
     }
 
-    /// A rollback ended: it, then the stage that asked for it (whose
+    /// A rollback ended: it, then the stages that asked for it (whose
     /// dependents may now start) are final.
-    fn rollback_ended(&mut self, rec: StageRecord, mut failed: StageRecord) -> Vec<String> {
-        let target = rec.name.trim_end_matches(ROLLBACK_SUFFIX);
-        let note = match rec.status {
-            Status::Success => format!(
-                "rolled back `{target}` to {}",
-                rec.outputs
-                    .get("image")
-                    .map_or("the previous version", String::as_str)
-            ),
-            _ => format!(
-                "the rollback of `{target}` failed too: {}",
-                rec.error.as_deref().unwrap_or(&rec.summary)
-            ),
-        };
-        failed.error = Some(match failed.error.take() {
-            Some(e) => format!("{e}; {note}"),
-            None => note,
-        });
-        let names = vec![rec.name.clone(), failed.name.clone()];
-        self.record_final(rec);
-        self.record_final(failed);
+    fn rollback_ended(&mut self, rec: StageRecord, failed: Vec<StageRecord>) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut noted = Vec::new();
+        for mut f in failed {
+            note_rollback(&mut f, &rec);
+            noted.push(f);
+        }
+        names.push(self.record_final(rec));
+        for f in noted {
+            names.push(self.record_final(f));
+        }
         names
     }
+}
+
+/// Adds to a failed check's error how the rollback it asked for ended.
+fn note_rollback(failed: &mut StageRecord, rollback: &StageRecord) {
+    let target = rollback.name.trim_end_matches(ROLLBACK_SUFFIX);
+    let note = match rollback.status {
+        Status::Success => format!(
+            "rolled back `{target}` to {}",
+            rollback
+                .outputs
+                .get("image")
+                .map_or("the previous version", String::as_str)
+        ),
+        _ => format!(
+            "the rollback of `{target}` failed too: {}",
+            rollback.error.as_deref().unwrap_or(&rollback.summary)
+        ),
+    };
+    failed.error = Some(match failed.error.take() {
+        Some(e) => format!("{e}; {note}"),
+        None => note,
+    });
 }
 
 enum Planned<'p> {
@@ -666,6 +693,67 @@ mod tests {
         );
         // A failed rollback asks for no rollback of its own.
         assert!(drain(&mut s) == ["-after"]);
+    }
+
+    fn deploy_and_two_checks() -> Pipeline {
+        pipeline(&[
+            ("deploy", ""),
+            ("smoke", "needs = [\"deploy\"]\nrollback = \"deploy\""),
+            ("e2e", "needs = [\"deploy\"]\nrollback = \"deploy\""),
+        ])
+    }
+
+    #[test]
+    fn two_failed_checks_of_one_deploy_share_its_one_rollback() {
+        let p = deploy_and_two_checks();
+        let mut s = Scheduler::new(&p, scope());
+        drain(&mut s);
+        s.finish(deployed(Some("app:1")));
+        assert_eq!(drain(&mut s), ["+smoke", "+e2e"]);
+        assert!(matches!(
+            s.finish(ended("smoke", Status::Failure)),
+            Next::Rollback(_)
+        ));
+        // The second failure joins the rollback in flight.
+        assert!(finals(s.finish(ended("e2e", Status::Failure))).is_empty());
+        assert_eq!(s.running().collect::<Vec<_>>(), ["deploy:rollback"]);
+        let mut back = ended("deploy:rollback", Status::Success);
+        back.outputs.insert("image".into(), "app:1".into());
+        assert_eq!(finals(s.finish(back)), ["deploy:rollback", "smoke", "e2e"]);
+        for check in ["smoke", "e2e"] {
+            let rec = s.record(check).unwrap();
+            assert_eq!(rec.status, Status::Failure);
+            assert!(rec
+                .error
+                .as_deref()
+                .unwrap()
+                .ends_with("rolled back `deploy` to app:1"));
+        }
+        let end = s.close();
+        assert_eq!(end.status, Status::Failure, "failed, not cancelled");
+        assert!(end.cancelled.is_empty());
+        let names: Vec<&str> = end.stages.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["deploy", "smoke", "e2e", "deploy:rollback"]);
+    }
+
+    #[test]
+    fn a_check_failing_after_the_rollback_ended_is_noted_without_another() {
+        let p = deploy_and_two_checks();
+        let mut s = Scheduler::new(&p, scope());
+        drain(&mut s);
+        s.finish(deployed(Some("app:1")));
+        drain(&mut s);
+        s.finish(ended("smoke", Status::Failure));
+        s.finish(ended("deploy:rollback", Status::Success));
+        assert_eq!(finals(s.finish(ended("e2e", Status::Failure))), ["e2e"]);
+        assert!(s
+            .record("e2e")
+            .unwrap()
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("rolled back `deploy`"));
+        assert_eq!(s.close().stages.len(), 4, "one rollback record");
     }
 
     #[test]
