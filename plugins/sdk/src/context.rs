@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::{RunContext, StageContext, StageError, StageStatus, StageSummary, Upstream};
+use crate::{ConfigKey, RunContext, StageContext, StageError, StageStatus, StageSummary, Upstream};
 
 /// The stage's view of the run: run context, `with` table, upstream outputs.
 ///
@@ -10,12 +10,26 @@ use crate::{RunContext, StageContext, StageError, StageStatus, StageSummary, Ups
 #[derive(Clone, Debug)]
 pub struct Context {
     inner: StageContext,
+    /// The keys `describe()` declares: their defaults fill missing keys.
+    keys: Vec<ConfigKey>,
 }
 
 impl Context {
     /// Wraps a raw context (the export glue does this for you).
     pub fn new(inner: StageContext) -> Self {
-        Context { inner }
+        Context {
+            inner,
+            keys: Vec::new(),
+        }
+    }
+
+    /// Declares the stage's config keys (normally `S::describe().config`,
+    /// which the export glue passes): [`Context::config`] then fills each
+    /// missing optional key with its declared default, so a default is
+    /// written once, in `describe()`, and not again in serde.
+    pub fn with_keys(mut self, keys: Vec<ConfigKey>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// A context with a placeholder run and the given `with` JSON, for unit tests.
@@ -93,13 +107,17 @@ impl Context {
     /// `StageError::Config("with.<key>: ...")` naming the key, e.g.
     /// `with.image: required key is missing` or
     /// `with.sha-length: invalid type: string "x", expected u32`.
+    /// Declared defaults (see [`Context::with_keys`]) fill missing keys first.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, StageError> {
-        crate::config::parse(&self.inner.config)
+        crate::config::parse_with_defaults(&self.inner.config, &self.keys)
     }
 
-    /// The `with` table as an untyped JSON value (`{}` when empty).
+    /// The `with` table as an untyped JSON value (`{}` when empty), with
+    /// declared defaults filled in.
     pub fn config_value(&self) -> Result<serde_json::Value, StageError> {
-        crate::config::parse_value(&self.inner.config)
+        let mut value = crate::config::parse_value(&self.inner.config)?;
+        crate::config::fill_defaults(&mut value, &self.keys)?;
+        Ok(value)
     }
 
     /// Stages listed in `needs`, with their outputs.
