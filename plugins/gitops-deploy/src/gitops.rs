@@ -1,5 +1,5 @@
 //! The deploy: clone, edit, commit, push — again from a fresh clone when
-//! the remote moved on — against the [`Git`] trait (the host's `git`
+//! the remote moved on — against the SDK's [`Git`] port (the host's `git`
 //! import in the plugin, a simulated repository in the tests).
 
 use stage_sdk::{Annotation, CapError, Report, StageError};
@@ -7,16 +7,7 @@ use stage_sdk::{Annotation, CapError, Report, StageError};
 use crate::config::Config;
 use crate::edit::{self, Change, Target};
 
-/// The host's `git` import (a fake in the tests). Checkouts are handles.
-pub trait Git {
-    fn clone_repo(&mut self, repo: &str, branch: Option<&str>) -> Result<u32, CapError>;
-    fn list_files(&mut self, checkout: u32, pattern: &str) -> Result<Vec<String>, CapError>;
-    fn read_file(&mut self, checkout: u32, path: &str) -> Result<Vec<u8>, CapError>;
-    fn write_file(&mut self, checkout: u32, path: &str, content: &[u8]) -> Result<(), CapError>;
-    fn commit(&mut self, checkout: u32, message: &str) -> Result<Option<String>, CapError>;
-    fn push(&mut self, checkout: u32) -> Result<(), CapError>;
-    fn head(&mut self, checkout: u32) -> Result<String, CapError>;
-}
+pub use stage_sdk::git::Git;
 
 /// The remote moved on since the clone.
 pub fn is_non_fast_forward(e: &CapError) -> bool {

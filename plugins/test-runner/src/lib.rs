@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use stage_sdk::docker::{MountMode, Privileges, RunRequest, RunResult};
+use stage_sdk::docker::{Docker, HostDocker, MountMode, Privileges, RunRequest};
 use stage_sdk::{
-    Annotation, CapError, ConfigKey, Context, PluginInfo, Report, ReportStatus, Stage, StageError,
+    Annotation, ConfigKey, Context, PluginInfo, Report, ReportStatus, Stage, StageError,
 };
 
 pub mod coverage;
@@ -181,20 +181,6 @@ fn plan(ctx: &Context) -> Result<Plan, StageError> {
     })
 }
 
-/// Runs containers: the host's `docker.run`, or a fake in tests.
-pub trait Engine {
-    fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError>;
-}
-
-/// The host's `docker.run` import.
-pub struct HostDocker;
-
-impl Engine for HostDocker {
-    fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError> {
-        stage_sdk::docker::run(req)
-    }
-}
-
 /// The request for the test container.
 fn request(plan: &Plan) -> RunRequest {
     let w = &plan.with;
@@ -245,7 +231,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 /// Everything `run` does, with the engine and the workspace directory given.
 pub fn execute(
     ctx: &Context,
-    engine: &mut dyn Engine,
+    engine: &mut dyn Docker,
     workspace: &Path,
 ) -> Result<Report, StageError> {
     let plan = plan(ctx)?;
@@ -559,7 +545,9 @@ stage_sdk::export_stage!(TestRunner);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stage_sdk::{Denial, Level};
+    use stage_sdk::docker::RunResult;
+    use stage_sdk::testing::{DockerCall, FakeDocker};
+    use stage_sdk::{CapError, Denial, Level};
     use std::fs;
     use std::path::PathBuf;
 
@@ -570,14 +558,15 @@ mod tests {
         ))
     }
 
-    /// A fake engine: records the request and, like the tests in the
-    /// container, writes report files into the workspace.
+    /// The SDK's fake engine plus the report files the tests in the
+    /// container would write into the workspace (written before the run:
+    /// the stage reads them only after it).
     struct Fake {
         workspace: PathBuf,
         /// (source under shared/data, destination in the workspace)
         writes: Vec<(String, String)>,
         result: Result<RunResult, CapError>,
-        seen: Vec<RunRequest>,
+        docker: FakeDocker,
     }
 
     impl Fake {
@@ -597,32 +586,37 @@ mod tests {
                     output: String::new(),
                     timed_out: false,
                 }),
-                seen: Vec::new(),
+                docker: FakeDocker::default(),
             }
         }
 
         fn stage(&mut self, config: &str) -> Result<Report, StageError> {
             let ctx = Context::for_test("test", config);
-            let ws = self.workspace.clone();
-            execute(&ctx, self, &ws)
+            for (src, dst) in &self.writes {
+                let to = self.workspace.join(dst);
+                fs::create_dir_all(to.parent().unwrap()).unwrap();
+                fs::copy(data(src), &to).unwrap();
+            }
+            self.docker.run.reply(self.result.clone());
+            execute(&ctx, &mut self.docker, &self.workspace)
+        }
+
+        /// The requests the stage ran.
+        fn seen(&self) -> Vec<&RunRequest> {
+            self.docker
+                .calls
+                .iter()
+                .map(|c| match c {
+                    DockerCall::Run(req) => req,
+                    other => panic!("not a run: {other:?}"),
+                })
+                .collect()
         }
     }
 
     impl Drop for Fake {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.workspace);
-        }
-    }
-
-    impl Engine for Fake {
-        fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError> {
-            self.seen.push(req.clone());
-            for (src, dst) in &self.writes {
-                let to = self.workspace.join(dst);
-                fs::create_dir_all(to.parent().unwrap()).unwrap();
-                fs::copy(data(src), &to).unwrap();
-            }
-            self.result.clone()
         }
     }
 
@@ -668,7 +662,8 @@ mod tests {
         assert_eq!(out(&r, "coverage-reports"), "coverage.xml");
         assert!(r.annotations.is_empty());
 
-        let req = &fake.seen[0];
+        let seen = fake.seen();
+        let req = seen[0];
         assert_eq!(req.image, "gradle:8");
         assert_eq!(req.command, vec!["gradle", "test"]);
         assert_eq!(
@@ -787,7 +782,7 @@ mod tests {
             "{}",
             r.summary
         );
-        assert_eq!(fake.seen[0].timeout_ms, Some(90_000));
+        assert_eq!(fake.seen()[0].timeout_ms, Some(90_000));
     }
 
     #[test]
@@ -944,7 +939,7 @@ mod tests {
         let mut fake = Fake::new("config", 0, &[]);
         match fake.stage(json) {
             Err(StageError::Config(m)) => {
-                assert!(fake.seen.is_empty(), "ran despite a config error");
+                assert!(fake.seen().is_empty(), "ran despite a config error");
                 m
             }
             other => panic!("expected a config error, got {other:?}"),
