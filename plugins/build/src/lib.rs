@@ -32,27 +32,16 @@ use stage_sdk::{Annotation, CapError, ConfigKey, Context, PluginInfo, Report, St
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
 pub const VERSION_LABEL: &str = "org.opencontainers.image.version";
 
-/// The `with` table.
+/// The `with` table. Optional keys get their defaults from `describe()`
+/// (the SDK fills them in), so none are written here.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
     pub image: String,
-    #[serde(default = "dot")]
     pub context: String,
-    #[serde(default = "dockerfile")]
     pub dockerfile: String,
-    #[serde(default)]
     pub build_args: BTreeMap<String, Scalar>,
-    #[serde(default)]
     pub labels: BTreeMap<String, Scalar>,
-}
-
-fn dot() -> String {
-    ".".into()
-}
-
-fn dockerfile() -> String {
-    "Dockerfile".into()
 }
 
 /// A TOML/JSON scalar used as a build-arg or label value.
@@ -241,6 +230,11 @@ mod tests {
     use stage_sdk::testing::{DockerCall, FakeDocker};
     use stage_sdk::ReportStatus;
 
+    /// `ctx` with the keys `describe()` declares, as the export glue does.
+    fn test_ctx(ctx: Context) -> Context {
+        ctx.with_keys(Build::describe().config)
+    }
+
     /// An engine whose next build answers `answer`.
     fn engine(answer: Result<BuildResult, CapError>) -> FakeDocker {
         let mut fake = FakeDocker::default();
@@ -265,7 +259,7 @@ mod tests {
     }
 
     fn run(json: &str, fake: &mut FakeDocker) -> Result<Report, StageError> {
-        build(&Context::for_test("build", json), fake)
+        build(&test_ctx(Context::for_test("build", json)), fake)
     }
 
     fn config_err(json: &str) -> String {
@@ -305,7 +299,9 @@ mod tests {
 
     #[test]
     fn a_tag_run_labels_the_version() {
-        let with: With = serde_json::from_str(r#"{"image":"local/a:1"}"#).unwrap();
+        let with: With = test_ctx(Context::for_test("build", r#"{"image":"local/a:1"}"#))
+            .config()
+            .unwrap();
         let req = build_request(&with, "", Some("v1.2.0"));
         assert_eq!(
             req.labels,
@@ -346,7 +342,7 @@ mod tests {
         let mut raw = Context::for_test("build", r#"{"image":"a:1"}"#).into_raw();
         raw.run.commit_sha.clear();
         let mut fake = fake();
-        build(&Context::new(raw), &mut fake).unwrap();
+        build(&test_ctx(Context::new(raw)), &mut fake).unwrap();
         assert!(seen(&fake, 0).labels.is_empty());
     }
 
