@@ -44,7 +44,8 @@ pub enum Refs {
     Text(String),
 }
 
-/// The `with` table.
+/// The `with` table. `retries` and `backoff-ms` get their defaults from
+/// `describe()` (the SDK fills them in), so they are not written here.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
@@ -52,18 +53,8 @@ pub struct With {
     pub refs: Option<Refs>,
     #[serde(default)]
     pub auth: Option<String>,
-    #[serde(default = "three")]
     pub retries: u32,
-    #[serde(default = "five_hundred")]
     pub backoff_ms: u64,
-}
-
-fn three() -> u32 {
-    3
-}
-
-fn five_hundred() -> u64 {
-    500
 }
 
 /// Splits a comma-separated list, trimming and dropping empty items.
@@ -451,7 +442,8 @@ mod tests {
     }
 
     fn ctx_with_needs(json: &str, needs: Vec<(&str, Vec<(&str, &str)>)>) -> Context {
-        Context::for_test_with_needs("push", json, needs)
+        // With the keys `describe()` declares, as the export glue does.
+        Context::for_test_with_needs("push", json, needs).with_keys(Push::describe().config)
     }
 
     const REFS: &str = r#"{"refs":["127.0.0.1:5000/demo-app:1.2.3","127.0.0.1:5000/demo-app:latest"],"auth":"registry"}"#;

@@ -29,31 +29,19 @@ use stage_sdk::docker::{Docker, HostDocker};
 use stage_sdk::ReportStatus;
 use tags::{Options, RunInfo};
 
-/// The `with` table.
+/// The `with` table. Optional keys get their defaults from `describe()`
+/// (the SDK fills them in), so none are written here.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
     pub image: String,
-    #[serde(default = "yes")]
     pub latest: bool,
-    #[serde(default = "seven")]
     pub sha_length: usize,
-    #[serde(default = "yes")]
     pub branch_tag: bool,
-    #[serde(default = "yes")]
     pub build_number_tag: bool,
-    #[serde(default = "yes")]
     pub semver: bool,
     #[serde(default)]
     pub source: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn seven() -> usize {
-    7
 }
 
 impl With {
@@ -244,7 +232,10 @@ mod tests {
 
     #[test]
     fn report_outputs() {
-        let ctx = Context::for_test("tag", r#"{"image":"127.0.0.1:5000/demo-app"}"#);
+        let ctx = keyed(Context::for_test(
+            "tag",
+            r#"{"image":"127.0.0.1:5000/demo-app"}"#,
+        ));
         let r = tag(&ctx).unwrap();
         assert_eq!(r.status, ReportStatus::Passed);
         assert_eq!(r.get_output("image"), Some("127.0.0.1:5000/demo-app"));
@@ -260,7 +251,7 @@ mod tests {
     }
 
     fn config_err(json: &str) -> String {
-        match tag(&Context::for_test("tag", json)) {
+        match tag(&keyed(Context::for_test("tag", json))) {
             Err(StageError::Config(m)) => m,
             other => panic!("expected a config error, got {other:?}"),
         }
@@ -277,11 +268,16 @@ mod tests {
 
     #[test]
     fn nothing_to_tag_fails_the_stage() {
-        let ctx = Context::for_test(
+        let ctx = keyed(Context::for_test(
             "tag",
             r#"{"image":"a","latest":false,"sha-length":0,"branch-tag":false,"build-number-tag":false}"#,
-        );
+        ));
         assert_eq!(tag(&ctx).unwrap().status, ReportStatus::Failed);
+    }
+
+    /// `ctx` with the keys `describe()` declares, as the export glue does.
+    fn keyed(ctx: Context) -> Context {
+        ctx.with_keys(Tag::describe().config)
     }
 
     /// The (source, target) of each `docker.tag` call.
@@ -309,7 +305,7 @@ mod tests {
                 },
             })
             .collect();
-        Context::new(raw)
+        keyed(Context::new(raw))
     }
 
     const IMAGE: &str = r#"{"image":"127.0.0.1:5000/demo-app","branch-tag":false,"latest":false}"#;
