@@ -90,33 +90,19 @@ impl Globs {
 pub struct With {
     pub image: String,
     pub command: Vec<String>,
-    #[serde(default = "default_workdir")]
+    // Defaults of workdir, env, require-reports and max-failures-listed come
+    // from describe() (the SDK fills them in), not from serde.
     pub workdir: String,
-    #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub junit: Globs,
     #[serde(default)]
     pub coverage: Option<Globs>,
     #[serde(default)]
     pub min_coverage: Option<f64>,
-    #[serde(default = "yes")]
     pub require_reports: bool,
     #[serde(default)]
     pub timeout: Option<String>,
-    #[serde(default = "fifty")]
     pub max_failures_listed: usize,
-}
-
-fn default_workdir() -> String {
-    WORKSPACE.to_string()
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn fifty() -> usize {
-    50
 }
 
 /// Parses `90s`, `5m`, `1h30m`, `500ms`, `2h` into milliseconds.
@@ -591,7 +577,8 @@ mod tests {
         }
 
         fn stage(&mut self, config: &str) -> Result<Report, StageError> {
-            let ctx = Context::for_test("test", config);
+            // With the keys `describe()` declares, as the export glue does.
+            let ctx = Context::for_test("test", config).with_keys(TestRunner::describe().config);
             for (src, dst) in &self.writes {
                 let to = self.workspace.join(dst);
                 fs::create_dir_all(to.parent().unwrap()).unwrap();
