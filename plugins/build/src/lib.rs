@@ -131,7 +131,7 @@ pub fn failure_summary(image: &str, err: &CapError) -> String {
 
 /// Everything but the export glue.
 pub fn build(ctx: &Context, engine: &mut impl Docker) -> Result<Report, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     validate_reference(&with.image).map_err(|e| StageError::config(format!("with.image: {e}")))?;
     validate_relative(&with.context)
         .map_err(|e| StageError::config(format!("with.context: {e}")))?;
@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn a_tag_run_labels_the_version() {
         let with: With = test_ctx(Context::for_test("build", r#"{"image":"local/a:1"}"#))
-            .config()
+            .config_with_defaults()
             .unwrap();
         let req = build_request(&with, "", Some("v1.2.0"));
         assert_eq!(

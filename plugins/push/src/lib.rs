@@ -239,7 +239,7 @@ pub fn push(
     docker: &mut impl Docker,
     sleep: &dyn Fn(Duration),
 ) -> Result<Report, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     if with.retries > MAX_RETRIES {
         return Err(StageError::config(format!(
             "with.retries: {} is more than {MAX_RETRIES}",

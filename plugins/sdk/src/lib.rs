@@ -17,7 +17,7 @@
 //!         // `who` is filled from its default in describe(): no serde default.
 //!         #[derive(serde::Deserialize)]
 //!         struct With { who: String }
-//!         let With { who } = ctx.config()?;
+//!         let With { who } = ctx.config_with_defaults()?;
 //!         stage_sdk::log::info!("greeting {who}");
 //!         Ok(Report::passed(format!("hello, {who}")).output("greeting", who))
 //!     }

@@ -68,7 +68,7 @@ pub fn notify(
     send: impl FnMut(&http::Request) -> Result<http::Response, stage_sdk::CapError>,
     sleep: impl FnMut(Duration),
 ) -> Result<Report, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     if with.webhook.trim().is_empty() {
         return Err(StageError::config("with.webhook: must not be empty"));
     }

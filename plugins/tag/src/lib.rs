@@ -125,7 +125,7 @@ pub fn tag_with(ctx: &Context, tagger: &mut impl Docker) -> Result<Report, Stage
 }
 
 fn compute(ctx: &Context) -> Result<(Report, Vec<String>, With), StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     tags::validate_image(&with.image)
         .map_err(|e| StageError::config(format!("with.image: {e}")))?;
     if with.sha_length > 40 {

@@ -123,7 +123,7 @@ struct Plan {
 }
 
 fn plan(ctx: &Context) -> Result<Plan, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     if with.image.trim().is_empty() {
         return Err(StageError::config("with.image: must not be empty"));
     }

@@ -12,7 +12,7 @@ impl Stage for Plugin {
             .key(ConfigKey::optional("who", "Whom to greet", "\"world\""))
     }
     fn run(ctx: Context) -> Result<Report, StageError> {
-        let With { who } = ctx.config()?;
+        let With { who } = ctx.config_with_defaults()?;
         stage_sdk::log::info!("greeting {who}");
         Ok(Report::passed(format!("hello, {who}")).output("greeting", who))
     }
