@@ -172,19 +172,7 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
         }
     }
     if !refused.is_empty() {
-        let first = refused[0].message.clone();
-        let more = match refused.len() {
-            1 => String::new(),
-            n => format!(" (and {} more)", n - 1),
-        };
-        let msg = format!("refusing to edit {label}: {first}{more}");
-        stage_sdk::log::error(&msg);
-        let mut r = base(cfg, Report::failed(msg));
-        for a in refused {
-            stage_sdk::log::error(&a.message);
-            r = r.annotate(a);
-        }
-        return Ok(Attempt::Done(r));
+        return Ok(Attempt::Done(refused_report(cfg, &label, refused)));
     }
     let found: usize = results.iter().map(|r| r.found).sum();
     if found == 0 {
@@ -248,6 +236,37 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
             )))
         }
     }
+    Ok(Attempt::Done(deployed_report(
+        cfg, &label, &sha, &edited, &paths, previous,
+    )))
+}
+
+/// Nothing is written when any file cannot be edited safely.
+fn refused_report(cfg: &Config, label: &str, refused: Vec<Annotation>) -> Report {
+    let first = refused[0].message.clone();
+    let more = match refused.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    let msg = format!("refusing to edit {label}: {first}{more}");
+    stage_sdk::log::error(&msg);
+    let mut r = base(cfg, Report::failed(msg));
+    for a in refused {
+        stage_sdk::log::error(&a.message);
+        r = r.annotate(a);
+    }
+    r
+}
+
+/// The pushed commit `sha`, with one annotation per edited line.
+fn deployed_report(
+    cfg: &Config,
+    label: &str,
+    sha: &str,
+    edited: &[&FileResult],
+    paths: &[String],
+    previous: Option<String>,
+) -> Report {
     let changes: usize = edited.iter().map(|f| f.changes.len()).sum();
     let short = &sha[..sha.len().min(12)];
     let was = previous
@@ -257,16 +276,16 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
     let msg = format!(
         "deployed {} to {label}: {changes} line(s) in {} (commit {short}{was})",
         cfg.image,
-        join_short(&paths)
+        join_short(paths)
     );
     stage_sdk::log::info(&msg);
     let mut r = base(cfg, Report::passed(msg))
-        .output("commit", sha.as_str())
+        .output("commit", sha)
         .output("files", paths.join(","));
     if let Some(p) = previous {
         r = r.output("previous-image", p);
     }
-    for f in &edited {
+    for f in edited {
         for c in &f.changes {
             r = r.annotate(
                 Annotation::info("edited", format!("{}:{}: {}", f.path, c.line, c.what))
@@ -275,7 +294,7 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
             );
         }
     }
-    Ok(Attempt::Done(r))
+    r
 }
 
 #[cfg(test)]
