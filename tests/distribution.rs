@@ -363,11 +363,18 @@ fn signatures_are_required_when_the_pipeline_lists_trusted_keys() {
     assert!(out.status.success(), "{}", shown(&out));
 }
 
+/// Outside any checkout and without `--sdk`, the project carries the SDK
+/// and WIT this host was built with, builds offline into a small component,
+/// and passes `host check` and `host run`; the unset key gets the default
+/// declared once in describe().
 #[test]
-fn plugin_new_rust_scaffolds_a_plugin_that_builds_and_runs() {
+fn plugin_new_rust_builds_outside_the_repository_with_the_vendored_sdk() {
     let dir = tempfile::tempdir().unwrap();
+    assert!(
+        !dir.path().starts_with(pipeline_tests::plugins::root()),
+        "the temp dir must be outside the repository"
+    );
     let project = dir.path().join("greeter");
-    let sdk = pipeline_tests::plugins::root().join("plugins/sdk");
     let out = host(
         dir.path(),
         &[
@@ -378,30 +385,64 @@ fn plugin_new_rust_scaffolds_a_plugin_that_builds_and_runs() {
             "rust",
             "--dir",
             project.to_str().unwrap(),
-            "--sdk",
-            sdk.to_str().unwrap(),
         ],
     );
     assert!(out.status.success(), "{}", shown(&out));
-    // Reuse the plugin build's target dir: the SDK and its deps are built there.
-    let target = pipeline_tests::plugins::target_dir().join("plugins-build");
-    let status = std::process::Command::new("cargo")
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("path = \"vendor/stage-sdk-"),
+        "{manifest}"
+    );
+    let hello = std::fs::read_to_string(project.join("src/lib.rs")).unwrap();
+    assert!(
+        hello.lines().count() <= 20,
+        "the hello stage grew:\n{hello}"
+    );
+
+    // A target dir of its own (the template's release profile differs from
+    // the workspace's), kept between runs so only the two crates rebuild.
+    let target = pipeline_tests::plugins::target_dir().join("plugin-new-build");
+    let out = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--offline",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .current_dir(&project)
         .env("CARGO_TARGET_DIR", &target)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "the scaffolded plugin does not build");
+    assert!(
+        out.status.success(),
+        "the scaffolded plugin does not build: {}",
+        shown(&out)
+    );
     let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+    let size = std::fs::metadata(&wasm).unwrap().len();
+    assert!(
+        size <= 200 * 1024,
+        "the hello component is {} KB (limit 200 KB)",
+        size / 1024
+    );
 
     let p = Project::new("", "");
     std::fs::copy(&wasm, p.ws.join("greeter.wasm")).unwrap();
     std::fs::write(
         p.file(),
-        "[pipeline]\nname = \"g\"\n[plugins]\ngreeter = \"greeter.wasm\"\n[[stage]]\nname = \"hello\"\nplugin = \"greeter\"\nwith = { who = \"team\" }\n",
+        "[pipeline]\nname = \"g\"\n[plugins]\ngreeter = \"greeter.wasm\"\n[[stage]]\nname = \"hello\"\nplugin = \"greeter\"\n[[stage]]\nname = \"team\"\nplugin = \"greeter\"\nwith = { who = \"team\" }\n",
     )
     .unwrap();
+    let out = host(&p.state, &["check", p.file().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", shown(&out));
     let out = p.run(&[], &["--json"]);
     assert!(out.status.success(), "{}", shown(&out));
-    assert!(text(&out.stdout).contains("hello, team"), "{}", shown(&out));
+    let json = text(&out.stdout);
+    assert!(
+        json.contains("hello, team") && json.contains("hello, world"),
+        "{}",
+        shown(&out)
+    );
 }

@@ -10,6 +10,7 @@ mod plugin_new;
 mod rollback;
 mod run;
 mod serve;
+mod vendor_sdk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

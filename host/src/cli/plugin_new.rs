@@ -49,8 +49,8 @@ fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
 }
 
 /// Create the project in `dir` (which must not exist or be empty). For
-/// Rust, `sdk` is the `plugins/sdk` directory (found above `dir` when not
-/// given). Returns the files written.
+/// Rust, `sdk` is a `plugins/sdk` directory to depend on; without it the
+/// SDK this host carries is vendored. Returns the files written.
 pub fn scaffold(lang: Lang, name: &str, dir: &Path, sdk: Option<&Path>) -> Result<Vec<PathBuf>> {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name
@@ -64,20 +64,22 @@ pub fn scaffold(lang: Lang, name: &str, dir: &Path, sdk: Option<&Path>) -> Resul
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!("{} already exists and is not empty", dir.display());
     }
-    let sdk = match (lang, sdk) {
-        (Lang::Rust, Some(s)) => Some(
-            s.canonicalize()
-                .with_context(|| format!("--sdk {}", s.display()))?,
-        ),
-        (Lang::Rust, None) => Some(find_sdk(dir).ok_or_else(|| {
-            anyhow::anyhow!(
-                "cannot find the stage-sdk crate (plugins/sdk) above {}; pass --sdk PATH",
-                dir.display()
-            )
-        })?),
-        _ => None,
-    };
+    // Rust: `--sdk` points at a checkout's plugins/sdk; otherwise the SDK
+    // and WIT carried by this binary are vendored into the project.
     let mut written = Vec::new();
+    let sdk = match (lang, sdk) {
+        (Lang::Rust, Some(s)) => s
+            .canonicalize()
+            .with_context(|| format!("--sdk {}", s.display()))?
+            .display()
+            .to_string(),
+        (Lang::Rust, None) => {
+            let (_, files) = super::vendor_sdk::write(dir)?;
+            written.extend(files);
+            super::vendor_sdk::relative_dir()
+        }
+        _ => String::new(),
+    };
     let mut files: Vec<(&str, String)> = templates(lang)
         .iter()
         .map(|(rel, text)| {
@@ -85,12 +87,7 @@ pub fn scaffold(lang: Lang, name: &str, dir: &Path, sdk: Option<&Path>) -> Resul
                 .replace("{{name}}", name)
                 .replace("{{crate}}", &name.replace('-', "_"))
                 .replace("{{wit}}", "wit")
-                .replace(
-                    "{{sdk}}",
-                    &sdk.as_ref()
-                        .map(|s| s.display().to_string())
-                        .unwrap_or_default(),
-                );
+                .replace("{{sdk}}", &sdk);
             (*rel, text)
         })
         .collect();
@@ -110,14 +107,4 @@ pub fn scaffold(lang: Lang, name: &str, dir: &Path, sdk: Option<&Path>) -> Resul
         written.push(path);
     }
     Ok(written)
-}
-
-/// `plugins/sdk` in `dir` or one of its ancestors (a checkout of this repo).
-fn find_sdk(dir: &Path) -> Option<PathBuf> {
-    let start = std::path::absolute(dir).ok()?;
-    start
-        .ancestors()
-        .map(|a| a.join("plugins/sdk"))
-        .find(|c| c.join("Cargo.toml").is_file())
-        .and_then(|c| c.canonicalize().ok())
 }

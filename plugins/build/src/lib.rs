@@ -25,34 +25,23 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use stage_sdk::docker::{BuildRequest, BuildResult};
+use stage_sdk::docker::{BuildRequest, Docker, HostDocker};
 use stage_sdk::{Annotation, CapError, ConfigKey, Context, PluginInfo, Report, Stage, StageError};
 
 /// Label carrying the commit sha.
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
 pub const VERSION_LABEL: &str = "org.opencontainers.image.version";
 
-/// The `with` table.
+/// The `with` table. Optional keys get their defaults from `describe()`
+/// (the SDK fills them in), so none are written here.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
     pub image: String,
-    #[serde(default = "dot")]
     pub context: String,
-    #[serde(default = "dockerfile")]
     pub dockerfile: String,
-    #[serde(default)]
     pub build_args: BTreeMap<String, Scalar>,
-    #[serde(default)]
     pub labels: BTreeMap<String, Scalar>,
-}
-
-fn dot() -> String {
-    ".".into()
-}
-
-fn dockerfile() -> String {
-    "Dockerfile".into()
 }
 
 /// A TOML/JSON scalar used as a build-arg or label value.
@@ -73,20 +62,6 @@ impl Scalar {
             Scalar::Float(f) => f.to_string(),
             Scalar::Bool(b) => b.to_string(),
         }
-    }
-}
-
-/// The one capability call of this stage (a fake in the tests).
-pub trait Engine {
-    fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError>;
-}
-
-/// The host's `docker::build`.
-pub struct HostEngine;
-
-impl Engine for HostEngine {
-    fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError> {
-        stage_sdk::docker::build(req)
     }
 }
 
@@ -155,8 +130,8 @@ pub fn failure_summary(image: &str, err: &CapError) -> String {
 }
 
 /// Everything but the export glue.
-pub fn build(ctx: &Context, engine: &mut impl Engine) -> Result<Report, StageError> {
-    let with: With = ctx.config()?;
+pub fn build(ctx: &Context, engine: &mut impl Docker) -> Result<Report, StageError> {
+    let with: With = ctx.config_with_defaults()?;
     validate_reference(&with.image).map_err(|e| StageError::config(format!("with.image: {e}")))?;
     validate_relative(&with.context)
         .map_err(|e| StageError::config(format!("with.context: {e}")))?;
@@ -241,7 +216,7 @@ impl Stage for Build {
     }
 
     fn run(ctx: Context) -> Result<Report, StageError> {
-        build(&ctx, &mut HostEngine)
+        build(&ctx, &mut HostDocker)
     }
 }
 
@@ -251,33 +226,44 @@ stage_sdk::export_stage!(Build);
 mod tests {
     use super::*;
     use stage_sdk::bindings::ci::stage::types::RemoteError;
+    use stage_sdk::docker::BuildResult;
+    use stage_sdk::testing::{DockerCall, FakeDocker};
     use stage_sdk::ReportStatus;
 
-    #[derive(Default)]
-    struct Fake {
-        seen: Vec<BuildRequest>,
-        fail: Option<CapError>,
+    /// `ctx` with the keys `describe()` declares, as the export glue does.
+    fn test_ctx(ctx: Context) -> Context {
+        ctx.with_keys(Build::describe().config)
     }
 
-    impl Engine for Fake {
-        fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError> {
-            self.seen.push(req.clone());
-            match self.fail.take() {
-                Some(e) => Err(e),
-                None => Ok(BuildResult {
-                    image_id: "sha256:abcdef0123456789abcdef".into(),
-                    log_tail: "Step 1/2\nSuccessfully built".into(),
-                }),
-            }
+    /// An engine whose next build answers `answer`.
+    fn engine(answer: Result<BuildResult, CapError>) -> FakeDocker {
+        let mut fake = FakeDocker::default();
+        fake.build.reply(answer);
+        fake
+    }
+
+    /// An engine whose next build succeeds.
+    fn fake() -> FakeDocker {
+        engine(Ok(BuildResult {
+            image_id: "sha256:abcdef0123456789abcdef".into(),
+            log_tail: "Step 1/2\nSuccessfully built".into(),
+        }))
+    }
+
+    /// The request of the `n`th call, which must be a build.
+    fn seen(fake: &FakeDocker, n: usize) -> &BuildRequest {
+        match &fake.calls[n] {
+            DockerCall::Build(req) => req,
+            other => panic!("not a build: {other:?}"),
         }
     }
 
-    fn run(json: &str, fake: &mut Fake) -> Result<Report, StageError> {
-        build(&Context::for_test("build", json), fake)
+    fn run(json: &str, fake: &mut FakeDocker) -> Result<Report, StageError> {
+        build(&test_ctx(Context::for_test("build", json)), fake)
     }
 
     fn config_err(json: &str) -> String {
-        match run(json, &mut Fake::default()) {
+        match run(json, &mut fake()) {
             Err(StageError::Config(m)) => m,
             other => panic!("expected a config error, got {other:?}"),
         }
@@ -285,7 +271,7 @@ mod tests {
 
     #[test]
     fn builds_with_defaults_and_revision_label() {
-        let mut fake = Fake::default();
+        let mut fake = fake();
         let r = run(r#"{"image":"local/demo-app:build-7"}"#, &mut fake).unwrap();
         assert_eq!(r.status, ReportStatus::Passed);
         assert_eq!(
@@ -297,7 +283,7 @@ mod tests {
             r.get_output("image-id"),
             Some("sha256:abcdef0123456789abcdef")
         );
-        let req = &fake.seen[0];
+        let req = seen(&fake, 0);
         assert_eq!(req.context, ".");
         assert_eq!(req.dockerfile.as_deref(), Some("Dockerfile"));
         assert_eq!(req.image, "local/demo-app:build-7");
@@ -313,7 +299,9 @@ mod tests {
 
     #[test]
     fn a_tag_run_labels_the_version() {
-        let with: With = serde_json::from_str(r#"{"image":"local/a:1"}"#).unwrap();
+        let with: With = test_ctx(Context::for_test("build", r#"{"image":"local/a:1"}"#))
+            .config_with_defaults()
+            .unwrap();
         let req = build_request(&with, "", Some("v1.2.0"));
         assert_eq!(
             req.labels,
@@ -324,12 +312,12 @@ mod tests {
 
     #[test]
     fn passes_context_dockerfile_args_and_labels() {
-        let mut fake = Fake::default();
+        let mut fake = fake();
         let json = r#"{"image":"127.0.0.1:5000/demo-app:1","context":"pipelines/demo-app",
             "dockerfile":"Dockerfile.test","build-args":{"VERSION":"1.2.3","N":3,"X":true},
             "labels":{"team":"ci","org.opencontainers.image.revision":"override"}}"#;
         run(json, &mut fake).unwrap();
-        let req = &fake.seen[0];
+        let req = seen(&fake, 0);
         assert_eq!(req.context, "pipelines/demo-app");
         assert_eq!(req.dockerfile.as_deref(), Some("Dockerfile.test"));
         assert_eq!(
@@ -353,20 +341,17 @@ mod tests {
     fn no_revision_label_outside_git() {
         let mut raw = Context::for_test("build", r#"{"image":"a:1"}"#).into_raw();
         raw.run.commit_sha.clear();
-        let mut fake = Fake::default();
-        build(&Context::new(raw), &mut fake).unwrap();
-        assert!(fake.seen[0].labels.is_empty());
+        let mut fake = fake();
+        build(&test_ctx(Context::new(raw)), &mut fake).unwrap();
+        assert!(seen(&fake, 0).labels.is_empty());
     }
 
     #[test]
     fn engine_failure_is_a_failed_report() {
-        let mut fake = Fake {
-            fail: Some(CapError::Failed(
-                "build failed: COPY failed: file not found\nStep 2/4 : COPY dist/demo-app /demo-app"
-                    .into(),
-            )),
-            ..Fake::default()
-        };
+        let mut fake = engine(Err(CapError::Failed(
+            "build failed: COPY failed: file not found\nStep 2/4 : COPY dist/demo-app /demo-app"
+                .into(),
+        )));
         let r = run(r#"{"image":"local/demo-app:build-7"}"#, &mut fake).unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
         assert_eq!(
@@ -375,16 +360,13 @@ mod tests {
         );
         assert!(r.annotations[0].message.contains("Step 2/4"));
 
-        let mut fake = Fake {
-            fail: Some(CapError::Remote(RemoteError {
-                service: "docker".into(),
-                status: Some(500),
-                code: "BUILD_FAILED".into(),
-                message: "boom".into(),
-                transient: false,
-            })),
-            ..Fake::default()
-        };
+        let mut fake = engine(Err(CapError::Remote(RemoteError {
+            service: "docker".into(),
+            status: Some(500),
+            code: "BUILD_FAILED".into(),
+            message: "boom".into(),
+            transient: false,
+        })));
         let r = run(r#"{"image":"local/demo-app:build-7"}"#, &mut fake).unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
         assert!(r.summary.contains("BUILD_FAILED"), "{}", r.summary);

@@ -158,17 +158,14 @@ pub fn handle_client(client: TcpStream, pool: &Pool, timeouts: Timeouts) -> io::
         if head.has_token("expect", "100-continue") && framing != Framing::Empty {
             writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        match forward(
-            &mut reader,
-            &mut writer,
-            pool,
-            timeouts,
-            &line,
-            &head,
+        let req = Incoming {
+            line: &line,
+            head: &head,
             framing,
             peer,
             keep,
-        ) {
+        };
+        match forward(&mut reader, &mut writer, pool, timeouts, req) {
             Ok(true) => {}
             Ok(false) => break,
             Err(Forward::Answer(status, msg, usable)) => {
@@ -220,20 +217,33 @@ fn idempotent(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS")
 }
 
+/// One client request as read from the connection (its body not yet).
+#[derive(Clone, Copy)]
+struct Incoming<'a> {
+    line: &'a http::RequestLine,
+    head: &'a Head,
+    framing: Framing,
+    peer: Option<SocketAddr>,
+    /// The client asked to keep the connection open.
+    keep: bool,
+}
+
 /// Forwards one request and relays its response. `Ok(keep)`: the response
 /// went out whole; `keep` says whether the client connection stays open.
-#[allow(clippy::too_many_arguments)]
 fn forward(
     reader: &mut BufReader<TcpStream>,
     writer: &mut TcpStream,
     pool: &Pool,
     timeouts: Timeouts,
-    line: &http::RequestLine,
-    head: &Head,
-    framing: Framing,
-    peer: Option<SocketAddr>,
-    keep: bool,
+    req: Incoming<'_>,
 ) -> Result<bool, Forward> {
+    let Incoming {
+        line,
+        head,
+        framing,
+        peer,
+        keep,
+    } = req;
     let out_head = upstream_head(line, head, peer).to_bytes();
     let retry_unanswered = idempotent(&line.method) && framing == Framing::Empty;
     let mut tried: Vec<SocketAddr> = Vec::new();

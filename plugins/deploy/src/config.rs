@@ -12,11 +12,10 @@ pub const DEFAULT_PROXY_IMAGE: &str = "local/deploy-proxy:latest";
 pub const MAX_REPLICAS: u32 = 20;
 
 /// `strategy`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// One replica at a time: start, check, swap into the pool, drain one old.
-    #[default]
     Rolling,
     /// All new replicas, then one switch of the whole pool.
     BlueGreen,
@@ -60,47 +59,25 @@ impl Default for HealthWith {
     }
 }
 
-/// The `with` table as written.
+/// The `with` table as written. Optional keys get their defaults from
+/// `describe()` (the SDK fills them in), so none are written here; only a
+/// partly given `health` table falls back on [`HealthWith`]'s defaults.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
     pub service: String,
     #[serde(default)]
     pub image: Option<String>,
-    #[serde(default)]
     pub strategy: Strategy,
-    #[serde(default = "one")]
     pub replicas: u32,
-    #[serde(default = "app_port")]
     pub port: u16,
     pub public_port: u16,
     pub admin_port: u16,
-    #[serde(default = "host_ports")]
     pub host_ports: PortsText,
-    #[serde(default)]
     pub env: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
     pub health: HealthWith,
-    #[serde(default = "drain")]
     pub drain: String,
-    #[serde(default = "proxy_image")]
     pub proxy_image: String,
-}
-
-fn one() -> u32 {
-    1
-}
-fn app_port() -> u16 {
-    8080
-}
-fn host_ports() -> PortsText {
-    PortsText::Text("18100-18199".into())
-}
-fn drain() -> String {
-    "10s".into()
-}
-fn proxy_image() -> String {
-    DEFAULT_PROXY_IMAGE.into()
 }
 
 /// Health check settings, parsed.
@@ -251,7 +228,7 @@ pub fn resolve_image(with: &With, ctx: &Context) -> Result<String, StageError> {
 
 /// Parses and checks the `with` table.
 pub fn load(ctx: &Context) -> Result<Config, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     from_with(&with, ctx)
 }
 
@@ -359,7 +336,9 @@ mod tests {
     use super::*;
 
     fn ctx(json: &str, needs: Vec<(&str, Vec<(&str, &str)>)>) -> Context {
+        // With the keys `describe()` declares, as the export glue does.
         Context::for_test_with_needs("deploy", json, needs)
+            .with_keys(<crate::Deploy as stage_sdk::Stage>::describe().config)
     }
 
     fn err(json: &str) -> String {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use stage_sdk::docker::{ContainerInfo, ContainerSpec, PortMapping, Privileges};
+use stage_sdk::docker::{ContainerInfo, ContainerSpec, Docker, PortMapping, Privileges};
 use stage_sdk::CapError;
 
 use crate::config::{fmt_duration, Config, Strategy};
@@ -35,14 +35,9 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-/// What the deploy needs from the outside world.
-pub trait Env: Clock {
-    fn list(&mut self, label: &str) -> Result<Vec<ContainerInfo>, CapError>;
-    fn create(&mut self, spec: ContainerSpec) -> Result<(), CapError>;
-    fn start(&mut self, name: &str) -> Result<(), CapError>;
-    fn stop(&mut self, name: &str, timeout_secs: u32) -> Result<(), CapError>;
-    fn remove(&mut self, name: &str) -> Result<(), CapError>;
-    fn inspect(&mut self, name: &str) -> Result<ContainerInfo, CapError>;
+/// What the deploy needs from the outside world: the SDK's [`Docker`]
+/// port, a clock, and these.
+pub trait Env: Clock + Docker {
     fn http(
         &mut self,
         method: &str,
@@ -141,7 +136,7 @@ impl<E: Env> Deploy<'_, E> {
         let svc_label = format!("{LABEL_SERVICE}={}", cfg.service);
         let all = self
             .env
-            .list(&svc_label)
+            .list_containers(&svc_label)
             .map_err(|e| self.fail(format!("listing containers: {}", msg(&e)), None, &[]))?;
         for c in &all {
             self.used_ports.extend(c.ports.iter().map(|p| p.host_port));
@@ -302,7 +297,7 @@ impl<E: Env> Deploy<'_, E> {
             privileges: Privileges::none(),
         };
         self.env
-            .create(spec)
+            .create(&spec)
             .map_err(|e| format!("creating the proxy {name}: {}", msg(&e)))?;
         if let Err(e) = self.env.start(&name) {
             let _ = self.env.remove(&name);
@@ -405,7 +400,7 @@ impl<E: Env> Deploy<'_, E> {
     }
 
     fn stop_remove(&mut self, app: &App) {
-        if let Err(e) = self.env.stop(&app.name, STOP_TIMEOUT_SECS) {
+        if let Err(e) = self.env.stop(&app.name, Some(STOP_TIMEOUT_SECS)) {
             self.warn(&format!("stopping {}: {}", app.name, msg(&e)));
         }
         if let Err(e) = self.env.remove(&app.name) {
@@ -462,7 +457,7 @@ impl<E: Env> Deploy<'_, E> {
                 privileges: Privileges::none(),
             };
             self.env
-                .create(spec)
+                .create(&spec)
                 .map_err(|e| format!("creating {name} ({image}): {}", msg(&e)))?;
             match self.env.start(&name) {
                 Ok(()) => {}

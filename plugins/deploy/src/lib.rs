@@ -12,7 +12,10 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use stage_sdk::docker::{self, ContainerInfo, ContainerSpec};
+use stage_sdk::docker::{
+    BuildRequest, BuildResult, ContainerInfo, ContainerSpec, Docker, HostDocker, PushResult,
+    RunRequest, RunResult,
+};
 use stage_sdk::{
     Annotation, CapError, ConfigKey, Context, Level, PluginInfo, Report, Stage, StageError,
 };
@@ -37,25 +40,42 @@ impl Clock for HostEnv {
     }
 }
 
-impl Env for HostEnv {
-    fn list(&mut self, label: &str) -> Result<Vec<ContainerInfo>, CapError> {
-        docker::list_containers(label)
+/// The SDK's forwarding impl: `Env` needs `Docker` on the same value as
+/// the clock and http (the tests' simulation shares state between them).
+impl Docker for HostEnv {
+    fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError> {
+        HostDocker.build(req)
     }
-    fn create(&mut self, spec: ContainerSpec) -> Result<(), CapError> {
-        docker::create(&spec).map(|_| ())
+    fn tag(&mut self, source: &str, target: &str) -> Result<(), CapError> {
+        HostDocker.tag(source, target)
+    }
+    fn push(&mut self, image: &str, auth_secret: Option<&str>) -> Result<PushResult, CapError> {
+        HostDocker.push(image, auth_secret)
+    }
+    fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError> {
+        HostDocker.run(req)
+    }
+    fn create(&mut self, spec: &ContainerSpec) -> Result<String, CapError> {
+        HostDocker.create(spec)
     }
     fn start(&mut self, name: &str) -> Result<(), CapError> {
-        docker::start(name)
+        HostDocker.start(name)
     }
-    fn stop(&mut self, name: &str, timeout_secs: u32) -> Result<(), CapError> {
-        docker::stop(name, Some(timeout_secs))
+    fn stop(&mut self, name: &str, timeout_secs: Option<u32>) -> Result<(), CapError> {
+        HostDocker.stop(name, timeout_secs)
     }
     fn remove(&mut self, name: &str) -> Result<(), CapError> {
-        docker::remove(name)
+        HostDocker.remove(name)
     }
     fn inspect(&mut self, name: &str) -> Result<ContainerInfo, CapError> {
-        docker::inspect(name)
+        HostDocker.inspect(name)
     }
+    fn list_containers(&mut self, label: &str) -> Result<Vec<ContainerInfo>, CapError> {
+        HostDocker.list_containers(label)
+    }
+}
+
+impl Env for HostEnv {
     fn http(
         &mut self,
         method: &str,

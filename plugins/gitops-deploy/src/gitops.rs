@@ -1,5 +1,5 @@
 //! The deploy: clone, edit, commit, push — again from a fresh clone when
-//! the remote moved on — against the [`Git`] trait (the host's `git`
+//! the remote moved on — against the SDK's [`Git`] port (the host's `git`
 //! import in the plugin, a simulated repository in the tests).
 
 use stage_sdk::{Annotation, CapError, Report, StageError};
@@ -7,16 +7,7 @@ use stage_sdk::{Annotation, CapError, Report, StageError};
 use crate::config::Config;
 use crate::edit::{self, Change, Target};
 
-/// The host's `git` import (a fake in the tests). Checkouts are handles.
-pub trait Git {
-    fn clone_repo(&mut self, repo: &str, branch: Option<&str>) -> Result<u32, CapError>;
-    fn list_files(&mut self, checkout: u32, pattern: &str) -> Result<Vec<String>, CapError>;
-    fn read_file(&mut self, checkout: u32, path: &str) -> Result<Vec<u8>, CapError>;
-    fn write_file(&mut self, checkout: u32, path: &str, content: &[u8]) -> Result<(), CapError>;
-    fn commit(&mut self, checkout: u32, message: &str) -> Result<Option<String>, CapError>;
-    fn push(&mut self, checkout: u32) -> Result<(), CapError>;
-    fn head(&mut self, checkout: u32) -> Result<String, CapError>;
-}
+pub use stage_sdk::git::Git;
 
 /// The remote moved on since the clone.
 pub fn is_non_fast_forward(e: &CapError) -> bool {
@@ -181,19 +172,7 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
         }
     }
     if !refused.is_empty() {
-        let first = refused[0].message.clone();
-        let more = match refused.len() {
-            1 => String::new(),
-            n => format!(" (and {} more)", n - 1),
-        };
-        let msg = format!("refusing to edit {label}: {first}{more}");
-        stage_sdk::log::error(&msg);
-        let mut r = base(cfg, Report::failed(msg));
-        for a in refused {
-            stage_sdk::log::error(&a.message);
-            r = r.annotate(a);
-        }
-        return Ok(Attempt::Done(r));
+        return Ok(Attempt::Done(refused_report(cfg, &label, refused)));
     }
     let found: usize = results.iter().map(|r| r.found).sum();
     if found == 0 {
@@ -257,6 +236,37 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
             )))
         }
     }
+    Ok(Attempt::Done(deployed_report(
+        cfg, &label, &sha, &edited, &paths, previous,
+    )))
+}
+
+/// Nothing is written when any file cannot be edited safely.
+fn refused_report(cfg: &Config, label: &str, refused: Vec<Annotation>) -> Report {
+    let first = refused[0].message.clone();
+    let more = match refused.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    let msg = format!("refusing to edit {label}: {first}{more}");
+    stage_sdk::log::error(&msg);
+    let mut r = base(cfg, Report::failed(msg));
+    for a in refused {
+        stage_sdk::log::error(&a.message);
+        r = r.annotate(a);
+    }
+    r
+}
+
+/// The pushed commit `sha`, with one annotation per edited line.
+fn deployed_report(
+    cfg: &Config,
+    label: &str,
+    sha: &str,
+    edited: &[&FileResult],
+    paths: &[String],
+    previous: Option<String>,
+) -> Report {
     let changes: usize = edited.iter().map(|f| f.changes.len()).sum();
     let short = &sha[..sha.len().min(12)];
     let was = previous
@@ -266,16 +276,16 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
     let msg = format!(
         "deployed {} to {label}: {changes} line(s) in {} (commit {short}{was})",
         cfg.image,
-        join_short(&paths)
+        join_short(paths)
     );
     stage_sdk::log::info(&msg);
     let mut r = base(cfg, Report::passed(msg))
-        .output("commit", sha.as_str())
+        .output("commit", sha)
         .output("files", paths.join(","));
     if let Some(p) = previous {
         r = r.output("previous-image", p);
     }
-    for f in &edited {
+    for f in edited {
         for c in &f.changes {
             r = r.annotate(
                 Annotation::info("edited", format!("{}:{}: {}", f.path, c.line, c.what))
@@ -284,7 +294,7 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
             );
         }
     }
-    Ok(Attempt::Done(r))
+    r
 }
 
 #[cfg(test)]

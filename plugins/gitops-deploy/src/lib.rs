@@ -10,37 +10,10 @@ pub mod edit;
 pub mod gitops;
 pub mod reference;
 
-use stage_sdk::{CapError, ConfigKey, Context, PluginInfo, Report, Stage, StageError};
+use stage_sdk::{ConfigKey, Context, PluginInfo, Report, Stage, StageError};
 
 use config::{DEFAULT_MESSAGE, DEFAULT_RETRIES};
-use gitops::Git;
-
-/// The host's `git` import.
-pub struct HostGit;
-
-impl Git for HostGit {
-    fn clone_repo(&mut self, repo: &str, branch: Option<&str>) -> Result<u32, CapError> {
-        stage_sdk::git::clone(repo, branch)
-    }
-    fn list_files(&mut self, checkout: u32, pattern: &str) -> Result<Vec<String>, CapError> {
-        stage_sdk::git::list_files(checkout, pattern)
-    }
-    fn read_file(&mut self, checkout: u32, path: &str) -> Result<Vec<u8>, CapError> {
-        stage_sdk::git::read_file(checkout, path)
-    }
-    fn write_file(&mut self, checkout: u32, path: &str, content: &[u8]) -> Result<(), CapError> {
-        stage_sdk::git::write_file(checkout, path, content)
-    }
-    fn commit(&mut self, checkout: u32, message: &str) -> Result<Option<String>, CapError> {
-        stage_sdk::git::commit(checkout, message)
-    }
-    fn push(&mut self, checkout: u32) -> Result<(), CapError> {
-        stage_sdk::git::push(checkout)
-    }
-    fn head(&mut self, checkout: u32) -> Result<String, CapError> {
-        stage_sdk::git::head(checkout)
-    }
-}
+use stage_sdk::git::{Git, HostGit};
 
 /// Everything but the export glue.
 pub fn gitops_stage(ctx: &Context, git: &mut impl Git) -> Result<Report, StageError> {

@@ -28,7 +28,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use stage_sdk::docker::PushResult;
+use stage_sdk::docker::{Docker, HostDocker};
 use stage_sdk::{Annotation, CapError, ConfigKey, Context, PluginInfo, Report, Stage, StageError};
 
 /// Upper bound of one backoff wait.
@@ -44,7 +44,8 @@ pub enum Refs {
     Text(String),
 }
 
-/// The `with` table.
+/// The `with` table. `retries` and `backoff-ms` get their defaults from
+/// `describe()` (the SDK fills them in), so they are not written here.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
@@ -52,18 +53,8 @@ pub struct With {
     pub refs: Option<Refs>,
     #[serde(default)]
     pub auth: Option<String>,
-    #[serde(default = "three")]
     pub retries: u32,
-    #[serde(default = "five_hundred")]
     pub backoff_ms: u64,
-}
-
-fn three() -> u32 {
-    3
-}
-
-fn five_hundred() -> u64 {
-    500
 }
 
 /// Splits a comma-separated list, trimming and dropping empty items.
@@ -241,28 +232,14 @@ pub fn describe_error(err: &CapError) -> String {
     }
 }
 
-/// The one capability call of this stage (a fake in the tests).
-pub trait Registry {
-    fn push(&self, reference: &str, auth: Option<&str>) -> Result<PushResult, CapError>;
-    fn sleep(&self, d: Duration);
-}
-
-/// The host's `docker::push` and a real sleep.
-pub struct HostRegistry;
-
-impl Registry for HostRegistry {
-    fn push(&self, reference: &str, auth: Option<&str>) -> Result<PushResult, CapError> {
-        stage_sdk::docker::push(reference, auth)
-    }
-
-    fn sleep(&self, d: Duration) {
-        std::thread::sleep(d)
-    }
-}
-
 /// Everything but the export glue.
-pub fn push(ctx: &Context, registry: &impl Registry) -> Result<Report, StageError> {
-    let with: With = ctx.config()?;
+/// `sleep` waits between retries (`std::thread::sleep` in the plugin).
+pub fn push(
+    ctx: &Context,
+    docker: &mut impl Docker,
+    sleep: &dyn Fn(Duration),
+) -> Result<Report, StageError> {
+    let with: With = ctx.config_with_defaults()?;
     if with.retries > MAX_RETRIES {
         return Err(StageError::config(format!(
             "with.retries: {} is more than {MAX_RETRIES}",
@@ -295,8 +272,8 @@ pub fn push(ctx: &Context, registry: &impl Registry) -> Result<Report, StageErro
         let done = with_retries(
             with.retries,
             with.backoff_ms,
-            || registry.push(reference, auth),
-            |w| registry.sleep(w),
+            || docker.push(reference, auth),
+            sleep,
             |n, e, w| {
                 stage_sdk::log::warn!(
                     "push {reference}: attempt {n} failed ({}); retrying in {} ms",
@@ -392,7 +369,7 @@ impl Stage for Push {
     }
 
     fn run(ctx: Context) -> Result<Report, StageError> {
-        push(&ctx, &HostRegistry)
+        push(&ctx, &mut HostDocker, &std::thread::sleep)
     }
 }
 
@@ -402,6 +379,8 @@ stage_sdk::export_stage!(Push);
 mod tests {
     use super::*;
     use stage_sdk::bindings::ci::stage::types::RemoteError;
+    use stage_sdk::docker::PushResult;
+    use stage_sdk::testing::{DockerCall, FakeDocker};
     use stage_sdk::{Denial, ReportStatus};
     use std::cell::RefCell;
 
@@ -415,48 +394,56 @@ mod tests {
         })
     }
 
-    /// Answers each push from a script of results (then succeeds).
-    #[derive(Default)]
+    /// The SDK's fake engine answering pushes from a script (then
+    /// succeeding), and the waits between retries.
     struct Fake {
-        script: RefCell<Vec<Result<String, CapError>>>,
-        calls: RefCell<Vec<(String, Option<String>)>>,
+        docker: RefCell<FakeDocker>,
         slept: RefCell<Vec<Duration>>,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Fake::with(Vec::new())
+        }
     }
 
     impl Fake {
         fn with(script: Vec<Result<&str, CapError>>) -> Self {
+            let mut docker = FakeDocker::default();
+            let then = std::iter::repeat_n(Ok("sha256:feed"), 8);
+            for r in script.into_iter().chain(then) {
+                docker
+                    .push
+                    .reply(r.map(|d| PushResult { digest: d.into() }));
+            }
             Fake {
-                script: RefCell::new(
-                    script
-                        .into_iter()
-                        .rev()
-                        .map(|r| r.map(str::to_string))
-                        .collect(),
-                ),
-                ..Fake::default()
+                docker: RefCell::new(docker),
+                slept: RefCell::default(),
             }
         }
-    }
 
-    impl Registry for Fake {
-        fn push(&self, reference: &str, auth: Option<&str>) -> Result<PushResult, CapError> {
-            self.calls
-                .borrow_mut()
-                .push((reference.to_string(), auth.map(str::to_string)));
-            self.script
-                .borrow_mut()
-                .pop()
-                .unwrap_or(Ok("sha256:feed".into()))
-                .map(|digest| PushResult { digest })
+        fn push(&self, ctx: &Context) -> Result<Report, StageError> {
+            let mut docker = self.docker.borrow_mut();
+            push(ctx, &mut *docker, &|d| self.slept.borrow_mut().push(d))
         }
 
-        fn sleep(&self, d: Duration) {
-            self.slept.borrow_mut().push(d);
+        /// (reference, auth secret) of each push.
+        fn calls(&self) -> Vec<(String, Option<String>)> {
+            let docker = self.docker.borrow();
+            docker
+                .calls
+                .iter()
+                .map(|c| match c {
+                    DockerCall::Push { image, auth_secret } => (image.clone(), auth_secret.clone()),
+                    other => panic!("not a push: {other:?}"),
+                })
+                .collect()
         }
     }
 
     fn ctx_with_needs(json: &str, needs: Vec<(&str, Vec<(&str, &str)>)>) -> Context {
-        Context::for_test_with_needs("push", json, needs)
+        // With the keys `describe()` declares, as the export glue does.
+        Context::for_test_with_needs("push", json, needs).with_keys(Push::describe().config)
     }
 
     const REFS: &str = r#"{"refs":["127.0.0.1:5000/demo-app:1.2.3","127.0.0.1:5000/demo-app:latest"],"auth":"registry"}"#;
@@ -464,10 +451,10 @@ mod tests {
     #[test]
     fn pushes_every_ref_with_auth() {
         let fake = Fake::default();
-        let r = push(&ctx_with_needs(REFS, vec![]), &fake).unwrap();
+        let r = fake.push(&ctx_with_needs(REFS, vec![])).unwrap();
         assert_eq!(r.status, ReportStatus::Passed, "{}", r.summary);
         assert_eq!(
-            *fake.calls.borrow(),
+            fake.calls(),
             vec![
                 (
                     "127.0.0.1:5000/demo-app:1.2.3".to_string(),
@@ -499,14 +486,15 @@ mod tests {
             Err(CapError::Failed("connection reset".into())),
             Ok("sha256:abc"),
         ]);
-        let r = push(
-            &ctx_with_needs(r#"{"refs":"r:5000/a:1","backoff-ms":100}"#, vec![]),
-            &fake,
-        )
-        .unwrap();
+        let r = fake
+            .push(&ctx_with_needs(
+                r#"{"refs":"r:5000/a:1","backoff-ms":100}"#,
+                vec![],
+            ))
+            .unwrap();
         assert_eq!(r.status, ReportStatus::Passed);
-        assert_eq!(fake.calls.borrow().len(), 3);
-        assert_eq!(fake.calls.borrow()[0].1, None);
+        assert_eq!(fake.calls().len(), 3);
+        assert_eq!(fake.calls()[0].1, None);
         assert_eq!(
             *fake.slept.borrow(),
             vec![Duration::from_millis(100), Duration::from_millis(200)]
@@ -518,13 +506,14 @@ mod tests {
     fn gives_up_after_retries() {
         let err = || Err(remote(429, "TOOMANYREQUESTS", "slow down", true));
         let fake = Fake::with(vec![err(), err(), err()]);
-        let r = push(
-            &ctx_with_needs(r#"{"refs":["r:5000/a:1"],"retries":2}"#, vec![]),
-            &fake,
-        )
-        .unwrap();
+        let r = fake
+            .push(&ctx_with_needs(
+                r#"{"refs":["r:5000/a:1"],"retries":2}"#,
+                vec![],
+            ))
+            .unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
-        assert_eq!(fake.calls.borrow().len(), 3);
+        assert_eq!(fake.calls().len(), 3);
         assert_eq!(
             *fake.slept.borrow(),
             vec![Duration::from_millis(500), Duration::from_millis(1000)]
@@ -543,10 +532,10 @@ mod tests {
             "authentication required",
             false,
         ))]);
-        let r = push(&ctx_with_needs(REFS, vec![]), &fake).unwrap();
+        let r = fake.push(&ctx_with_needs(REFS, vec![])).unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
         assert_eq!(
-            fake.calls.borrow().len(),
+            fake.calls().len(),
             1,
             "no retry, and later refs are not tried"
         );
@@ -569,7 +558,7 @@ mod tests {
                 false,
             )),
         ]);
-        let r = push(&ctx_with_needs(REFS, vec![]), &fake).unwrap();
+        let r = fake.push(&ctx_with_needs(REFS, vec![])).unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
         assert_eq!(
             r.get_output("pushed"),
@@ -606,9 +595,11 @@ mod tests {
             capability: "docker.push".into(),
             target: "r:5000/a:1".into(),
         }))]);
-        let r = push(&ctx_with_needs(r#"{"refs":"r:5000/a:1"}"#, vec![]), &fake).unwrap();
+        let r = fake
+            .push(&ctx_with_needs(r#"{"refs":"r:5000/a:1"}"#, vec![]))
+            .unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
-        assert_eq!(fake.calls.borrow().len(), 1);
+        assert_eq!(fake.calls().len(), 1);
         assert!(
             r.summary.starts_with("push r:5000/a:1: denied:"),
             "{}",
@@ -653,7 +644,7 @@ mod tests {
             ],
         );
         let fake = Fake::default();
-        let r = push(&ctx, &fake).unwrap();
+        let r = fake.push(&ctx).unwrap();
         assert_eq!(r.get_output("pushed"), Some("r:5000/a:1,r:5000/a:latest"));
         assert_eq!(r.get_output("image"), Some("r:5000/a"));
 
@@ -666,12 +657,12 @@ mod tests {
             ],
         );
         let fake = Fake::default();
-        let r = push(&ctx, &fake).unwrap();
+        let r = fake.push(&ctx).unwrap();
         assert_eq!(r.get_output("pushed"), Some("r:5000/a:build-1"));
     }
 
     fn config_err(json: &str, needs: Vec<(&str, Vec<(&str, &str)>)>) -> String {
-        match push(&ctx_with_needs(json, needs), &Fake::default()) {
+        match Fake::default().push(&ctx_with_needs(json, needs)) {
             Err(StageError::Config(m)) => m,
             other => panic!("expected a config error, got {other:?}"),
         }

@@ -6,7 +6,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::StageError;
+use crate::{ConfigKey, StageError};
 
 /// Parses `json` (the stage's `with` table) into `T`.
 ///
@@ -17,6 +17,46 @@ pub(crate) fn parse<T: DeserializeOwned>(json: &str) -> Result<T, StageError> {
     let pretty = serde_json::to_string_pretty(&value)
         .map_err(|e| StageError::Config(format!("with: {e}")))?;
     serde_json::from_str(&pretty).map_err(|e| StageError::Config(describe(&pretty, &e)))
+}
+
+/// [`parse`] after [`fill_defaults`].
+pub(crate) fn parse_with_defaults<T: DeserializeOwned>(
+    json: &str,
+    keys: &[ConfigKey],
+) -> Result<T, StageError> {
+    if keys.is_empty() {
+        return parse(json);
+    }
+    let mut value = parse_value(json)?;
+    fill_defaults(&mut value, keys)?;
+    parse(&value.to_string())
+}
+
+/// Sets every optional key that `value` lacks to its declared default.
+/// A default that is not JSON is the plugin's bug, reported as internal.
+pub(crate) fn fill_defaults(
+    value: &mut serde_json::Value,
+    keys: &[ConfigKey],
+) -> Result<(), StageError> {
+    let Some(map) = value.as_object_mut() else {
+        return Ok(());
+    };
+    for key in keys {
+        let Some(default) = key.default_value.as_deref() else {
+            continue;
+        };
+        if key.required || map.contains_key(&key.name) {
+            continue;
+        }
+        let parsed = serde_json::from_str(default).map_err(|e| {
+            StageError::Internal(format!(
+                "default of key {:?} is not JSON ({default}): {e}",
+                key.name
+            ))
+        })?;
+        map.insert(key.name.clone(), parsed);
+    }
+    Ok(())
 }
 
 /// Parses the `with` table into a JSON value (`{}` when empty or `null`).
@@ -200,6 +240,37 @@ mod tests {
     fn invalid_json_is_a_config_error() {
         let m = err("{nope");
         assert!(m.starts_with("with: not valid JSON"), "{m}");
+    }
+
+    #[test]
+    fn declared_defaults_fill_missing_keys_only() {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+        struct W {
+            who: String,
+            retries: u32,
+            image: String,
+        }
+        let keys = [
+            ConfigKey::optional("who", "w", "\"world\""),
+            ConfigKey::optional("retries", "r", "3"),
+            ConfigKey::required("image", "i"),
+        ];
+        let w: W = parse_with_defaults(r#"{"image":"a","retries":5}"#, &keys).unwrap();
+        assert_eq!(
+            (w.who.as_str(), w.retries, w.image.as_str()),
+            ("world", 5, "a")
+        );
+        // A required key gets no default: still named as missing.
+        let e = parse_with_defaults::<W>("{}", &keys).err().unwrap();
+        assert_eq!(e.message(), "config: with.image: required key is missing");
+        let bad = [ConfigKey::optional("who", "w", "world")];
+        let e = parse_with_defaults::<W>("{}", &bad).err().unwrap();
+        assert!(
+            e.message().starts_with("internal: default of key \"who\""),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

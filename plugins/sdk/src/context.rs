@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::{RunContext, StageContext, StageError, StageStatus, StageSummary, Upstream};
+use crate::{ConfigKey, RunContext, StageContext, StageError, StageStatus, StageSummary, Upstream};
 
 /// The stage's view of the run: run context, `with` table, upstream outputs.
 ///
@@ -10,12 +10,26 @@ use crate::{RunContext, StageContext, StageError, StageStatus, StageSummary, Ups
 #[derive(Clone, Debug)]
 pub struct Context {
     inner: StageContext,
+    /// The keys `describe()` declares: their defaults fill missing keys.
+    keys: Vec<ConfigKey>,
 }
 
 impl Context {
     /// Wraps a raw context (the export glue does this for you).
     pub fn new(inner: StageContext) -> Self {
-        Context { inner }
+        Context {
+            inner,
+            keys: Vec::new(),
+        }
+    }
+
+    /// Declares the stage's config keys (normally `S::describe().config`,
+    /// which the export glue passes): [`Context::config_with_defaults`]
+    /// then fills each missing optional key with its declared default, so a
+    /// default is written once, in `describe()`, and not again in serde.
+    pub fn with_keys(mut self, keys: Vec<ConfigKey>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// A context with a placeholder run and the given `with` JSON, for unit tests.
@@ -97,6 +111,15 @@ impl Context {
         crate::config::parse(&self.inner.config)
     }
 
+    /// [`Context::config`] after filling every missing optional key with
+    /// the default `describe()` declares for it (see [`Context::with_keys`]),
+    /// so the serde struct needs no defaults of its own. Opt-in: a plugin
+    /// that tells "not set" from "set to the default" (an `Option` whose key
+    /// has a documented default) keeps [`Context::config`].
+    pub fn config_with_defaults<T: DeserializeOwned>(&self) -> Result<T, StageError> {
+        crate::config::parse_with_defaults(&self.inner.config, &self.keys)
+    }
+
     /// The `with` table as an untyped JSON value (`{}` when empty).
     pub fn config_value(&self) -> Result<serde_json::Value, StageError> {
         crate::config::parse_value(&self.inner.config)
@@ -168,6 +191,16 @@ pub fn overall_status(finished: &[StageSummary]) -> StageStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_config_with_defaults_fills_declared_defaults() {
+        let keys = vec![crate::ConfigKey::optional("who", "w", "\"world\"")];
+        let ctx = Context::for_test("s", "{}").with_keys(keys);
+        let plain: serde_json::Value = ctx.config().unwrap();
+        assert_eq!(plain, serde_json::json!({}));
+        let filled: serde_json::Value = ctx.config_with_defaults().unwrap();
+        assert_eq!(filled, serde_json::json!({"who": "world"}));
+    }
 
     fn ctx() -> Context {
         let mut raw = Context::for_test("deploy", "{}").into_raw();

@@ -1,7 +1,64 @@
-//! The `docker` import: the generated functions and types, plus small
-//! helpers. Every call is checked by the host against the stage's
-//! `grants.docker`; a refused call returns `CapError::Denied`.
+//! The `docker` import: the [`Docker`] port, [`HostDocker`] forwarding it
+//! to the host, the generated types, and small helpers. Every call is
+//! checked by the host against the stage's `grants.docker`; a refused call
+//! returns `CapError::Denied`. Tests use `testing::FakeDocker`.
+use crate::bindings::ci::stage::docker as raw;
 pub use crate::bindings::ci::stage::docker::*;
+
+/// The `docker` import as a trait, so a plugin's logic runs against the
+/// host ([`HostDocker`]) or a fake (`stage_sdk::testing::FakeDocker`).
+pub trait Docker {
+    fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError>;
+    fn tag(&mut self, source: &str, target: &str) -> Result<(), CapError>;
+    /// `auth_secret`: the secret holding registry credentials, if any.
+    fn push(&mut self, image: &str, auth_secret: Option<&str>) -> Result<PushResult, CapError>;
+    fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError>;
+    /// Creates a container; returns its id.
+    fn create(&mut self, spec: &ContainerSpec) -> Result<String, CapError>;
+    fn start(&mut self, name: &str) -> Result<(), CapError>;
+    fn stop(&mut self, name: &str, timeout_secs: Option<u32>) -> Result<(), CapError>;
+    fn remove(&mut self, name: &str) -> Result<(), CapError>;
+    fn inspect(&mut self, name: &str) -> Result<ContainerInfo, CapError>;
+    /// Containers carrying `label`.
+    fn list_containers(&mut self, label: &str) -> Result<Vec<ContainerInfo>, CapError>;
+}
+
+/// The host's `docker` import.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostDocker;
+
+impl Docker for HostDocker {
+    fn build(&mut self, req: &BuildRequest) -> Result<BuildResult, CapError> {
+        raw::build(req)
+    }
+    fn tag(&mut self, source: &str, target: &str) -> Result<(), CapError> {
+        raw::tag(source, target)
+    }
+    fn push(&mut self, image: &str, auth_secret: Option<&str>) -> Result<PushResult, CapError> {
+        raw::push(image, auth_secret)
+    }
+    fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError> {
+        raw::run(req)
+    }
+    fn create(&mut self, spec: &ContainerSpec) -> Result<String, CapError> {
+        raw::create(spec)
+    }
+    fn start(&mut self, name: &str) -> Result<(), CapError> {
+        raw::start(name)
+    }
+    fn stop(&mut self, name: &str, timeout_secs: Option<u32>) -> Result<(), CapError> {
+        raw::stop(name, timeout_secs)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), CapError> {
+        raw::remove(name)
+    }
+    fn inspect(&mut self, name: &str) -> Result<ContainerInfo, CapError> {
+        raw::inspect(name)
+    }
+    fn list_containers(&mut self, label: &str) -> Result<Vec<ContainerInfo>, CapError> {
+        raw::list_containers(label)
+    }
+}
 
 impl Privileges {
     /// No extra privileges: what every plugin should ask for (the host

@@ -14,10 +14,10 @@
 //!     }
 //!
 //!     fn run(ctx: Context) -> Result<Report, StageError> {
+//!         // `who` is filled from its default in describe(): no serde default.
 //!         #[derive(serde::Deserialize)]
-//!         struct With { #[serde(default)] who: Option<String> }
-//!         let with: With = ctx.config()?;
-//!         let who = with.who.unwrap_or_else(|| "world".into());
+//!         struct With { who: String }
+//!         let With { who } = ctx.config_with_defaults()?;
 //!         stage_sdk::log::info!("greeting {who}");
 //!         Ok(Report::passed(format!("hello, {who}")).output("greeting", who))
 //!     }
@@ -29,7 +29,9 @@
 //! Everything generated from the WIT stays reachable under [`bindings`]; the
 //! common record types are re-exported at the crate root, and [`log`],
 //! [`http`] and [`secrets`] wrap the imports. [`docker`], [`scan`], [`git`]
-//! and [`ssh`] are the raw generated import modules. [`health`] is the
+//! and [`ssh`] each have a port trait (`Docker`, `Scan`, `Git`, `Ssh`) with a
+//! `Host*` impl forwarding to the host; plugin logic takes the trait so its
+//! tests can pass the recording fakes in [`testing`]. [`health`] is the
 //! probe loop deploy plugins wait for a service with.
 
 // Lets the generated code refer to `stage_sdk::...` from inside this crate too.
@@ -68,18 +70,15 @@ pub mod __private {
         ctx: crate::StageContext,
     ) -> Result<crate::Report, crate::StageError> {
         crate::log::install_panic_hook();
-        S::run(crate::Context::new(ctx))
+        S::run(crate::Context::new(ctx).with_keys(S::describe().config))
     }
 }
 
-/// Docker engine import (raw generated bindings).
 pub mod docker;
-/// Git repositories granted by name (raw generated bindings).
-pub use bindings::ci::stage::git;
-/// Image scanning import (raw generated bindings).
-pub use bindings::ci::stage::scan;
-/// SSH hosts granted by name (raw generated bindings).
-pub use bindings::ci::stage::ssh;
+pub mod git;
+pub mod scan;
+pub mod ssh;
+pub mod testing;
 pub use bindings::ci::stage::types::{
     Annotation, CapError, ConfigKey, Denial, Level, PluginInfo, RemoteError, ReportStatus,
     RunContext, StageContext, StageError, StageReport, StageStatus, StageSummary, Upstream,

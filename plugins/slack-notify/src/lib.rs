@@ -26,10 +26,9 @@ use message::Overrides;
 const REQUEST_TIMEOUT_MS: u32 = 10_000;
 
 /// When to send.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnlyOn {
-    #[default]
     Always,
     Failure,
     Success,
@@ -46,7 +45,8 @@ impl OnlyOn {
     }
 }
 
-/// The `with` table.
+/// The `with` table. `retries`, `max-retry-wait` and `only-on` get their
+/// defaults from `describe()` (the SDK fills them in), not from serde.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
@@ -57,20 +57,9 @@ pub struct With {
     pub username: Option<String>,
     #[serde(default)]
     pub icon_emoji: Option<String>,
-    #[serde(default = "three")]
     pub retries: u32,
-    #[serde(default = "thirty")]
     pub max_retry_wait: u64,
-    #[serde(default)]
     pub only_on: OnlyOn,
-}
-
-fn three() -> u32 {
-    3
-}
-
-fn thirty() -> u64 {
-    30
 }
 
 /// Everything but the export glue; `send`/`sleep` are injected for tests.
@@ -79,7 +68,7 @@ pub fn notify(
     send: impl FnMut(&http::Request) -> Result<http::Response, stage_sdk::CapError>,
     sleep: impl FnMut(Duration),
 ) -> Result<Report, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     if with.webhook.trim().is_empty() {
         return Err(StageError::config("with.webhook: must not be empty"));
     }
@@ -192,7 +181,8 @@ mod tests {
             duration_ms: 1500,
             summary: "done".into(),
         });
-        Context::new(raw)
+        // With the keys `describe()` declares, as the export glue does.
+        Context::new(raw).with_keys(SlackNotify::describe().config)
     }
 
     fn ok(_: &http::Request) -> Result<http::Response, stage_sdk::CapError> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use stage_sdk::health::{self, Clock, Probe};
-use stage_sdk::ssh::ExecResult;
+use stage_sdk::ssh::{ExecRequest, ExecResult, Ssh};
 use stage_sdk::{CapError, Level};
 
 use crate::config::{Config, Source};
@@ -17,13 +17,19 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-/// What the deploy needs from the outside world.
-pub trait Env: Clock {
+/// What the deploy needs from the outside world: the SDK's [`Ssh`] port
+/// (`upload` copies a workspace file and returns the sha256 sent), a
+/// clock, and these.
+pub trait Env: Clock + Ssh {
     /// Runs `script` with `sh` on the `[ssh.NAME]` host `target`.
-    fn exec(&mut self, target: &str, script: &str, timeout_ms: u32)
-        -> Result<ExecResult, CapError>;
-    /// Copies the workspace file `local` to `remote`; the sha256 sent.
-    fn upload(&mut self, target: &str, local: &str, remote: &str) -> Result<String, CapError>;
+    fn sh(&mut self, target: &str, script: &str, timeout_ms: u32) -> Result<ExecResult, CapError> {
+        self.exec(&ExecRequest {
+            target: target.into(),
+            command: remote::sh_command(script),
+            stdin: None,
+            timeout_ms: Some(timeout_ms),
+        })
+    }
     fn http_get(&mut self, url: &str, timeout_ms: u32) -> Result<Reply, CapError>;
     fn log(&mut self, level: Level, msg: &str);
 }
@@ -115,7 +121,7 @@ impl<E: Env> Deploy<'_, E> {
     fn step(&mut self, s: &Script) -> Result<String, String> {
         let r = self
             .env
-            .exec(&self.cfg.target, &s.text, s.timeout_ms)
+            .sh(&self.cfg.target, &s.text, s.timeout_ms)
             .map_err(|e| format!("step {:?}: {}", s.step, e.message()))?;
         if r.timed_out {
             return Err(format!(
@@ -423,7 +429,7 @@ impl<E: Env> Deploy<'_, E> {
                     let now = d.env.now();
                     if last_alive_check.is_none_or(|t| now.saturating_sub(t) >= ALIVE_EVERY) {
                         last_alive_check = Some(now);
-                        if let Ok(r) = d.env.exec(&target, &alive.text, alive.timeout_ms) {
+                        if let Ok(r) = d.env.sh(&target, &alive.text, alive.timeout_ms) {
                             if r.exit_code == 0 && r.stdout.trim() == "no" {
                                 return Probe::Exited(format!("the process of {slot} exited"));
                             }

@@ -15,14 +15,13 @@ mod shell_tests;
 use std::time::Duration;
 
 use stage_sdk::health::{Clock, SystemClock};
-use stage_sdk::ssh::{self, ExecRequest, ExecResult};
+use stage_sdk::ssh::{ExecRequest, ExecResult, HostSsh, Ssh};
 use stage_sdk::{
     Annotation, CapError, ConfigKey, Context, Level, PluginInfo, Report, Stage, StageError,
 };
 
 use config::Config;
 use deploy::{Env, How, Reply};
-use remote::sh_quote;
 
 /// The host's ssh and http imports, the WASI clock.
 #[derive(Default)]
@@ -39,28 +38,19 @@ impl Clock for HostEnv {
     }
 }
 
-/// What runs on the server for `script`: `sh` whatever the login shell.
-pub fn sh_command(script: &str) -> String {
-    format!("sh -c {}", sh_quote(script))
+pub use remote::sh_command;
+
+/// The SDK's forwarding impl, on the value that also carries the clock.
+impl Ssh for HostEnv {
+    fn exec(&mut self, req: &ExecRequest) -> Result<ExecResult, CapError> {
+        HostSsh.exec(req)
+    }
+    fn upload(&mut self, target: &str, local: &str, remote: &str) -> Result<String, CapError> {
+        HostSsh.upload(target, local, remote)
+    }
 }
 
 impl Env for HostEnv {
-    fn exec(
-        &mut self,
-        target: &str,
-        script: &str,
-        timeout_ms: u32,
-    ) -> Result<ExecResult, CapError> {
-        ssh::exec(&ExecRequest {
-            target: target.into(),
-            command: sh_command(script),
-            stdin: None,
-            timeout_ms: Some(timeout_ms),
-        })
-    }
-    fn upload(&mut self, target: &str, local: &str, remote: &str) -> Result<String, CapError> {
-        ssh::upload(target, local, remote)
-    }
     fn http_get(&mut self, url: &str, timeout_ms: u32) -> Result<Reply, CapError> {
         let r = stage_sdk::http::Request::new("GET", url)
             .timeout_ms(timeout_ms)

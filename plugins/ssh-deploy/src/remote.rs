@@ -52,6 +52,22 @@ impl fmt::Display for Slot {
 /// `s` as one single-quoted shell word: `it's` → `'it'\''s'`. Nothing
 /// inside single quotes is special to `sh` but the quote itself, which is
 /// closed, escaped and reopened.
+/// What runs on the server for `script`: `sh` whatever the login shell.
+pub fn sh_command(script: &str) -> String {
+    format!("sh -c {}", sh_quote(script))
+}
+
+/// The script of a [`sh_command`], for fakes that look at it.
+#[cfg(test)]
+pub fn script_of(command: &str) -> String {
+    let quoted = command
+        .strip_prefix("sh -c '")
+        .and_then(|s| s.strip_suffix('\''));
+    quoted
+        .unwrap_or_else(|| panic!("not an sh_command: {command}"))
+        .replace("'\\''", "'")
+}
+
 pub fn sh_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
@@ -463,6 +479,12 @@ pub fn to_prune(releases: &[String], keep: u32, referenced: &[&str]) -> Vec<Stri
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn script_of_undoes_sh_command() {
+        let script = "echo 'it''s' \"x\"\nexit 0";
+        assert_eq!(super::script_of(&super::sh_command(script)), script);
+    }
+
     use super::*;
 
     #[test]

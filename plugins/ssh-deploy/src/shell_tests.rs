@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stage_sdk::health::{Clock, SystemClock};
-use stage_sdk::ssh::ExecResult;
+use stage_sdk::ssh::{ExecRequest, ExecResult, Ssh};
 use stage_sdk::{CapError, Level};
 
 use crate::config::{Config, Health, Source};
@@ -141,15 +141,11 @@ impl Clock for Local {
     }
 }
 
-impl Env for Local {
-    fn exec(
-        &mut self,
-        _target: &str,
-        script: &str,
-        _timeout_ms: u32,
-    ) -> Result<ExecResult, CapError> {
+impl Ssh for Local {
+    fn exec(&mut self, req: &ExecRequest) -> Result<ExecResult, CapError> {
+        let script = crate::remote::script_of(&req.command);
         self.steps.push(script.lines().next().unwrap_or("").into());
-        let out = sh(&sh_command(script), &self.home);
+        let out = sh(&req.command, &self.home);
         Ok(ExecResult {
             exit_code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into(),
@@ -173,7 +169,9 @@ impl Env for Local {
             text.split_whitespace().next().unwrap()
         ))
     }
+}
 
+impl Env for Local {
     fn http_get(&mut self, url: &str, _timeout_ms: u32) -> Result<Reply, CapError> {
         let port: u16 = url
             .strip_prefix("http://127.0.0.1:")

@@ -20,39 +20,28 @@
 
 use serde::Deserialize;
 use stage_sdk::{
-    Annotation, CapError, ConfigKey, Context, PluginInfo, Report, Stage, StageError, StageStatus,
+    Annotation, ConfigKey, Context, PluginInfo, Report, Stage, StageError, StageStatus,
 };
 
 pub mod tags;
 
+use stage_sdk::docker::{Docker, HostDocker};
 use stage_sdk::ReportStatus;
 use tags::{Options, RunInfo};
 
-/// The `with` table.
+/// The `with` table. Optional keys get their defaults from `describe()`
+/// (the SDK fills them in), so none are written here.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
     pub image: String,
-    #[serde(default = "yes")]
     pub latest: bool,
-    #[serde(default = "seven")]
     pub sha_length: usize,
-    #[serde(default = "yes")]
     pub branch_tag: bool,
-    #[serde(default = "yes")]
     pub build_number_tag: bool,
-    #[serde(default = "yes")]
     pub semver: bool,
     #[serde(default)]
     pub source: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn seven() -> usize {
-    7
 }
 
 impl With {
@@ -64,20 +53,6 @@ impl With {
             build_number_tag: self.build_number_tag,
             semver: self.semver,
         }
-    }
-}
-
-/// The one capability call of this stage (a fake in the tests).
-pub trait Tagger {
-    fn tag(&mut self, source: &str, target: &str) -> Result<(), CapError>;
-}
-
-/// The host's `docker::tag`.
-pub struct HostTagger;
-
-impl Tagger for HostTagger {
-    fn tag(&mut self, source: &str, target: &str) -> Result<(), CapError> {
-        stage_sdk::docker::tag(source, target)
     }
 }
 
@@ -111,7 +86,7 @@ pub fn tag(ctx: &Context) -> Result<Report, StageError> {
 
 /// All of `run` but the export glue: computes the tags and, when a source
 /// is known, applies them through `tagger`.
-pub fn tag_with(ctx: &Context, tagger: &mut impl Tagger) -> Result<Report, StageError> {
+pub fn tag_with(ctx: &Context, tagger: &mut impl Docker) -> Result<Report, StageError> {
     let (report, refs, with) = compute(ctx)?;
     if report.status == ReportStatus::Failed {
         return Ok(report.output("applied", "false"));
@@ -150,7 +125,7 @@ pub fn tag_with(ctx: &Context, tagger: &mut impl Tagger) -> Result<Report, Stage
 }
 
 fn compute(ctx: &Context) -> Result<(Report, Vec<String>, With), StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     tags::validate_image(&with.image)
         .map_err(|e| StageError::config(format!("with.image: {e}")))?;
     if with.sha_length > 40 {
@@ -243,7 +218,7 @@ impl Stage for Tag {
     }
 
     fn run(ctx: Context) -> Result<Report, StageError> {
-        tag_with(&ctx, &mut HostTagger)
+        tag_with(&ctx, &mut HostDocker)
     }
 }
 
@@ -252,11 +227,15 @@ stage_sdk::export_stage!(Tag);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stage_sdk::{Denial, Upstream};
+    use stage_sdk::testing::{DockerCall, FakeDocker};
+    use stage_sdk::{CapError, Denial, Upstream};
 
     #[test]
     fn report_outputs() {
-        let ctx = Context::for_test("tag", r#"{"image":"127.0.0.1:5000/demo-app"}"#);
+        let ctx = keyed(Context::for_test(
+            "tag",
+            r#"{"image":"127.0.0.1:5000/demo-app"}"#,
+        ));
         let r = tag(&ctx).unwrap();
         assert_eq!(r.status, ReportStatus::Passed);
         assert_eq!(r.get_output("image"), Some("127.0.0.1:5000/demo-app"));
@@ -272,7 +251,7 @@ mod tests {
     }
 
     fn config_err(json: &str) -> String {
-        match tag(&Context::for_test("tag", json)) {
+        match tag(&keyed(Context::for_test("tag", json))) {
             Err(StageError::Config(m)) => m,
             other => panic!("expected a config error, got {other:?}"),
         }
@@ -289,31 +268,27 @@ mod tests {
 
     #[test]
     fn nothing_to_tag_fails_the_stage() {
-        let ctx = Context::for_test(
+        let ctx = keyed(Context::for_test(
             "tag",
             r#"{"image":"a","latest":false,"sha-length":0,"branch-tag":false,"build-number-tag":false}"#,
-        );
+        ));
         assert_eq!(tag(&ctx).unwrap().status, ReportStatus::Failed);
     }
 
-    #[derive(Default)]
-    struct Fake {
-        calls: Vec<(String, String)>,
-        fail_on: Option<String>,
+    /// `ctx` with the keys `describe()` declares, as the export glue does.
+    fn keyed(ctx: Context) -> Context {
+        ctx.with_keys(Tag::describe().config)
     }
 
-    impl Tagger for Fake {
-        fn tag(&mut self, source: &str, target: &str) -> Result<(), CapError> {
-            self.calls.push((source.into(), target.into()));
-            if self.fail_on.as_deref() == Some(target) {
-                return Err(CapError::Denied(Denial {
-                    stage: "tag".into(),
-                    capability: "docker.tag".into(),
-                    target: target.into(),
-                }));
-            }
-            Ok(())
-        }
+    /// The (source, target) of each `docker.tag` call.
+    fn tagged(fake: &FakeDocker) -> Vec<(String, String)> {
+        fake.calls
+            .iter()
+            .map(|c| match c {
+                DockerCall::Tag { source, target } => (source.clone(), target.clone()),
+                other => panic!("not a tag call: {other:?}"),
+            })
+            .collect()
     }
 
     fn ctx_with_needs(json: &str, needs: Vec<(&str, StageStatus, &str)>) -> Context {
@@ -330,7 +305,7 @@ mod tests {
                 },
             })
             .collect();
-        Context::new(raw)
+        keyed(Context::new(raw))
     }
 
     const IMAGE: &str = r#"{"image":"127.0.0.1:5000/demo-app","branch-tag":false,"latest":false}"#;
@@ -345,11 +320,11 @@ mod tests {
                 ("build", StageStatus::Success, "local/demo-app:build-1"),
             ],
         );
-        let mut fake = Fake::default();
+        let mut fake = FakeDocker::default();
         let r = tag_with(&ctx, &mut fake).unwrap();
         assert_eq!(r.status, ReportStatus::Passed, "{}", r.summary);
         assert_eq!(
-            fake.calls,
+            tagged(&fake),
             vec![
                 (
                     "local/demo-app:build-1".to_string(),
@@ -375,10 +350,10 @@ mod tests {
     fn explicit_source_wins_over_upstream() {
         let json = r#"{"image":"r/a","source":"local/x:7","branch-tag":false,"latest":false,"sha-length":0}"#;
         let ctx = ctx_with_needs(json, vec![("build", StageStatus::Success, "local/y:1")]);
-        let mut fake = Fake::default();
+        let mut fake = FakeDocker::default();
         let r = tag_with(&ctx, &mut fake).unwrap();
         assert_eq!(
-            fake.calls,
+            tagged(&fake),
             vec![("local/x:7".to_string(), "r/a:build-1".to_string())]
         );
         assert_eq!(r.get_output("applied"), Some("true"));
@@ -387,9 +362,9 @@ mod tests {
     #[test]
     fn without_source_only_computes() {
         let ctx = ctx_with_needs(IMAGE, vec![("lint", StageStatus::Success, "")]);
-        let mut fake = Fake::default();
+        let mut fake = FakeDocker::default();
         let r = tag_with(&ctx, &mut fake).unwrap();
-        assert!(fake.calls.is_empty());
+        assert!(tagged(&fake).is_empty());
         assert_eq!(r.status, ReportStatus::Passed);
         assert_eq!(r.get_output("applied"), Some("false"));
         assert_eq!(r.get_output("source"), None);
@@ -401,10 +376,13 @@ mod tests {
     #[test]
     fn tag_failure_fails_the_stage() {
         let ctx = ctx_with_needs(IMAGE, vec![("build", StageStatus::Success, "local/a:1")]);
-        let mut fake = Fake {
-            fail_on: Some("127.0.0.1:5000/demo-app:build-1".into()),
-            ..Fake::default()
-        };
+        let mut fake = FakeDocker::default();
+        // The second ref, 127.0.0.1:5000/demo-app:build-1, is refused.
+        fake.tag.reply(Ok(())).reply(Err(CapError::Denied(Denial {
+            stage: "tag".into(),
+            capability: "docker.tag".into(),
+            target: "127.0.0.1:5000/demo-app:build-1".into(),
+        })));
         let r = tag_with(&ctx, &mut fake).unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
         assert_eq!(r.get_output("applied"), Some("false"));
@@ -428,11 +406,11 @@ mod tests {
             r#"{"image":"a","latest":false,"sha-length":0,"branch-tag":false,"build-number-tag":false}"#,
             vec![("build", StageStatus::Success, "local/a:1")],
         );
-        let mut fake = Fake::default();
+        let mut fake = FakeDocker::default();
         let r = tag_with(&ctx, &mut fake).unwrap();
         assert_eq!(r.status, ReportStatus::Failed);
         assert_eq!(r.get_output("applied"), Some("false"));
-        assert!(fake.calls.is_empty());
+        assert!(tagged(&fake).is_empty());
     }
 
     #[test]

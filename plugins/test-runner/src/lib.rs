@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use stage_sdk::docker::{MountMode, Privileges, RunRequest, RunResult};
+use stage_sdk::docker::{Docker, HostDocker, MountMode, Privileges, RunRequest, RunResult};
 use stage_sdk::{
-    Annotation, CapError, ConfigKey, Context, PluginInfo, Report, ReportStatus, Stage, StageError,
+    Annotation, ConfigKey, Context, PluginInfo, Report, ReportStatus, Stage, StageError,
 };
 
 pub mod coverage;
@@ -90,33 +90,19 @@ impl Globs {
 pub struct With {
     pub image: String,
     pub command: Vec<String>,
-    #[serde(default = "default_workdir")]
+    // Defaults of workdir, env, require-reports and max-failures-listed come
+    // from describe() (the SDK fills them in), not from serde.
     pub workdir: String,
-    #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub junit: Globs,
     #[serde(default)]
     pub coverage: Option<Globs>,
     #[serde(default)]
     pub min_coverage: Option<f64>,
-    #[serde(default = "yes")]
     pub require_reports: bool,
     #[serde(default)]
     pub timeout: Option<String>,
-    #[serde(default = "fifty")]
     pub max_failures_listed: usize,
-}
-
-fn default_workdir() -> String {
-    WORKSPACE.to_string()
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn fifty() -> usize {
-    50
 }
 
 /// Parses `90s`, `5m`, `1h30m`, `500ms`, `2h` into milliseconds.
@@ -137,7 +123,7 @@ struct Plan {
 }
 
 fn plan(ctx: &Context) -> Result<Plan, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     if with.image.trim().is_empty() {
         return Err(StageError::config("with.image: must not be empty"));
     }
@@ -179,20 +165,6 @@ fn plan(ctx: &Context) -> Result<Plan, StageError> {
         coverage,
         timeout_ms,
     })
-}
-
-/// Runs containers: the host's `docker.run`, or a fake in tests.
-pub trait Engine {
-    fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError>;
-}
-
-/// The host's `docker.run` import.
-pub struct HostDocker;
-
-impl Engine for HostDocker {
-    fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError> {
-        stage_sdk::docker::run(req)
-    }
 }
 
 /// The request for the test container.
@@ -245,30 +217,82 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 /// Everything `run` does, with the engine and the workspace directory given.
 pub fn execute(
     ctx: &Context,
-    engine: &mut dyn Engine,
+    engine: &mut dyn Docker,
     workspace: &Path,
 ) -> Result<Report, StageError> {
     let plan = plan(ctx)?;
+    let result = match run_tests(&plan, engine) {
+        Ok(r) => r,
+        Err(report) => return Ok(report),
+    };
     let w = &plan.with;
-    let req = request(&plan);
+    let mut f = Findings::default();
+    let junit = read_junit(&plan, workspace, &mut f);
+    let cov = read_coverage(&plan, workspace, &mut f);
 
+    // Verdict.
+    let failing: Vec<&TestCase> = junit
+        .cases
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Failed | Outcome::Error))
+        .collect();
+    explain_exit(
+        &result,
+        w,
+        !junit.cases.is_empty(),
+        failing.is_empty(),
+        &mut f,
+    );
+    let failed = !failing.is_empty() || result.exit_code != 0 || !f.reasons.is_empty();
+    if !failed && !junit.files.is_empty() && junit.cases.is_empty() {
+        f.warnings
+            .push("the reports contain no test case".to_string());
+    }
+    annotate_failures(&failing, w.max_failures_listed, &mut f);
+    for warning in &f.warnings {
+        stage_sdk::log::warn!("{warning}");
+    }
+    Ok(build_report(&plan, &result, &junit, &cov, failed, f))
+}
+
+/// Why the stage fails, what it warns about, and its annotations, as the
+/// reports are read.
+#[derive(Default)]
+struct Findings {
+    reasons: Vec<String>,
+    annotations: Vec<Annotation>,
+    warnings: Vec<String>,
+}
+
+/// The JUnit reports: those found, those read, and their test cases.
+struct JunitRead {
+    files: Vec<String>,
+    read: Vec<String>,
+    cases: Vec<TestCase>,
+}
+
+/// The coverage reports read and their merged line coverage.
+#[derive(Default)]
+struct CoverageRead {
+    percent: Option<f64>,
+    files: Vec<String>,
+}
+
+/// Runs the test container; `Err` is the failed report when it could not run.
+fn run_tests(plan: &Plan, engine: &mut dyn Docker) -> Result<RunResult, Report> {
+    let w = &plan.with;
     stage_sdk::log::info!(
         "running {:?} in {} (workdir {})",
         w.command.join(" "),
         w.image,
         w.workdir
     );
-    let result = match engine.run(&req) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e.message();
-            stage_sdk::log::error!("docker.run {}: {msg}", w.image);
-            return Ok(
-                Report::failed(format!("could not run the tests in {}: {msg}", w.image))
-                    .annotate(Annotation::error(format!("docker.run {}", w.image), msg)),
-            );
-        }
-    };
+    let result = engine.run(&request(plan)).map_err(|e| {
+        let msg = e.message();
+        stage_sdk::log::error!("docker.run {}: {msg}", w.image);
+        Report::failed(format!("could not run the tests in {}: {msg}", w.image))
+            .annotate(Annotation::error(format!("docker.run {}", w.image), msg))
+    })?;
     if result.timed_out {
         stage_sdk::log::warn!(
             "the test command timed out after {} (exit code {})",
@@ -278,17 +302,14 @@ pub fn execute(
     } else {
         stage_sdk::log::info!("the test command exited with code {}", result.exit_code);
     }
+    Ok(result)
+}
 
-    let mut reasons: Vec<String> = Vec::new();
-    let mut annotations: Vec<Annotation> = Vec::new();
-    let mut warnings: Vec<String> = Vec::new();
-
-    // JUnit reports.
-    let mut cases: Vec<TestCase> = Vec::new();
-    let junit_files = match plan.junit.find(workspace) {
+fn read_junit(plan: &Plan, workspace: &Path, f: &mut Findings) -> JunitRead {
+    let files = match plan.junit.find(workspace) {
         Ok(found) => {
             if found.truncated {
-                warnings.push(format!(
+                f.warnings.push(format!(
                     "the search for {} stopped after {} entries",
                     plan.junit.patterns.join(", "),
                     reports::MAX_ENTRIES
@@ -297,23 +318,25 @@ pub fn execute(
             found.files
         }
         Err(e) => {
-            reasons.push(format!("cannot search the workspace for reports: {e}"));
+            f.reasons
+                .push(format!("cannot search the workspace for reports: {e}"));
             Vec::new()
         }
     };
-    if junit_files.is_empty() && reasons.is_empty() {
+    if files.is_empty() && f.reasons.is_empty() {
         let msg = format!("no JUnit report matches {}", plan.junit.patterns.join(", "));
-        if w.require_reports {
-            reasons.push(msg);
+        if plan.with.require_reports {
+            f.reasons.push(msg);
         } else {
-            warnings.push(msg);
+            f.warnings.push(msg);
         }
     }
-    let mut read_files = Vec::new();
-    for rel in &junit_files {
+    let mut read = Vec::new();
+    let mut cases = Vec::new();
+    for rel in &files {
         let parsed = read_report(workspace, rel).and_then(|xml| {
             junit::parse(rel, &xml).map_err(|e| {
-                annotations.push(
+                f.annotations.push(
                     Annotation::error("invalid JUnit report", e.to_string())
                         .file(rel.as_str())
                         .line(e.line as u32),
@@ -325,91 +348,103 @@ pub fn execute(
             Ok(mut c) => {
                 stage_sdk::log::info!("{rel}: {}", Counts::of(&c).line());
                 cases.append(&mut c);
-                read_files.push(rel.clone());
+                read.push(rel.clone());
             }
             Err(e) => {
                 stage_sdk::log::error!("{e}");
-                reasons.push(e);
+                f.reasons.push(e);
             }
         }
     }
-    let counts = Counts::of(&cases);
+    JunitRead { files, read, cases }
+}
 
-    // Coverage.
-    let mut coverage_pct = None;
-    let mut coverage_files = Vec::new();
-    if let Some(patterns) = &plan.coverage {
-        let files = match patterns.find(workspace) {
-            Ok(found) => found.files,
+fn read_coverage(plan: &Plan, workspace: &Path, f: &mut Findings) -> CoverageRead {
+    let Some(patterns) = &plan.coverage else {
+        return CoverageRead::default();
+    };
+    let w = &plan.with;
+    let files = match patterns.find(workspace) {
+        Ok(found) => found.files,
+        Err(e) => {
+            f.reasons
+                .push(format!("cannot search the workspace for coverage: {e}"));
+            Vec::new()
+        }
+    };
+    if files.is_empty() {
+        let msg = format!(
+            "no coverage report matches {}",
+            patterns.patterns.join(", ")
+        );
+        if w.require_reports || w.min_coverage.is_some() {
+            f.reasons.push(msg);
+        } else {
+            f.warnings.push(msg);
+        }
+    }
+    let mut parsed = Vec::new();
+    let mut read = Vec::new();
+    for rel in &files {
+        match read_report(workspace, rel).and_then(|t| coverage::parse(rel, &t)) {
+            Ok(c) => {
+                if let Some(p) = c.percent() {
+                    stage_sdk::log::info!("{rel}: {} line coverage {p:.1}%", c.format.as_str());
+                }
+                parsed.push(c);
+                read.push(rel.clone());
+            }
             Err(e) => {
-                reasons.push(format!("cannot search the workspace for coverage: {e}"));
-                Vec::new()
-            }
-        };
-        let needed = w.require_reports || w.min_coverage.is_some();
-        if files.is_empty() {
-            let msg = format!(
-                "no coverage report matches {}",
-                patterns.patterns.join(", ")
-            );
-            if needed {
-                reasons.push(msg);
-            } else {
-                warnings.push(msg);
-            }
-        }
-        let mut parsed = Vec::new();
-        for rel in &files {
-            match read_report(workspace, rel).and_then(|t| coverage::parse(rel, &t)) {
-                Ok(c) => {
-                    if let Some(p) = c.percent() {
-                        stage_sdk::log::info!("{rel}: {} line coverage {p:.1}%", c.format.as_str());
-                    }
-                    parsed.push(c);
-                    coverage_files.push(rel.clone());
-                }
-                Err(e) => {
-                    stage_sdk::log::error!("{e}");
-                    annotations.push(
-                        Annotation::error("invalid coverage report", e.clone()).file(rel.as_str()),
-                    );
-                    reasons.push(e);
-                }
-            }
-        }
-        coverage_pct = coverage::merge(&parsed);
-        if let Some(min) = w.min_coverage {
-            match coverage_pct {
-                Some(p) if p + 1e-9 < min => reasons.push(format!(
-                    "line coverage {p:.1}% is below min-coverage {min}%"
-                )),
-                None if !parsed.is_empty() => {
-                    reasons.push("the coverage report counts no line".to_string())
-                }
-                _ => {}
+                stage_sdk::log::error!("{e}");
+                f.annotations.push(
+                    Annotation::error("invalid coverage report", e.clone()).file(rel.as_str()),
+                );
+                f.reasons.push(e);
             }
         }
     }
+    let percent = coverage::merge(&parsed);
+    if let Some(min) = w.min_coverage {
+        match percent {
+            Some(p) if p + 1e-9 < min => f.reasons.push(format!(
+                "line coverage {p:.1}% is below min-coverage {min}%"
+            )),
+            None if !parsed.is_empty() => f
+                .reasons
+                .push("the coverage report counts no line".to_string()),
+            _ => {}
+        }
+    }
+    CoverageRead {
+        percent,
+        files: read,
+    }
+}
 
-    // Verdict.
-    let failing: Vec<&TestCase> = cases
-        .iter()
-        .filter(|c| matches!(c.outcome, Outcome::Failed | Outcome::Error))
-        .collect();
+/// A timeout, or a non-zero exit no failing test explains, comes first
+/// among the reasons.
+fn explain_exit(
+    result: &RunResult,
+    w: &With,
+    any_case: bool,
+    none_failing: bool,
+    f: &mut Findings,
+) {
     if result.timed_out {
         let after = w
             .timeout
             .as_deref()
             .map(|t| format!(" after {t}"))
             .unwrap_or_default();
-        reasons.insert(0, format!("the test command timed out{after}"));
-    } else if result.exit_code != 0 && failing.is_empty() {
-        let why = if cases.is_empty() {
-            String::new()
+        f.reasons
+            .insert(0, format!("the test command timed out{after}"));
+    } else if result.exit_code != 0 && none_failing {
+        let why = if any_case {
+            " although no test failed"
         } else {
-            " although no test failed".to_string()
+            ""
         };
-        reasons.insert(
+        f.reasons.insert(
             0,
             format!(
                 "the test command exited with code {}{why}",
@@ -417,61 +452,63 @@ pub fn execute(
             ),
         );
     }
-    let failed = !failing.is_empty() || result.exit_code != 0 || !reasons.is_empty();
-    if !failed && !junit_files.is_empty() && cases.is_empty() {
-        warnings.push("the reports contain no test case".to_string());
-    }
+}
 
-    for case in failing.iter().take(w.max_failures_listed) {
+/// One annotation per failing test, up to `max`, then one "N more".
+fn annotate_failures(failing: &[&TestCase], max: usize, f: &mut Findings) {
+    for case in failing.iter().take(max) {
         let mut a = Annotation::error(case.title(), case.failure_text(MAX_MESSAGE));
-        if let Some(f) = &case.file {
-            a = a.file(workspace_path(f));
+        if let Some(file) = &case.file {
+            a = a.file(workspace_path(file));
             if let Some(l) = case.line {
                 a = a.line(l);
             }
         }
-        annotations.push(a);
+        f.annotations.push(a);
     }
-    if failing.len() > w.max_failures_listed {
-        let more = failing.len() - w.max_failures_listed;
-        annotations.push(Annotation::warning(
+    if failing.len() > max {
+        let more = failing.len() - max;
+        f.annotations.push(Annotation::warning(
             format!(
                 "{} not listed",
                 plural(more, "more failing test", "more failing tests")
             ),
-            format!(
-                "only the first {} are annotated (max-failures-listed)",
-                w.max_failures_listed
-            ),
+            format!("only the first {max} are annotated (max-failures-listed)"),
         ));
     }
-    for warning in &warnings {
-        stage_sdk::log::warn!("{warning}");
-    }
+}
 
-    let mut summary = if read_files.is_empty() && cases.is_empty() {
+fn build_report(
+    plan: &Plan,
+    result: &RunResult,
+    junit: &JunitRead,
+    cov: &CoverageRead,
+    failed: bool,
+    f: Findings,
+) -> Report {
+    let counts = Counts::of(&junit.cases);
+    let mut summary = if junit.read.is_empty() && junit.cases.is_empty() {
         "no test report".to_string()
     } else {
         counts.line()
     };
-    if let Some(p) = coverage_pct {
+    if let Some(p) = cov.percent {
         summary.push_str(&format!("; coverage {p:.1}%"));
     }
-    if !reasons.is_empty() {
+    if !f.reasons.is_empty() {
         summary.push_str(" — ");
-        summary.push_str(&reasons.join("; "));
-    } else if !failed && !warnings.is_empty() {
+        summary.push_str(&f.reasons.join("; "));
+    } else if !failed && !f.warnings.is_empty() {
         summary.push_str(" — ");
-        summary.push_str(&warnings.join("; "));
+        summary.push_str(&f.warnings.join("; "));
     }
     let status = if failed {
         ReportStatus::Failed
-    } else if warnings.is_empty() {
+    } else if f.warnings.is_empty() {
         ReportStatus::Passed
     } else {
         ReportStatus::Warning
     };
-
     let mut report = Report::new(status, summary)
         .output("tests", counts.tests.to_string())
         .output("passed", counts.passed.to_string())
@@ -479,17 +516,17 @@ pub fn execute(
         .output("errors", counts.errors.to_string())
         .output("skipped", counts.skipped.to_string())
         .output("exit-code", result.exit_code.to_string())
-        .output("reports", read_files.join(","));
+        .output("reports", junit.read.join(","));
     if plan.coverage.is_some() {
-        if let Some(p) = coverage_pct {
+        if let Some(p) = cov.percent {
             report = report.output("coverage", format!("{p:.1}"));
         }
-        report = report.output("coverage-reports", coverage_files.join(","));
+        report = report.output("coverage-reports", cov.files.join(","));
     }
-    for a in annotations {
+    for a in f.annotations {
         report = report.annotate(a);
     }
-    Ok(report)
+    report
 }
 
 struct TestRunner;
@@ -559,7 +596,9 @@ stage_sdk::export_stage!(TestRunner);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stage_sdk::{Denial, Level};
+    use stage_sdk::docker::RunResult;
+    use stage_sdk::testing::{DockerCall, FakeDocker};
+    use stage_sdk::{CapError, Denial, Level};
     use std::fs;
     use std::path::PathBuf;
 
@@ -570,14 +609,15 @@ mod tests {
         ))
     }
 
-    /// A fake engine: records the request and, like the tests in the
-    /// container, writes report files into the workspace.
+    /// The SDK's fake engine plus the report files the tests in the
+    /// container would write into the workspace (written before the run:
+    /// the stage reads them only after it).
     struct Fake {
         workspace: PathBuf,
         /// (source under shared/data, destination in the workspace)
         writes: Vec<(String, String)>,
         result: Result<RunResult, CapError>,
-        seen: Vec<RunRequest>,
+        docker: FakeDocker,
     }
 
     impl Fake {
@@ -597,32 +637,38 @@ mod tests {
                     output: String::new(),
                     timed_out: false,
                 }),
-                seen: Vec::new(),
+                docker: FakeDocker::default(),
             }
         }
 
         fn stage(&mut self, config: &str) -> Result<Report, StageError> {
-            let ctx = Context::for_test("test", config);
-            let ws = self.workspace.clone();
-            execute(&ctx, self, &ws)
+            // With the keys `describe()` declares, as the export glue does.
+            let ctx = Context::for_test("test", config).with_keys(TestRunner::describe().config);
+            for (src, dst) in &self.writes {
+                let to = self.workspace.join(dst);
+                fs::create_dir_all(to.parent().unwrap()).unwrap();
+                fs::copy(data(src), &to).unwrap();
+            }
+            self.docker.run.reply(self.result.clone());
+            execute(&ctx, &mut self.docker, &self.workspace)
+        }
+
+        /// The requests the stage ran.
+        fn seen(&self) -> Vec<&RunRequest> {
+            self.docker
+                .calls
+                .iter()
+                .map(|c| match c {
+                    DockerCall::Run(req) => req,
+                    other => panic!("not a run: {other:?}"),
+                })
+                .collect()
         }
     }
 
     impl Drop for Fake {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.workspace);
-        }
-    }
-
-    impl Engine for Fake {
-        fn run(&mut self, req: &RunRequest) -> Result<RunResult, CapError> {
-            self.seen.push(req.clone());
-            for (src, dst) in &self.writes {
-                let to = self.workspace.join(dst);
-                fs::create_dir_all(to.parent().unwrap()).unwrap();
-                fs::copy(data(src), &to).unwrap();
-            }
-            self.result.clone()
         }
     }
 
@@ -668,7 +714,8 @@ mod tests {
         assert_eq!(out(&r, "coverage-reports"), "coverage.xml");
         assert!(r.annotations.is_empty());
 
-        let req = &fake.seen[0];
+        let seen = fake.seen();
+        let req = seen[0];
         assert_eq!(req.image, "gradle:8");
         assert_eq!(req.command, vec!["gradle", "test"]);
         assert_eq!(
@@ -787,7 +834,7 @@ mod tests {
             "{}",
             r.summary
         );
-        assert_eq!(fake.seen[0].timeout_ms, Some(90_000));
+        assert_eq!(fake.seen()[0].timeout_ms, Some(90_000));
     }
 
     #[test]
@@ -944,7 +991,7 @@ mod tests {
         let mut fake = Fake::new("config", 0, &[]);
         match fake.stage(json) {
             Err(StageError::Config(m)) => {
-                assert!(fake.seen.is_empty(), "ran despite a config error");
+                assert!(fake.seen().is_empty(), "ran despite a config error");
                 m
             }
             other => panic!("expected a config error, got {other:?}"),

@@ -38,8 +38,8 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use stage_sdk::scan::ScanRequest;
-use stage_sdk::{Annotation, CapError, ConfigKey, Context, PluginInfo, Report, Stage, StageError};
+use stage_sdk::scan::{HostScan, Scan, ScanRequest};
+use stage_sdk::{Annotation, ConfigKey, Context, PluginInfo, Report, Stage, StageError};
 
 pub mod date;
 pub mod gate;
@@ -287,20 +287,6 @@ pub fn plan(ctx: &Context, workspace: &Path) -> Result<Plan, StageError> {
     })
 }
 
-/// Scans images: the host's `scan` import, or a fake in tests.
-pub trait Scanner {
-    fn scan(&mut self, req: &ScanRequest) -> Result<String, CapError>;
-}
-
-/// The host's `scan.image` import.
-pub struct HostScanner;
-
-impl Scanner for HostScanner {
-    fn scan(&mut self, req: &ScanRequest) -> Result<String, CapError> {
-        stage_sdk::scan::image(req)
-    }
-}
-
 fn cannot(summary: String, title: &str, detail: String) -> Report {
     stage_sdk::log::error!("{summary}");
     Report::failed(summary).annotate(Annotation::error(title, detail))
@@ -309,7 +295,7 @@ fn cannot(summary: String, title: &str, detail: String) -> Report {
 /// Everything `run` does, with the scanner, the workspace and today given.
 pub fn execute(
     ctx: &Context,
-    scanner: &mut dyn Scanner,
+    scanner: &mut dyn Scan,
     workspace: &Path,
     today: Date,
 ) -> Result<Report, StageError> {
@@ -333,7 +319,7 @@ pub fn execute(
                 image: image.clone(),
                 scanners: scanners.clone(),
             };
-            match scanner.scan(&req) {
+            match scanner.image(&req) {
                 Ok(t) => t,
                 Err(e) => {
                     let msg = e.message();
@@ -452,7 +438,7 @@ impl Stage for TrivyGate {
     }
 
     fn run(ctx: Context) -> Result<Report, StageError> {
-        execute(&ctx, &mut HostScanner, Path::new(WORKSPACE), Date::today())
+        execute(&ctx, &mut HostScan, Path::new(WORKSPACE), Date::today())
     }
 }
 

@@ -1,7 +1,8 @@
 //! `execute` over the real Trivy reports in shared/data/trivy.
 
 use super::*;
-use stage_sdk::{Level, ReportStatus};
+use stage_sdk::testing::FakeScan;
+use stage_sdk::{CapError, Level, ReportStatus};
 use std::path::PathBuf;
 
 /// shared/data, used as the workspace: reports are `trivy/<file>`.
@@ -18,33 +19,22 @@ fn day(s: &str) -> Date {
 
 const TODAY: &str = "2026-06-01";
 
-/// A scanner that must not be called, or answers with a canned result.
-struct Fake {
-    answer: Option<Result<String, CapError>>,
-    seen: Vec<ScanRequest>,
-}
-
-impl Fake {
-    fn none() -> Fake {
-        Fake {
-            answer: None,
-            seen: Vec::new(),
-        }
-    }
-}
-
-impl Scanner for Fake {
-    fn scan(&mut self, req: &ScanRequest) -> Result<String, CapError> {
-        self.seen.push(req.clone());
-        self.answer
-            .clone()
-            .expect("the scanner must not be called for a `report`")
-    }
+/// A scanner whose next scan answers `answer`.
+fn answering(answer: Result<String, CapError>) -> FakeScan {
+    let mut fake = FakeScan::default();
+    fake.image.reply(answer);
+    fake
 }
 
 fn run_in(ws: &Path, config: &str, today: &str) -> Result<Report, StageError> {
     let ctx = Context::for_test("gate", config);
-    execute(&ctx, &mut Fake::none(), ws, day(today))
+    let mut scanner = FakeScan::default();
+    let r = execute(&ctx, &mut scanner, ws, day(today));
+    assert!(
+        scanner.calls.is_empty(),
+        "the scanner must not be called for a `report`"
+    );
+    r
 }
 
 fn run(config: &str) -> Report {
@@ -577,29 +567,24 @@ fn bad_reports_fail_naming_the_source() {
 
 #[test]
 fn image_is_scanned_by_the_host() {
-    let mut fake = Fake {
-        answer: Some(Ok(golden("alpine-39.json.golden"))),
-        seen: Vec::new(),
-    };
+    let mut fake = answering(Ok(golden("alpine-39.json.golden")));
     let ctx = Context::for_test("gate", r#"{"image":"alpine:3.9"}"#);
     let r = execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
     assert_eq!(r.status, ReportStatus::Failed);
-    assert_eq!(fake.seen.len(), 1);
-    assert_eq!(fake.seen[0].image, "alpine:3.9");
-    assert_eq!(fake.seen[0].scanners, ["vuln", "secret"]);
+    assert_eq!(fake.calls.len(), 1);
+    assert_eq!(fake.calls[0].image, "alpine:3.9");
+    assert_eq!(fake.calls[0].scanners, ["vuln", "secret"]);
 
     let ctx = Context::for_test(
         "gate",
         r#"{"image":"alpine:3.9","scanners":["vuln","misconfig"],"severity":"CRITICAL"}"#,
     );
+    fake.image.reply(Ok(golden("alpine-39.json.golden")));
     execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
-    assert_eq!(fake.seen[1].scanners, ["vuln", "misconfig"]);
+    assert_eq!(fake.calls[1].scanners, ["vuln", "misconfig"]);
 
     // Image targets are never workspace files.
-    let mut fake = Fake {
-        answer: Some(Ok(golden("secrets.json.golden"))),
-        seen: Vec::new(),
-    };
+    let mut fake = answering(Ok(golden("secrets.json.golden")));
     let ctx = Context::for_test("gate", r#"{"image":"app:1"}"#);
     let r = execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
     assert_eq!(r.status, ReportStatus::Failed);
@@ -608,10 +593,7 @@ fn image_is_scanned_by_the_host() {
 
 #[test]
 fn scan_errors_fail_naming_the_image() {
-    let mut fake = Fake {
-        answer: Some(Err(CapError::Failed("trivy: no such image".into()))),
-        seen: Vec::new(),
-    };
+    let mut fake = answering(Err(CapError::Failed("trivy: no such image".into())));
     let ctx = Context::for_test("gate", r#"{"image":"app:1"}"#);
     let r = execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
     assert_eq!(r.status, ReportStatus::Failed);
@@ -620,10 +602,7 @@ fn scan_errors_fail_naming_the_image() {
         "could not scan app:1: failed: trivy: no such image"
     );
 
-    let mut fake = Fake {
-        answer: Some(Ok("{\"SchemaVersion\":2,\"Res".into())),
-        seen: Vec::new(),
-    };
+    let mut fake = answering(Ok("{\"SchemaVersion\":2,\"Res".into()));
     let r = execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
     assert_eq!(r.status, ReportStatus::Failed);
     assert!(

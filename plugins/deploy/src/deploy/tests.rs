@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::config::{Health, Strategy};
+use stage_sdk::docker::{BuildRequest, BuildResult, PushResult, RunRequest, RunResult};
 
 const ADMIN: u16 = 18081;
 const PUBLIC: u16 = 18080;
@@ -98,8 +99,26 @@ fn refused() -> CapError {
     CapError::Failed("request to http://127.0.0.1: connection refused".into())
 }
 
-impl Env for Sim {
-    fn list(&mut self, label: &str) -> Result<Vec<ContainerInfo>, CapError> {
+/// The simulation answers only what the deploy uses.
+fn unused(what: &str) -> CapError {
+    CapError::Unsupported(format!("the deploy does not call docker.{what}"))
+}
+
+impl Docker for Sim {
+    fn build(&mut self, _: &BuildRequest) -> Result<BuildResult, CapError> {
+        Err(unused("build"))
+    }
+    fn tag(&mut self, _: &str, _: &str) -> Result<(), CapError> {
+        Err(unused("tag"))
+    }
+    fn push(&mut self, _: &str, _: Option<&str>) -> Result<PushResult, CapError> {
+        Err(unused("push"))
+    }
+    fn run(&mut self, _: &RunRequest) -> Result<RunResult, CapError> {
+        Err(unused("run"))
+    }
+
+    fn list_containers(&mut self, label: &str) -> Result<Vec<ContainerInfo>, CapError> {
         let (k, v) = label.split_once('=').unwrap();
         Ok(self
             .containers
@@ -109,7 +128,8 @@ impl Env for Sim {
             .collect())
     }
 
-    fn create(&mut self, spec: ContainerSpec) -> Result<(), CapError> {
+    fn create(&mut self, spec: &ContainerSpec) -> Result<String, CapError> {
+        let spec = spec.clone();
         assert!(
             !self.containers.contains_key(&spec.name),
             "{} exists",
@@ -126,7 +146,7 @@ impl Env for Sim {
                 address,
             },
         );
-        Ok(())
+        Ok(format!("id-{}", self.next_ip))
     }
 
     fn start(&mut self, name: &str) -> Result<(), CapError> {
@@ -147,7 +167,7 @@ impl Env for Sim {
         Ok(())
     }
 
-    fn stop(&mut self, name: &str, _: u32) -> Result<(), CapError> {
+    fn stop(&mut self, name: &str, _: Option<u32>) -> Result<(), CapError> {
         self.events.push(format!("stop {name}"));
         let addr = {
             let c = &self.containers[name];
@@ -180,7 +200,9 @@ impl Env for Sim {
             .ok_or_else(|| CapError::Failed("docker NOT_FOUND".into()))?;
         Ok(self.info(name, &c))
     }
+}
 
+impl Env for Sim {
     fn http(
         &mut self,
         method: &str,
@@ -431,20 +453,33 @@ fn unhealthy_rolling_rolls_back_replicas_it_removed() {
             self.0.sleep(d)
         }
     }
-    impl Env for Flaky {
-        fn list(&mut self, l: &str) -> Result<Vec<ContainerInfo>, CapError> {
-            self.0.list(l)
+    impl Docker for Flaky {
+        fn build(&mut self, r: &BuildRequest) -> Result<BuildResult, CapError> {
+            self.0.build(r)
         }
-        fn create(&mut self, mut spec: ContainerSpec) -> Result<(), CapError> {
+        fn tag(&mut self, s: &str, t: &str) -> Result<(), CapError> {
+            self.0.tag(s, t)
+        }
+        fn push(&mut self, i: &str, a: Option<&str>) -> Result<PushResult, CapError> {
+            self.0.push(i, a)
+        }
+        fn run(&mut self, r: &RunRequest) -> Result<RunResult, CapError> {
+            self.0.run(r)
+        }
+        fn list_containers(&mut self, l: &str) -> Result<Vec<ContainerInfo>, CapError> {
+            self.0.list_containers(l)
+        }
+        fn create(&mut self, spec: &ContainerSpec) -> Result<String, CapError> {
+            let mut spec = spec.clone();
             if spec.name == "demo-0004" {
                 spec.env.push(("DEMO_UNHEALTHY".into(), "1".into()));
             }
-            self.0.create(spec)
+            self.0.create(&spec)
         }
         fn start(&mut self, n: &str) -> Result<(), CapError> {
             self.0.start(n)
         }
-        fn stop(&mut self, n: &str, t: u32) -> Result<(), CapError> {
+        fn stop(&mut self, n: &str, t: Option<u32>) -> Result<(), CapError> {
             self.0.stop(n, t)
         }
         fn remove(&mut self, n: &str) -> Result<(), CapError> {
@@ -453,6 +488,8 @@ fn unhealthy_rolling_rolls_back_replicas_it_removed() {
         fn inspect(&mut self, n: &str) -> Result<ContainerInfo, CapError> {
             self.0.inspect(n)
         }
+    }
+    impl Env for Flaky {
         fn http(
             &mut self,
             m: &str,

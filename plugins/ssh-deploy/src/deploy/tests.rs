@@ -278,14 +278,10 @@ impl Clock for Sim {
     }
 }
 
-impl Env for Sim {
-    fn exec(
-        &mut self,
-        target: &str,
-        script: &str,
-        _timeout_ms: u32,
-    ) -> Result<ExecResult, CapError> {
-        assert_eq!(target, "prod");
+impl Ssh for Sim {
+    fn exec(&mut self, req: &ExecRequest) -> Result<ExecResult, CapError> {
+        assert_eq!(req.target, "prod");
+        let script = &remote::script_of(&req.command);
         assert!(
             script.lines().nth(1) == Some("cd -- 'prod' || exit 1")
                 || script.contains("mkdir -p -- 'prod'")
@@ -311,7 +307,9 @@ impl Env for Sim {
         self.server.incoming.insert(remote.to_string(), stored);
         Ok(format!("sha256:{h}"))
     }
+}
 
+impl Env for Sim {
     fn http_get(&mut self, url: &str, _timeout_ms: u32) -> Result<Reply, CapError> {
         self.clock.now += Duration::from_millis(10);
         let port: u16 = url
