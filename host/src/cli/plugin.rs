@@ -82,7 +82,8 @@ pub struct NewArgs {
     /// Directory to create (default: ./NAME).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Rust only: the stage-sdk crate (default: plugins/sdk above --dir).
+    /// Rust only: use this stage-sdk crate instead of writing the copy this
+    /// host carries to vendor/stage-sdk-VERSION/.
     #[arg(long)]
     pub sdk: Option<PathBuf>,
 }
