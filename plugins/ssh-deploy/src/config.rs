@@ -14,6 +14,10 @@ pub const DEFAULT_KEEP: u32 = 3;
 pub const MAX_KEEP: u32 = 100;
 /// Longest release id.
 pub const MAX_VERSION_LEN: usize = 128;
+/// `health.timeout` when not given (also quoted by `describe()`).
+pub const DEFAULT_HEALTH_TIMEOUT: &str = "20s";
+/// `health.interval` when not given (also quoted by `describe()`).
+pub const DEFAULT_HEALTH_INTERVAL: &str = "250ms";
 /// Longest `health.timeout`.
 pub const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -25,7 +29,8 @@ pub struct PortsWith {
     pub green: u16,
 }
 
-/// `health` table.
+/// `health` table. Its keys are nested, which the SDK does not fill from
+/// `describe()`, so their defaults are the constants above.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct HealthWith {
@@ -39,16 +44,14 @@ pub struct HealthWith {
 }
 
 fn health_timeout() -> String {
-    "20s".into()
+    DEFAULT_HEALTH_TIMEOUT.into()
 }
 fn health_interval() -> String {
-    "250ms".into()
-}
-fn keep() -> u32 {
-    DEFAULT_KEEP
+    DEFAULT_HEALTH_INTERVAL.into()
 }
 
-/// The `with` table as written.
+/// The `with` table as written. `keep` gets its default from `describe()`
+/// (the SDK fills it in), not from serde.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
@@ -65,7 +68,6 @@ pub struct With {
     pub health: HealthWith,
     #[serde(default)]
     pub switch: Option<String>,
-    #[serde(default = "keep")]
     pub keep: u32,
 }
 
@@ -230,7 +232,7 @@ fn parse_duration(key: &str, text: &str, max: Duration) -> Result<Duration, Stag
 
 /// Parses and checks the `with` table.
 pub fn load(ctx: &Context) -> Result<Config, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     from_with(&with, ctx.run().build_number)
 }
 
@@ -238,61 +240,102 @@ pub fn load(ctx: &Context) -> Result<Config, StageError> {
 pub fn from_with(with: &With, build_number: u64) -> Result<Config, StageError> {
     check_target(&with.target).map_err(|e| cfg_err("target", e))?;
     let base = check_base(&with.base).map_err(|e| cfg_err("base", e))?;
-    let (version, source) = match &with.image {
-        // A rollback re-runs the stage with `image` added to the same
-        // table: `release` and `version` are still there, and ignored.
-        Some(image) => {
-            check_version(image).map_err(|e| cfg_err("image", e))?;
-            (image.clone(), Source::Existing)
+    let (version, source) = release_of(with, build_number)?;
+    check_ports(&with.ports)?;
+    check_command("start", &with.start)?;
+    let health = health_of(&with.health)?;
+    if let Some(s) = &with.switch {
+        if s.trim().is_empty() {
+            return Err(cfg_err(
+                "switch",
+                "empty (leave it out to switch only the `live` file)",
+            ));
         }
-        None => {
-            let Some(path) = &with.release else {
-                return Err(cfg_err(
-                    "release",
-                    "required key is missing (or give `image`: a release already on the server)",
-                ));
-            };
-            let unpack = check_release(path).map_err(|e| cfg_err("release", e))?;
-            let version = match &with.version {
-                Some(v) => {
-                    check_version(v).map_err(|e| cfg_err("version", e))?;
-                    v.clone()
-                }
-                None => format!("build-{build_number}"),
-            };
-            (
-                version,
-                Source::Upload {
-                    path: path.clone(),
-                    unpack,
-                },
-            )
-        }
+        check_command("switch", s)?;
+    }
+    if with.keep == 0 || with.keep > MAX_KEEP {
+        return Err(cfg_err(
+            "keep",
+            format!("{} is not between 1 and {MAX_KEEP}", with.keep),
+        ));
+    }
+    Ok(Config {
+        target: with.target.clone(),
+        base,
+        version,
+        source,
+        blue_port: with.ports.blue,
+        green_port: with.ports.green,
+        start: with.start.clone(),
+        health,
+        switch: with.switch.clone(),
+        keep: with.keep,
+    })
+}
+
+/// The release id and where it comes from: `image` (already on the
+/// server) or `release` (uploaded), named by `version` or the build number.
+fn release_of(with: &With, build_number: u64) -> Result<(String, Source), StageError> {
+    // A rollback re-runs the stage with `image` added to the same
+    // table: `release` and `version` are still there, and ignored.
+    if let Some(image) = &with.image {
+        check_version(image).map_err(|e| cfg_err("image", e))?;
+        return Ok((image.clone(), Source::Existing));
+    }
+    let Some(path) = &with.release else {
+        return Err(cfg_err(
+            "release",
+            "required key is missing (or give `image`: a release already on the server)",
+        ));
     };
-    for (key, p) in [
-        ("ports.blue", with.ports.blue),
-        ("ports.green", with.ports.green),
-    ] {
+    let unpack = check_release(path).map_err(|e| cfg_err("release", e))?;
+    let version = match &with.version {
+        Some(v) => {
+            check_version(v).map_err(|e| cfg_err("version", e))?;
+            v.clone()
+        }
+        None => format!("build-{build_number}"),
+    };
+    let source = Source::Upload {
+        path: path.clone(),
+        unpack,
+    };
+    Ok((version, source))
+}
+
+/// Both ports non-zero and distinct: the slots run side by side.
+fn check_ports(ports: &PortsWith) -> Result<(), StageError> {
+    for (key, p) in [("ports.blue", ports.blue), ("ports.green", ports.green)] {
         if p == 0 {
             return Err(cfg_err(key, "port 0"));
         }
     }
-    if with.ports.blue == with.ports.green {
+    if ports.blue == ports.green {
         return Err(cfg_err(
             "ports.green",
             format!(
                 "{} is also the blue port: the slots run side by side",
-                with.ports.green
+                ports.green
             ),
         ));
     }
-    if with.start.trim().is_empty() {
-        return Err(cfg_err("start", "empty"));
+    Ok(())
+}
+
+/// A remote command (`start`, `switch`): not blank, no NUL (it goes
+/// through `sh -c`).
+fn check_command(key: &str, cmd: &str) -> Result<(), StageError> {
+    if cmd.trim().is_empty() {
+        return Err(cfg_err(key, "empty"));
     }
-    if with.start.contains('\0') {
-        return Err(cfg_err("start", "holds a NUL character"));
+    if cmd.contains('\0') {
+        return Err(cfg_err(key, "holds a NUL character"));
     }
-    let h = &with.health;
+    Ok(())
+}
+
+/// The `health` table, checked: an http(s) URL with `{port}`, durations.
+fn health_of(h: &HealthWith) -> Result<Health, StageError> {
     let url = h.url.trim();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(cfg_err(
@@ -313,39 +356,11 @@ pub fn from_with(with: &With, build_number: u64) -> Result<Config, StageError> {
             return Err(cfg_err("health.body-contains", "empty"));
         }
     }
-    if let Some(s) = &with.switch {
-        if s.trim().is_empty() {
-            return Err(cfg_err(
-                "switch",
-                "empty (leave it out to switch only the `live` file)",
-            ));
-        }
-        if s.contains('\0') {
-            return Err(cfg_err("switch", "holds a NUL character"));
-        }
-    }
-    if with.keep == 0 || with.keep > MAX_KEEP {
-        return Err(cfg_err(
-            "keep",
-            format!("{} is not between 1 and {MAX_KEEP}", with.keep),
-        ));
-    }
-    Ok(Config {
-        target: with.target.clone(),
-        base,
-        version,
-        source,
-        blue_port: with.ports.blue,
-        green_port: with.ports.green,
-        start: with.start.clone(),
-        health: Health {
-            url: url.to_string(),
-            timeout,
-            interval,
-            body_contains: h.body_contains.clone(),
-        },
-        switch: with.switch.clone(),
-        keep: with.keep,
+    Ok(Health {
+        url: url.to_string(),
+        timeout,
+        interval,
+        body_contains: h.body_contains.clone(),
     })
 }
 
@@ -356,7 +371,8 @@ mod tests {
     const MIN: &str = r#""target":"prod","base":"prod","release":"dist/demo-app","ports":{"blue":18701,"green":18702},"start":"./demo-app","health":{"url":"http://127.0.0.1:{port}/health"}"#;
 
     fn load_json(json: &str) -> Result<Config, StageError> {
-        load(&Context::for_test("deploy-prod", json))
+        // With the keys `describe()` declares, as the export glue does.
+        load(&Context::for_test("deploy-prod", json).with_keys(crate::info().config))
     }
 
     fn err(json: &str) -> String {

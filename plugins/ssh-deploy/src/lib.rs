@@ -200,8 +200,12 @@ pub fn info() -> PluginInfo {
     ))
     .key(ConfigKey::required(
         "health",
-        "{ url = \"http://host:{port}/health\", timeout = \"20s\", interval = \"250ms\", \
-         body-contains }: 2xx (and the text) means healthy",
+        format!(
+            "{{ url = \"http://host:{{port}}/health\", timeout = \"{}\", \
+             interval = \"{}\", body-contains }}: 2xx (and the text) means healthy",
+            config::DEFAULT_HEALTH_TIMEOUT,
+            config::DEFAULT_HEALTH_INTERVAL
+        ),
     ))
     .key(ConfigKey::optional_no_default(
         "switch",

@@ -476,7 +476,8 @@ fn second_deploy_goes_to_green_and_keeps_blue_running() {
 #[test]
 fn report_outputs() {
     let mut sim = Sim::new();
-    let ctx = |json: &str| Context::for_test("deploy-prod", json);
+    // With the keys `describe()` declares, as the export glue does.
+    let ctx = |json: &str| Context::for_test("deploy-prod", json).with_keys(crate::info().config);
     let with = r#"{"target":"prod","base":"prod","release":"dist/v1/demo-app","version":"v1","ports":{"blue":18701,"green":18702},"start":"./demo-app","health":{"url":"http://127.0.0.1:{port}/health"}}"#;
     let r = crate::ssh_deploy_stage(&ctx(with), &mut sim).unwrap();
     assert_eq!(r.status, ReportStatus::Passed, "{}", r.summary);
