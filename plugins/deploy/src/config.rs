@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stage_sdk::{Context, StageError};
 
 /// Default image of the proxy container.
@@ -38,8 +38,10 @@ pub enum PortsText {
     Text(String),
 }
 
-/// `health` table.
-#[derive(Clone, Debug, Deserialize)]
+/// `health` table. Its defaults are written once, in [`Default`]: serde
+/// falls back on them for a partly given table, and `describe()` declares
+/// their JSON ([`HealthWith::default_json`]) for a table left out.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct HealthWith {
     pub path: String,
@@ -56,6 +58,13 @@ impl Default for HealthWith {
             interval: "500ms".into(),
             expect_status: 200,
         }
+    }
+}
+
+impl HealthWith {
+    /// The defaults as the `health` key's declared default.
+    pub fn default_json() -> String {
+        serde_json::to_string(&HealthWith::default()).expect("HealthWith serializes")
     }
 }
 
@@ -339,6 +348,15 @@ mod tests {
         // With the keys `describe()` declares, as the export glue does.
         Context::for_test_with_needs("deploy", json, needs)
             .with_keys(<crate::Deploy as stage_sdk::Stage>::describe().config)
+    }
+
+    #[test]
+    fn health_default_declared_as_before() {
+        // What `describe()` (and so `host check`) shows for `health`.
+        assert_eq!(
+            HealthWith::default_json(),
+            r#"{"path":"/health","timeout":"30s","interval":"500ms","expect-status":200}"#
+        );
     }
 
     fn err(json: &str) -> String {

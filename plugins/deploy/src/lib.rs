@@ -198,7 +198,7 @@ impl Stage for Deploy {
         .key(ConfigKey::optional(
             "health",
             "{ path, timeout, interval, expect-status } of the health check",
-            r#"{"path":"/health","timeout":"30s","interval":"500ms","expect-status":200}"#,
+            config::HealthWith::default_json(),
         ))
         .key(ConfigKey::optional(
             "drain",
