@@ -29,19 +29,6 @@ pub struct Policy {
     pub targets_are_files: bool,
 }
 
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            threshold: Severity::High,
-            ignore_unfixed: false,
-            gate_secrets: true,
-            gate_misconfig: true,
-            max_annotations: 100,
-            targets_are_files: false,
-        }
-    }
-}
-
 /// What the policy makes of one finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -68,7 +68,8 @@ pub struct IgnoreEntry {
     pub expires: Option<String>,
 }
 
-/// The `with` table.
+/// The `with` table. Optional keys get their defaults from `describe()`
+/// (the SDK fills them in), so none are written here.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
@@ -76,30 +77,17 @@ pub struct With {
     pub report: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
-    #[serde(default)]
-    pub scanners: Option<Vec<String>>,
-    #[serde(default)]
-    pub severity: Option<String>,
-    #[serde(default)]
+    /// Filled with the declared default even with `report`: whether the
+    /// user gave it is read from the raw table ([`user_gave`]).
+    pub scanners: Vec<String>,
+    pub severity: String,
     pub ignore_unfixed: bool,
-    #[serde(default)]
     pub ignore: Vec<IgnoreEntry>,
     #[serde(default)]
     pub ignore_file: Option<String>,
-    #[serde(default = "yes")]
     pub gate_secrets: bool,
-    #[serde(default = "yes")]
     pub gate_misconfig: bool,
-    #[serde(default = "hundred")]
     pub max_annotations: usize,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn hundred() -> usize {
-    100
 }
 
 /// Where the report comes from.
@@ -173,66 +161,91 @@ pub struct Plan {
 
 /// Checks the `with` table and reads the ignore file.
 pub fn plan(ctx: &Context, workspace: &Path) -> Result<Plan, StageError> {
-    let w: With = ctx.config()?;
+    let w: With = ctx.config_with_defaults()?;
+    let source = source_of(&w, user_gave(ctx, "scanners")?)?;
+    let threshold = Severity::parse(&w.severity).ok_or_else(|| {
+        StageError::config(format!(
+            "with.severity: {:?} is not a severity (CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN)",
+            w.severity
+        ))
+    })?;
+    let mut rules = ignore_rules(&w.ignore)?;
+    if let Some(f) = &w.ignore_file {
+        rules.append(&mut ignore_file_rules(workspace, f)?);
+    }
+    let targets_are_files = matches!(source, Source::File(_));
+    Ok(Plan {
+        source,
+        policy: Policy {
+            threshold,
+            ignore_unfixed: w.ignore_unfixed,
+            gate_secrets: w.gate_secrets,
+            gate_misconfig: w.gate_misconfig,
+            max_annotations: w.max_annotations,
+            targets_are_files,
+        },
+        rules,
+    })
+}
+
+/// Whether the user wrote `key` in the `with` table (not filled in from
+/// its declared default).
+fn user_gave(ctx: &Context, key: &str) -> Result<bool, StageError> {
+    Ok(ctx.config_value()?.get(key).is_some())
+}
+
+/// `report` or `image`, exactly one; `scanners` (given by the user only
+/// when `gave_scanners`) goes with `image` alone.
+fn source_of(w: &With, gave_scanners: bool) -> Result<Source, StageError> {
     let image = w.image.as_deref().map(str::trim);
-    let source = match (&w.report, image) {
-        (Some(_), Some(_)) => {
-            return Err(StageError::config(
-                "with: give either `report` (a Trivy JSON file in the workspace) or `image` (scanned by the host), not both",
-            ))
-        }
-        (None, None) => {
-            return Err(StageError::config(
-                "with: give `report` (a Trivy JSON file in the workspace) or `image` (an image for the host to scan)",
-            ))
-        }
+    match (&w.report, image) {
+        (Some(_), Some(_)) => Err(StageError::config(
+            "with: give either `report` (a Trivy JSON file in the workspace) or `image` (scanned by the host), not both",
+        )),
+        (None, None) => Err(StageError::config(
+            "with: give `report` (a Trivy JSON file in the workspace) or `image` (an image for the host to scan)",
+        )),
         (Some(r), None) => {
-            if w.scanners.is_some() {
+            if gave_scanners {
                 return Err(StageError::config(
                     "with.scanners: only used with `image` (the report is already scanned)",
                 ));
             }
-            Source::File(workspace_path("report", r)?)
+            Ok(Source::File(workspace_path("report", r)?))
         }
         (None, Some(img)) => {
             if img.is_empty() {
                 return Err(StageError::config("with.image: must not be empty"));
             }
-            let scanners = match &w.scanners {
-                None => vec!["vuln".to_string(), "secret".to_string()],
-                Some(list) => {
-                    if list.is_empty() {
-                        return Err(StageError::config(
-                            "with.scanners: give at least one scanner (vuln, secret, misconfig, license)",
-                        ));
-                    }
-                    if let Some(bad) = list.iter().find(|s| !SCANNERS.contains(&s.as_str())) {
-                        return Err(StageError::config(format!(
-                            "with.scanners: unknown scanner {bad:?} (expected one of: {})",
-                            SCANNERS.join(", ")
-                        )));
-                    }
-                    list.clone()
-                }
-            };
-            Source::Image {
+            check_scanners(&w.scanners)?;
+            Ok(Source::Image {
                 image: img.to_string(),
-                scanners,
-            }
+                scanners: w.scanners.clone(),
+            })
         }
-    };
+    }
+}
 
-    let threshold = match &w.severity {
-        None => Severity::High,
-        Some(s) => Severity::parse(s).ok_or_else(|| {
-            StageError::config(format!(
-                "with.severity: {s:?} is not a severity (CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN)"
-            ))
-        })?,
-    };
+/// At least one scanner, each one the host's Trivy offers.
+fn check_scanners(list: &[String]) -> Result<(), StageError> {
+    if list.is_empty() {
+        return Err(StageError::config(
+            "with.scanners: give at least one scanner (vuln, secret, misconfig, license)",
+        ));
+    }
+    if let Some(bad) = list.iter().find(|s| !SCANNERS.contains(&s.as_str())) {
+        return Err(StageError::config(format!(
+            "with.scanners: unknown scanner {bad:?} (expected one of: {})",
+            SCANNERS.join(", ")
+        )));
+    }
+    Ok(())
+}
 
+/// The `ignore` entries as rules: an id, a reason, maybe an end date.
+fn ignore_rules(entries: &[IgnoreEntry]) -> Result<Vec<Rule>, StageError> {
     let mut rules = Vec::new();
-    for (i, e) in w.ignore.iter().enumerate() {
+    for (i, e) in entries.iter().enumerate() {
         let at = format!("with.ignore[{i}]");
         let id = e.id.trim();
         if id.is_empty() {
@@ -257,34 +270,22 @@ pub fn plan(ctx: &Context, workspace: &Path) -> Result<Plan, StageError> {
             origin: at,
         });
     }
-    if let Some(f) = &w.ignore_file {
-        let rel = workspace_path("ignore-file", f)?;
-        let lower = rel.to_ascii_lowercase();
-        if lower.ends_with(".yaml") || lower.ends_with(".yml") {
-            return Err(StageError::config(format!(
-                "with.ignore-file: {rel}: YAML ignore files are not supported; use a plain .trivyignore or `ignore` entries"
-            )));
-        }
-        let text = read_file(workspace, &rel)
-            .map_err(|e| StageError::config(format!("with.ignore-file: {rel}: {e}")))?;
-        let mut file_rules = ignore::parse_trivyignore(&rel, &text)
-            .map_err(|e| StageError::config(format!("with.ignore-file: {e}")))?;
-        rules.append(&mut file_rules);
-    }
+    Ok(rules)
+}
 
-    let targets_are_files = matches!(source, Source::File(_));
-    Ok(Plan {
-        source,
-        policy: Policy {
-            threshold,
-            ignore_unfixed: w.ignore_unfixed,
-            gate_secrets: w.gate_secrets,
-            gate_misconfig: w.gate_misconfig,
-            max_annotations: w.max_annotations,
-            targets_are_files,
-        },
-        rules,
-    })
+/// The rules of `ignore-file`, a plain-text .trivyignore in the workspace.
+fn ignore_file_rules(workspace: &Path, file: &str) -> Result<Vec<Rule>, StageError> {
+    let rel = workspace_path("ignore-file", file)?;
+    let lower = rel.to_ascii_lowercase();
+    if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+        return Err(StageError::config(format!(
+            "with.ignore-file: {rel}: YAML ignore files are not supported; use a plain .trivyignore or `ignore` entries"
+        )));
+    }
+    let text = read_file(workspace, &rel)
+        .map_err(|e| StageError::config(format!("with.ignore-file: {rel}: {e}")))?;
+    ignore::parse_trivyignore(&rel, &text)
+        .map_err(|e| StageError::config(format!("with.ignore-file: {e}")))
 }
 
 fn cannot(summary: String, title: &str, detail: String) -> Report {

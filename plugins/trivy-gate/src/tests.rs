@@ -26,8 +26,13 @@ fn answering(answer: Result<String, CapError>) -> FakeScan {
     fake
 }
 
+/// A context with the keys `describe()` declares, as the export glue does.
+fn test_ctx(stage: &str, config: &str) -> Context {
+    Context::for_test(stage, config).with_keys(<crate::TrivyGate as Stage>::describe().config)
+}
+
 fn run_in(ws: &Path, config: &str, today: &str) -> Result<Report, StageError> {
-    let ctx = Context::for_test("gate", config);
+    let ctx = test_ctx("gate", config);
     let mut scanner = FakeScan::default();
     let r = execute(&ctx, &mut scanner, ws, day(today));
     assert!(
@@ -568,14 +573,14 @@ fn bad_reports_fail_naming_the_source() {
 #[test]
 fn image_is_scanned_by_the_host() {
     let mut fake = answering(Ok(golden("alpine-39.json.golden")));
-    let ctx = Context::for_test("gate", r#"{"image":"alpine:3.9"}"#);
+    let ctx = test_ctx("gate", r#"{"image":"alpine:3.9"}"#);
     let r = execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
     assert_eq!(r.status, ReportStatus::Failed);
     assert_eq!(fake.calls.len(), 1);
     assert_eq!(fake.calls[0].image, "alpine:3.9");
     assert_eq!(fake.calls[0].scanners, ["vuln", "secret"]);
 
-    let ctx = Context::for_test(
+    let ctx = test_ctx(
         "gate",
         r#"{"image":"alpine:3.9","scanners":["vuln","misconfig"],"severity":"CRITICAL"}"#,
     );
@@ -585,7 +590,7 @@ fn image_is_scanned_by_the_host() {
 
     // Image targets are never workspace files.
     let mut fake = answering(Ok(golden("secrets.json.golden")));
-    let ctx = Context::for_test("gate", r#"{"image":"app:1"}"#);
+    let ctx = test_ctx("gate", r#"{"image":"app:1"}"#);
     let r = execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
     assert_eq!(r.status, ReportStatus::Failed);
     assert!(r.annotations.iter().all(|a| a.file.is_none()));
@@ -594,7 +599,7 @@ fn image_is_scanned_by_the_host() {
 #[test]
 fn scan_errors_fail_naming_the_image() {
     let mut fake = answering(Err(CapError::Failed("trivy: no such image".into())));
-    let ctx = Context::for_test("gate", r#"{"image":"app:1"}"#);
+    let ctx = test_ctx("gate", r#"{"image":"app:1"}"#);
     let r = execute(&ctx, &mut fake, Path::new("/nonexistent"), day(TODAY)).unwrap();
     assert_eq!(r.status, ReportStatus::Failed);
     assert_eq!(
