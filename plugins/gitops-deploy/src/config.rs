@@ -16,7 +16,8 @@ pub const MAX_RETRIES: u32 = 20;
 /// Placeholders of `message`.
 pub const PLACEHOLDERS: [&str; 6] = ["image", "environment", "pipeline", "build", "run", "stage"];
 
-/// The `with` table as written.
+/// The `with` table as written. `retries` and `message` get their
+/// defaults from `describe()` (the SDK fills them in), not from serde.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct With {
@@ -28,14 +29,8 @@ pub struct With {
     pub image: Option<String>,
     #[serde(default, rename = "match")]
     pub match_repository: Option<String>,
-    #[serde(default = "default_retries")]
     pub retries: u32,
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
-fn default_retries() -> u32 {
-    DEFAULT_RETRIES
+    pub message: String,
 }
 
 /// Everything the deploy needs, checked.
@@ -136,7 +131,7 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String, String>
 
 /// Parses and checks the `with` table.
 pub fn load(ctx: &Context) -> Result<Config, StageError> {
-    let with: With = ctx.config()?;
+    let with: With = ctx.config_with_defaults()?;
     from_with(&with, ctx)
 }
 
@@ -200,7 +195,7 @@ pub fn from_with(with: &With, ctx: &Context) -> Result<Config, StageError> {
             format!("{} is more than {MAX_RETRIES}", with.retries),
         ));
     }
-    let template = with.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
+    let template = with.message.as_str();
     if template.trim().is_empty() {
         return Err(cfg_err("message", "empty"));
     }
@@ -238,7 +233,8 @@ mod tests {
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn ctx(json: &str, needs: Vec<(&str, Vec<(&str, &str)>)>) -> Context {
-        Context::for_test_with_needs("deploy-dev", json, needs)
+        // With the keys `describe()` declares, as the export glue does.
+        Context::for_test_with_needs("deploy-dev", json, needs).with_keys(crate::keys())
     }
 
     fn err(json: &str) -> String {
@@ -295,7 +291,7 @@ mod tests {
         )
         .into_raw();
         raw.run.environment = Some("dev".into());
-        let c = load(&Context::new(raw)).unwrap();
+        let c = load(&Context::new(raw).with_keys(crate::keys())).unwrap();
         assert!(c.message.starts_with("deploy a:1 to dev "), "{}", c.message);
     }
 

@@ -30,6 +30,12 @@ pub fn gitops_stage(ctx: &Context, git: &mut impl Git) -> Result<Report, StageEr
 
 struct GitopsDeploy;
 
+/// The `with` keys `describe()` declares (tests build contexts with them).
+#[cfg(test)]
+pub(crate) fn keys() -> Vec<stage_sdk::ConfigKey> {
+    GitopsDeploy::describe().config
+}
+
 impl Stage for GitopsDeploy {
     fn describe() -> PluginInfo {
         PluginInfo::new(

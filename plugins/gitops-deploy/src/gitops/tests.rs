@@ -179,7 +179,8 @@ fn sim() -> Sim {
 }
 
 fn ctx(with: &str) -> Context {
-    Context::for_test("deploy-dev", with)
+    // With the keys `describe()` declares, as the export glue does.
+    Context::for_test("deploy-dev", with).with_keys(crate::keys())
 }
 
 const WITH: &str =
@@ -246,7 +247,7 @@ fn branch_environment_and_message() {
     )
     .into_raw();
     raw.run.environment = Some("dev".into());
-    let r = gitops_stage(&Context::new(raw), &mut s).unwrap();
+    let r = gitops_stage(&Context::new(raw).with_keys(crate::keys()), &mut s).unwrap();
     assert_eq!(r.status, ReportStatus::Passed, "{}", r.summary);
     assert_eq!(s.calls[0], "clone deploy-config Some(\"env/dev\")");
     assert!(s
@@ -545,7 +546,8 @@ fn image_from_needs_and_the_rollback_with_previous_image() {
             "push",
             vec![("image", "127.0.0.1:5000/app"), ("ref", &pushed)],
         )],
-    );
+    )
+    .with_keys(crate::keys());
     let r = gitops_stage(&ctx1, &mut s).unwrap();
     assert_eq!(r.status, ReportStatus::Passed, "{}", r.summary);
     assert_eq!(r.get_output("image"), Some(pushed.as_str()));
@@ -565,7 +567,7 @@ fn image_from_needs_and_the_rollback_with_previous_image() {
     w["image"] = previous.clone().into();
     raw.config = w.to_string();
     raw.stage = "deploy-prod.rollback".into();
-    let r = gitops_stage(&Context::new(raw), &mut s).unwrap();
+    let r = gitops_stage(&Context::new(raw).with_keys(crate::keys()), &mut s).unwrap();
     assert_eq!(r.status, ReportStatus::Passed, "{}", r.summary);
     assert_eq!(r.get_output("image"), Some(previous.as_str()));
     assert_eq!(r.get_output("previous-image"), Some(pushed.as_str()));
