@@ -504,6 +504,24 @@ struct BlockScalar {
     reported: bool,
 }
 
+impl BlockScalar {
+    /// The string of a key other than `image` (or of a list item).
+    fn other(col: usize, start: usize) -> Self {
+        BlockScalar {
+            col,
+            start,
+            image_key: false,
+            reported: false,
+        }
+    }
+}
+
+/// `---` or `...` (a document separator or end), maybe followed by text.
+fn is_document_marker(trimmed: &str) -> bool {
+    (trimmed.starts_with("---") || trimmed.starts_with("..."))
+        && (trimmed.len() == 3 || trimmed[3..].starts_with([' ', '\t']))
+}
+
 impl<'a, 't> Editor<'a, 't> {
     fn new(text: &'a str, target: &'t Target<'t>) -> Self {
         Editor {
@@ -554,31 +572,7 @@ impl<'a, 't> Editor<'a, 't> {
 
             if let Some(b) = &mut block {
                 if blank || indent > b.col {
-                    if b.image_key {
-                        if !b.reported && self.mentions(trimmed) {
-                            b.reported = true;
-                            let start = b.start;
-                            self.problem(
-                                start,
-                                "the image is a block scalar (| or >): write it on one line",
-                            );
-                        }
-                    } else if let Node::Key(k) = parse_node(body, base + indent, base) {
-                        let value_text = match &k.value {
-                            Value::Scalar { text, .. } => text,
-                            Value::Other { raw, .. } => raw,
-                            _ => "",
-                        };
-                        if k.key == "image" && self.mentions(value_text) {
-                            let start = b.start + 1;
-                            self.problem(
-                                idx,
-                                format!(
-                                    "an `image:` line inside a multi-line string (the block scalar of line {start}) is text, not a manifest: not edited"
-                                ),
-                            );
-                        }
-                    }
+                    self.block_line(b, idx, body, base + indent, base);
                     continue;
                 }
                 block = None;
@@ -588,136 +582,192 @@ impl<'a, 't> Editor<'a, 't> {
             }
             if let Some((at, col)) = pending.take() {
                 if indent > col {
-                    let node = parse_node(body, base + indent, base);
-                    let nested =
-                        matches!(node, Node::Key(_)) || trimmed == "-" || trimmed.starts_with("- ");
-                    if !nested && self.mentions(trimmed) {
-                        self.problem(
-                            at,
-                            "the image value continues on the next line: write it on one line",
-                        );
-                    }
+                    self.check_continued(at, body, base + indent, base);
                 }
             }
-            if indent == 0
-                && (trimmed.starts_with("---") || trimmed.starts_with("..."))
-                && (trimmed.len() == 3 || trimmed[3..].starts_with([' ', '\t']))
-            {
+            if indent == 0 && is_document_marker(trimmed) {
                 if let Some(i) = images.take() {
                     self.finish_images(i);
                 }
                 continue;
             }
-
             let node = parse_node(body, base + indent, base);
-
-            // Kustomize `images:` block.
-            if let Some(im) = &mut images {
-                let is_dash = trimmed == "-" || trimmed.starts_with("- ");
-                let inside = indent > im.key_col || (is_dash && indent == im.key_col);
-                if !inside || (im.item_col.is_none() && !is_dash) {
-                    let im = images.take().expect("checked");
-                    self.finish_images(im);
-                } else if is_dash && im.item_col.is_none_or(|c| c == indent) {
-                    im.item_col = Some(indent);
-                    if let Some(e) = im.entry.take() {
-                        self.finish_entry(e);
-                    }
-                    let im = images.as_mut().expect("checked");
-                    let mut e = Entry {
-                        first_idx: idx,
-                        last_idx: idx,
-                        ..Entry::default()
-                    };
-                    match &node {
-                        Node::Key(k) => {
-                            e.col = Some(k.col);
-                            let consumed = e.set(k.key, idx, k.value.clone());
-                            im.entry = Some(e);
-                            if consumed {
-                                continue;
-                            }
-                        }
-                        Node::Item { value, .. } => {
-                            if let Value::Other { raw, .. } = value {
-                                if raw.starts_with('{') && self.mentions(raw) {
-                                    self.problem(
-                                        idx,
-                                        "a flow-style Kustomize images entry ({...}): write it as a block mapping",
-                                    );
-                                }
-                            }
-                            if trimmed == "-" {
-                                im.entry = Some(e);
-                            }
-                            continue;
-                        }
-                    }
-                } else if let (Some(e), Node::Key(k)) = (&mut im.entry, &node) {
-                    if e.col.is_none() && indent > im.item_col.unwrap_or(im.key_col) {
-                        e.col = Some(indent);
-                    }
-                    if e.col == Some(indent) && e.set(k.key, idx, k.value.clone()) {
-                        continue;
-                    }
-                }
+            if self.images_line(&mut images, idx, indent, trimmed, &node) {
+                continue;
             }
-
-            match node {
-                Node::Key(k) => match (k.key, &k.value) {
-                    ("image", _) => self.image_line(idx, &k, &mut pending, &mut block),
-                    ("images", Value::Empty) => {
-                        if let Some(i) = images.take() {
-                            self.finish_images(i);
-                        }
-                        images = Some(Images {
-                            key_col: k.col,
-                            item_col: None,
-                            entry: None,
-                        });
-                    }
-                    (_, Value::Block) => {
-                        block = Some(BlockScalar {
-                            col: k.col,
-                            start: idx,
-                            image_key: false,
-                            reported: false,
-                        })
-                    }
-                    (key, Value::Other { raw, reason })
-                        if (key == "images" || has_image_key(raw)) && self.mentions(raw) =>
-                    {
-                        self.problem(
-                            idx,
-                            format!(
-                                "`{key}:` holds {reason} with the image: only block style is edited"
-                            ),
-                        );
-                    }
-                    _ => {}
-                },
-                Node::Item { col, value } => match value {
-                    Value::Block => {
-                        block = Some(BlockScalar {
-                            col,
-                            start: idx,
-                            image_key: false,
-                            reported: false,
-                        })
-                    }
-                    Value::Other { raw, .. } if has_image_key(raw) && self.mentions(raw) => {
-                        self.problem(
-                            idx,
-                            "a flow-style mapping ({...}) with the image: write it in block style",
-                        );
-                    }
-                    _ => {}
-                },
-            }
+            self.node_line(idx, node, &mut pending, &mut block, &mut images);
         }
         if let Some(i) = images.take() {
             self.finish_images(i);
         }
+        self.finish()
+    }
+
+    /// A line inside a multi-line string: text, not a manifest, but an
+    /// image in it is refused (it would not be edited).
+    fn block_line(
+        &mut self,
+        b: &mut BlockScalar,
+        idx: usize,
+        body: &'a str,
+        at: usize,
+        base: usize,
+    ) {
+        let trimmed = &body[at..];
+        if b.image_key {
+            if !b.reported && self.mentions(trimmed) {
+                b.reported = true;
+                self.problem(
+                    b.start,
+                    "the image is a block scalar (| or >): write it on one line",
+                );
+            }
+        } else if let Node::Key(k) = parse_node(body, at, base) {
+            let value_text = match &k.value {
+                Value::Scalar { text, .. } => text,
+                Value::Other { raw, .. } => raw,
+                _ => "",
+            };
+            if k.key == "image" && self.mentions(value_text) {
+                let start = b.start + 1;
+                self.problem(
+                    idx,
+                    format!(
+                        "an `image:` line inside a multi-line string (the block scalar of line {start}) is text, not a manifest: not edited"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The more-indented line after an empty `image:` (line `image_idx`):
+    /// a nested node is fine, a value continued from `image:` is refused.
+    fn check_continued(&mut self, image_idx: usize, body: &'a str, at: usize, base: usize) {
+        let trimmed = &body[at..];
+        let node = parse_node(body, at, base);
+        let nested = matches!(node, Node::Key(_)) || trimmed == "-" || trimmed.starts_with("- ");
+        if !nested && self.mentions(trimmed) {
+            self.problem(
+                image_idx,
+                "the image value continues on the next line: write it on one line",
+            );
+        }
+    }
+
+    /// A line while a Kustomize `images:` block is open: starts, fills or
+    /// closes its entries. True when the line was an entry's and needs
+    /// nothing more.
+    fn images_line(
+        &mut self,
+        images: &mut Option<Images<'a>>,
+        idx: usize,
+        indent: usize,
+        trimmed: &str,
+        node: &Node<'a>,
+    ) -> bool {
+        let Some(im) = images.as_mut() else {
+            return false;
+        };
+        let is_dash = trimmed == "-" || trimmed.starts_with("- ");
+        let inside = indent > im.key_col || (is_dash && indent == im.key_col);
+        if !inside || (im.item_col.is_none() && !is_dash) {
+            let im = images.take().expect("checked");
+            self.finish_images(im);
+            return false;
+        }
+        if is_dash && im.item_col.is_none_or(|c| c == indent) {
+            im.item_col = Some(indent);
+            if let Some(e) = im.entry.take() {
+                self.finish_entry(e);
+            }
+            let mut e = Entry {
+                first_idx: idx,
+                last_idx: idx,
+                ..Entry::default()
+            };
+            return match node {
+                Node::Key(k) => {
+                    e.col = Some(k.col);
+                    let consumed = e.set(k.key, idx, k.value.clone());
+                    im.entry = Some(e);
+                    consumed
+                }
+                Node::Item { value, .. } => {
+                    if let Value::Other { raw, .. } = value {
+                        if raw.starts_with('{') && self.mentions(raw) {
+                            self.problem(
+                                idx,
+                                "a flow-style Kustomize images entry ({...}): write it as a block mapping",
+                            );
+                        }
+                    }
+                    if trimmed == "-" {
+                        im.entry = Some(e);
+                    }
+                    true
+                }
+            };
+        }
+        if let (Some(e), Node::Key(k)) = (&mut im.entry, node) {
+            if e.col.is_none() && indent > im.item_col.unwrap_or(im.key_col) {
+                e.col = Some(indent);
+            }
+            return e.col == Some(indent) && e.set(k.key, idx, k.value.clone());
+        }
+        false
+    }
+
+    /// A line outside Kustomize entries: an `image:` key, the start of an
+    /// `images:` block or of a block scalar, or flow style holding the image.
+    fn node_line(
+        &mut self,
+        idx: usize,
+        node: Node<'a>,
+        pending: &mut Option<(usize, usize)>,
+        block: &mut Option<BlockScalar>,
+        images: &mut Option<Images<'a>>,
+    ) {
+        match node {
+            Node::Key(k) => match (k.key, &k.value) {
+                ("image", _) => self.image_line(idx, &k, pending, block),
+                ("images", Value::Empty) => {
+                    if let Some(i) = images.take() {
+                        self.finish_images(i);
+                    }
+                    *images = Some(Images {
+                        key_col: k.col,
+                        item_col: None,
+                        entry: None,
+                    });
+                }
+                (_, Value::Block) => *block = Some(BlockScalar::other(k.col, idx)),
+                (key, Value::Other { raw, reason })
+                    if (key == "images" || has_image_key(raw)) && self.mentions(raw) =>
+                {
+                    self.problem(
+                        idx,
+                        format!(
+                            "`{key}:` holds {reason} with the image: only block style is edited"
+                        ),
+                    );
+                }
+                _ => {}
+            },
+            Node::Item { col, value } => match value {
+                Value::Block => *block = Some(BlockScalar::other(col, idx)),
+                Value::Other { raw, .. } if has_image_key(raw) && self.mentions(raw) => {
+                    self.problem(
+                        idx,
+                        "a flow-style mapping ({...}) with the image: write it in block style",
+                    );
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// Every problem, or the edited text with what was found and changed.
+    fn finish(mut self) -> Result<Edited, Vec<Problem>> {
         if !self.problems.is_empty() {
             self.problems.sort_by_key(|p| p.line);
             return Err(self.problems);
