@@ -153,125 +153,98 @@ fn parse_value(line: &str, at: usize) -> Value<'_> {
     let skip = rest.len() - rest.trim_start_matches([' ', '\t']).len();
     let start = at + skip;
     let v = &line[start..];
-    let raw = v;
     let Some(first) = v.chars().next() else {
         return Value::Empty;
     };
+    let other = |reason| Value::Other { raw: v, reason };
     match first {
         '#' => Value::Empty,
-        '"' => {
-            let inner = &v[1..];
-            match inner.find('"') {
-                None => Value::Other {
-                    raw,
-                    reason: "a double-quoted value continued on the next line",
-                },
-                Some(close) => {
-                    let text = &inner[..close];
-                    if text.contains('\\') {
-                        return Value::Other {
-                            raw,
-                            reason: "escape sequences in a double-quoted value",
-                        };
-                    }
-                    if !only_comment(&inner[close + 1..]) {
-                        return Value::Other {
-                            raw,
-                            reason: "text after the closing quote",
-                        };
-                    }
-                    Value::Scalar {
-                        text,
-                        start: start + 1,
-                        end: start + 1 + close,
-                        style: Style::Double,
-                    }
-                }
-            }
-        }
-        '\'' => {
-            let inner = &v[1..];
-            match inner.find('\'') {
-                None => Value::Other {
-                    raw,
-                    reason: "a single-quoted value continued on the next line",
-                },
-                Some(close) if inner[close + 1..].starts_with('\'') => Value::Other {
-                    raw,
-                    reason: "an escaped quote ('') in a single-quoted value",
-                },
-                Some(close) => {
-                    if !only_comment(&inner[close + 1..]) {
-                        return Value::Other {
-                            raw,
-                            reason: "text after the closing quote",
-                        };
-                    }
-                    Value::Scalar {
-                        text: &inner[..close],
-                        start: start + 1,
-                        end: start + 1 + close,
-                        style: Style::Single,
-                    }
-                }
-            }
-        }
+        '"' => double_quoted(v, start),
+        '\'' => single_quoted(v, start),
         '|' | '>' => {
             let ind =
                 v[1..].trim_start_matches(['+', '-', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
             if only_comment(ind) {
                 Value::Block
             } else {
-                Value::Other {
-                    raw,
-                    reason: "an unreadable block scalar header",
-                }
+                other("an unreadable block scalar header")
             }
         }
-        '{' | '[' => Value::Other {
-            raw,
-            reason: "a flow-style collection",
-        },
-        '&' => Value::Other {
-            raw,
-            reason: "an anchor (&)",
-        },
-        '*' => Value::Other {
-            raw,
-            reason: "an alias (*)",
-        },
-        '!' => Value::Other {
-            raw,
-            reason: "a tag (!)",
-        },
-        '%' | '@' | '`' | ',' => Value::Other {
-            raw,
-            reason: "a reserved character at the start of a plain value",
-        },
-        _ => {
-            // A plain scalar ends at ` #` (a comment) or the end of line.
-            let bytes = v.as_bytes();
-            let mut end = v.len();
-            for i in 1..bytes.len() {
-                if bytes[i] == b'#' && matches!(bytes[i - 1], b' ' | b'\t') {
-                    end = i;
-                    break;
-                }
-            }
-            let text = v[..end].trim_end_matches([' ', '\t']);
-            if text.contains(": ") || text.ends_with(':') {
-                return Value::Other {
-                    raw,
-                    reason: "a mapping where a plain value was expected",
-                };
-            }
-            Value::Scalar {
-                text,
-                start,
-                end: start + text.len(),
-                style: Style::Plain,
-            }
+        '{' | '[' => other("a flow-style collection"),
+        '&' => other("an anchor (&)"),
+        '*' => other("an alias (*)"),
+        '!' => other("a tag (!)"),
+        '%' | '@' | '`' | ',' => other("a reserved character at the start of a plain value"),
+        _ => plain_value(v, start),
+    }
+}
+
+/// `v` starts with `"`, at byte `start` of the line.
+fn double_quoted(v: &str, start: usize) -> Value<'_> {
+    let other = |reason| Value::Other { raw: v, reason };
+    let inner = &v[1..];
+    let Some(close) = inner.find('"') else {
+        return other("a double-quoted value continued on the next line");
+    };
+    let text = &inner[..close];
+    if text.contains('\\') {
+        return other("escape sequences in a double-quoted value");
+    }
+    if !only_comment(&inner[close + 1..]) {
+        return other("text after the closing quote");
+    }
+    Value::Scalar {
+        text,
+        start: start + 1,
+        end: start + 1 + close,
+        style: Style::Double,
+    }
+}
+
+/// `v` starts with `'`, at byte `start` of the line.
+fn single_quoted(v: &str, start: usize) -> Value<'_> {
+    let other = |reason| Value::Other { raw: v, reason };
+    let inner = &v[1..];
+    let Some(close) = inner.find('\'') else {
+        return other("a single-quoted value continued on the next line");
+    };
+    if inner[close + 1..].starts_with('\'') {
+        return other("an escaped quote ('') in a single-quoted value");
+    }
+    if !only_comment(&inner[close + 1..]) {
+        return other("text after the closing quote");
+    }
+    Value::Scalar {
+        text: &inner[..close],
+        start: start + 1,
+        end: start + 1 + close,
+        style: Style::Single,
+    }
+}
+
+/// A plain scalar `v` at byte `start` of the line: it ends at ` #` (a
+/// comment) or the end of line.
+fn plain_value(v: &str, start: usize) -> Value<'_> {
+    let bytes = v.as_bytes();
+    let mut end = v.len();
+    for i in 1..bytes.len() {
+        if bytes[i] == b'#' && matches!(bytes[i - 1], b' ' | b'\t') {
+            end = i;
+            break;
         }
+    }
+    let text = v[..end].trim_end_matches([' ', '\t']);
+    if text.contains(": ") || text.ends_with(':') {
+        return Value::Other {
+            raw: v,
+            reason: "a mapping where a plain value was expected",
+        };
+    }
+    Value::Scalar {
+        text,
+        start,
+        end: start + text.len(),
+        style: Style::Plain,
     }
 }
 
@@ -879,38 +852,11 @@ impl<'a, 't> Editor<'a, 't> {
         let Some(name_field) = &e.name else {
             return;
         };
-        let name = match &name_field.value {
-            Value::Scalar { text, .. } => *text,
-            Value::Other { raw, .. } => {
-                if self.mentions(raw) {
-                    self.problem(
-                        name_field.idx,
-                        "Kustomize images entry: `name` is not a one-line plain or quoted value",
-                    );
-                }
-                return;
-            }
-            _ => return,
+        let Some(name) = self.entry_name(name_field) else {
+            return;
         };
-        let new_name = match &e.new_name {
-            None => None,
-            Some(Field {
-                value: Value::Scalar { text, .. },
-                ..
-            }) => Some(*text),
-            Some(Field { idx, value }) => {
-                let raw = match value {
-                    Value::Other { raw, .. } => raw,
-                    _ => "",
-                };
-                if self.mentions(raw) || reference::same_repository(name, self.target.repository) {
-                    self.problem(
-                        *idx,
-                        "Kustomize images entry: `newName` is not a one-line plain or quoted value",
-                    );
-                }
-                return;
-            }
+        let Some(new_name) = self.entry_new_name(&e.new_name, name) else {
+            return;
         };
         let effective = new_name.unwrap_or(name);
         if !reference::same_repository(effective, self.target.repository) {
@@ -936,8 +882,58 @@ impl<'a, 't> Editor<'a, 't> {
             line: name_field.idx as u32 + 1,
             current: current.clone(),
         });
+        if self.retarget_entry(&e, effective) {
+            self.note_previous(name_field.idx, &current);
+        }
+    }
+
+    /// An entry's `name`, or `None` (with a problem when it is not a
+    /// one-line scalar yet mentions the repository).
+    fn entry_name(&mut self, f: &Field<'a>) -> Option<&'a str> {
+        match &f.value {
+            Value::Scalar { text, .. } => Some(*text),
+            Value::Other { raw, .. } => {
+                if self.mentions(raw) {
+                    self.problem(
+                        f.idx,
+                        "Kustomize images entry: `name` is not a one-line plain or quoted value",
+                    );
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// An entry's `newName` (`Some(None)` when absent), or `None` when it is
+    /// not a one-line scalar (a problem if the entry may be the image's).
+    fn entry_new_name(&mut self, f: &Option<Field<'a>>, name: &str) -> Option<Option<&'a str>> {
+        match f {
+            None => Some(None),
+            Some(Field {
+                value: Value::Scalar { text, .. },
+                ..
+            }) => Some(Some(*text)),
+            Some(Field { idx, value }) => {
+                let raw = match value {
+                    Value::Other { raw, .. } => raw,
+                    _ => "",
+                };
+                if self.mentions(raw) || reference::same_repository(name, self.target.repository) {
+                    self.problem(
+                        *idx,
+                        "Kustomize images entry: `newName` is not a one-line plain or quoted value",
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Rewrites an entry of `effective` so it yields the target: fields
+    /// replaced, removed or added. True when anything changed.
+    fn retarget_entry(&mut self, e: &Entry<'a>, effective: &str) -> bool {
         let want = self.target.parsed.clone();
-        let col = e.col.unwrap_or(0);
         let mut changed = false;
         let mut adds: Vec<(String, String)> = Vec::new();
         if want.repository != effective {
@@ -954,37 +950,44 @@ impl<'a, 't> Editor<'a, 't> {
                 (Some(f), Some(w)) => changed |= self.set_field(f, key, w),
                 (None, Some(w)) => adds.push((key.into(), w.clone())),
                 (Some(f), None) => {
-                    self.removed.insert(f.idx);
-                    let old = match &f.value {
-                        Value::Scalar { text, .. } => *text,
-                        _ => "",
-                    };
-                    self.changes.push(Change {
-                        line: f.idx as u32 + 1,
-                        what: format!("{key}: {old} removed"),
-                    });
+                    self.remove_field(f, key);
                     changed = true;
                 }
                 (None, None) => {}
             }
         }
         if !adds.is_empty() {
-            let after = e.last_idx.max(e.first_idx);
-            let pad = " ".repeat(col);
-            for (key, value) in adds {
-                self.inserted
-                    .entry(after)
-                    .or_default()
-                    .push(format!("{pad}{key}: {}", fresh(&value)));
-                self.changes.push(Change {
-                    line: after as u32 + 1,
-                    what: format!("{key}: {value} added"),
-                });
-            }
+            self.add_fields(e, adds);
             changed = true;
         }
-        if changed {
-            self.note_previous(name_field.idx, &current);
+        changed
+    }
+
+    fn remove_field(&mut self, f: &Field<'a>, key: &str) {
+        self.removed.insert(f.idx);
+        let old = match &f.value {
+            Value::Scalar { text, .. } => *text,
+            _ => "",
+        };
+        self.changes.push(Change {
+            line: f.idx as u32 + 1,
+            what: format!("{key}: {old} removed"),
+        });
+    }
+
+    /// New `key: value` lines after the entry's last key, at its column.
+    fn add_fields(&mut self, e: &Entry<'a>, adds: Vec<(String, String)>) {
+        let after = e.last_idx.max(e.first_idx);
+        let pad = " ".repeat(e.col.unwrap_or(0));
+        for (key, value) in adds {
+            self.inserted
+                .entry(after)
+                .or_default()
+                .push(format!("{pad}{key}: {}", fresh(&value)));
+            self.changes.push(Change {
+                line: after as u32 + 1,
+                what: format!("{key}: {value} added"),
+            });
         }
     }
 
