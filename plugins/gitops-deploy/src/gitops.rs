@@ -7,6 +7,7 @@ use stage_sdk::{Annotation, CapError, Report, StageError};
 use crate::config::Config;
 use crate::edit::{self, Change, Target};
 
+use stage_sdk::git::Checkout;
 pub use stage_sdk::git::Git;
 
 /// The remote moved on since the clone.
@@ -103,30 +104,86 @@ fn join_short(items: &[String]) -> String {
     }
 }
 
+/// Why an attempt ends before its push: a report to return, or a config
+/// error (a glob matching no file).
+enum Stop {
+    Done(Report),
+    Config(StageError),
+}
+
+/// A capability call's value, or the failed report that ends the attempt.
+fn cap<T>(cfg: &Config, op: impl FnOnce() -> String, r: Result<T, CapError>) -> Result<T, Stop> {
+    r.map_err(|e| Stop::Done(cap_failed(cfg, &op(), &e)))
+}
+
 fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
-    let label = cfg.repo_label();
-    macro_rules! cap {
-        ($op:expr, $call:expr) => {
-            match $call {
-                Ok(v) => v,
-                Err(e) => return Ok(Attempt::Done(cap_failed(cfg, &$op, &e))),
-            }
-        };
+    match try_attempt(cfg, git) {
+        Ok(a) => Ok(a),
+        Err(Stop::Done(r)) => Ok(Attempt::Done(r)),
+        Err(Stop::Config(e)) => Err(e),
     }
-    let co = cap!(
-        format!("git clone {label}"),
-        git.clone_repo(&cfg.repo, cfg.branch.as_deref())
-    );
+}
+
+/// Clone, edit every file, then commit and push what changed.
+fn try_attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, Stop> {
+    let label = cfg.repo_label();
+    let co = cap(
+        cfg,
+        || format!("git clone {label}"),
+        git.clone_repo(&cfg.repo, cfg.branch.as_deref()),
+    )?;
+    let files = list_files(cfg, git, co, &label)?;
+    let results = edit_files(cfg, git, co, &files, &label)?;
+    let found: usize = results.iter().map(|r| r.found).sum();
+    if found == 0 {
+        let msg = format!(
+            "no image reference to {} in {} ({label})",
+            cfg.repository,
+            join_short(&files)
+        );
+        stage_sdk::log::error(&msg);
+        return Err(Stop::Done(
+            base(cfg, Report::failed(msg.clone()))
+                .annotate(Annotation::error("nothing to deploy to", msg)),
+        ));
+    }
+    let edited: Vec<&FileResult> = results.iter().filter(|r| r.changed).collect();
+    if edited.is_empty() {
+        let with_refs = results.iter().filter(|r| r.found > 0).count();
+        let head = cap(cfg, || format!("git head of {label}"), git.head(co))?;
+        let msg = format!(
+            "already at {}: {found} reference(s) in {with_refs} file(s) of {label}",
+            cfg.image
+        );
+        stage_sdk::log::info(&msg);
+        return Ok(Attempt::Done(
+            base(cfg, Report::passed(msg))
+                .output("commit", head)
+                .output("files", ""),
+        ));
+    }
+    commit_and_push(cfg, git, co, &label, &edited)
+}
+
+/// Every file the globs match, each once, in order; a glob matching
+/// nothing is a config error.
+fn list_files(
+    cfg: &Config,
+    git: &mut impl Git,
+    co: Checkout,
+    label: &str,
+) -> Result<Vec<String>, Stop> {
     let mut files: Vec<String> = Vec::new();
     for glob in &cfg.paths {
-        let listed = cap!(
-            format!("git list-files {glob:?} in {label}"),
-            git.list_files(co, glob)
-        );
+        let listed = cap(
+            cfg,
+            || format!("git list-files {glob:?} in {label}"),
+            git.list_files(co, glob),
+        )?;
         if listed.is_empty() {
-            return Err(StageError::config(format!(
+            return Err(Stop::Config(StageError::config(format!(
                 "with.paths: {glob:?} matches no file in {label}"
-            )));
+            ))));
         }
         for f in listed {
             if !files.contains(&f) {
@@ -134,6 +191,18 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
             }
         }
     }
+    Ok(files)
+}
+
+/// Each file edited in memory; any file refused ends the attempt with
+/// nothing written.
+fn edit_files(
+    cfg: &Config,
+    git: &mut impl Git,
+    co: Checkout,
+    files: &[String],
+    label: &str,
+) -> Result<Vec<FileResult>, Stop> {
     let target = Target {
         repository: &cfg.repository,
         image: &cfg.image,
@@ -141,8 +210,12 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
     };
     let mut results = Vec::new();
     let mut refused: Vec<Annotation> = Vec::new();
-    for path in &files {
-        let bytes = cap!(format!("git read-file {path}"), git.read_file(co, path));
+    for path in files {
+        let bytes = cap(
+            cfg,
+            || format!("git read-file {path}"),
+            git.read_file(co, path),
+        )?;
         let Ok(text) = String::from_utf8(bytes) else {
             let msg = format!("{path} is not UTF-8 text");
             refused.push(Annotation::error("not edited", msg).file(path.as_str()));
@@ -172,72 +245,52 @@ fn attempt(cfg: &Config, git: &mut impl Git) -> Result<Attempt, StageError> {
         }
     }
     if !refused.is_empty() {
-        return Ok(Attempt::Done(refused_report(cfg, &label, refused)));
+        return Err(Stop::Done(refused_report(cfg, label, refused)));
     }
-    let found: usize = results.iter().map(|r| r.found).sum();
-    if found == 0 {
-        let msg = format!(
-            "no image reference to {} in {} ({label})",
-            cfg.repository,
-            join_short(&files)
-        );
-        stage_sdk::log::error(&msg);
-        return Ok(Attempt::Done(
-            base(cfg, Report::failed(msg.clone()))
-                .annotate(Annotation::error("nothing to deploy to", msg)),
-        ));
-    }
-    let edited: Vec<&FileResult> = results.iter().filter(|r| r.changed).collect();
-    let with_refs = results.iter().filter(|r| r.found > 0).count();
-    if edited.is_empty() {
-        let head = cap!(format!("git head of {label}"), git.head(co));
-        let msg = format!(
-            "already at {}: {found} reference(s) in {with_refs} file(s) of {label}",
-            cfg.image
-        );
-        stage_sdk::log::info(&msg);
-        return Ok(Attempt::Done(
-            base(cfg, Report::passed(msg))
-                .output("commit", head)
-                .output("files", ""),
-        ));
-    }
-    for f in &edited {
+    Ok(results)
+}
+
+/// Writes the edited files, commits and pushes; `Moved` when the remote
+/// moved on since the clone.
+fn commit_and_push(
+    cfg: &Config,
+    git: &mut impl Git,
+    co: Checkout,
+    label: &str,
+    edited: &[&FileResult],
+) -> Result<Attempt, Stop> {
+    for f in edited {
         for c in &f.changes {
             stage_sdk::log::info!("{}:{}: {}", f.path, c.line, c.what);
         }
-        cap!(
-            format!("git write-file {}", f.path),
-            git.write_file(co, &f.path, f.text.as_bytes())
-        );
+        cap(
+            cfg,
+            || format!("git write-file {}", f.path),
+            git.write_file(co, &f.path, f.text.as_bytes()),
+        )?;
     }
     let paths: Vec<String> = edited.iter().map(|f| f.path.clone()).collect();
     let previous = edited.iter().find_map(|f| f.previous.clone());
-    let sha = cap!(
-        format!("git commit in {label}"),
-        git.commit(co, &cfg.message)
-    );
+    let sha = cap(
+        cfg,
+        || format!("git commit in {label}"),
+        git.commit(co, &cfg.message),
+    )?;
     let Some(sha) = sha else {
         let msg = format!(
             "git commit in {label}: the host found nothing to commit after editing {}",
             paths.join(", ")
         );
         stage_sdk::log::error(&msg);
-        return Ok(Attempt::Done(base(cfg, Report::failed(msg))));
+        return Err(Stop::Done(base(cfg, Report::failed(msg))));
     };
     match git.push(co) {
         Ok(()) => {}
         Err(e) if is_non_fast_forward(&e) => return Ok(Attempt::Moved(e)),
-        Err(e) => {
-            return Ok(Attempt::Done(cap_failed(
-                cfg,
-                &format!("git push to {label}"),
-                &e,
-            )))
-        }
+        Err(e) => return cap(cfg, || format!("git push to {label}"), Err(e)),
     }
     Ok(Attempt::Done(deployed_report(
-        cfg, &label, &sha, &edited, &paths, previous,
+        cfg, label, &sha, edited, &paths, previous,
     )))
 }
 
