@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 
 /// Most text kept from a `<failure>`/`<error>` body (the annotation shows ~1 KB).
@@ -196,175 +196,237 @@ struct Open {
 /// Parses one JUnit XML report. `file` names it in errors.
 pub fn parse(file: &str, xml: &str) -> Result<Vec<TestCase>, ParseError> {
     let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
-    let err_at = |pos: usize, message: String| {
-        let (line, column) = line_col(xml, pos);
-        ParseError {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-        }
-    };
-
     let mut reader = Reader::from_str(xml);
     reader.config_mut().check_end_names = true;
-
-    let mut cases = Vec::new();
-    let mut stack: Vec<Open> = Vec::new();
-    let mut suites: Vec<String> = Vec::new();
-    let mut current: Option<TestCase> = None;
-    let mut seen_root = false;
-    // Whether the deciding `<failure>`/`<error>`/`<skipped>` is open (kept
-    // here rather than searched for in `stack`: that made deep nesting
-    // quadratic).
-    let mut in_result = false;
-
+    let mut p = Parse::new(file, xml);
     loop {
         let start = reader.buffer_position() as usize;
         let event = reader.read_event().map_err(|e| {
             let pos = reader.error_position() as usize;
-            err_at(pos, format!("not valid XML: {e}"))
+            p.err_at(pos, format!("not valid XML: {e}"))
         })?;
         match event {
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                let empty = matches!(event, Event::Empty(_));
-                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                if !seen_root {
-                    seen_root = true;
-                    if name != "testsuites" && name != "testsuite" {
-                        return Err(err_at(
-                            start,
-                            format!(
-                                "not a JUnit report: the root element is <{name}>, \
-                                 not <testsuites> or <testsuite>"
-                            ),
-                        ));
-                    }
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(err_at(
-                        start,
-                        format!("<{name}>: elements nested more than {MAX_DEPTH} deep"),
-                    ));
-                }
-                let kind = match name.as_str() {
-                    _ if in_result => Kind::Other,
-                    "testsuite" if current.is_none() => {
-                        suites.push(attr(e, "name").unwrap_or_default());
-                        Kind::Suite
-                    }
-                    "testcase" if current.is_none() => {
-                        current = Some(TestCase {
-                            suite: suites.last().cloned().unwrap_or_default(),
-                            classname: attr(e, "classname").unwrap_or_default(),
-                            name: attr(e, "name").unwrap_or_default(),
-                            outcome: Outcome::Passed,
-                            message: String::new(),
-                            body: String::new(),
-                            file: attr(e, "file").filter(|f| !f.is_empty()),
-                            line: attr(e, "line").and_then(|l| l.trim().parse().ok()),
-                        });
-                        Kind::Case
-                    }
-                    "failure" | "error" | "skipped" => match current.as_mut() {
-                        // Directly inside the test case only (not in system-out...).
-                        Some(case) if stack.last().is_some_and(|o| o.kind == Kind::Case) => {
-                            let outcome = match name.as_str() {
-                                "failure" => Outcome::Failed,
-                                "error" => Outcome::Error,
-                                _ => Outcome::Skipped,
-                            };
-                            // The first failure/error decides; either beats a skip.
-                            let decides = match case.outcome {
-                                Outcome::Passed => true,
-                                Outcome::Skipped => outcome != Outcome::Skipped,
-                                Outcome::Failed | Outcome::Error => false,
-                            };
-                            if decides {
-                                case.outcome = outcome;
-                                case.message = attr(e, "message").unwrap_or_default();
-                                case.body.clear();
-                                Kind::Result
-                            } else {
-                                Kind::Other
-                            }
-                        }
-                        _ => Kind::Other,
-                    },
-                    _ => Kind::Other,
-                };
-                if empty {
-                    close(kind, &mut current, &mut suites, &mut cases);
-                } else {
-                    in_result |= kind == Kind::Result;
-                    stack.push(Open {
-                        name,
-                        kind,
-                        pos: start,
-                    });
-                }
-            }
-            Event::End(_) => {
-                // check_end_names guarantees this matches the last Start.
-                if let Some(open) = stack.pop() {
-                    in_result &= open.kind != Kind::Result;
-                    close(open.kind, &mut current, &mut suites, &mut cases);
-                }
-            }
+            Event::Start(ref e) => p.open(e, start, false)?,
+            Event::Empty(ref e) => p.open(e, start, true)?,
+            Event::End(_) => p.end(),
             Event::Text(t) => {
-                if let Some(body) = result_body(in_result, &mut current) {
+                if p.collecting() {
                     let text = t
                         .decode()
-                        .map_err(|e| err_at(start, format!("not valid text: {e}")))?;
-                    push_bounded(body, &text);
+                        .map_err(|e| p.err_at(start, format!("not valid text: {e}")))?;
+                    p.push_body(&text);
                 }
             }
             Event::CData(t) => {
-                if let Some(body) = result_body(in_result, &mut current) {
+                if p.collecting() {
                     let text = t
                         .decode()
-                        .map_err(|e| err_at(start, format!("not valid text: {e}")))?;
-                    push_bounded(body, &text);
+                        .map_err(|e| p.err_at(start, format!("not valid text: {e}")))?;
+                    p.push_body(&text);
                 }
             }
             Event::GeneralRef(r) => {
-                if let Some(body) = result_body(in_result, &mut current) {
-                    let resolved = match r.resolve_char_ref() {
-                        Ok(Some(c)) => c.to_string(),
-                        Ok(None) => {
-                            let name = String::from_utf8_lossy(&r).into_owned();
-                            match quick_xml::escape::resolve_predefined_entity(&name) {
-                                Some(s) => s.to_string(),
-                                None => format!("&{name};"),
-                            }
-                        }
-                        Err(e) => return Err(err_at(start, format!("not valid XML: {e}"))),
-                    };
-                    push_bounded(body, &resolved);
+                if p.collecting() {
+                    let text = resolve_ref(&r).map_err(|m| p.err_at(start, m))?;
+                    p.push_body(&text);
                 }
             }
             Event::Eof => break,
             Event::Decl(_) | Event::PI(_) | Event::DocType(_) | Event::Comment(_) => {}
         }
     }
+    p.finish()
+}
 
-    if let Some(open) = stack.last() {
-        let (line, _) = line_col(xml, open.pos);
-        return Err(err_at(
-            xml.len(),
-            format!(
-                "the file ends early (truncated?): <{}> opened at line {line} is not closed",
-                open.name
-            ),
-        ));
+/// An entity or character reference as text (unknown entities kept as
+/// written).
+fn resolve_ref(r: &BytesRef<'_>) -> Result<String, String> {
+    match r.resolve_char_ref() {
+        Ok(Some(c)) => Ok(c.to_string()),
+        Ok(None) => {
+            let name = String::from_utf8_lossy(r).into_owned();
+            Ok(match quick_xml::escape::resolve_predefined_entity(&name) {
+                Some(s) => s.to_string(),
+                None => format!("&{name};"),
+            })
+        }
+        Err(e) => Err(format!("not valid XML: {e}")),
     }
-    if !seen_root {
-        return Err(err_at(
-            xml.len(),
-            "not a JUnit report: no XML element found".into(),
-        ));
+}
+
+/// One parse in progress: the open elements, the suites around, the test
+/// case being read and those read.
+struct Parse<'x> {
+    file: &'x str,
+    xml: &'x str,
+    cases: Vec<TestCase>,
+    stack: Vec<Open>,
+    suites: Vec<String>,
+    current: Option<TestCase>,
+    seen_root: bool,
+    // Whether the deciding `<failure>`/`<error>`/`<skipped>` is open (kept
+    // here rather than searched for in `stack`: that made deep nesting
+    // quadratic).
+    in_result: bool,
+}
+
+impl<'x> Parse<'x> {
+    fn new(file: &'x str, xml: &'x str) -> Self {
+        Parse {
+            file,
+            xml,
+            cases: Vec::new(),
+            stack: Vec::new(),
+            suites: Vec::new(),
+            current: None,
+            seen_root: false,
+            in_result: false,
+        }
     }
-    Ok(cases)
+
+    fn err_at(&self, pos: usize, message: String) -> ParseError {
+        let (line, column) = line_col(self.xml, pos);
+        ParseError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// A start (or empty, `<x/>`) tag at byte `start`.
+    fn open(&mut self, e: &BytesStart<'_>, start: usize, empty: bool) -> Result<(), ParseError> {
+        let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+        if !self.seen_root {
+            self.seen_root = true;
+            if name != "testsuites" && name != "testsuite" {
+                return Err(self.err_at(
+                    start,
+                    format!(
+                        "not a JUnit report: the root element is <{name}>, \
+                         not <testsuites> or <testsuite>"
+                    ),
+                ));
+            }
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(self.err_at(
+                start,
+                format!("<{name}>: elements nested more than {MAX_DEPTH} deep"),
+            ));
+        }
+        let kind = self.kind_of(&name, e);
+        if empty {
+            close(kind, &mut self.current, &mut self.suites, &mut self.cases);
+        } else {
+            self.in_result |= kind == Kind::Result;
+            self.stack.push(Open {
+                name,
+                kind,
+                pos: start,
+            });
+        }
+        Ok(())
+    }
+
+    /// What element `name` is here; a suite or a case starts being read.
+    fn kind_of(&mut self, name: &str, e: &BytesStart<'_>) -> Kind {
+        match name {
+            _ if self.in_result => Kind::Other,
+            "testsuite" if self.current.is_none() => {
+                self.suites.push(attr(e, "name").unwrap_or_default());
+                Kind::Suite
+            }
+            "testcase" if self.current.is_none() => {
+                self.current = Some(TestCase {
+                    suite: self.suites.last().cloned().unwrap_or_default(),
+                    classname: attr(e, "classname").unwrap_or_default(),
+                    name: attr(e, "name").unwrap_or_default(),
+                    outcome: Outcome::Passed,
+                    message: String::new(),
+                    body: String::new(),
+                    file: attr(e, "file").filter(|f| !f.is_empty()),
+                    line: attr(e, "line").and_then(|l| l.trim().parse().ok()),
+                });
+                Kind::Case
+            }
+            "failure" | "error" | "skipped" => self.result_kind(name, e),
+            _ => Kind::Other,
+        }
+    }
+
+    /// A `<failure>`/`<error>`/`<skipped>`: `Result` when it decides the
+    /// outcome of the case it is directly inside (not in system-out...).
+    fn result_kind(&mut self, name: &str, e: &BytesStart<'_>) -> Kind {
+        let in_case = self.stack.last().is_some_and(|o| o.kind == Kind::Case);
+        let Some(case) = self.current.as_mut().filter(|_| in_case) else {
+            return Kind::Other;
+        };
+        let outcome = match name {
+            "failure" => Outcome::Failed,
+            "error" => Outcome::Error,
+            _ => Outcome::Skipped,
+        };
+        // The first failure/error decides; either beats a skip.
+        let decides = match case.outcome {
+            Outcome::Passed => true,
+            Outcome::Skipped => outcome != Outcome::Skipped,
+            Outcome::Failed | Outcome::Error => false,
+        };
+        if !decides {
+            return Kind::Other;
+        }
+        case.outcome = outcome;
+        case.message = attr(e, "message").unwrap_or_default();
+        case.body.clear();
+        Kind::Result
+    }
+
+    fn end(&mut self) {
+        // check_end_names guarantees this matches the last Start.
+        if let Some(open) = self.stack.pop() {
+            self.in_result &= open.kind != Kind::Result;
+            close(
+                open.kind,
+                &mut self.current,
+                &mut self.suites,
+                &mut self.cases,
+            );
+        }
+    }
+
+    /// Whether text now belongs to a case's result body.
+    fn collecting(&self) -> bool {
+        self.in_result && self.current.is_some()
+    }
+
+    /// Text inside the deciding result element, kept up to [`MAX_BODY`].
+    fn push_body(&mut self, text: &str) {
+        if let Some(body) = result_body(self.in_result, &mut self.current) {
+            push_bounded(body, text);
+        }
+    }
+
+    /// The cases read, once the document is whole.
+    fn finish(self) -> Result<Vec<TestCase>, ParseError> {
+        if let Some(open) = self.stack.last() {
+            let (line, _) = line_col(self.xml, open.pos);
+            return Err(self.err_at(
+                self.xml.len(),
+                format!(
+                    "the file ends early (truncated?): <{}> opened at line {line} is not closed",
+                    open.name
+                ),
+            ));
+        }
+        if !self.seen_root {
+            return Err(self.err_at(
+                self.xml.len(),
+                "not a JUnit report: no XML element found".into(),
+            ));
+        }
+        Ok(self.cases)
+    }
 }
 
 fn close(
