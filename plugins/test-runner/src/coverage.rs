@@ -12,7 +12,7 @@
 //! the line (and column, for XML): a truncated report must fail the stage,
 //! not pass the coverage gate with whatever it got to.
 
-use quick_xml::events::Event;
+use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 
 use crate::junit::line_col;
@@ -119,6 +119,7 @@ pub const MAX_DEPTH: usize = 256;
 /// element outside the root) or declares entities is an error naming the
 /// file, line and column, as coverage-gate's parser refuses the same bytes.
 pub fn parse_cobertura(file: &str, xml: &str) -> Result<Coverage, String> {
+    // Computed on error only: line_col walks the text.
     let at = |pos: usize| {
         let (line, column) = line_col(xml, pos);
         format!("{file}: line {line}, column {column}")
@@ -137,35 +138,21 @@ pub fn parse_cobertura(file: &str, xml: &str) -> Result<Coverage, String> {
             )
         })?;
         let outside = open.is_empty();
+        let here = |m: String| format!("{}: {m}", at(start));
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 if outside && cov.is_some() {
-                    return Err(format!(
-                        "{}: not valid XML: a second root element <{name}> after </coverage>",
-                        at(start)
-                    ));
+                    return Err(here(format!(
+                        "not valid XML: a second root element <{name}> after </coverage>"
+                    )));
                 }
-                let mut attrs = Vec::new();
-                for a in e.attributes() {
-                    let a =
-                        a.map_err(|e| format!("{}: not valid XML: in <{name}>: {e}", at(start)))?;
-                    let key = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
-                    let value = a.unescape_value().map_err(|e| {
-                        format!("{}: not valid XML: <{name} {key}=...>: {e}", at(start))
-                    })?;
-                    if outside {
-                        attrs.push((key, value.trim().to_string()));
-                    }
-                }
+                let attrs = attributes(e, &name, outside).map_err(here)?;
                 if outside {
                     cov = Some(root(&at(start), &name, &attrs)?);
                 }
                 if open.len() >= MAX_DEPTH {
-                    return Err(format!(
-                        "{}: elements nested more than {MAX_DEPTH} deep",
-                        at(start)
-                    ));
+                    return Err(here(format!("elements nested more than {MAX_DEPTH} deep")));
                 }
                 if matches!(event, Event::Start(_)) {
                     open.push((name, start));
@@ -178,48 +165,23 @@ pub fn parse_cobertura(file: &str, xml: &str) -> Result<Coverage, String> {
             Event::Text(ref t) => {
                 let text = t
                     .decode()
-                    .map_err(|e| format!("{}: not valid text: {e}", at(start)))?;
+                    .map_err(|e| here(format!("not valid text: {e}")))?;
                 if outside && !text.trim().is_empty() {
-                    return Err(format!(
-                        "{}: not valid XML: text outside the root element",
-                        at(start)
-                    ));
+                    return Err(here("not valid XML: text outside the root element".into()));
                 }
             }
             Event::CData(_) if outside => {
-                return Err(format!(
-                    "{}: not valid XML: CDATA outside the root element",
-                    at(start)
-                ))
+                return Err(here("not valid XML: CDATA outside the root element".into()))
             }
             Event::CData(_) => {}
-            Event::GeneralRef(ref r) => {
-                let name = String::from_utf8_lossy(r).into_owned();
-                let known = match r.resolve_char_ref() {
-                    Ok(Some(_)) => true,
-                    Ok(None) => quick_xml::escape::resolve_predefined_entity(&name).is_some(),
-                    Err(_) => false,
-                };
-                if !known {
-                    return Err(format!(
-                        "{}: not valid XML: undefined entity &{name};",
-                        at(start)
-                    ));
-                }
-                if outside {
-                    return Err(format!(
-                        "{}: not valid XML: text outside the root element",
-                        at(start)
-                    ));
-                }
-            }
+            Event::GeneralRef(ref r) => check_ref(r, outside).map_err(here)?,
             Event::DocType(ref d) => {
                 // `<!DOCTYPE coverage SYSTEM "...dtd">` is harmless (never
                 // fetched); an internal subset is where entities are declared.
                 if d.contains(&b'[') {
-                    return Err(format!(
-                        "{}: refused: the DOCTYPE has an internal subset (entity declarations are not allowed)",
-                        at(start)
+                    return Err(here(
+                        "refused: the DOCTYPE has an internal subset (entity declarations are not allowed)"
+                            .into(),
                     ));
                 }
             }
@@ -235,6 +197,40 @@ pub fn parse_cobertura(file: &str, xml: &str) -> Result<Coverage, String> {
         ));
     }
     cov.ok_or_else(|| format!("{file}: no XML element found"))
+}
+
+/// Every attribute of `<name>` checked well-formed; returned (trimmed)
+/// only when `keep` (the root's: the others are not used).
+fn attributes(e: &BytesStart<'_>, name: &str, keep: bool) -> Result<Vec<(String, String)>, String> {
+    let mut attrs = Vec::new();
+    for a in e.attributes() {
+        let a = a.map_err(|e| format!("not valid XML: in <{name}>: {e}"))?;
+        let key = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
+        let value = a
+            .unescape_value()
+            .map_err(|e| format!("not valid XML: <{name} {key}=...>: {e}"))?;
+        if keep {
+            attrs.push((key, value.trim().to_string()));
+        }
+    }
+    Ok(attrs)
+}
+
+/// An entity or character reference: defined, and inside the root.
+fn check_ref(r: &BytesRef<'_>, outside: bool) -> Result<(), String> {
+    let name = String::from_utf8_lossy(r).into_owned();
+    let known = match r.resolve_char_ref() {
+        Ok(Some(_)) => true,
+        Ok(None) => quick_xml::escape::resolve_predefined_entity(&name).is_some(),
+        Err(_) => false,
+    };
+    if !known {
+        return Err(format!("not valid XML: undefined entity &{name};"));
+    }
+    if outside {
+        return Err("not valid XML: text outside the root element".into());
+    }
+    Ok(())
 }
 
 /// The counts from the `<coverage>` root's attributes; `at` names where it is.
