@@ -279,22 +279,7 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
             format!("not valid JSON ({e})")
         }
     })?;
-    let obj = value
-        .as_object()
-        .ok_or("not a Trivy JSON report (the top level is not an object)")?;
-    match obj.get("SchemaVersion") {
-        None => {
-            return Err(
-                "not a Trivy JSON report (no SchemaVersion; use `trivy ... --format json`)".into(),
-            )
-        }
-        Some(v) if v.as_u64() == Some(2) => {}
-        Some(v) => {
-            return Err(format!(
-                "Trivy report SchemaVersion {v} is not supported (expected 2)"
-            ))
-        }
-    }
+    check_schema(&value)?;
     let raw: RawReport = serde_json::from_value(value)
         .map_err(|e| format!("unexpected Trivy report structure: {e}"))?;
 
@@ -307,81 +292,110 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
     for r in results {
         let target = non_empty(r.target).unwrap_or_else(|| "(no target)".to_string());
         let class = non_empty(r.class);
+        let at = |kind, id, severity: Option<String>| Finding {
+            kind,
+            id,
+            aliases: Vec::new(),
+            severity: Severity::of_report(severity.as_deref()),
+            target: target.clone(),
+            class: class.clone(),
+            pkg: None,
+            installed: None,
+            fixed: None,
+            status: None,
+            title: None,
+            line: None,
+        };
         for v in r.vulnerabilities.unwrap_or_default() {
-            let id = non_empty(v.vulnerability_id).unwrap_or_else(|| "(no id)".into());
-            let aliases = v
-                .vendor_ids
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|a| !a.trim().is_empty() && *a != id)
-                .collect();
-            let pkg = non_empty(v.pkg_name).or_else(|| non_empty(v.pkg_id));
-            parsed.findings.push(Finding {
-                kind: Kind::Vulnerability,
-                id,
-                aliases,
-                severity: Severity::of_report(v.severity.as_deref()),
-                target: target.clone(),
-                class: class.clone(),
-                pkg,
-                installed: non_empty(v.installed_version),
-                fixed: non_empty(v.fixed_version),
-                status: non_empty(v.status),
-                title: non_empty(v.title),
-                line: None,
-            });
+            parsed.findings.push(vulnerability(v, &at));
         }
         for s in r.secrets.unwrap_or_default() {
             parsed.findings.push(Finding {
-                kind: Kind::Secret,
-                id: non_empty(s.rule_id).unwrap_or_else(|| "(no rule id)".into()),
-                aliases: Vec::new(),
-                severity: Severity::of_report(s.severity.as_deref()),
-                target: target.clone(),
-                class: class.clone(),
-                pkg: None,
-                installed: None,
-                fixed: None,
-                status: None,
                 title: non_empty(s.title),
                 line: line(s.start_line),
+                ..at(
+                    Kind::Secret,
+                    non_empty(s.rule_id).unwrap_or_else(|| "(no rule id)".into()),
+                    s.severity,
+                )
             });
         }
         for m in r.misconfigurations.unwrap_or_default() {
-            let failed = m
-                .status
-                .as_deref()
-                .is_some_and(|s| s.trim().eq_ignore_ascii_case("FAIL"));
-            if !failed {
-                parsed.misconfig_passed += 1;
-                continue;
+            match misconfiguration(m, &at) {
+                Some(f) => parsed.findings.push(f),
+                None => parsed.misconfig_passed += 1,
             }
-            let id = non_empty(m.id).unwrap_or_else(|| "(no id)".into());
-            let mut aliases = Vec::new();
-            if let Some(avd) = non_empty(m.avd_id) {
-                aliases.push(avd);
-            }
-            let avd = format!("AVD-{id}");
-            if !id.starts_with("AVD-") && !aliases.contains(&avd) {
-                aliases.push(avd);
-            }
-            parsed.findings.push(Finding {
-                kind: Kind::Misconfiguration,
-                id,
-                aliases,
-                severity: Severity::of_report(m.severity.as_deref()),
-                target: target.clone(),
-                class: class.clone(),
-                pkg: None,
-                installed: None,
-                fixed: None,
-                status: None,
-                title: non_empty(m.title),
-                line: line(m.cause_metadata.and_then(|c| c.start_line)),
-            });
         }
     }
     Ok(parsed)
+}
+
+/// A JSON object with `SchemaVersion` 2.
+fn check_schema(value: &serde_json::Value) -> Result<(), String> {
+    let obj = value
+        .as_object()
+        .ok_or("not a Trivy JSON report (the top level is not an object)")?;
+    match obj.get("SchemaVersion") {
+        None => {
+            Err("not a Trivy JSON report (no SchemaVersion; use `trivy ... --format json`)".into())
+        }
+        Some(v) if v.as_u64() == Some(2) => Ok(()),
+        Some(v) => Err(format!(
+            "Trivy report SchemaVersion {v} is not supported (expected 2)"
+        )),
+    }
+}
+
+/// A finding of `kind` with `id` and `severity` in the result being read,
+/// everything else unset.
+type FindingAt<'a> = dyn Fn(Kind, String, Option<String>) -> Finding + 'a;
+
+/// A vulnerability; its vendor ids (other than its own) are aliases.
+fn vulnerability(v: RawVuln, at: &FindingAt<'_>) -> Finding {
+    let id = non_empty(v.vulnerability_id).unwrap_or_else(|| "(no id)".into());
+    let aliases = v
+        .vendor_ids
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| !a.trim().is_empty() && *a != id)
+        .collect();
+    let pkg = non_empty(v.pkg_name).or_else(|| non_empty(v.pkg_id));
+    Finding {
+        aliases,
+        pkg,
+        installed: non_empty(v.installed_version),
+        fixed: non_empty(v.fixed_version),
+        status: non_empty(v.status),
+        title: non_empty(v.title),
+        ..at(Kind::Vulnerability, id, v.severity)
+    }
+}
+
+/// A failed misconfiguration check (`None` for PASS, EXCEPTION...); it is
+/// also known by its AVD id.
+fn misconfiguration(m: RawMisconf, at: &FindingAt<'_>) -> Option<Finding> {
+    let failed = m
+        .status
+        .as_deref()
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("FAIL"));
+    if !failed {
+        return None;
+    }
+    let id = non_empty(m.id).unwrap_or_else(|| "(no id)".into());
+    let mut aliases = Vec::new();
+    if let Some(avd) = non_empty(m.avd_id) {
+        aliases.push(avd);
+    }
+    let avd = format!("AVD-{id}");
+    if !id.starts_with("AVD-") && !aliases.contains(&avd) {
+        aliases.push(avd);
+    }
+    Some(Finding {
+        aliases,
+        title: non_empty(m.title),
+        line: line(m.cause_metadata.and_then(|c| c.start_line)),
+        ..at(Kind::Misconfiguration, id, m.severity)
+    })
 }
 
 #[cfg(test)]
