@@ -232,14 +232,8 @@ pub fn describe_error(err: &CapError) -> String {
     }
 }
 
-/// Everything but the export glue.
-/// `sleep` waits between retries (`std::thread::sleep` in the plugin).
-pub fn push(
-    ctx: &Context,
-    docker: &mut impl Docker,
-    sleep: &dyn Fn(Duration),
-) -> Result<Report, StageError> {
-    let with: With = ctx.config_with_defaults()?;
+/// The limits on `retries` and `backoff-ms`; `auth`, when given, names a secret.
+fn check_with(with: &With) -> Result<(), StageError> {
     if with.retries > MAX_RETRIES {
         return Err(StageError::config(format!(
             "with.retries: {} is more than {MAX_RETRIES}",
@@ -257,6 +251,18 @@ pub fn push(
             "with.auth: must name a secret (leave it out for no credentials)",
         ));
     }
+    Ok(())
+}
+
+/// Everything but the export glue.
+/// `sleep` waits between retries (`std::thread::sleep` in the plugin).
+pub fn push(
+    ctx: &Context,
+    docker: &mut impl Docker,
+    sleep: &dyn Fn(Duration),
+) -> Result<Report, StageError> {
+    let with: With = ctx.config_with_defaults()?;
+    check_with(&with)?;
     let refs = resolve_refs(&with, ctx)?;
     let auth = with.auth.as_deref();
 
