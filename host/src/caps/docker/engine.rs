@@ -15,9 +15,9 @@ use tokio::sync::OnceCell;
 use super::context::{self, ContextError};
 use super::policy::{BuildContext, ContainerLimits, ImageRef, MANAGED_LABEL};
 use crate::caps::log::StageLog;
-use crate::runtime::bindings::ci::stage::docker::{ContainerInfo, PortMapping};
-use crate::runtime::bindings::ci::stage::types::RemoteError;
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::docker::{ContainerInfo, PortMapping};
+use crate::wit::ci::stage::types::RemoteError;
+use crate::wit::CapError;
 
 /// Most bytes of container output returned to the plugin (the log has more).
 const MAX_RUN_OUTPUT: usize = 256 * 1024;

@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use crate::caps::denied;
 use crate::caps::docker::grant::DockerGrants;
 use crate::confined::{FileError, Root};
-use crate::runtime::bindings::ci::stage::docker::{MountMode, Privileges};
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::docker::{MountMode, Privileges};
+use crate::wit::CapError;
 
 pub use crate::grants::image::ImageRef;
 

@@ -37,8 +37,8 @@ use crate::caps::capability::{Cap, Capability, GrantCx, StageEnv, StrList};
 use crate::caps::denied;
 use crate::caps::secrets::SecretsCap;
 use crate::grants::url::{Refusal, UrlAllowlist, UrlPattern};
-use crate::runtime::bindings::ci::stage::http::{Host, Request, Response};
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::http::{Host, Request, Response};
+use crate::wit::CapError;
 use std::sync::Arc;
 
 /// Limits applied to every request.
@@ -100,7 +100,7 @@ impl Capability for HttpCap {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::http::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::http::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
