@@ -713,20 +713,7 @@ fn check_cycles(
     stages: &[Stage],
     needs_spans: &[Vec<std::ops::Range<usize>>],
 ) {
-    // First stage with each name wins; duplicates are reported already.
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, s) in stages.iter().enumerate() {
-        index.entry(s.name.as_str()).or_insert(i);
-    }
-    let edges: Vec<Vec<usize>> = stages
-        .iter()
-        .map(|s| {
-            s.needs
-                .iter()
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .collect()
-        })
-        .collect();
+    let edges = super::needs_indices(stages);
     for cycle in dag::cycles(&edges) {
         let mut names: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
         names.push(names[0]);
