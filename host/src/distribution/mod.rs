@@ -97,7 +97,8 @@ pub async fn resolve(
         },
         message,
     };
-    let old = LockFile::read_from(&p.origin, &lock_path).map_err(|e| vec![file_diag(e)])?;
+    let old = LockFile::read_from(&p.origin, &lock_path)
+        .map_err(|e| vec![file_diag(format!("{e:#}"))])?;
     let trusted: Vec<PublicKey> = p
         .trust
         .signed_by
@@ -140,7 +141,8 @@ pub async fn resolve(
     if !diags.is_empty() {
         return Err(diags);
     }
-    update_lock(&p.origin, &lock_path, mode, &old, &new).map_err(|e| vec![file_diag(e)])?;
+    update_lock(&p.origin, &lock_path, mode, &old, &new)
+        .map_err(|e| vec![file_diag(format!("{e:#}"))])?;
     Ok(out)
 }
 
@@ -154,7 +156,7 @@ fn update_lock(
     mode: LockMode,
     old: &LockFile,
     new: &LockFile,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let wanted = origin.exists(lock_path) || !new.plugins.is_empty();
     if !wanted || new == old {
         return Ok(());
@@ -165,9 +167,9 @@ fn update_lock(
         } else {
             lock_path.display().to_string()
         };
-        return Err(format!(
+        anyhow::bail!(
             "{shown} is out of date and --locked forbids changing it; run `host lock` and commit it"
-        ));
+        );
     }
     if origin.is_untrusted() {
         tracing::info!(lock = %origin.shown(lock_path), "lock file out of date; used as is, not written (checkouts are never written to)");

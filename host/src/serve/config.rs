@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
@@ -89,17 +90,17 @@ pub enum SecretRef {
 }
 
 impl SecretRef {
-    pub fn read(&self) -> Result<String, String> {
+    pub fn read(&self) -> anyhow::Result<String> {
         let v = match self {
             SecretRef::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable `{var}` is not set"))?,
+                .map_err(|_| anyhow::anyhow!("environment variable `{var}` is not set"))?,
             SecretRef::File(p) => std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .with_context(|| format!("reading the secret file {}", p.display()))?
                 .trim_end_matches(['\n', '\r'])
                 .to_string(),
         };
         if v.is_empty() {
-            return Err("the value is empty".into());
+            anyhow::bail!("the value is empty");
         }
         Ok(v)
     }
