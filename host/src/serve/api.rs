@@ -226,7 +226,7 @@ async fn upload(
     }
     let (up, filename, format, delivery) = match upload_request(&s, &name, &headers, body.len()) {
         Ok(request) => request,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if let Some(answered) = replayed_upload(&s, &up, &filename, &delivery, &body).await {
         return answered;
@@ -281,42 +281,42 @@ fn upload_request(
     name: &str,
     headers: &HeaderMap,
     size: usize,
-) -> Result<(Upload, String, Format, String), Response> {
+) -> Result<(Upload, String, Format, String), Box<Response>> {
     let Some(up) = s.config.uploads.iter().find(|u| u.name == name).cloned() else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!("no [[upload]] source named `{name}` on this server"),
-        ));
+        )));
     };
     let Some(filename) = headers
         .get("x-upload-filename")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
     else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "missing X-Upload-Filename header",
-        ));
+        )));
     };
     let Some(format) = Format::of(&filename) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{filename}: not a .zip, .tar.gz, .tgz or .tar file"),
-        ));
+        )));
     };
     if size as u64 > up.max_size {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "{filename}: {size} bytes is over the {} byte limit of `{name}`",
                 up.max_size
             ),
-        ));
+        )));
     }
     let delivery = match id_header(headers, "X-Upload-Id", "an id") {
         Ok(Some(id)) => format!("upload-{id}"),
         Ok(None) => format!("upload-{}", new_run_id()),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, e)),
+        Err(e) => return Err(Box::new(error(StatusCode::BAD_REQUEST, e))),
     };
     Ok((up, filename, format, delivery))
 }
