@@ -737,7 +737,7 @@ fn check_cycles(
 
 fn duration(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<Duration> {
     let result = match v.get_ref() {
-        toml::Value::String(s) => units::parse_duration(s),
+        toml::Value::String(s) => units::parse_duration(s).map_err(|e| e.to_string()),
         other => Err(format!(
             "expected a duration string like \"30s\" or \"5m\", found {}",
             type_name(other)
@@ -750,7 +750,7 @@ fn duration(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<Duration> 
 
 fn size(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<u64> {
     let result = match v.get_ref() {
-        toml::Value::String(s) => units::parse_size(s),
+        toml::Value::String(s) => units::parse_size(s).map_err(|e| e.to_string()),
         other => Err(format!(
             "expected a size string like \"256MiB\" or \"1GiB\", found {}",
             type_name(other)

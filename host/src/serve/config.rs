@@ -409,12 +409,12 @@ fn webhook_secret(
 
 /// A value written as a string and parsed by `parse` (sizes, durations);
 /// `None` after a diagnostic naming `key`.
-fn text_value<T>(
+fn text_value<T, E: std::fmt::Display>(
     src: &Source<'_>,
     v: &Spanned<toml::Value>,
     key: &str,
     expected: &str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, E>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<T> {
     match v.get_ref().as_str().map(parse) {
