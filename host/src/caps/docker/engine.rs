@@ -165,19 +165,21 @@ pub fn registry_error(message: &str) -> RemoteError {
 
 /// Registry credentials from a secret value: `user:password` or JSON
 /// `{"username": .., "password": ..}`.
-pub fn credentials(value: &str, registry: Option<&str>) -> Result<DockerCredentials, String> {
+pub fn credentials(value: &str, registry: Option<&str>) -> anyhow::Result<DockerCredentials> {
+    use anyhow::Context;
     let (username, password) = if value.trim_start().starts_with('{') {
-        let v: serde_json::Value =
-            serde_json::from_str(value).map_err(|_| "the secret is not valid JSON".to_string())?;
+        // The value is a secret: the parser's message could quote it.
+        let v: serde_json::Value = serde_json::from_str(value)
+            .map_err(|_| anyhow::anyhow!("the secret is not valid JSON"))?;
         let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         (
-            get("username").ok_or("the secret has no `username`")?,
-            get("password").ok_or("the secret has no `password`")?,
+            get("username").context("the secret has no `username`")?,
+            get("password").context("the secret has no `password`")?,
         )
     } else {
         let (u, p) = value
             .split_once(':')
-            .ok_or("expected `user:password` or JSON {\"username\", \"password\"}")?;
+            .context("expected `user:password` or JSON {\"username\", \"password\"}")?;
         (u.to_string(), p.to_string())
     };
     Ok(DockerCredentials {

@@ -105,28 +105,26 @@ fn remote(
 /// Remotes the host's git may talk to. `ssh://` and scp-style addresses
 /// are refused: git would use the user's own ssh keys and config, outside
 /// every grant. `ext::` and friends would run commands.
-pub fn git_url(url: &str) -> Result<(), String> {
+pub fn git_url(url: &str) -> anyhow::Result<()> {
     let parsed = url::Url::parse(url).map_err(|e| {
-        format!("{url:?} is not a URL ({e}); expected https://, http://, git:// or file://")
+        anyhow::anyhow!("{url:?} is not a URL ({e}); expected https://, http://, git:// or file://")
     })?;
     match parsed.scheme() {
         "https" | "http" | "git" | "file" => {}
         other => {
-            return Err(format!(
+            anyhow::bail!(
                 "scheme `{other}` is not supported; expected https://, http://, git:// or file://"
-            ))
+            )
         }
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "credentials do not belong in the URL (they would be logged and stored)".into(),
-        );
+        anyhow::bail!("credentials do not belong in the URL (they would be logged and stored)");
     }
     Ok(())
 }
 
 /// A branch name git accepts and no option can hide in.
-pub fn branch_name(b: &str) -> Result<(), String> {
+pub fn branch_name(b: &str) -> anyhow::Result<()> {
     let ok = !b.is_empty()
         && !b.starts_with(['-', '/', '.'])
         && !b.ends_with(['/', '.'])
@@ -139,7 +137,7 @@ pub fn branch_name(b: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(anyhow::anyhow!(
             "{b:?} is not a branch name (letters, digits, `-`, `_`, `.`, `/`; no `..`, not starting with `-`)"
         ))
     }

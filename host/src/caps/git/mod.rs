@@ -196,7 +196,7 @@ impl GitCap {
             return Err(denied(&self.stage, "git", repo));
         };
         let branch = branch.unwrap_or_else(|| remote.branch.clone());
-        branch_name(&branch).map_err(CapError::Invalid)?;
+        branch_name(&branch).map_err(|e| CapError::Invalid(e.to_string()))?;
         if self.clones.len() >= self.limits.max_checkouts {
             return Err(CapError::Limit(format!(
                 "a stage may make at most {} clones",
