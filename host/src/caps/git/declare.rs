@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::caps::capability::{valid_id, GrantCx, Str, StrList, ID_RULE};
+use crate::caps::capability::{GrantCx, Str, StrList};
 use crate::grants::branch::{BranchPattern, BranchPatterns};
 
 /// A repository the host clones and pushes for the stages granted it.
@@ -41,21 +41,7 @@ pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, GitRemote> {
     let Some(doc) = cx.decode::<Doc>() else {
         return BTreeMap::new();
     };
-    let mut out = BTreeMap::new();
-    for (key, value) in doc.git {
-        let name = key.get_ref().clone();
-        if !valid_id(&name) {
-            cx.err(
-                key.span(),
-                format!("invalid git repository name {name:?}; expected {ID_RULE}"),
-            );
-        }
-        let span = value.span();
-        if let Some(remote) = remote(cx, name.clone(), span, value.into_inner()) {
-            out.insert(name, remote);
-        }
-    }
-    out
+    cx.declarations(doc.git, "git repository", remote)
 }
 
 fn remote(

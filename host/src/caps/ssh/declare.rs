@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::caps::capability::{valid_id, GrantCx, Str, ID_RULE};
+use crate::caps::capability::{GrantCx, Str};
 
 /// A host the system `ssh` reaches for the stages granted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,21 +68,7 @@ pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, SshHost> {
     let Some(doc) = cx.decode::<Doc>() else {
         return BTreeMap::new();
     };
-    let mut out = BTreeMap::new();
-    for (key, value) in doc.ssh {
-        let name = key.get_ref().clone();
-        if !valid_id(&name) {
-            cx.err(
-                key.span(),
-                format!("invalid ssh host name {name:?}; expected {ID_RULE}"),
-            );
-        }
-        let span = value.span();
-        if let Some(h) = host(cx, name.clone(), span, value.into_inner()) {
-            out.insert(name, h);
-        }
-    }
-    out
+    cx.declarations(doc.ssh, "ssh host", host)
 }
 
 fn host(
