@@ -127,7 +127,7 @@ impl ScanCap {
         if !self.granted {
             return Err(denied(&self.stage, "scan", req.image));
         }
-        let image = ImageRef::parse(&req.image).map_err(CapError::Invalid)?;
+        let image = ImageRef::parse(&req.image).map_err(|e| CapError::Invalid(e.to_string()))?;
         // A scan reads the image (a secret scan reports what it found):
         // only images the stage may use.
         if !self.images.may_use(&image) {
