@@ -471,14 +471,14 @@ fn upload(
 /// `"7d"`, `"1d12h"`, `"12h"`, `"90m"`: whole days first, if any, then the
 /// rest as the pipeline's durations are written ([`parse_duration`]: `h`,
 /// `m`, `s`, `ms`); more than zero, at most [`MAX_REPLAY_WINDOW`].
-pub fn parse_window(s: &str) -> Result<Duration, String> {
+pub fn parse_window(s: &str) -> anyhow::Result<Duration> {
     let text = s.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (days, rest) = match text[digits..].strip_prefix('d') {
         Some(rest) if digits > 0 => {
             let n: u64 = text[..digits]
                 .parse()
-                .map_err(|_| format!("duration {s:?} is too long; the maximum is 365d"))?;
+                .map_err(|_| anyhow::anyhow!("duration {s:?} is too long; the maximum is 365d"))?;
             (n, rest)
         }
         _ => (0, text),
@@ -487,15 +487,15 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
         Duration::ZERO
     } else {
         parse_duration(rest).map_err(|e| {
-            format!("{e} (a replay window may start with whole days: \"7d\", \"1d12h\")")
+            anyhow::anyhow!("{e} (a replay window may start with whole days: \"7d\", \"1d12h\")")
         })?
     };
     let total = Duration::from_secs(days.saturating_mul(24 * 60 * 60)).saturating_add(rest);
     if total.is_zero() {
-        return Err(format!("duration {s:?} must be greater than zero"));
+        anyhow::bail!("duration {s:?} must be greater than zero");
     }
     if total > MAX_REPLAY_WINDOW {
-        return Err(format!("duration {s:?} is too long; the maximum is 365d"));
+        anyhow::bail!("duration {s:?} is too long; the maximum is 365d");
     }
     Ok(total)
 }
@@ -842,7 +842,11 @@ branch = ["main"]
             ("365d", 365 * 86_400),
             (" 1d ", 86_400),
         ] {
-            assert_eq!(parse_window(text), Ok(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                parse_window(text).unwrap(),
+                Duration::from_secs(secs),
+                "{text}"
+            );
         }
         for bad in [
             "",

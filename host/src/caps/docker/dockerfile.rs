@@ -290,13 +290,13 @@ fn declare_args(
 pub fn external_images(
     text: &str,
     build_args: &HashMap<String, String>,
-) -> Result<Vec<ImageUse>, String> {
+) -> anyhow::Result<Vec<ImageUse>> {
     let escape = escape_char(text);
     // What FROM may use: the ARGs declared before the first FROM.
     let mut globals: HashMap<String, Var> = HashMap::new();
     let mut stages: Vec<Option<String>> = Vec::new();
     let mut out = Vec::new();
-    let at = |n: usize, m: String| format!("Dockerfile line {n}: {m}");
+    let at = |n: usize, m: String| anyhow::anyhow!("Dockerfile line {n}: {m}");
 
     let lines = logical_lines(text, escape);
     for line in &lines {
@@ -327,7 +327,7 @@ pub fn external_images(
         }
     }
     if stages.is_empty() {
-        return Err("the Dockerfile has no FROM".into());
+        anyhow::bail!("the Dockerfile has no FROM");
     }
     Ok(out)
 }
@@ -431,11 +431,13 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        external_images(text, &args).map(|v| {
-            v.into_iter()
-                .map(|u| format!("{}:{}:{}", u.line, u.instruction, u.image))
-                .collect()
-        })
+        external_images(text, &args)
+            .map(|v| {
+                v.into_iter()
+                    .map(|u| format!("{}:{}:{}", u.line, u.instruction, u.image))
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
     }
 
     #[test]
