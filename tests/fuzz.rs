@@ -214,7 +214,7 @@ fn server_checked(text: String) {
 fn lock_checked(text: String) -> Result<LockFile, String> {
     let len = text.len();
     guarded("LockFile::parse", Budget::for_input(len), move || {
-        let r = LockFile::parse(&text);
+        let r = LockFile::parse(&text).map_err(|e| e.to_string());
         if let Err(e) = &r {
             // `LINE:COL: message`, inside the text, one line, bounded.
             let mut parts = e.splitn(3, ':');

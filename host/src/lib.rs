@@ -3,6 +3,7 @@
 //!
 //! - [`pipeline`]: the pipeline file model and its validation.
 //! - [`runtime`]: wasmtime engine, component cache, per-stage sandbox.
+//! - [`wit`]: the generated `ci:stage` bindings, a leaf both `caps` and `runtime` import.
 //! - [`caps`]: the host capabilities a stage may be granted (one module each).
 //! - [`run`]: the executor (DAG scheduling, retries, cancellation) and run records.
 //! - [`serve`]: `host serve`, the CI server (webhooks, queue, history, metrics, pages).
@@ -27,3 +28,4 @@ pub mod serve;
 pub mod source;
 pub mod text;
 pub mod units;
+pub mod wit;

@@ -17,13 +17,41 @@ const DURATION_HINT: &str = "expected a duration like \"500ms\", \"30s\", \"5m\"
 const SIZE_HINT: &str =
     "expected a size like \"64MiB\", \"512MB\" or \"1GiB\" (units B, kB, KiB, MB, MiB, GB, GiB)";
 
+/// Why a duration or size string is refused: each says what was written
+/// and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{hint}, got {written:?}")]
+    Malformed { hint: &'static str, written: String },
+    #[error("{hint}; {written:?} is missing a unit")]
+    MissingUnit { hint: &'static str, written: String },
+    #[error(
+        "{}; in {written:?} the units are repeated or out of order",
+        DURATION_HINT
+    )]
+    UnitOrder { written: String },
+    #[error("duration {written:?} must be greater than zero")]
+    ZeroDuration { written: String },
+    #[error("duration {written:?} is too long; the maximum is 24h")]
+    DurationTooLong { written: String },
+    #[error("size {written:?} is too large; the maximum is 16GiB")]
+    SizeTooLarge { written: String },
+    #[error("size {written:?} is too small; the minimum is 1MiB")]
+    SizeTooSmall { written: String },
+}
+
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"2h"`.
 ///
 /// A duration is one or more `<integer><unit>` parts with units in
 /// decreasing order (`1h30m`, not `30m1h`), each unit at most once. Bare
 /// numbers, zero and anything above 24h are refused.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{DURATION_HINT}, got {s:?}");
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let written = || s.to_string();
+    let bad = || UnitError::Malformed {
+        hint: DURATION_HINT,
+        written: written(),
+    };
+    let too_long = || UnitError::DurationTooLong { written: written() };
     let text = s.trim();
     if text.is_empty() {
         return Err(bad());
@@ -45,7 +73,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         // beyond the 24h limit anyway.
         let digits = &text[start..i];
         if digits.len() > 18 {
-            return Err(format!("duration {s:?} is too long; the maximum is 24h"));
+            return Err(too_long());
         }
         let n: u128 = digits.parse().map_err(|_| bad())?;
         let ustart = i;
@@ -57,22 +85,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => (2, 60_000),
             "s" => (1, 1_000),
             "ms" => (0, 1),
-            "" => return Err(format!("{DURATION_HINT}; {s:?} is missing a unit")),
+            "" => {
+                return Err(UnitError::MissingUnit {
+                    hint: DURATION_HINT,
+                    written: written(),
+                })
+            }
             _ => return Err(bad()),
         };
         if rank >= last_rank {
-            return Err(format!(
-                "{DURATION_HINT}; in {s:?} the units are repeated or out of order"
-            ));
+            return Err(UnitError::UnitOrder { written: written() });
         }
         last_rank = rank;
         total_ms += n * ms_per_unit;
     }
     if total_ms == 0 {
-        return Err(format!("duration {s:?} must be greater than zero"));
+        return Err(UnitError::ZeroDuration { written: written() });
     }
     if total_ms > MAX_DURATION.as_millis() {
-        return Err(format!("duration {s:?} is too long; the maximum is 24h"));
+        return Err(too_long());
     }
     Ok(Duration::from_millis(total_ms as u64))
 }
@@ -82,8 +113,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A unit is required (decimal `kB`/`MB`/`GB`, binary `KiB`/`MiB`/`GiB`, or
 /// `B`; lower-case spellings are accepted too), an optional space may sit
 /// between number and unit. The result must lie in 1MiB..=16GiB.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bad = || format!("{SIZE_HINT}, got {s:?}");
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let written = || s.to_string();
+    let bad = || UnitError::Malformed {
+        hint: SIZE_HINT,
+        written: written(),
+    };
     let text = s.trim();
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
@@ -101,17 +136,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MiB" | "mib" => 1 << 20,
         "GB" | "gb" => 1_000_000_000,
         "GiB" | "gib" => 1 << 30,
-        "" => return Err(format!("{SIZE_HINT}; {s:?} is missing a unit")),
+        "" => {
+            return Err(UnitError::MissingUnit {
+                hint: SIZE_HINT,
+                written: written(),
+            })
+        }
         _ => return Err(bad()),
     };
-    let too_big = || format!("size {s:?} is too large; the maximum is 16GiB");
+    let too_big = || UnitError::SizeTooLarge { written: written() };
     let n: u64 = digits.parse().map_err(|_| too_big())?;
     let bytes = n.checked_mul(mult).ok_or_else(too_big)?;
     if bytes > MAX_SIZE {
         return Err(too_big());
     }
     if bytes < MIN_SIZE {
-        return Err(format!("size {s:?} is too small; the minimum is 1MiB"));
+        return Err(UnitError::SizeTooSmall { written: written() });
     }
     Ok(bytes)
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::caps::secrets::Masker;
-use crate::runtime::bindings::CapError;
+use crate::wit::CapError;
 
 /// Entries kept per stage; later calls are counted, not kept.
 pub const MAX_ENTRIES: usize = 5_000;
@@ -192,7 +192,7 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::Denial;
+    use crate::wit::Denial;
 
     #[test]
     fn entries_are_masked_and_bounded() {

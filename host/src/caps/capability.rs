@@ -66,6 +66,32 @@ impl<'a> GrantCx<'a> {
         (self.report)(span, message.into());
     }
 
+    /// Each `[TABLE.NAME]` declaration checked by `check` and kept under
+    /// its name; a name breaking [`ID_RULE`] is reported (`what` names the
+    /// kind: "git repository") and its entry still checked.
+    pub fn declarations<R, D>(
+        &mut self,
+        tables: std::collections::BTreeMap<Str, serde_spanned::Spanned<R>>,
+        what: &str,
+        mut check: impl FnMut(&mut Self, String, Range<usize>, R) -> Option<D>,
+    ) -> std::collections::BTreeMap<String, D> {
+        let mut out = std::collections::BTreeMap::new();
+        for (key, value) in tables {
+            let name = key.get_ref().clone();
+            if !valid_id(&name) {
+                self.err(
+                    key.span(),
+                    format!("invalid {what} name {name:?}; expected {ID_RULE}"),
+                );
+            }
+            let span = value.span();
+            if let Some(d) = check(self, name.clone(), span, value.into_inner()) {
+                out.insert(name, d);
+            }
+        }
+        out
+    }
+
     /// Decode the capability's own view of the whole file (its top-level
     /// tables); the pipeline checks separately that no unknown table is
     /// there. `None` when the file does not decode (already reported).

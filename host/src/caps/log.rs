@@ -10,7 +10,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 use crate::caps::capability::{Cap, Capability, GrantCx, NoGrant, StageEnv};
 use crate::caps::secrets::Masker;
-use crate::runtime::bindings::{ci::stage::log::Host, Level};
+use crate::wit::{ci::stage::log::Host, Level};
 
 /// Default budget for one stage's log (all streams together).
 pub const DEFAULT_LOG_LIMIT: usize = 2 * 1024 * 1024;
@@ -394,7 +394,7 @@ impl Capability for StageLog {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::log::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::log::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     /// The stage's log, shared with the executor that collects it.

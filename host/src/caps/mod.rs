@@ -17,7 +17,7 @@ pub mod scan;
 pub mod secrets;
 pub mod ssh;
 
-use crate::runtime::bindings::{CapError, Denial};
+use crate::wit::{CapError, Denial};
 
 /// The refusal every capability returns for an ungranted call.
 pub fn denied(stage: &str, capability: &str, target: impl Into<String>) -> CapError {

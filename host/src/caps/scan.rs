@@ -17,8 +17,8 @@ use crate::caps::docker::grant::DockerGrants;
 use crate::caps::docker::policy::ImageRef;
 use crate::caps::docker::DockerEngine;
 use crate::exec::{self, Input};
-use crate::runtime::bindings::ci::stage::scan::{Host, ScanRequest};
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::scan::{Host, ScanRequest};
+use crate::wit::CapError;
 
 /// Scanners Trivy offers (`--scanners`).
 const SCANNERS: &[&str] = &["vuln", "secret", "misconfig", "license"];
@@ -84,7 +84,7 @@ impl Capability for ScanCap {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::scan::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::scan::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
@@ -127,7 +127,7 @@ impl ScanCap {
         if !self.granted {
             return Err(denied(&self.stage, "scan", req.image));
         }
-        let image = ImageRef::parse(&req.image).map_err(CapError::Invalid)?;
+        let image = ImageRef::parse(&req.image).map_err(|e| CapError::Invalid(e.to_string()))?;
         // A scan reads the image (a secret scan reports what it found):
         // only images the stage may use.
         if !self.images.may_use(&image) {

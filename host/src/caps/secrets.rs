@@ -15,7 +15,7 @@ use crate::caps::audit::Audit;
 use crate::caps::capability::{Cap, Capability, GrantCx, NoGrant, StageEnv};
 use crate::caps::denied;
 use crate::confined::{read_operator_file, Root};
-use crate::runtime::bindings::{ci::stage::secrets::Host, CapError};
+use crate::wit::{ci::stage::secrets::Host, CapError};
 
 /// Replaced for every secret value in logs, reports and records.
 pub const MASK: &str = "***";
@@ -572,7 +572,7 @@ impl Capability for Arc<SecretsCap> {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::secrets::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::secrets::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     /// The stage's secret use, shared with the capabilities that expand

@@ -209,6 +209,21 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
             .collect()
     };
     let mut out = std::io::stdout().lock();
+    write_run(&mut out, &run)?;
+    write_stage_table(&mut out, &run)?;
+    write_stage_details(&mut out, &run)?;
+    for p in pending {
+        writeln!(
+            out,
+            "\n{} waits for approval to deploy to `{}`: host approve {} {}",
+            p.stage, p.environment, p.run_id, p.stage
+        )?;
+    }
+    Ok(0)
+}
+
+/// The run's status, trigger, source and timing, a field a line.
+fn write_run(out: &mut impl Write, run: &RunRecord) -> std::io::Result<()> {
     writeln!(
         out,
         "run {}  {} #{}",
@@ -260,6 +275,12 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
     if run.status.is_final() {
         writeln!(out, "duration     {}", format_duration(run.duration_ms))?;
     }
+    Ok(())
+}
+
+/// One row a stage: status, duration, attempts and the first line of what
+/// it said.
+fn write_stage_table(out: &mut impl Write, run: &RunRecord) -> std::io::Result<()> {
     let w = run
         .stages
         .iter()
@@ -287,6 +308,12 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
             first_line(s.detail())
         )?;
     }
+    Ok(())
+}
+
+/// Each stage's outputs, annotations and approval, under its name (stages
+/// with none are left out).
+fn write_stage_details(out: &mut impl Write, run: &RunRecord) -> std::io::Result<()> {
     for s in &run.stages {
         if s.outputs.is_empty() && s.annotations.is_empty() && s.approval.is_none() {
             continue;
@@ -325,14 +352,7 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
             )?;
         }
     }
-    for p in pending {
-        writeln!(
-            out,
-            "\n{} waits for approval to deploy to `{}`: host approve {} {}",
-            p.stage, p.environment, p.run_id, p.stage
-        )?;
-    }
-    Ok(0)
+    Ok(())
 }
 
 /// How often `--follow` looks for new lines.

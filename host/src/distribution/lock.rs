@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::confined::Origin;
@@ -27,6 +28,16 @@ pub struct LockEntry {
     pub resolved: String,
     /// sha256 of the component bytes (lowercase hex).
     pub sha256: String,
+}
+
+/// Where a lock file's text is wrong: `LINE:COL: message`, quoting no
+/// more of the text than the offending token.
+#[derive(Debug, thiserror::Error)]
+#[error("{line}:{col}: {message}")]
+pub struct LockParseError {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
 }
 
 const HEADER: &str = "# Written by `host run` / `host lock`: the exact plugin bytes this pipeline runs.\n# Commit it. `host lock --update` re-resolves tags and URLs.\n";
@@ -53,12 +64,12 @@ pub fn path_for(pipeline_file: &Path) -> PathBuf {
 impl LockFile {
     /// The lock file, or an empty one when there is none yet.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        Self::read_from(&Origin::Operator, path).map_err(anyhow::Error::msg)
+        Self::read_from(&Origin::Operator, path)
     }
 
     /// The lock file beside a pipeline of `origin` (opened the way the
     /// origin allows), or an empty one when there is none yet.
-    pub fn read_from(origin: &Origin, path: &Path) -> Result<Self, String> {
+    pub fn read_from(origin: &Origin, path: &Path) -> anyhow::Result<Self> {
         if !origin.exists(path) {
             return Ok(LockFile {
                 version: 1,
@@ -68,37 +79,45 @@ impl LockFile {
         let shown = origin.shown(path);
         let text = origin
             .read_text(path, MAX_LOCK_BYTES)
-            .map_err(|e| e.to_string())?;
-        Self::parse(&text).map_err(|e| format!("{shown}:{e}"))
+            .with_context(|| format!("reading plugin lock {shown}"))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{shown}:{e}"))
     }
 
     /// A lock file's text, checked (untrusted: it comes from a
     /// repository). Errors are `LINE:COL: message` and quote no more of
     /// the text than the offending token.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, LockParseError> {
         let lock: LockFile = toml::from_str(text).map_err(|e| {
             let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
-            format!(
-                "{line}:{col}: not a valid lock file: {}",
-                crate::text::tidy_message(e.message())
-            )
+            LockParseError {
+                line,
+                col,
+                message: format!(
+                    "not a valid lock file: {}",
+                    crate::text::tidy_message(e.message())
+                ),
+            }
         })?;
         if lock.version != 1 {
-            return Err(format!(
-                "1:1: lock file version {} is not supported (expected 1)",
-                lock.version
-            ));
+            return Err(LockParseError {
+                line: 1,
+                col: 1,
+                message: format!(
+                    "lock file version {} is not supported (expected 1)",
+                    lock.version
+                ),
+            });
         }
         Ok(lock)
     }
 
     /// Writes the lock file (atomically, never through a link) beside an
     /// operator's pipeline; never into an untrusted checkout.
-    pub fn write(&self, origin: &Origin, path: &Path) -> Result<(), String> {
-        let body = toml::to_string(self).map_err(|e| e.to_string())?;
+    pub fn write(&self, origin: &Origin, path: &Path) -> anyhow::Result<()> {
+        let body = toml::to_string(self).context("serializing the plugin lock")?;
         origin
             .write(path, format!("{HEADER}{body}").as_bytes())
-            .map_err(|e| format!("writing {}: {e}", origin.shown(path)))
+            .with_context(|| format!("writing plugin lock {}", origin.shown(path)))
     }
 }
 

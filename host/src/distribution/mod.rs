@@ -97,7 +97,8 @@ pub async fn resolve(
         },
         message,
     };
-    let old = LockFile::read_from(&p.origin, &lock_path).map_err(|e| vec![file_diag(e)])?;
+    let old = LockFile::read_from(&p.origin, &lock_path)
+        .map_err(|e| vec![file_diag(format!("{e:#}"))])?;
     let trusted: Vec<PublicKey> = p
         .trust
         .signed_by
@@ -121,72 +122,62 @@ pub async fn resolve(
     let mut diags = Vec::new();
     let mut out = Vec::new();
     for plugin in p.plugins.values_mut() {
-        let at = |message: String| Diagnostic {
-            location: plugin.location.clone(),
-            message: format!("plugin `{}` ({}): {message}", plugin.name, plugin.source),
-        };
-        let got = match &plugin.source {
-            PluginSource::Path(_) => r.local(plugin),
-            _ => r.remote(plugin, old.plugins.get(&plugin.name)).await,
-        };
-        let got = match got {
-            Ok(g) => g,
-            Err(e) => {
-                diags.push(at(e));
-                continue;
-            }
-        };
-        let signed_by = if trusted.is_empty() {
-            None
-        } else {
-            match verify(&got, &trusted) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    diags.push(at(format!(
-                        "refused: [trust] requires a signature by a listed key, and {e}"
-                    )));
-                    continue;
+        match r
+            .plugin(plugin, old.plugins.get(&plugin.name), &trusted)
+            .await
+        {
+            Ok((resolved, entry)) => {
+                if let Some(entry) = entry {
+                    new.plugins.insert(plugin.name.clone(), entry);
                 }
+                out.push(resolved);
             }
-        };
-        plugin.path = got.path.clone();
-        if let Some(entry) = got.entry {
-            new.plugins.insert(plugin.name.clone(), entry);
+            Err(e) => diags.push(Diagnostic {
+                location: plugin.location.clone(),
+                message: format!("plugin `{}` ({}): {e}", plugin.name, plugin.source),
+            }),
         }
-        out.push(Resolved {
-            name: plugin.name.clone(),
-            source: plugin.source.to_string(),
-            sha256: got.sha256,
-            fetched: got.fetched,
-            signed_by,
-        });
     }
     if !diags.is_empty() {
         return Err(diags);
     }
-    // A pipeline of local plugins only gets no lock file; a checkout is
-    // never written to (its pins are used, missing ones resolved afresh).
-    let wanted = p.origin.exists(&lock_path) || !new.plugins.is_empty();
-    if wanted && new != old && p.origin.is_untrusted() {
-        if mode == LockMode::Locked {
-            return Err(vec![file_diag(format!(
-                "{} is out of date and --locked forbids changing it; run `host lock` and commit it",
-                p.origin.shown(&lock_path)
-            ))]);
-        }
-        tracing::info!(lock = %p.origin.shown(&lock_path), "lock file out of date; used as is, not written (checkouts are never written to)");
-    } else if wanted && new != old {
-        if mode == LockMode::Locked {
-            return Err(vec![file_diag(format!(
-                "{} is out of date and --locked forbids changing it; run `host lock` and commit it",
-                lock_path.display()
-            ))]);
-        }
-        new.write(&p.origin, &lock_path)
-            .map_err(|e| vec![file_diag(e)])?;
-        tracing::info!(lock = %lock_path.display(), "lock file updated");
-    }
+    update_lock(&p.origin, &lock_path, mode, &old, &new)
+        .map_err(|e| vec![file_diag(format!("{e:#}"))])?;
     Ok(out)
+}
+
+/// Write the lock file when what was resolved changed it. A pipeline of
+/// local plugins only gets no lock file; a checkout is never written to
+/// (its pins are used, missing ones resolved afresh); `--locked` refuses
+/// any change.
+fn update_lock(
+    origin: &Origin,
+    lock_path: &Path,
+    mode: LockMode,
+    old: &LockFile,
+    new: &LockFile,
+) -> anyhow::Result<()> {
+    let wanted = origin.exists(lock_path) || !new.plugins.is_empty();
+    if !wanted || new == old {
+        return Ok(());
+    }
+    if mode == LockMode::Locked {
+        let shown = if origin.is_untrusted() {
+            origin.shown(lock_path)
+        } else {
+            lock_path.display().to_string()
+        };
+        anyhow::bail!(
+            "{shown} is out of date and --locked forbids changing it; run `host lock` and commit it"
+        );
+    }
+    if origin.is_untrusted() {
+        tracing::info!(lock = %origin.shown(lock_path), "lock file out of date; used as is, not written (checkouts are never written to)");
+        return Ok(());
+    }
+    new.write(origin, lock_path)?;
+    tracing::info!(lock = %lock_path.display(), "lock file updated");
+    Ok(())
 }
 
 /// A plugin's bytes on disk, and what the lock file should say about them.
@@ -210,6 +201,36 @@ struct Resolver {
 }
 
 impl Resolver {
+    /// One plugin fetched (or found) and verified, its path set; with the
+    /// lock entry it should have.
+    async fn plugin(
+        &self,
+        plugin: &mut PluginRef,
+        locked: Option<&LockEntry>,
+        trusted: &[PublicKey],
+    ) -> Result<(Resolved, Option<LockEntry>), String> {
+        let got = match &plugin.source {
+            PluginSource::Path(_) => self.local(plugin),
+            _ => self.remote(plugin, locked).await,
+        }?;
+        let signed_by = if trusted.is_empty() {
+            None
+        } else {
+            Some(verify(&got, trusted).map_err(|e| {
+                format!("refused: [trust] requires a signature by a listed key, and {e}")
+            })?)
+        };
+        plugin.path = got.path.clone();
+        let resolved = Resolved {
+            name: plugin.name.clone(),
+            source: plugin.source.to_string(),
+            sha256: got.sha256,
+            fetched: got.fetched,
+            signed_by,
+        };
+        Ok((resolved, got.entry))
+    }
+
     /// A plugin file the pipeline names. From a checkout, the bytes that
     /// were checked are copied into the host's store and run from there,
     /// so the file cannot change between the check and the run.

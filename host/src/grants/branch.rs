@@ -13,11 +13,11 @@ pub struct BranchPattern {
 }
 
 impl BranchPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
         let g = GlobBuilder::new(text)
             .literal_separator(true)
             .build()
-            .map_err(|e| format!("invalid branch glob: {}", e.kind()))?;
+            .map_err(|e| anyhow::anyhow!("invalid branch glob: {}", e.kind()))?;
         Ok(Self {
             text: text.to_string(),
             matcher: g.compile_matcher(),

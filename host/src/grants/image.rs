@@ -85,26 +85,26 @@ fn valid_digest(d: &str) -> bool {
 impl ImageRef {
     /// Accepts the reference grammar's characters only, so a reference can
     /// never be mistaken for an engine option, a path or a second line.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
         if s.is_empty() || s.len() > 255 {
-            return Err("an image reference must be 1 to 255 characters".into());
+            anyhow::bail!("an image reference must be 1 to 255 characters");
         }
         if let Some(c) = s
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c)))
         {
-            return Err(format!(
+            anyhow::bail!(
                 "`{}` is not an image reference (character {c:?})",
                 s.escape_debug()
-            ));
+            );
         }
         if s.starts_with(['-', '/', '.', ':', '@']) || s.contains("..") || s.contains("//") {
-            return Err(format!("`{s}` is not an image reference"));
+            anyhow::bail!("`{s}` is not an image reference");
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
                 if !valid_digest(d) {
-                    return Err(format!("`{s}`: bad digest (expected `sha256:<hex>`)"));
+                    anyhow::bail!("`{s}`: bad digest (expected `sha256:<hex>`)");
                 }
                 (r, Some(d.to_string()))
             }
@@ -117,9 +117,7 @@ impl ImageRef {
             (rest.to_string(), None)
         };
         if repository.is_empty() || repository.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(format!(
-                "`{s}`: the repository must be non-empty and lower case"
-            ));
+            anyhow::bail!("`{s}`: the repository must be non-empty and lower case");
         }
         let components: Vec<&str> = repository.split('/').collect();
         let registry = components.len() > 1
@@ -131,10 +129,10 @@ impl ImageRef {
             c.is_empty() || c.contains(':') || !c.starts_with(alnum) || !c.ends_with(alnum)
         });
         if bad_path || components[0].is_empty() {
-            return Err(format!("`{s}` is not an image reference"));
+            anyhow::bail!("`{s}` is not an image reference");
         }
         if tag.as_deref().is_some_and(|t| !valid_tag(t)) {
-            return Err(format!("`{s}`: bad tag"));
+            anyhow::bail!("`{s}`: bad tag");
         }
         Ok(Self {
             repository,
@@ -170,14 +168,14 @@ impl fmt::Display for ImageRef {
     }
 }
 
-fn glob(pattern: &str) -> Result<GlobMatcher, String> {
+fn glob(pattern: &str) -> anyhow::Result<GlobMatcher> {
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(false)
         .empty_alternates(true)
         .build()
         .map(|g| g.compile_matcher())
-        .map_err(|e| format!("invalid glob: {}", e.kind()))
+        .map_err(|e| anyhow::anyhow!("invalid glob: {}", e.kind()))
 }
 
 /// What part of a reference a pattern matches besides the repository.
@@ -201,13 +199,13 @@ fn check_chars(
     part: &str,
     what: &str,
     ok: impl Fn(char) -> bool,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     match part.chars().find(|&c| !(ok(c) || GLOB.contains(c))) {
         None => Ok(()),
-        Some(c) if c.is_ascii_uppercase() => Err(format!(
+        Some(c) if c.is_ascii_uppercase() => Err(anyhow::anyhow!(
             "`{pattern}`: {what} are lower case, so this pattern would never match"
         )),
-        Some(c) => Err(format!(
+        Some(c) => Err(anyhow::anyhow!(
             "`{}`: character {c:?} cannot appear in {what}",
             pattern.escape_debug()
         )),
@@ -215,12 +213,12 @@ fn check_chars(
 }
 
 impl ImagePattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
         if s.is_empty() {
-            return Err("an image pattern must not be empty".into());
+            anyhow::bail!("an image pattern must not be empty");
         }
         if s.len() > 512 {
-            return Err("an image pattern must be at most 512 characters".into());
+            anyhow::bail!("an image pattern must be at most 512 characters");
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (r, Some(d)),
@@ -240,36 +238,38 @@ impl ImagePattern {
             || repository.contains("//")
             || repository.split('/').skip(1).any(|c| c.contains(':'))
         {
-            return Err(format!("`{s}`: the repository part is not a repository"));
+            anyhow::bail!("`{s}`: the repository part is not a repository");
         }
         let part = match (tag, digest) {
             (Some(_), Some(_)) => {
-                return Err(format!(
+                anyhow::bail!(
                     "`{s}`: a pattern names a tag or a digest, not both (with a digest the engine ignores the tag)"
-                ))
+                )
             }
             (Some(t), None) => {
                 if t.is_empty() {
-                    return Err(format!("`{s}`: empty tag"));
+                    anyhow::bail!("`{s}`: empty tag");
                 }
-                check_chars(s, t, "tags", |c| c.is_ascii_alphanumeric() || "_.-".contains(c))?;
-                Part::Tag(glob(t).map_err(|e| format!("`{s}`: {e}"))?)
+                check_chars(s, t, "tags", |c| {
+                    c.is_ascii_alphanumeric() || "_.-".contains(c)
+                })?;
+                Part::Tag(glob(t).map_err(|e| anyhow::anyhow!("`{s}`: {e}"))?)
             }
             (None, Some(d)) => {
                 if d.is_empty() {
-                    return Err(format!("`{s}`: empty digest"));
+                    anyhow::bail!("`{s}`: empty digest");
                 }
                 check_chars(s, d, "digests", |c| {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || ":+._-".contains(c)
                 })?;
-                Part::Digest(glob(d).map_err(|e| format!("`{s}`: {e}"))?)
+                Part::Digest(glob(d).map_err(|e| anyhow::anyhow!("`{s}`: {e}"))?)
             }
             (None, None) => Part::Any,
         };
         Ok(Self {
             source: s.to_string(),
             repository: glob(canonical_repository(repository))
-                .map_err(|e| format!("`{s}`: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("`{s}`: {e}"))?,
             part,
         })
     }
@@ -304,7 +304,7 @@ impl ImagePatterns {
 
     /// Parses every pattern (for tests and embedding; the pipeline file's
     /// patterns are parsed one by one by validation, to report positions).
-    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> anyhow::Result<Self> {
         patterns
             .iter()
             .map(|p| ImagePattern::parse(p.as_ref()))
@@ -353,24 +353,24 @@ pub struct NamePattern {
 }
 
 impl NamePattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
         if s.is_empty() {
-            return Err("a container-name pattern must not be empty".into());
+            anyhow::bail!("a container-name pattern must not be empty");
         }
         if s.len() > 256 {
-            return Err("a container-name pattern must be at most 256 characters".into());
+            anyhow::bail!("a container-name pattern must be at most 256 characters");
         }
         match s
             .chars()
             .find(|&c| !(c.is_ascii_alphanumeric() || "_.-".contains(c) || GLOB.contains(c)))
         {
-            Some(c) => Err(format!(
+            Some(c) => Err(anyhow::anyhow!(
                 "`{}`: character {c:?} cannot appear in a container name (letters, digits, `_`, `.`, `-`)",
                 s.escape_debug()
             )),
             None => Ok(Self {
                 source: s.to_string(),
-                matcher: glob(s).map_err(|e| format!("`{s}`: {e}"))?,
+                matcher: glob(s).map_err(|e| anyhow::anyhow!("`{s}`: {e}"))?,
             }),
         }
     }
@@ -389,7 +389,7 @@ impl NamePatterns {
         Self(Arc::new(patterns))
     }
 
-    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> anyhow::Result<Self> {
         patterns
             .iter()
             .map(|p| NamePattern::parse(p.as_ref()))
@@ -528,7 +528,7 @@ mod tests {
             ("local/app:a/b", "repository"),
             ("/app", "not a repository"),
         ] {
-            let e = ImagePattern::parse(bad).unwrap_err();
+            let e = ImagePattern::parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
         assert!(NamePattern::parse("app-*").is_ok());

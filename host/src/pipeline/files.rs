@@ -29,7 +29,7 @@ pub(super) fn check_plugin_files<'a>(
             let checked = match origin.open_plugin(&p.path) {
                 Ok(f) => header(f)
                     .map_err(|e| format!("cannot read {shown}: {e}"))
-                    .and_then(|h| check_header(&shown, &h)),
+                    .and_then(|h| check_header(&shown, &h).map_err(|e| e.to_string())),
                 Err(FileError::NotFound { .. }) => Err(format!(
                     "file {shown} not found (paths are relative to the pipeline file's directory); expected a .wasm component"
                 )),
@@ -54,21 +54,19 @@ fn header(f: std::fs::File) -> std::io::Result<Vec<u8>> {
 }
 
 /// Whether `bytes` start like a component (and if not, what they are).
-pub fn check_header(shown: &str, bytes: &[u8]) -> Result<(), String> {
+pub fn check_header(shown: &str, bytes: &[u8]) -> anyhow::Result<()> {
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        return Err(format!(
-            "{shown} is not a WebAssembly binary (expected it to start with `\\0asm`)"
-        ));
+        anyhow::bail!("{shown} is not a WebAssembly binary (expected it to start with `\\0asm`)");
     }
     let version = &bytes[4..8];
     if version == COMPONENT {
         Ok(())
     } else if version == CORE_MODULE {
-        Err(format!(
+        Err(anyhow::anyhow!(
             "{shown} is a core WebAssembly module, not a component; build for `wasm32-wasip2` or wrap it with `wasm-tools component new`"
         ))
     } else {
-        Err(format!(
+        Err(anyhow::anyhow!(
             "{shown} has an unsupported WebAssembly version/layer {version:02x?}; expected a component (0d 00 01 00)"
         ))
     }

@@ -366,23 +366,29 @@ impl Pipeline {
     /// For each stage, the indices of the stages it needs (unknown names
     /// dropped).
     fn needs_indices(&self) -> Vec<Vec<usize>> {
-        let index: BTreeMap<&str, usize> = self
-            .stages
-            .iter()
-            .enumerate()
-            .rev() // first occurrence wins
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        self.stages
-            .iter()
-            .map(|s| {
-                s.needs
-                    .iter()
-                    .filter_map(|n| index.get(n.as_str()).copied())
-                    .collect()
-            })
-            .collect()
+        needs_indices(&self.stages)
     }
+}
+
+/// For each stage, the indices of the stages it needs: unknown names are
+/// dropped, and of stages with the same name the first wins (the checks
+/// report duplicates).
+pub(crate) fn needs_indices(stages: &[Stage]) -> Vec<Vec<usize>> {
+    let index: BTreeMap<&str, usize> = stages
+        .iter()
+        .enumerate()
+        .rev() // first occurrence wins
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    stages
+        .iter()
+        .map(|s| {
+            s.needs
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect()
+        })
+        .collect()
 }
 
 /// Why a declared path cannot be an artifact (checked by `host check`).

@@ -966,7 +966,10 @@ fn durations() {
     ] {
         assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
     }
-    assert!(parse_duration("10").unwrap_err().contains("missing a unit"));
+    assert!(parse_duration("10")
+        .unwrap_err()
+        .to_string()
+        .contains("missing a unit"));
 }
 
 #[test]

@@ -713,20 +713,7 @@ fn check_cycles(
     stages: &[Stage],
     needs_spans: &[Vec<std::ops::Range<usize>>],
 ) {
-    // First stage with each name wins; duplicates are reported already.
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, s) in stages.iter().enumerate() {
-        index.entry(s.name.as_str()).or_insert(i);
-    }
-    let edges: Vec<Vec<usize>> = stages
-        .iter()
-        .map(|s| {
-            s.needs
-                .iter()
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .collect()
-        })
-        .collect();
+    let edges = super::needs_indices(stages);
     for cycle in dag::cycles(&edges) {
         let mut names: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
         names.push(names[0]);
@@ -750,7 +737,7 @@ fn check_cycles(
 
 fn duration(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<Duration> {
     let result = match v.get_ref() {
-        toml::Value::String(s) => units::parse_duration(s),
+        toml::Value::String(s) => units::parse_duration(s).map_err(|e| e.to_string()),
         other => Err(format!(
             "expected a duration string like \"30s\" or \"5m\", found {}",
             type_name(other)
@@ -763,7 +750,7 @@ fn duration(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<Duration> 
 
 fn size(cx: &mut Ctx<'_, '_>, v: &Spanned<toml::Value>) -> Option<u64> {
     let result = match v.get_ref() {
-        toml::Value::String(s) => units::parse_size(s),
+        toml::Value::String(s) => units::parse_size(s).map_err(|e| e.to_string()),
         other => Err(format!(
             "expected a size string like \"256MiB\" or \"1GiB\", found {}",
             type_name(other)

@@ -1,8 +1,12 @@
 //! The wasmtime side: one engine per host process, a linker holding every
 //! capability, precompiled-component cache, and per-stage stores.
-pub mod bindings;
 pub mod cache;
 pub mod sandbox;
+
+// The bindings moved to the leaf `crate::wit`; run/ and serve/dispatch.rs still
+// use this path on another branch.
+// TODO(merge): remove
+pub use crate::wit as bindings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::ResourceTable;
 
 use crate::caps::{self, StageCaps};
-use bindings::{PluginInfo, StageContext, StageError, StagePre, StageReport};
+use crate::wit::{PluginInfo, StageContext, StageError, StagePre, StageReport};
 use cache::{CacheOutcome, ComponentCache};
 use sandbox::{Limits, MemoryLimitExceeded, Sandbox, StageState};
 
@@ -90,7 +94,7 @@ pub enum StageFailure {
     Setup(String),
 }
 
-impl bindings::ci::stage::types::Host for StageState {}
+impl crate::wit::ci::stage::types::Host for StageState {}
 
 impl Runtime {
     /// `cache_dir` holds precompiled components (trusted, host-only).
@@ -104,7 +108,7 @@ impl Runtime {
 
         let mut linker = Linker::<StageState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        use bindings::ci::stage as wit;
+        use crate::wit::ci::stage as wit;
         wit::types::add_to_linker::<_, HasSelf<StageState>>(&mut linker, |s| s)?;
         caps::link_all(&mut linker)?;
 

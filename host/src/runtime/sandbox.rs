@@ -8,7 +8,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::caps::StageCaps;
-use crate::runtime::bindings::StageReport;
+use crate::wit::StageReport;
 
 /// Where the workspace appears inside every stage.
 pub const WORKSPACE_GUEST_PATH: &str = "/workspace";
@@ -295,7 +295,7 @@ impl WasiView for StageState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::{Annotation, Level, ReportStatus};
+    use crate::wit::{Annotation, Level, ReportStatus};
 
     const MIB: usize = 1 << 20;
 

@@ -24,12 +24,13 @@ use serde_json::json;
 
 use crate::run::record::{new_run_id, TriggerInfo};
 use crate::run::{RunFilter, Status};
+use crate::serve::config::Upload;
 use crate::serve::dispatch;
 use crate::serve::metrics::{self, ServerCounts};
 use crate::serve::queue::{self, Accepted, Job, Queue, Seen};
 use crate::serve::webhook::{self, Plan};
 use crate::serve::{web, ServerState};
-use crate::source::archive::{Format, Limits};
+use crate::source::archive::{Format, Limits, SourceArchive};
 
 type S = State<Arc<ServerState>>;
 
@@ -223,116 +224,24 @@ async fn upload(
     if let Some(refused) = unsigned(&s, &headers, &body, "upload") {
         return refused;
     }
-    let Some(up) = s.config.uploads.iter().find(|u| u.name == name).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no [[upload]] source named `{name}` on this server"),
-        );
+    let (up, filename, format, delivery) = match upload_request(&s, &name, &headers, body.len()) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
     };
-    let Some(filename) = headers
-        .get("x-upload-filename")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    else {
-        return error(StatusCode::BAD_REQUEST, "missing X-Upload-Filename header");
-    };
-    let Some(format) = Format::of(&filename) else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{filename}: not a .zip, .tar.gz, .tgz or .tar file"),
-        );
-    };
-    if body.len() as u64 > up.max_size {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{filename}: {} bytes is over the {} byte limit of `{name}`",
-                body.len(),
-                up.max_size
-            ),
-        );
-    }
-    let delivery = match id_header(&headers, "X-Upload-Id", "an id") {
-        Ok(Some(id)) => format!("upload-{id}"),
-        Ok(None) => format!("upload-{}", new_run_id()),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    // A replay is answered before the archive is stored and unpacked
-    // again; `accept` checks again, atomically, for uploads that race.
-    let meaning = {
-        use sha2::Digest;
-        queue::meaning_key(
-            &up.name,
-            "upload",
-            "",
-            &hex::encode(sha2::Sha256::digest(&body)),
-        )
-    };
-    let window = s.config.replay_window;
-    match s
-        .with_db(move |db| Queue::new(db.connection()).seen(&meaning, window))
-        .await
-    {
-        Err(e) => return internal(e),
-        Ok(Some(run)) => {
-            s.count_delivery("duplicate");
-            tracing::warn!(
-                "upload {filename} to `{name}` ({delivery}): the same archive as run {run} \
-                 (a replayed upload?): ignored"
-            );
-            return duplicate(&delivery, &[run]);
-        }
-        Ok(None) => {}
+    if let Some(answered) = replayed_upload(&s, &up, &filename, &delivery, &body).await {
+        return answered;
     }
     let run_id = new_run_id();
     let dir = s.state_dir.join("uploads");
     let stored = dir.join(format!("{run_id}.{}", format.extension()));
-    let limits = Limits {
-        max_archive_bytes: up.max_size,
-        ..Limits::default()
+    let info = match store_and_check(&s, &up, &filename, dir, &stored, body).await {
+        Ok(info) => info,
+        Err(refused) => return refused,
     };
-    let (st, shown) = (stored.clone(), filename.clone());
-    let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<Result<_, String>> {
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(&st, &body)?;
-        let probe = tempfile::tempdir_in(&dir)?;
-        let r = crate::source::archive::workspace(&st, &shown, probe.path(), "check", &limits);
-        Ok(r.map(|(_, info)| info).map_err(|e| {
-            let _ = std::fs::remove_file(&st);
-            e.to_string()
-        }))
-    })
-    .await;
-    let info = match checked {
-        Ok(Ok(Ok(info))) => info,
-        Ok(Ok(Err(refused))) => {
-            s.count_delivery("refused");
-            tracing::warn!("upload to `{name}` refused: {refused}");
-            return error(StatusCode::UNPROCESSABLE_ENTITY, refused);
-        }
-        Ok(Err(e)) => return internal(e),
-        Err(e) => return internal(e.into()),
-    };
-    let job = Job {
-        repository: up.name.clone(),
-        branch: None,
-        tag: None,
-        sha: String::new(),
-        event: "upload".into(),
-        environment: up.environment.clone(),
-        fetch_ref: None,
-        trusted: true,
-        group: Some(format!("upload/{}", up.name)),
-        trigger: TriggerInfo {
-            repository: up.name.clone(),
-            delivery: delivery.clone(),
-            archive: Some(info.clone()),
-            ..Default::default()
-        },
-        archive: Some(stored.clone()),
-    };
+    let job = upload_job(&up, &delivery, &info, &stored);
     let jobs = vec![(run_id, job)];
     let d = delivery.clone();
+    let window = s.config.replay_window;
     let accepted = s
         .with_db(move |db| {
             Queue::new(db.connection()).accept(&d, "upload", "queued", &jobs, false, window)
@@ -362,6 +271,153 @@ async fn upload(
             )
                 .into_response()
         }
+    }
+}
+
+/// The upload's source, file name, archive format and delivery id, from
+/// the route and headers; or the answer refusing it.
+fn upload_request(
+    s: &ServerState,
+    name: &str,
+    headers: &HeaderMap,
+    size: usize,
+) -> Result<(Upload, String, Format, String), Box<Response>> {
+    let Some(up) = s.config.uploads.iter().find(|u| u.name == name).cloned() else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no [[upload]] source named `{name}` on this server"),
+        )));
+    };
+    let Some(filename) = headers
+        .get("x-upload-filename")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "missing X-Upload-Filename header",
+        )));
+    };
+    let Some(format) = Format::of(&filename) else {
+        return Err(Box::new(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{filename}: not a .zip, .tar.gz, .tgz or .tar file"),
+        )));
+    };
+    if size as u64 > up.max_size {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{filename}: {size} bytes is over the {} byte limit of `{name}`",
+                up.max_size
+            ),
+        )));
+    }
+    let delivery = match id_header(headers, "X-Upload-Id", "an id") {
+        Ok(Some(id)) => format!("upload-{id}"),
+        Ok(None) => format!("upload-{}", new_run_id()),
+        Err(e) => return Err(Box::new(error(StatusCode::BAD_REQUEST, e))),
+    };
+    Ok((up, filename, format, delivery))
+}
+
+/// The answer to the same archive sent to the same source within the
+/// replay window, if it is one. It comes before the archive is stored and
+/// unpacked again; `accept` checks again, atomically, for uploads that race.
+async fn replayed_upload(
+    s: &Arc<ServerState>,
+    up: &Upload,
+    filename: &str,
+    delivery: &str,
+    body: &[u8],
+) -> Option<Response> {
+    let meaning = {
+        use sha2::Digest;
+        queue::meaning_key(
+            &up.name,
+            "upload",
+            "",
+            &hex::encode(sha2::Sha256::digest(body)),
+        )
+    };
+    let window = s.config.replay_window;
+    match s
+        .with_db(move |db| Queue::new(db.connection()).seen(&meaning, window))
+        .await
+    {
+        Err(e) => Some(internal(e)),
+        Ok(Some(run)) => {
+            s.count_delivery("duplicate");
+            tracing::warn!(
+                "upload {filename} to `{}` ({delivery}): the same archive as run {run} \
+                 (a replayed upload?): ignored",
+                up.name
+            );
+            Some(duplicate(delivery, &[run]))
+        }
+        Ok(None) => None,
+    }
+}
+
+/// The archive written to `stored` (in `dir`) and unpacked once into a
+/// throwaway folder with the source's limits: what it holds, or 422 (and
+/// the file removed) when it is refused.
+async fn store_and_check(
+    s: &ServerState,
+    up: &Upload,
+    filename: &str,
+    dir: std::path::PathBuf,
+    stored: &std::path::Path,
+    body: Bytes,
+) -> Result<SourceArchive, Response> {
+    let limits = Limits {
+        max_archive_bytes: up.max_size,
+        ..Limits::default()
+    };
+    let (st, shown) = (stored.to_path_buf(), filename.to_string());
+    let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<Result<_, String>> {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(&st, &body)?;
+        let probe = tempfile::tempdir_in(&dir)?;
+        let r = crate::source::archive::workspace(&st, &shown, probe.path(), "check", &limits);
+        Ok(r.map(|(_, info)| info).map_err(|e| {
+            let _ = std::fs::remove_file(&st);
+            e.to_string()
+        }))
+    })
+    .await;
+    match checked {
+        Ok(Ok(Ok(info))) => Ok(info),
+        Ok(Ok(Err(refused))) => {
+            s.count_delivery("refused");
+            tracing::warn!("upload to `{}` refused: {refused}", up.name);
+            Err(error(StatusCode::UNPROCESSABLE_ENTITY, refused))
+        }
+        Ok(Err(e)) => Err(internal(e)),
+        Err(e) => Err(internal(e.into())),
+    }
+}
+
+/// The run an accepted upload queues: trusted (it was signed), in its
+/// source's own concurrency group.
+fn upload_job(up: &Upload, delivery: &str, info: &SourceArchive, stored: &std::path::Path) -> Job {
+    Job {
+        repository: up.name.clone(),
+        branch: None,
+        tag: None,
+        sha: String::new(),
+        event: "upload".into(),
+        environment: up.environment.clone(),
+        fetch_ref: None,
+        trusted: true,
+        group: Some(format!("upload/{}", up.name)),
+        trigger: TriggerInfo {
+            repository: up.name.clone(),
+            delivery: delivery.to_string(),
+            archive: Some(info.clone()),
+            ..Default::default()
+        },
+        archive: Some(stored.to_path_buf()),
     }
 }
 

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
@@ -89,17 +90,17 @@ pub enum SecretRef {
 }
 
 impl SecretRef {
-    pub fn read(&self) -> Result<String, String> {
+    pub fn read(&self) -> anyhow::Result<String> {
         let v = match self {
             SecretRef::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable `{var}` is not set"))?,
+                .map_err(|_| anyhow::anyhow!("environment variable `{var}` is not set"))?,
             SecretRef::File(p) => std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .with_context(|| format!("reading the secret file {}", p.display()))?
                 .trim_end_matches(['\n', '\r'])
                 .to_string(),
         };
         if v.is_empty() {
-            return Err("the value is empty".into());
+            anyhow::bail!("the value is empty");
         }
         Ok(v)
     }
@@ -237,8 +238,6 @@ pub fn parse(path: &Path, text: &str) -> Result<ServerConfig, PipelineError> {
 }
 
 fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerConfig {
-    let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let rel = |p: &str| dir.join(p);
     let mut cfg = ServerConfig {
         file: src.file.clone(),
         listen: DEFAULT_LISTEN.parse().expect("default address"),
@@ -261,6 +260,54 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         ));
         return cfg;
     };
+    let server_span = server.span();
+    server_settings(src, server, &mut cfg, diags);
+    if raw.repository.is_empty() && raw.upload.is_empty() {
+        diags.push(src.diag(
+            server_span,
+            "no [[repository]]: add one with `name`, `url` and at least one [[repository.trigger]] (or an [[upload]] source)",
+        ));
+    }
+    for u in raw.upload {
+        let span = u.span();
+        let Some(upload) = upload(src, u.into_inner(), span.clone(), diags) else {
+            continue;
+        };
+        if cfg.uploads.iter().any(|o| o.name == upload.name) {
+            diags.push(src.diag(
+                span,
+                format!("upload `{}` is configured twice", upload.name),
+            ));
+            continue;
+        }
+        cfg.uploads.push(upload);
+    }
+    for r in raw.repository {
+        let span = r.span();
+        if let Some(repo) = repository(src, span.clone(), r.into_inner(), diags) {
+            if cfg.repositories.iter().any(|o| o.name == repo.name) {
+                diags.push(src.diag(
+                    span,
+                    format!("repository `{}` is configured twice", repo.name),
+                ));
+            } else {
+                cfg.repositories.push(repo);
+            }
+        }
+    }
+    cfg
+}
+
+/// The `[server]` table, onto `cfg`'s defaults.
+fn server_settings(
+    src: &Source<'_>,
+    server: Spanned<RawServer>,
+    cfg: &mut ServerConfig,
+    diags: &mut Vec<Diagnostic>,
+) {
+    // Paths in the file are relative to the file.
+    let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let rel = |p: &str| dir.join(p);
     let server_span = server.span();
     let server = server.into_inner();
     if let Some(l) = server.listen {
@@ -285,42 +332,13 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         }
     }
     if let Some(m) = server.max_body {
-        match m.get_ref().as_str().map(parse_size) {
-            Some(Ok(n)) => cfg.max_body = n as usize,
-            Some(Err(e)) => diags.push(src.diag(m.span(), format!("server.max-body: {e}"))),
-            None => diags.push(src.diag(
-                m.span(),
-                "server.max-body: expected a size string like \"5MiB\"",
-            )),
+        let expected = "expected a size string like \"5MiB\"";
+        if let Some(n) = text_value(src, &m, "server.max-body", expected, parse_size, diags) {
+            cfg.max_body = n as usize;
         }
     }
-    match server.webhook_secret {
-        None => diags.push(src.diag(
-            server_span.clone(),
-            "server.webhook-secret is required: every delivery's X-Hub-Signature-256 is \
-             checked against it (e.g. `webhook-secret = { env = \"HOST_WEBHOOK_SECRET\" }`)",
-        )),
-        Some(s) => {
-            let span = s.span();
-            match s.into_inner() {
-                RawSecret {
-                    env: Some(v),
-                    file: None,
-                } if !v.get_ref().is_empty() => {
-                    cfg.webhook_secret = SecretRef::Env(v.into_inner())
-                }
-                RawSecret {
-                    env: None,
-                    file: Some(f),
-                } if !f.get_ref().is_empty() => {
-                    cfg.webhook_secret = SecretRef::File(rel(f.get_ref()))
-                }
-                _ => diags.push(src.diag(
-                    span,
-                    "server.webhook-secret: give exactly one of `env = \"VAR\"` or `file = \"path\"`",
-                )),
-            }
-        }
+    if let Some(s) = webhook_secret(src, server_span, server.webhook_secret, &dir, diags) {
+        cfg.webhook_secret = s;
     }
     cfg.workspaces = server.workspaces.map(|w| rel(w.get_ref()));
     cfg.keep_workspaces = server.keep_workspaces.unwrap_or(false);
@@ -342,103 +360,125 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         }
     }
     if let Some(w) = server.replay_window {
-        match w.get_ref().as_str().map(parse_window) {
-            Some(Ok(d)) => cfg.replay_window = d,
-            Some(Err(e)) => diags.push(src.diag(w.span(), format!("server.replay-window: {e}"))),
-            None => diags.push(src.diag(
-                w.span(),
-                "server.replay-window: expected a duration string like \"7d\" or \"1d12h\"",
-            )),
+        let expected = "expected a duration string like \"7d\" or \"1d12h\"";
+        let key = "server.replay-window";
+        if let Some(d) = text_value(src, &w, key, expected, parse_window, diags) {
+            cfg.replay_window = d;
         }
     }
+}
 
-    if raw.repository.is_empty() && raw.upload.is_empty() {
-        diags.push(src.diag(
-            server_span,
-            "no [[repository]]: add one with `name`, `url` and at least one [[repository.trigger]] (or an [[upload]] source)",
-        ));
-    }
-    for u in raw.upload {
-        let span = u.span();
-        let u = u.into_inner();
-        let Some(name) = required(src, span.clone(), u.name, "upload.name", diags) else {
-            continue;
-        };
-        let name_ok = name
-            .get_ref()
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !name_ok {
-            diags.push(src.diag(
-                name.span(),
-                format!(
-                    "upload.name `{}`: letters, digits, `-`, `_` and `.` only (it is a URL path part)",
-                    name.get_ref()
-                ),
-            ));
-            continue;
-        }
-        let max_size = match u.max_size {
-            None => DEFAULT_MAX_UPLOAD,
-            Some(m) => match m.get_ref().as_str().map(parse_size) {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => {
-                    diags.push(src.diag(m.span(), format!("upload.max-size: {e}")));
-                    DEFAULT_MAX_UPLOAD
-                }
-                None => {
-                    diags.push(src.diag(
-                        m.span(),
-                        "upload.max-size: expected a size string like \"50MiB\"",
-                    ));
-                    DEFAULT_MAX_UPLOAD
-                }
-            },
-        };
-        if cfg.uploads.iter().any(|o| o.name == *name.get_ref()) {
+// One line, so that the message's braces never sit outside a string literal.
+const WEBHOOK_SECRET_REQUIRED: &str = concat!(
+    "server.webhook-secret is required: every delivery's X-Hub-Signature-256 is ",
+    "checked against it (e.g. `webhook-secret = { env = \"HOST_WEBHOOK_SECRET\" }`)",
+);
+
+/// `webhook-secret = { env = "VAR" }` or `{ file = "path" }` (relative to
+/// the configuration file's folder `dir`); `None` after a diagnostic.
+fn webhook_secret(
+    src: &Source<'_>,
+    server_span: std::ops::Range<usize>,
+    secret: Option<Spanned<RawSecret>>,
+    dir: &Path,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SecretRef> {
+    let Some(s) = secret else {
+        diags.push(src.diag(server_span, WEBHOOK_SECRET_REQUIRED));
+        return None;
+    };
+    let span = s.span();
+    match s.into_inner() {
+        RawSecret {
+            env: Some(v),
+            file: None,
+        } if !v.get_ref().is_empty() => Some(SecretRef::Env(v.into_inner())),
+        RawSecret {
+            env: None,
+            file: Some(f),
+        } if !f.get_ref().is_empty() => Some(SecretRef::File(dir.join(f.get_ref()))),
+        _ => {
             diags.push(src.diag(
                 span,
-                format!("upload `{}` is configured twice", name.get_ref()),
+                "server.webhook-secret: give exactly one of `env = \"VAR\"` or `file = \"path\"`",
             ));
-            continue;
-        }
-        cfg.uploads.push(Upload {
-            name: name.into_inner(),
-            pipeline: u
-                .pipeline
-                .map(|p| p.into_inner())
-                .unwrap_or_else(|| "pipeline.toml".into()),
-            environment: u.environment.map(|e| e.into_inner()),
-            max_size,
-        });
-    }
-    for r in raw.repository {
-        let span = r.span();
-        if let Some(repo) = repository(src, span.clone(), r.into_inner(), diags) {
-            if cfg.repositories.iter().any(|o| o.name == repo.name) {
-                diags.push(src.diag(
-                    span,
-                    format!("repository `{}` is configured twice", repo.name),
-                ));
-            } else {
-                cfg.repositories.push(repo);
-            }
+            None
         }
     }
-    cfg
+}
+
+/// A value written as a string and parsed by `parse` (sizes, durations);
+/// `None` after a diagnostic naming `key`.
+fn text_value<T, E: std::fmt::Display>(
+    src: &Source<'_>,
+    v: &Spanned<toml::Value>,
+    key: &str,
+    expected: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match v.get_ref().as_str().map(parse) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            diags.push(src.diag(v.span(), format!("{key}: {e}")));
+            None
+        }
+        None => {
+            diags.push(src.diag(v.span(), format!("{key}: {expected}")));
+            None
+        }
+    }
+}
+
+/// One `[[upload]]` source; `None` after a diagnostic on its name.
+fn upload(
+    src: &Source<'_>,
+    u: RawUpload,
+    span: std::ops::Range<usize>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Upload> {
+    let name = required(src, span, u.name, "upload.name", diags)?;
+    let name_ok = name
+        .get_ref()
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        diags.push(src.diag(
+            name.span(),
+            format!(
+                "upload.name `{}`: letters, digits, `-`, `_` and `.` only (it is a URL path part)",
+                name.get_ref()
+            ),
+        ));
+        return None;
+    }
+    let expected = "expected a size string like \"50MiB\"";
+    let max_size = u
+        .max_size
+        .and_then(|m| text_value(src, &m, "upload.max-size", expected, parse_size, diags))
+        .unwrap_or(DEFAULT_MAX_UPLOAD);
+    Some(Upload {
+        name: name.into_inner(),
+        pipeline: u
+            .pipeline
+            .map(|p| p.into_inner())
+            .unwrap_or_else(|| "pipeline.toml".into()),
+        environment: u.environment.map(|e| e.into_inner()),
+        max_size,
+    })
 }
 
 /// `"7d"`, `"1d12h"`, `"12h"`, `"90m"`: whole days first, if any, then the
 /// rest as the pipeline's durations are written ([`parse_duration`]: `h`,
 /// `m`, `s`, `ms`); more than zero, at most [`MAX_REPLAY_WINDOW`].
-pub fn parse_window(s: &str) -> Result<Duration, String> {
+pub fn parse_window(s: &str) -> anyhow::Result<Duration> {
     let text = s.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (days, rest) = match text[digits..].strip_prefix('d') {
         Some(rest) if digits > 0 => {
             let n: u64 = text[..digits]
                 .parse()
-                .map_err(|_| format!("duration {s:?} is too long; the maximum is 365d"))?;
+                .map_err(|_| anyhow::anyhow!("duration {s:?} is too long; the maximum is 365d"))?;
             (n, rest)
         }
         _ => (0, text),
@@ -447,15 +487,15 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
         Duration::ZERO
     } else {
         parse_duration(rest).map_err(|e| {
-            format!("{e} (a replay window may start with whole days: \"7d\", \"1d12h\")")
+            anyhow::anyhow!("{e} (a replay window may start with whole days: \"7d\", \"1d12h\")")
         })?
     };
     let total = Duration::from_secs(days.saturating_mul(24 * 60 * 60)).saturating_add(rest);
     if total.is_zero() {
-        return Err(format!("duration {s:?} must be greater than zero"));
+        anyhow::bail!("duration {s:?} must be greater than zero");
     }
     if total > MAX_REPLAY_WINDOW {
-        return Err(format!("duration {s:?} is too long; the maximum is 365d"));
+        anyhow::bail!("duration {s:?} is too long; the maximum is 365d");
     }
     Ok(total)
 }
@@ -492,74 +532,19 @@ fn repository(
         format!("repository `{}`", n.get_ref())
     });
     if let Some(n) = &name {
-        if !n.get_ref().contains('/') {
-            diags.push(src.diag(
-                n.span(),
-                format!(
-                    "repository.name `{}` must be `owner/name`, as GitHub's deliveries name it",
-                    n.get_ref()
-                ),
-            ));
-        }
+        check_repository_name(src, n, diags);
     }
     if let Some(u) = &url {
-        let ok = match url::Url::parse(u.get_ref()) {
-            Ok(p) => matches!(p.scheme(), "file" | "http" | "https" | "ssh" | "git"),
-            // A plain local path is a local repository.
-            Err(_) => Path::new(u.get_ref()).is_absolute(),
-        };
-        if !ok {
-            diags.push(src.diag(
-                u.span(),
-                format!(
-                    "{label}: url `{}` is not a git URL (file://, https://, ssh://) or an absolute path",
-                    u.get_ref()
-                ),
-            ));
-        }
+        check_repository_url(src, &label, u, diags);
     }
     let pipeline = r
         .pipeline
-        .map(|p| {
-            let v = p.get_ref();
-            if v.is_empty()
-                || Path::new(v).is_absolute()
-                || Path::new(v)
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                diags.push(src.diag(
-                    p.span(),
-                    format!("{label}: pipeline `{v}` must be a relative path inside the checkout"),
-                ));
-            }
-            v.clone()
-        })
+        .map(|p| checkout_pipeline(src, &label, p, diags))
         .unwrap_or_else(|| "pipeline.toml".into());
-    let (mut group, mut cancel_in_progress) = (DEFAULT_GROUP.to_string(), false);
-    if let Some(c) = r.concurrency {
-        let c = c.into_inner();
-        if let Some(g) = c.group {
-            let bad: Vec<&str> = placeholders(g.get_ref())
-                .filter(|p| !matches!(*p, "repository" | "ref" | "event"))
-                .collect();
-            if !bad.is_empty() {
-                diags.push(src.diag(
-                    g.span(),
-                    format!(
-                        "{label}: concurrency.group uses unknown placeholder(s) {}; \
-                         known: {{repository}}, {{ref}}, {{event}}",
-                        bad.iter()
-                            .map(|b| format!("{{{b}}}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-            group = g.into_inner();
-        }
-        cancel_in_progress = c.cancel_in_progress.unwrap_or(false);
-    }
+    let (group, cancel_in_progress) = match r.concurrency {
+        Some(c) => concurrency(src, &label, c.into_inner(), diags),
+        None => (DEFAULT_GROUP.to_string(), false),
+    };
     if r.trigger.is_empty() {
         diags.push(src.diag(
             span.clone(),
@@ -582,6 +567,84 @@ fn repository(
         cancel_in_progress,
         triggers,
     })
+}
+
+fn check_repository_name(src: &Source<'_>, n: &Str, diags: &mut Vec<Diagnostic>) {
+    if !n.get_ref().contains('/') {
+        diags.push(src.diag(
+            n.span(),
+            format!(
+                "repository.name `{}` must be `owner/name`, as GitHub's deliveries name it",
+                n.get_ref()
+            ),
+        ));
+    }
+}
+
+fn check_repository_url(src: &Source<'_>, label: &str, u: &Str, diags: &mut Vec<Diagnostic>) {
+    let ok = match url::Url::parse(u.get_ref()) {
+        Ok(p) => matches!(p.scheme(), "file" | "http" | "https" | "ssh" | "git"),
+        // A plain local path is a local repository.
+        Err(_) => Path::new(u.get_ref()).is_absolute(),
+    };
+    if !ok {
+        diags.push(src.diag(
+            u.span(),
+            format!(
+                "{label}: url `{}` is not a git URL (file://, https://, ssh://) or an absolute path",
+                u.get_ref()
+            ),
+        ));
+    }
+}
+
+/// The pipeline file's path, which must stay inside the checkout (the
+/// diagnostic is given, and the path kept, when it does not).
+fn checkout_pipeline(src: &Source<'_>, label: &str, p: Str, diags: &mut Vec<Diagnostic>) -> String {
+    let v = p.get_ref();
+    if v.is_empty()
+        || Path::new(v).is_absolute()
+        || Path::new(v)
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        diags.push(src.diag(
+            p.span(),
+            format!("{label}: pipeline `{v}` must be a relative path inside the checkout"),
+        ));
+    }
+    v.clone()
+}
+
+/// `concurrency = { group = "…", cancel-in-progress = … }`: the group
+/// template (only known placeholders) and whether a new run cancels the old.
+fn concurrency(
+    src: &Source<'_>,
+    label: &str,
+    c: RawConcurrency,
+    diags: &mut Vec<Diagnostic>,
+) -> (String, bool) {
+    let mut group = DEFAULT_GROUP.to_string();
+    if let Some(g) = c.group {
+        let bad: Vec<&str> = placeholders(g.get_ref())
+            .filter(|p| !matches!(*p, "repository" | "ref" | "event"))
+            .collect();
+        if !bad.is_empty() {
+            diags.push(src.diag(
+                g.span(),
+                format!(
+                    "{label}: concurrency.group uses unknown placeholder(s) {}; \
+                     known: {{repository}}, {{ref}}, {{event}}",
+                    bad.iter()
+                        .map(|b| format!("{{{b}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        group = g.into_inner();
+    }
+    (group, c.cancel_in_progress.unwrap_or(false))
 }
 
 fn placeholders(s: &str) -> impl Iterator<Item = &str> {
@@ -779,7 +842,11 @@ branch = ["main"]
             ("365d", 365 * 86_400),
             (" 1d ", 86_400),
         ] {
-            assert_eq!(parse_window(text), Ok(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                parse_window(text).unwrap(),
+                Duration::from_secs(secs),
+                "{text}"
+            );
         }
         for bad in [
             "",

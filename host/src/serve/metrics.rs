@@ -114,79 +114,115 @@ pub fn deployments(
 /// The Prometheus text exposition of `runs` and the server's own counts.
 pub fn render(runs: &[RunSummary], counts: &ServerCounts, now_unix_ms: i64) -> String {
     let mut m = Exposition::default();
-    let mut by_status: BTreeMap<(String, Status), u64> = BTreeMap::new();
-    let mut durations: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for r in runs.iter().filter(|r| r.status.is_final()) {
-        *by_status.entry((r.pipeline.clone(), r.status)).or_default() += 1;
-        if matches!(r.status, Status::Success | Status::Failure) {
-            durations
-                .entry(r.pipeline.clone())
-                .or_default()
-                .push(r.duration_ms as f64 / 1000.0);
+    let finished = FinishedRuns::of(runs);
+    finished.outcomes(&mut m);
+    finished.duration_histogram(&mut m);
+    deployment_metrics(&mut m, runs, now_unix_ms);
+    server_metrics(&mut m, counts);
+    m.text
+}
+
+/// Finished runs counted by pipeline and status, and the durations of the
+/// successful and failed ones (cancelled runs say nothing of build time).
+struct FinishedRuns {
+    by_status: BTreeMap<(String, Status), u64>,
+    durations: BTreeMap<String, Vec<f64>>,
+}
+
+impl FinishedRuns {
+    fn of(runs: &[RunSummary]) -> Self {
+        let mut by_status: BTreeMap<(String, Status), u64> = BTreeMap::new();
+        let mut durations: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for r in runs.iter().filter(|r| r.status.is_final()) {
+            *by_status.entry((r.pipeline.clone(), r.status)).or_default() += 1;
+            if matches!(r.status, Status::Success | Status::Failure) {
+                durations
+                    .entry(r.pipeline.clone())
+                    .or_default()
+                    .push(r.duration_ms as f64 / 1000.0);
+            }
+        }
+        FinishedRuns {
+            by_status,
+            durations,
         }
     }
 
-    m.family("pipeline_runs_total", "counter", "Finished runs by status.");
-    for ((p, s), n) in &by_status {
-        m.sample(
-            "pipeline_runs_total",
-            &[("pipeline", p), ("status", s.as_str())],
-            *n as f64,
-        );
-    }
-
-    m.family(
-        "pipeline_build_success_ratio",
-        "gauge",
-        "Successful runs / (successful + failed) runs.",
-    );
-    for p in durations.keys() {
-        let ok = by_status
-            .get(&(p.clone(), Status::Success))
-            .copied()
-            .unwrap_or(0);
-        let bad = by_status
-            .get(&(p.clone(), Status::Failure))
-            .copied()
-            .unwrap_or(0);
-        m.sample(
-            "pipeline_build_success_ratio",
-            &[("pipeline", p)],
-            ok as f64 / (ok + bad) as f64,
-        );
-    }
-
-    m.family(
-        "pipeline_run_duration_seconds",
-        "histogram",
-        "Duration of finished (successful or failed) runs.",
-    );
-    for (p, ds) in &durations {
-        for le in DURATION_BUCKETS {
-            let n = ds.iter().filter(|d| *d <= le).count();
+    /// Runs by status, and the success ratio per pipeline.
+    fn outcomes(&self, m: &mut Exposition) {
+        let FinishedRuns {
+            by_status,
+            durations,
+        } = self;
+        m.family("pipeline_runs_total", "counter", "Finished runs by status.");
+        for ((p, s), n) in by_status {
             m.sample(
-                "pipeline_run_duration_seconds_bucket",
-                &[("pipeline", p), ("le", &format_value(*le))],
-                n as f64,
+                "pipeline_runs_total",
+                &[("pipeline", p), ("status", s.as_str())],
+                *n as f64,
             );
         }
-        m.sample(
-            "pipeline_run_duration_seconds_bucket",
-            &[("pipeline", p), ("le", "+Inf")],
-            ds.len() as f64,
+
+        m.family(
+            "pipeline_build_success_ratio",
+            "gauge",
+            "Successful runs / (successful + failed) runs.",
         );
-        m.sample(
-            "pipeline_run_duration_seconds_sum",
-            &[("pipeline", p)],
-            ds.iter().sum(),
-        );
-        m.sample(
-            "pipeline_run_duration_seconds_count",
-            &[("pipeline", p)],
-            ds.len() as f64,
-        );
+        for p in durations.keys() {
+            let ok = by_status
+                .get(&(p.clone(), Status::Success))
+                .copied()
+                .unwrap_or(0);
+            let bad = by_status
+                .get(&(p.clone(), Status::Failure))
+                .copied()
+                .unwrap_or(0);
+            m.sample(
+                "pipeline_build_success_ratio",
+                &[("pipeline", p)],
+                ok as f64 / (ok + bad) as f64,
+            );
+        }
     }
 
+    /// The duration histogram per pipeline.
+    fn duration_histogram(&self, m: &mut Exposition) {
+        let durations = &self.durations;
+        m.family(
+            "pipeline_run_duration_seconds",
+            "histogram",
+            "Duration of finished (successful or failed) runs.",
+        );
+        for (p, ds) in durations {
+            for le in DURATION_BUCKETS {
+                let n = ds.iter().filter(|d| *d <= le).count();
+                m.sample(
+                    "pipeline_run_duration_seconds_bucket",
+                    &[("pipeline", p), ("le", &format_value(*le))],
+                    n as f64,
+                );
+            }
+            m.sample(
+                "pipeline_run_duration_seconds_bucket",
+                &[("pipeline", p), ("le", "+Inf")],
+                ds.len() as f64,
+            );
+            m.sample(
+                "pipeline_run_duration_seconds_sum",
+                &[("pipeline", p)],
+                ds.iter().sum(),
+            );
+            m.sample(
+                "pipeline_run_duration_seconds_count",
+                &[("pipeline", p)],
+                ds.len() as f64,
+            );
+        }
+    }
+}
+
+/// DORA figures per pipeline and environment.
+fn deployment_metrics(m: &mut Exposition, runs: &[RunSummary], now_unix_ms: i64) {
     let deploys = deployments(runs, now_unix_ms);
     m.family(
         "pipeline_deployments_total",
@@ -254,7 +290,10 @@ pub fn render(runs: &[RunSummary], counts: &ServerCounts, now_unix_ms: i64) -> S
             f.recoveries.len() as f64,
         );
     }
+}
 
+/// The server's own queue and delivery counts.
+fn server_metrics(m: &mut Exposition, counts: &ServerCounts) {
     m.family(
         "pipeline_queue_runs",
         "gauge",
@@ -282,7 +321,6 @@ pub fn render(runs: &[RunSummary], counts: &ServerCounts, now_unix_ms: i64) -> S
             *n as f64,
         );
     }
-    m.text
 }
 
 /// The text format: `# HELP`/`# TYPE` once per family, then samples.

@@ -56,7 +56,9 @@ impl ServerState {
         let secret = config
             .webhook_secret
             .read()
-            .map_err(|e| anyhow::anyhow!("{}: server.webhook-secret: {e}", config.file.display()))?
+            .map_err(|e| {
+                anyhow::anyhow!("{}: server.webhook-secret: {e:#}", config.file.display())
+            })?
             .into_bytes();
         let store = RunStore::open(state_dir)?;
         queue::Queue::new(store.connection()).init()?;

@@ -277,104 +277,114 @@ pub enum Plan {
 
 /// The runs `event` asks for under `config`.
 pub fn plan(config: &ServerConfig, event: &Event, delivery: &str) -> Plan {
-    let repo_named = |name: &str| config.repositories.iter().find(|r| r.name == name);
     match event {
         Event::Ping { zen, .. } => Plan::Pong(zen.clone()),
         Event::Other(e) => Plan::Ignore(format!("event `{e}` is not handled")),
-        Event::Push(p) => {
-            let Some(repo) = repo_named(&p.repository) else {
-                return not_configured(&p.repository);
-            };
-            if p.deleted {
-                return Plan::Ignore(format!("{} was deleted", p.git_ref));
-            }
-            let (branch, tag) = if let Some(b) = p.git_ref.strip_prefix("refs/heads/") {
-                (Some(b.to_string()), None)
-            } else if let Some(t) = p.git_ref.strip_prefix("refs/tags/") {
-                (None, Some(t.to_string()))
-            } else {
-                return Plan::Ignore(format!("{} is neither a branch nor a tag", p.git_ref));
-            };
-            let trigger = Trigger {
-                branch: branch.clone(),
-                tag: tag.clone(),
-                event: "push".into(),
-            };
-            let Some(rule) = repo
-                .triggers
-                .iter()
-                .find(|t| t.event == "push" && t.when.matches(&trigger))
-            else {
-                return Plan::Ignore(format!(
-                    "no push trigger of `{}` matches {}",
-                    repo.name, p.git_ref
-                ));
-            };
-            let short = branch.clone().or(tag.clone()).unwrap_or_default();
-            Plan::Run(vec![Job {
-                repository: repo.name.clone(),
-                branch,
-                tag,
-                sha: p.after.clone(),
-                event: "push".into(),
-                environment: rule.environment.clone(),
-                fetch_ref: Some(p.git_ref.clone()),
-                trusted: true,
-                group: group(repo, &short, "push"),
-                archive: None,
-                trigger: TriggerInfo {
-                    repository: p.repository.clone(),
-                    delivery: delivery.to_string(),
-                    sender: p.sender.clone(),
-                    message: p.message.clone(),
-                    pull_request: None,
-                    archive: None,
-                },
-            }])
-        }
-        Event::PullRequest(pr) => {
-            let Some(repo) = repo_named(&pr.repository) else {
-                return not_configured(&pr.repository);
-            };
-            let base = Trigger {
-                branch: Some(pr.base_ref.clone()),
-                tag: None,
-                event: "pull_request".into(),
-            };
-            let Some(rule) = repo.triggers.iter().find(|t| {
-                t.event == "pull_request"
-                    && t.when.matches(&base)
-                    && t.actions.iter().any(|a| a == &pr.action)
-            }) else {
-                return Plan::Ignore(format!(
-                    "no pull_request trigger of `{}` matches action `{}` into {}",
-                    repo.name, pr.action, pr.base_ref
-                ));
-            };
-            Plan::Run(vec![Job {
-                repository: repo.name.clone(),
-                branch: Some(pr.head_ref.clone()),
-                tag: None,
-                sha: pr.head_sha.clone(),
-                event: "pull_request".into(),
-                environment: rule.environment.clone(),
-                fetch_ref: Some(format!("refs/pull/{}/head", pr.number)),
-                // A head in another repository is a fork: its code was not
-                // pushed by anyone with access to this one.
-                trusted: pr.head_repository.as_deref() == Some(pr.repository.as_str()),
-                group: group(repo, &format!("pr-{}", pr.number), "pull_request"),
-                archive: None,
-                trigger: TriggerInfo {
-                    repository: pr.repository.clone(),
-                    delivery: delivery.to_string(),
-                    sender: pr.sender.clone(),
-                    message: pr.title.clone(),
-                    pull_request: Some(pr.number),
-                    archive: None,
-                },
-            }])
-        }
+        Event::Push(p) => plan_push(config, p, delivery),
+        Event::PullRequest(pr) => plan_pull_request(config, pr, delivery),
     }
+}
+
+fn repository<'a>(config: &'a ServerConfig, name: &str) -> Option<&'a Repository> {
+    config.repositories.iter().find(|r| r.name == name)
+}
+
+/// A push of a branch or tag that a push trigger of its repository matches.
+fn plan_push(config: &ServerConfig, p: &Push, delivery: &str) -> Plan {
+    let Some(repo) = repository(config, &p.repository) else {
+        return not_configured(&p.repository);
+    };
+    if p.deleted {
+        return Plan::Ignore(format!("{} was deleted", p.git_ref));
+    }
+    let (branch, tag) = if let Some(b) = p.git_ref.strip_prefix("refs/heads/") {
+        (Some(b.to_string()), None)
+    } else if let Some(t) = p.git_ref.strip_prefix("refs/tags/") {
+        (None, Some(t.to_string()))
+    } else {
+        return Plan::Ignore(format!("{} is neither a branch nor a tag", p.git_ref));
+    };
+    let trigger = Trigger {
+        branch: branch.clone(),
+        tag: tag.clone(),
+        event: "push".into(),
+    };
+    let Some(rule) = repo
+        .triggers
+        .iter()
+        .find(|t| t.event == "push" && t.when.matches(&trigger))
+    else {
+        return Plan::Ignore(format!(
+            "no push trigger of `{}` matches {}",
+            repo.name, p.git_ref
+        ));
+    };
+    let short = branch.clone().or(tag.clone()).unwrap_or_default();
+    Plan::Run(vec![Job {
+        repository: repo.name.clone(),
+        branch,
+        tag,
+        sha: p.after.clone(),
+        event: "push".into(),
+        environment: rule.environment.clone(),
+        fetch_ref: Some(p.git_ref.clone()),
+        trusted: true,
+        group: group(repo, &short, "push"),
+        archive: None,
+        trigger: TriggerInfo {
+            repository: p.repository.clone(),
+            delivery: delivery.to_string(),
+            sender: p.sender.clone(),
+            message: p.message.clone(),
+            pull_request: None,
+            archive: None,
+        },
+    }])
+}
+
+/// A pull request whose base branch and action a trigger matches; a head
+/// from a fork runs untrusted.
+fn plan_pull_request(config: &ServerConfig, pr: &PullRequest, delivery: &str) -> Plan {
+    let Some(repo) = repository(config, &pr.repository) else {
+        return not_configured(&pr.repository);
+    };
+    let base = Trigger {
+        branch: Some(pr.base_ref.clone()),
+        tag: None,
+        event: "pull_request".into(),
+    };
+    let Some(rule) = repo.triggers.iter().find(|t| {
+        t.event == "pull_request"
+            && t.when.matches(&base)
+            && t.actions.iter().any(|a| a == &pr.action)
+    }) else {
+        return Plan::Ignore(format!(
+            "no pull_request trigger of `{}` matches action `{}` into {}",
+            repo.name, pr.action, pr.base_ref
+        ));
+    };
+    Plan::Run(vec![Job {
+        repository: repo.name.clone(),
+        branch: Some(pr.head_ref.clone()),
+        tag: None,
+        sha: pr.head_sha.clone(),
+        event: "pull_request".into(),
+        environment: rule.environment.clone(),
+        fetch_ref: Some(format!("refs/pull/{}/head", pr.number)),
+        // A head in another repository is a fork: its code was not
+        // pushed by anyone with access to this one.
+        trusted: pr.head_repository.as_deref() == Some(pr.repository.as_str()),
+        group: group(repo, &format!("pr-{}", pr.number), "pull_request"),
+        archive: None,
+        trigger: TriggerInfo {
+            repository: pr.repository.clone(),
+            delivery: delivery.to_string(),
+            sender: pr.sender.clone(),
+            message: pr.title.clone(),
+            pull_request: Some(pr.number),
+            archive: None,
+        },
+    }])
 }
 
 fn not_configured(name: &str) -> Plan {

@@ -18,7 +18,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use super::policy::size_text;
-use crate::runtime::bindings::CapError;
+use crate::wit::CapError;
 
 /// Bytes per chunk sent to the engine.
 const CHUNK: usize = 64 * 1024;

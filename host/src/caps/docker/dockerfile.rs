@@ -133,22 +133,6 @@ fn expand(word: &str, escape: char, vars: &HashMap<String, Var>) -> Result<Strin
     let chars: Vec<char> = word.chars().collect();
     let mut i = 0;
     let mut quote: Option<char> = None;
-    let lookup = |name: &str| -> Result<Option<String>, String> {
-        match vars.get(name) {
-            Some(Var::Value(v)) => return Ok(Some(v.clone())),
-            Some(Var::Unset) if !BUILDER_ARGS.contains(&name) => return Ok(None),
-            Some(Var::Unknown(why)) => return Err(format!("ARG `{name}`: {why}")),
-            _ => {}
-        }
-        if BUILDER_ARGS.contains(&name) {
-            return Err(format!(
-                "`${name}` is set by the builder, so the image cannot be checked before the build; name the image"
-            ));
-        }
-        Err(format!(
-            "`${name}` is not an ARG declared before the first FROM, so its value cannot be known; declare it with a value or pass it as a build arg"
-        ))
-    };
     while i < chars.len() {
         let c = chars[i];
         if quote != Some('\'') && c == escape && i + 1 < chars.len() {
@@ -187,70 +171,7 @@ fn expand(word: &str, escape: char, vars: &HashMap<String, Var>) -> Result<Strin
                 .ok_or("an unterminated `${`")?;
             let inner: String = chars[i + 1..i + close].iter().collect();
             i += close + 1;
-            let name_end = inner
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(inner.len());
-            let (name, op) = inner.split_at(name_end);
-            if name.is_empty() {
-                return Err(format!(
-                    "`${{{inner}}}` is not a variable the host can resolve"
-                ));
-            }
-            let (modifier, w) = if let Some(w) = op.strip_prefix(":-") {
-                ("-", Some(w))
-            } else if let Some(w) = op.strip_prefix(":+") {
-                ("+", Some(w))
-            } else if let Some(w) = op.strip_prefix('-') {
-                ("-=", Some(w))
-            } else if let Some(w) = op.strip_prefix('+') {
-                ("+=", Some(w))
-            } else if op.is_empty() {
-                ("", None)
-            } else {
-                return Err(format!(
-                    "`${{{inner}}}` is not a substitution the host can resolve"
-                ));
-            };
-            if w.is_some_and(|w| w.contains('$')) {
-                return Err(format!(
-                    "`${{{inner}}}` is nested; the host does not resolve it"
-                ));
-            }
-            let value = lookup(name)?;
-            let set = value.is_some();
-            let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
-            let v = value.unwrap_or_default();
-            out.push_str(&match (modifier, w) {
-                ("-", Some(w)) => {
-                    if non_empty {
-                        v
-                    } else {
-                        w.to_string()
-                    }
-                }
-                ("-=", Some(w)) => {
-                    if set {
-                        v
-                    } else {
-                        w.to_string()
-                    }
-                }
-                ("+", Some(w)) => {
-                    if non_empty {
-                        w.to_string()
-                    } else {
-                        String::new()
-                    }
-                }
-                ("+=", Some(w)) => {
-                    if set {
-                        w.to_string()
-                    } else {
-                        String::new()
-                    }
-                }
-                _ => v,
-            });
+            out.push_str(&substitute(&inner, vars)?);
         } else {
             let len = chars[i..]
                 .iter()
@@ -262,13 +183,81 @@ fn expand(word: &str, escape: char, vars: &HashMap<String, Var>) -> Result<Strin
             }
             let name: String = chars[i..i + len].iter().collect();
             i += len;
-            out.push_str(&lookup(&name)?.unwrap_or_default());
+            out.push_str(&lookup(vars, &name)?.unwrap_or_default());
         }
     }
     if quote.is_some() {
         return Err("an unterminated quote".into());
     }
     Ok(out)
+}
+
+/// A variable's value (`None`: declared without one), or why the host
+/// cannot know it before the build.
+fn lookup(vars: &HashMap<String, Var>, name: &str) -> Result<Option<String>, String> {
+    match vars.get(name) {
+        Some(Var::Value(v)) => return Ok(Some(v.clone())),
+        Some(Var::Unset) if !BUILDER_ARGS.contains(&name) => return Ok(None),
+        Some(Var::Unknown(why)) => return Err(format!("ARG `{name}`: {why}")),
+        _ => {}
+    }
+    if BUILDER_ARGS.contains(&name) {
+        return Err(format!(
+            "`${name}` is set by the builder, so the image cannot be checked before the build; name the image"
+        ));
+    }
+    Err(format!(
+        "`${name}` is not an ARG declared before the first FROM, so its value cannot be known; declare it with a value or pass it as a build arg"
+    ))
+}
+
+/// What `${inner}` stands for: `NAME`, or `NAME` with one of the
+/// `:-`, `-`, `:+`, `+` modifiers and a word without `$`.
+fn substitute(inner: &str, vars: &HashMap<String, Var>) -> Result<String, String> {
+    let name_end = inner
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(inner.len());
+    let (name, op) = inner.split_at(name_end);
+    if name.is_empty() {
+        return Err(format!(
+            "`${{{inner}}}` is not a variable the host can resolve"
+        ));
+    }
+    let (modifier, w) = if let Some(w) = op.strip_prefix(":-") {
+        ("-", Some(w))
+    } else if let Some(w) = op.strip_prefix(":+") {
+        ("+", Some(w))
+    } else if let Some(w) = op.strip_prefix('-') {
+        ("-=", Some(w))
+    } else if let Some(w) = op.strip_prefix('+') {
+        ("+=", Some(w))
+    } else if op.is_empty() {
+        ("", None)
+    } else {
+        return Err(format!(
+            "`${{{inner}}}` is not a substitution the host can resolve"
+        ));
+    };
+    if w.is_some_and(|w| w.contains('$')) {
+        return Err(format!(
+            "`${{{inner}}}` is nested; the host does not resolve it"
+        ));
+    }
+    let value = lookup(vars, name)?;
+    let set = value.is_some();
+    let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
+    let v = value.unwrap_or_default();
+    Ok(match (modifier, w) {
+        // `:-` and `-`: the word when the value is empty (`:-`) or unset.
+        ("-", Some(w)) if !non_empty => w.to_string(),
+        ("-=", Some(w)) if !set => w.to_string(),
+        ("-" | "-=", Some(_)) => v,
+        // `:+` and `+`: the word when the value is non-empty (`:+`) or set.
+        ("+", Some(w)) if non_empty => w.to_string(),
+        ("+=", Some(w)) if set => w.to_string(),
+        ("+" | "+=", Some(_)) => String::new(),
+        _ => v,
+    })
 }
 
 /// `ARG A=1 B` → the declared names with what is known of their values
@@ -301,112 +290,134 @@ fn declare_args(
 pub fn external_images(
     text: &str,
     build_args: &HashMap<String, String>,
-) -> Result<Vec<ImageUse>, String> {
+) -> anyhow::Result<Vec<ImageUse>> {
     let escape = escape_char(text);
     // What FROM may use: the ARGs declared before the first FROM.
     let mut globals: HashMap<String, Var> = HashMap::new();
     let mut stages: Vec<Option<String>> = Vec::new();
     let mut out = Vec::new();
-    let at = |n: usize, m: String| format!("Dockerfile line {n}: {m}");
+    let at = |n: usize, m: String| anyhow::anyhow!("Dockerfile line {n}: {m}");
 
     let lines = logical_lines(text, escape);
     for line in &lines {
-        let mut keyword = line.keyword.as_str();
-        let mut args = line.args.as_str();
-        if keyword == "ONBUILD" {
-            // The trigger runs in later builds: its reads count here.
-            let (kw, rest) = args
-                .split_once(|c: char| c.is_whitespace())
-                .unwrap_or((args, ""));
-            let kw = kw.to_ascii_uppercase();
-            keyword = match kw.as_str() {
-                "COPY" => "COPY",
-                "RUN" => "RUN",
-                _ => continue,
-            };
-            args = rest.trim();
-        }
+        let Some((keyword, args)) = effective_instruction(line) else {
+            continue;
+        };
         match keyword {
             "ARG" if stages.is_empty() => declare_args(args, escape, &mut globals, build_args),
             "FROM" => {
-                let (_, rest) = flags(args);
-                let mut words = rest.split_whitespace();
-                let image = words.next().unwrap_or("");
-                let alias = match (words.next(), words.next(), words.next()) {
-                    (None, ..) => None,
-                    (Some(a), Some(name), None) if a.eq_ignore_ascii_case("as") => {
-                        Some(name.to_ascii_lowercase())
-                    }
-                    _ => return Err(at(line.number, "FROM takes `image [AS name]`".into())),
-                };
-                let expanded = expand(image, escape, &globals)
-                    .map_err(|e| at(line.number, format!("FROM `{image}`: {e}")))?;
-                let lower = expanded.to_ascii_lowercase();
-                let is_stage = stages.iter().any(|s| s.as_deref() == Some(lower.as_str()));
-                if !is_stage {
-                    if expanded.is_empty() {
-                        return Err(at(line.number, format!("FROM `{image}` names no image")));
-                    }
-                    let r = ImageRef::parse(&expanded)
-                        .map_err(|e| at(line.number, format!("FROM: {e}")))?;
-                    if !r.is_scratch() {
-                        out.push(ImageUse {
-                            line: line.number,
-                            instruction: "FROM",
-                            image: r,
-                        });
-                    }
-                }
+                let (image, alias) =
+                    from_image(args, escape, &globals, &stages).map_err(|e| at(line.number, e))?;
+                out.extend(image.map(|image| ImageUse {
+                    line: line.number,
+                    instruction: "FROM",
+                    image,
+                }));
                 stages.push(alias);
             }
             "COPY" | "RUN" => {
-                let (fl, _) = flags(args);
-                for (k, v) in fl {
-                    let (from, instruction) = match (keyword, k.as_str()) {
-                        ("COPY", "from") => (v, "COPY --from"),
-                        ("RUN", "mount") => {
-                            match v.split(',').find_map(|kv| kv.trim().strip_prefix("from=")) {
-                                Some(f) => (f.to_string(), "RUN --mount from"),
-                                None => continue,
-                            }
-                        }
-                        _ => continue,
-                    };
-                    if from.contains('$') {
-                        return Err(at(
-                            line.number,
-                            format!("{instruction}=`{from}`: a variable here cannot be checked before the build; name the stage or image"),
-                        ));
-                    }
-                    let lower = from.to_ascii_lowercase();
-                    if let Ok(n) = lower.parse::<usize>() {
-                        if n < stages.len() {
-                            continue;
-                        }
-                        return Err(at(
-                            line.number,
-                            format!("{instruction}={from}: no such stage"),
-                        ));
-                    }
-                    if stages.iter().any(|s| s.as_deref() == Some(lower.as_str())) {
-                        continue;
-                    }
-                    let r = ImageRef::parse(&from)
-                        .map_err(|e| at(line.number, format!("{instruction}: {e}")))?;
-                    if !r.is_scratch() {
-                        out.push(ImageUse {
-                            line: line.number,
-                            instruction,
-                            image: r,
-                        });
-                    }
-                }
+                let read = flag_images(keyword, args, &stages).map_err(|e| at(line.number, e))?;
+                out.extend(read.into_iter().map(|(instruction, image)| ImageUse {
+                    line: line.number,
+                    instruction,
+                    image,
+                }));
             }
             _ => {}
         }
     }
     if stages.is_empty() {
-        return Err("the Dockerfile has no FROM".into());
+        anyhow::bail!("the Dockerfile has no FROM");
+    }
+    Ok(out)
+}
+
+/// The instruction as it reads images: `ONBUILD COPY`/`ONBUILD RUN` count
+/// as the trigger they carry (it runs in later builds); `None` for other
+/// ONBUILD triggers.
+fn effective_instruction(line: &Line) -> Option<(&str, &str)> {
+    let (keyword, args) = (line.keyword.as_str(), line.args.as_str());
+    if keyword != "ONBUILD" {
+        return Some((keyword, args));
+    }
+    let (kw, rest) = args
+        .split_once(|c: char| c.is_whitespace())
+        .unwrap_or((args, ""));
+    let kw = kw.to_ascii_uppercase();
+    let keyword = match kw.as_str() {
+        "COPY" => "COPY",
+        "RUN" => "RUN",
+        _ => return None,
+    };
+    Some((keyword, rest.trim()))
+}
+
+/// `FROM image [AS name]`: the external image (none for an earlier stage
+/// or `scratch`) and the stage's alias.
+fn from_image(
+    args: &str,
+    escape: char,
+    globals: &HashMap<String, Var>,
+    stages: &[Option<String>],
+) -> Result<(Option<ImageRef>, Option<String>), String> {
+    let (_, rest) = flags(args);
+    let mut words = rest.split_whitespace();
+    let image = words.next().unwrap_or("");
+    let alias = match (words.next(), words.next(), words.next()) {
+        (None, ..) => None,
+        (Some(a), Some(name), None) if a.eq_ignore_ascii_case("as") => {
+            Some(name.to_ascii_lowercase())
+        }
+        _ => return Err("FROM takes `image [AS name]`".into()),
+    };
+    let expanded = expand(image, escape, globals).map_err(|e| format!("FROM `{image}`: {e}"))?;
+    let lower = expanded.to_ascii_lowercase();
+    if stages.iter().any(|s| s.as_deref() == Some(lower.as_str())) {
+        return Ok((None, alias));
+    }
+    if expanded.is_empty() {
+        return Err(format!("FROM `{image}` names no image"));
+    }
+    let r = ImageRef::parse(&expanded).map_err(|e| format!("FROM: {e}"))?;
+    Ok(((!r.is_scratch()).then_some(r), alias))
+}
+
+/// The external images a `COPY --from=` or `RUN --mount=…,from=` reads,
+/// with the instruction named as messages and audits show it. Earlier
+/// stages (by name or number) and `scratch` are not listed.
+fn flag_images(
+    keyword: &str,
+    args: &str,
+    stages: &[Option<String>],
+) -> Result<Vec<(&'static str, ImageRef)>, String> {
+    let mut out = Vec::new();
+    let (fl, _) = flags(args);
+    for (k, v) in fl {
+        let (from, instruction) = match (keyword, k.as_str()) {
+            ("COPY", "from") => (v, "COPY --from"),
+            ("RUN", "mount") => match v.split(',').find_map(|kv| kv.trim().strip_prefix("from=")) {
+                Some(f) => (f.to_string(), "RUN --mount from"),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if from.contains('$') {
+            return Err(format!("{instruction}=`{from}`: a variable here cannot be checked before the build; name the stage or image"));
+        }
+        let lower = from.to_ascii_lowercase();
+        if let Ok(n) = lower.parse::<usize>() {
+            if n < stages.len() {
+                continue;
+            }
+            return Err(format!("{instruction}={from}: no such stage"));
+        }
+        if stages.iter().any(|s| s.as_deref() == Some(lower.as_str())) {
+            continue;
+        }
+        let r = ImageRef::parse(&from).map_err(|e| format!("{instruction}: {e}"))?;
+        if !r.is_scratch() {
+            out.push((instruction, r));
+        }
     }
     Ok(out)
 }
@@ -420,11 +431,13 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        external_images(text, &args).map(|v| {
-            v.into_iter()
-                .map(|u| format!("{}:{}:{}", u.line, u.instruction, u.image))
-                .collect()
-        })
+        external_images(text, &args)
+            .map(|v| {
+                v.into_iter()
+                    .map(|u| format!("{}:{}:{}", u.line, u.instruction, u.image))
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -15,9 +15,9 @@ use tokio::sync::OnceCell;
 use super::context::{self, ContextError};
 use super::policy::{BuildContext, ContainerLimits, ImageRef, MANAGED_LABEL};
 use crate::caps::log::StageLog;
-use crate::runtime::bindings::ci::stage::docker::{ContainerInfo, PortMapping};
-use crate::runtime::bindings::ci::stage::types::RemoteError;
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::docker::{ContainerInfo, PortMapping};
+use crate::wit::ci::stage::types::RemoteError;
+use crate::wit::CapError;
 
 /// Most bytes of container output returned to the plugin (the log has more).
 const MAX_RUN_OUTPUT: usize = 256 * 1024;
@@ -165,19 +165,21 @@ pub fn registry_error(message: &str) -> RemoteError {
 
 /// Registry credentials from a secret value: `user:password` or JSON
 /// `{"username": .., "password": ..}`.
-pub fn credentials(value: &str, registry: Option<&str>) -> Result<DockerCredentials, String> {
+pub fn credentials(value: &str, registry: Option<&str>) -> anyhow::Result<DockerCredentials> {
+    use anyhow::Context;
     let (username, password) = if value.trim_start().starts_with('{') {
-        let v: serde_json::Value =
-            serde_json::from_str(value).map_err(|_| "the secret is not valid JSON".to_string())?;
+        // The value is a secret: the parser's message could quote it.
+        let v: serde_json::Value = serde_json::from_str(value)
+            .map_err(|_| anyhow::anyhow!("the secret is not valid JSON"))?;
         let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         (
-            get("username").ok_or("the secret has no `username`")?,
-            get("password").ok_or("the secret has no `password`")?,
+            get("username").context("the secret has no `username`")?,
+            get("password").context("the secret has no `password`")?,
         )
     } else {
         let (u, p) = value
             .split_once(':')
-            .ok_or("expected `user:password` or JSON {\"username\", \"password\"}")?;
+            .context("expected `user:password` or JSON {\"username\", \"password\"}")?;
         (u.to_string(), p.to_string())
     };
     Ok(DockerCredentials {
@@ -211,25 +213,92 @@ pub async fn build(
         text,
     } = b.context;
     let (body, packing) = context::stream(dir, dockerfile.clone(), text, b.context_limit);
+    let options = build_options(dockerfile, b.image, b.build_args, b.labels, &b.limits);
+    let stream = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
+    // The stream is dropped when followed: the request is over and the
+    // packer stops if it still runs.
+    let (tail, outcome) = follow_build(stream, log).await;
+    let sent = packing
+        .await
+        .map_err(|e| CapError::Failed(format!("packing the build context: {e}")))?;
+    match sent {
+        // Why the context could not be sent is the error, whatever the
+        // engine made of the broken request.
+        Err(ContextError::Closed) => {}
+        Err(e) => return Err(e.into()),
+        Ok(sent) if sent.skipped > 0 => log.append_external(
+            "host",
+            &format!(
+                "build context: {} fifos, sockets or devices left out",
+                sent.skipped
+            ),
+        ),
+        Ok(_) => {}
+    }
+    let tail = tail.join("\n");
+    match outcome {
+        BuildOutcome::Broken(e) => return Err(e),
+        BuildOutcome::Failed(e) => {
+            return Err(CapError::Failed(format!(
+                "build of {} failed: {e}\n{tail}",
+                b.image
+            )))
+        }
+        BuildOutcome::Built => {}
+    }
+    let id = docker
+        .inspect_image(&b.image.to_string())
+        .await
+        .map_err(engine_error)?
+        .id
+        .unwrap_or_default();
+    Ok((id, tail))
+}
+
+/// The engine's build request, with no network and the stage's limits.
+fn build_options(
+    dockerfile: String,
+    image: &ImageRef,
+    build_args: HashMap<String, String>,
+    labels: HashMap<String, String>,
+    limits: &ContainerLimits,
+) -> q::BuildImageOptions {
     // The engine API takes 32-bit sizes here: at most 2GiB for a build.
-    let memory = i32::try_from(b.limits.memory).unwrap_or(i32::MAX);
-    let options = q::BuildImageOptions {
+    let memory = i32::try_from(limits.memory).unwrap_or(i32::MAX);
+    q::BuildImageOptions {
         dockerfile,
-        t: Some(b.image.to_string()),
+        t: Some(image.to_string()),
         rm: true,
         forcerm: true,
-        buildargs: Some(b.build_args),
-        labels: Some(b.labels),
+        buildargs: Some(build_args),
+        labels: Some(labels),
         // Builds get no network: nothing can be fetched or sent from a
         // Dockerfile's RUN steps.
         networkmode: Some("none".into()),
         memory: Some(memory),
         memswap: Some(memory),
         cpuperiod: Some(100_000),
-        cpuquota: Some(i32::try_from(b.limits.nano_cpus / 10_000).unwrap_or(i32::MAX)),
+        cpuquota: Some(i32::try_from(limits.nano_cpus / 10_000).unwrap_or(i32::MAX)),
         ..Default::default()
-    };
-    let mut stream = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
+    }
+}
+
+/// How a build's stream ended.
+enum BuildOutcome {
+    Built,
+    /// The engine reported an error (the last one is kept).
+    Failed(String),
+    /// The stream itself broke.
+    Broken(CapError),
+}
+
+/// The build's output appended to the stage log as it comes; the last
+/// [`BUILD_TAIL_LINES`] lines and how it ended.
+async fn follow_build(
+    mut stream: impl futures::Stream<Item = Result<bollard::models::BuildInfo, bollard::errors::Error>>
+        + Unpin,
+    log: &StageLog,
+) -> (Vec<String>, BuildOutcome) {
     let mut tail: Vec<String> = Vec::new();
     let mut push_tail = |line: &str| {
         tail.push(line.to_string());
@@ -238,7 +307,6 @@ pub async fn build(
         }
     };
     let mut failure = None;
-    let mut broken = None;
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
@@ -259,48 +327,11 @@ pub async fn build(
                 push_tail(&error);
                 failure = Some(error);
             }
-            Err(e) => {
-                broken = Some(engine_error(e));
-                break;
-            }
+            Err(e) => return (tail, BuildOutcome::Broken(engine_error(e))),
         }
     }
-    // The request is over: the packer stops if it still runs.
-    drop(stream);
-    let sent = packing
-        .await
-        .map_err(|e| CapError::Failed(format!("packing the build context: {e}")))?;
-    match sent {
-        // Why the context could not be sent is the error, whatever the
-        // engine made of the broken request.
-        Err(ContextError::Closed) => {}
-        Err(e) => return Err(e.into()),
-        Ok(sent) if sent.skipped > 0 => log.append_external(
-            "host",
-            &format!(
-                "build context: {} fifos, sockets or devices left out",
-                sent.skipped
-            ),
-        ),
-        Ok(_) => {}
-    }
-    if let Some(e) = broken {
-        return Err(e);
-    }
-    let tail = tail.join("\n");
-    if let Some(e) = failure {
-        return Err(CapError::Failed(format!(
-            "build of {} failed: {e}\n{tail}",
-            b.image
-        )));
-    }
-    let id = docker
-        .inspect_image(&b.image.to_string())
-        .await
-        .map_err(engine_error)?
-        .id
-        .unwrap_or_default();
-    Ok((id, tail))
+    let outcome = failure.map_or(BuildOutcome::Built, BuildOutcome::Failed);
+    (tail, outcome)
 }
 
 pub async fn tag(docker: &Docker, source: &ImageRef, target: &ImageRef) -> Result<(), CapError> {

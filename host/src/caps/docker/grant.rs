@@ -130,7 +130,7 @@ pub(crate) fn compile(cx: &mut GrantCx<'_>, d: &RawDocker) -> DockerGrants {
     let mut size = |v: Option<&Spanned<toml::Value>>, key: &str| -> Option<u64> {
         let v = v?;
         let r = match v.get_ref() {
-            toml::Value::String(s) => crate::units::parse_size(s),
+            toml::Value::String(s) => crate::units::parse_size(s).map_err(|e| e.to_string()),
             other => Err(format!(
                 "expected a size string like \"512MiB\" or \"2GiB\", found {}",
                 toml_type(other)

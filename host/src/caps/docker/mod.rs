@@ -25,11 +25,11 @@ use crate::caps::capability::{Cap, Capability, GrantCx, StageEnv};
 use crate::caps::denied;
 use crate::caps::log::StageLog;
 use crate::caps::secrets::{contains_reference, Masker, SecretsCap};
-use crate::runtime::bindings::ci::stage::docker::{
+use crate::wit::ci::stage::docker::{
     BuildRequest, BuildResult, ContainerInfo, ContainerSpec, Host, MountMode, PushResult,
     RunRequest, RunResult,
 };
-use crate::runtime::bindings::{CapError, Denial};
+use crate::wit::{CapError, Denial};
 use engine::ContainerRequest;
 pub use engine::DockerEngine;
 use policy::{plain_text, DockerPolicy, MANAGED_LABEL};
@@ -84,7 +84,7 @@ impl Capability for DockerCap {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::docker::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::docker::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
@@ -610,7 +610,7 @@ impl Host for DockerCap {
 mod tests {
     use super::*;
     use crate::caps::secrets::SecretStore;
-    use crate::runtime::bindings::ci::stage::types::RemoteError;
+    use crate::wit::ci::stage::types::RemoteError;
 
     #[test]
     fn commands_are_shown_unambiguously() {

@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use crate::caps::denied;
 use crate::caps::docker::grant::DockerGrants;
 use crate::confined::{FileError, Root};
-use crate::runtime::bindings::ci::stage::docker::{MountMode, Privileges};
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::docker::{MountMode, Privileges};
+use crate::wit::CapError;
 
 pub use crate::grants::image::ImageRef;
 
@@ -232,7 +232,7 @@ impl DockerPolicy {
         set: &crate::grants::image::ImagePatterns,
         image: &str,
     ) -> Result<ImageRef, CapError> {
-        let r = ImageRef::parse(image).map_err(CapError::Invalid)?;
+        let r = ImageRef::parse(image).map_err(|e| CapError::Invalid(e.to_string()))?;
         if !set.allows(&r) {
             return Err(self.deny(op, image));
         }
@@ -256,7 +256,7 @@ impl DockerPolicy {
     /// build, run, tag, push, build from or scan), so it cannot relabel
     /// someone else's image into a repository it may push.
     pub fn tag_source(&self, image: &str) -> Result<ImageRef, CapError> {
-        let r = ImageRef::parse(image).map_err(CapError::Invalid)?;
+        let r = ImageRef::parse(image).map_err(|e| CapError::Invalid(e.to_string()))?;
         if self.grants.may_use(&r) {
             Ok(r)
         } else {

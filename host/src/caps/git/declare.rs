@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::caps::capability::{valid_id, GrantCx, Str, StrList, ID_RULE};
+use crate::caps::capability::{GrantCx, Str, StrList};
 use crate::grants::branch::{BranchPattern, BranchPatterns};
 
 /// A repository the host clones and pushes for the stages granted it.
@@ -41,21 +41,7 @@ pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, GitRemote> {
     let Some(doc) = cx.decode::<Doc>() else {
         return BTreeMap::new();
     };
-    let mut out = BTreeMap::new();
-    for (key, value) in doc.git {
-        let name = key.get_ref().clone();
-        if !valid_id(&name) {
-            cx.err(
-                key.span(),
-                format!("invalid git repository name {name:?}; expected {ID_RULE}"),
-            );
-        }
-        let span = value.span();
-        if let Some(remote) = remote(cx, name.clone(), span, value.into_inner()) {
-            out.insert(name, remote);
-        }
-    }
-    out
+    cx.declarations(doc.git, "git repository", remote)
 }
 
 fn remote(
@@ -105,28 +91,26 @@ fn remote(
 /// Remotes the host's git may talk to. `ssh://` and scp-style addresses
 /// are refused: git would use the user's own ssh keys and config, outside
 /// every grant. `ext::` and friends would run commands.
-pub fn git_url(url: &str) -> Result<(), String> {
+pub fn git_url(url: &str) -> anyhow::Result<()> {
     let parsed = url::Url::parse(url).map_err(|e| {
-        format!("{url:?} is not a URL ({e}); expected https://, http://, git:// or file://")
+        anyhow::anyhow!("{url:?} is not a URL ({e}); expected https://, http://, git:// or file://")
     })?;
     match parsed.scheme() {
         "https" | "http" | "git" | "file" => {}
         other => {
-            return Err(format!(
+            anyhow::bail!(
                 "scheme `{other}` is not supported; expected https://, http://, git:// or file://"
-            ))
+            )
         }
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "credentials do not belong in the URL (they would be logged and stored)".into(),
-        );
+        anyhow::bail!("credentials do not belong in the URL (they would be logged and stored)");
     }
     Ok(())
 }
 
 /// A branch name git accepts and no option can hide in.
-pub fn branch_name(b: &str) -> Result<(), String> {
+pub fn branch_name(b: &str) -> anyhow::Result<()> {
     let ok = !b.is_empty()
         && !b.starts_with(['-', '/', '.'])
         && !b.ends_with(['/', '.'])
@@ -139,7 +123,7 @@ pub fn branch_name(b: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(anyhow::anyhow!(
             "{b:?} is not a branch name (letters, digits, `-`, `_`, `.`, `/`; no `..`, not starting with `-`)"
         ))
     }

@@ -19,9 +19,9 @@ use crate::caps::denied;
 use crate::confined::{FileError, Root};
 use crate::exec::git::{redact_url, Git, GitError, Transport, MAX_LISTING};
 use crate::exec::{Finished, Input};
-use crate::runtime::bindings::ci::stage::git::{Checkout, Host};
-use crate::runtime::bindings::ci::stage::types::RemoteError;
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::git::{Checkout, Host};
+use crate::wit::ci::stage::types::RemoteError;
+use crate::wit::CapError;
 
 mod declare;
 
@@ -98,7 +98,7 @@ impl Capability for GitCap {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::git::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::git::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
@@ -196,7 +196,7 @@ impl GitCap {
             return Err(denied(&self.stage, "git", repo));
         };
         let branch = branch.unwrap_or_else(|| remote.branch.clone());
-        branch_name(&branch).map_err(CapError::Invalid)?;
+        branch_name(&branch).map_err(|e| CapError::Invalid(e.to_string()))?;
         if self.clones.len() >= self.limits.max_checkouts {
             return Err(CapError::Limit(format!(
                 "a stage may make at most {} clones",

@@ -37,8 +37,8 @@ use crate::caps::capability::{Cap, Capability, GrantCx, StageEnv, StrList};
 use crate::caps::denied;
 use crate::caps::secrets::SecretsCap;
 use crate::grants::url::{Refusal, UrlAllowlist, UrlPattern};
-use crate::runtime::bindings::ci::stage::http::{Host, Request, Response};
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::http::{Host, Request, Response};
+use crate::wit::CapError;
 use std::sync::Arc;
 
 /// Limits applied to every request.
@@ -100,7 +100,7 @@ impl Capability for HttpCap {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::http::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::http::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
@@ -120,6 +120,19 @@ struct HeaderTemplate<'a> {
     name: HeaderName,
     value: &'a str,
     secret: bool,
+}
+
+/// A request on its way, as redirects change it.
+struct Outgoing {
+    method: reqwest::Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+    /// Headers that carry secrets: dropped when leaving the origin.
+    secret_headers: Vec<HeaderName>,
+    /// The URL was written with `${secret:…}` (messages name the template).
+    url_secrets: bool,
+    body_secrets: bool,
 }
 
 impl HttpCap {
@@ -172,9 +185,44 @@ impl HttpCap {
         let shown = self.show(written);
         request::check_url_text(written)?;
         let url_secrets = self.secrets.check_template(written)?;
-        let mut method = request::method(&req.method, &|t| self.show(t))?;
-        let mut templates = Vec::with_capacity(req.headers.len());
-        for (k, v) in &req.headers {
+        let method = request::method(&req.method, &|t| self.show(t))?;
+        let templates = self.header_templates(&req.headers)?;
+        let body_secrets = self.body_has_secrets(req.body.as_deref())?;
+        // 2. Expansion, and 3. the expanded URL matched again.
+        let url = self.target_url(written, &shown, url_secrets)?;
+        let (headers, secret_headers) = self.expand_headers(templates)?;
+        let body = match req.body {
+            Some(b) if body_secrets => {
+                let text = String::from_utf8(b).expect("checked as UTF-8 above");
+                Some(self.secrets.expand(&text)?.into_bytes())
+            }
+            other => other,
+        };
+        let timeout = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(self.limits.default_timeout)
+            .min(self.limits.max_timeout);
+        let mut out = Outgoing {
+            method,
+            url,
+            headers,
+            body,
+            secret_headers,
+            url_secrets,
+            body_secrets,
+        };
+        self.exchange(&mut out, timeout, &shown).await
+    }
+
+    /// Each header's name and value checked as written, and whether the
+    /// value carries `${secret:…}`.
+    fn header_templates<'a>(
+        &self,
+        headers: &'a [(String, String)],
+    ) -> Result<Vec<HeaderTemplate<'a>>, CapError> {
+        let mut templates = Vec::with_capacity(headers.len());
+        for (k, v) in headers {
             let name = request::header_name(k, &|t| self.show(t))?;
             request::check_header_value(&name, v)?;
             let secret = self.secrets.check_template(v)?;
@@ -184,36 +232,43 @@ impl HttpCap {
                 secret,
             });
         }
-        let body_secrets = match &req.body {
-            Some(b) if b.len() > self.limits.max_request_body => {
-                return Err(CapError::Limit(format!(
-                    "request body of {} bytes exceeds the {} byte limit",
-                    b.len(),
-                    self.limits.max_request_body
-                )))
-            }
-            Some(b) => match std::str::from_utf8(b) {
-                Ok(s) => self.secrets.check_template(s)?,
-                Err(_) => false,
-            },
-            None => false,
-        };
-        let literal = if url_secrets {
-            self.check_origin_of_template(written, &shown)?;
-            None
-        } else {
-            Some(self.check_written(written, &shown)?)
-        };
+        Ok(templates)
+    }
 
-        // 2. Expansion, and 3. the expanded URL matched again.
-        let mut url = match literal {
-            Some(url) => url,
-            None => {
-                let expanded = self.secrets.expand(written)?;
-                self.check_expanded(&expanded)
-                    .map_err(|_| self.deny(shown.clone()))?
-            }
-        };
+    /// The body within its limit; whether it is text carrying `${secret:…}`.
+    fn body_has_secrets(&self, body: Option<&[u8]>) -> Result<bool, CapError> {
+        match body {
+            Some(b) if b.len() > self.limits.max_request_body => Err(CapError::Limit(format!(
+                "request body of {} bytes exceeds the {} byte limit",
+                b.len(),
+                self.limits.max_request_body
+            ))),
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(s) => self.secrets.check_template(s),
+                Err(_) => Ok(false),
+            },
+            None => Ok(false),
+        }
+    }
+
+    /// The URL to call: matched as written, or (with secrets) its written
+    /// origin matched, then expanded and matched again.
+    fn target_url(&self, written: &str, shown: &str, url_secrets: bool) -> Result<Url, CapError> {
+        if !url_secrets {
+            return self.check_written(written, shown);
+        }
+        self.check_origin_of_template(written, shown)?;
+        let expanded = self.secrets.expand(written)?;
+        self.check_expanded(&expanded)
+            .map_err(|_| self.deny(shown.to_string()))
+    }
+
+    /// The headers with their secrets expanded (and marked sensitive), and
+    /// the names of those that carry secrets.
+    fn expand_headers(
+        &self,
+        templates: Vec<HeaderTemplate<'_>>,
+    ) -> Result<(HeaderMap, Vec<HeaderName>), CapError> {
         let mut headers = HeaderMap::new();
         let mut secret_headers = Vec::new();
         for t in templates {
@@ -239,87 +294,97 @@ impl HttpCap {
             }
             headers.append(t.name, value);
         }
-        let mut body = match req.body {
-            Some(b) if body_secrets => {
-                let text = String::from_utf8(b).expect("checked as UTF-8 above");
-                Some(self.secrets.expand(&text)?.into_bytes())
-            }
-            other => other,
-        };
+        Ok((headers, secret_headers))
+    }
 
-        let timeout = req
-            .timeout_ms
-            .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(self.limits.default_timeout)
-            .min(self.limits.max_timeout);
+    /// 4. The request, and every redirect checked again.
+    async fn exchange(
+        &self,
+        out: &mut Outgoing,
+        timeout: Duration,
+        shown: &str,
+    ) -> Result<Response, CapError> {
         let deadline = tokio::time::Instant::now() + timeout;
-
-        // 4. The request, and every redirect checked again.
         for _ in 0..=self.limits.max_redirects {
             let mut rb = self
                 .client
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
-            if let Some(b) = &body {
+                .request(out.method.clone(), out.url.clone())
+                .headers(out.headers.clone());
+            if let Some(b) = &out.body {
                 rb = rb.body(b.clone());
             }
             let resp = tokio::time::timeout_at(deadline, rb.send())
                 .await
                 .map_err(|_| CapError::Limit(format!("request timed out after {timeout:?}")))?
-                .map_err(|e| CapError::Failed(client_error(&shown, &e)))?;
+                .map_err(|e| CapError::Failed(client_error(shown, &e)))?;
             if resp.status().is_redirection() {
                 if let Some(loc) = resp.headers().get(reqwest::header::LOCATION) {
-                    let loc = loc.to_str().map_err(|_| {
-                        CapError::Failed("redirect with a non-text Location".into())
-                    })?;
-                    let next = url
-                        .join(loc)
-                        .map_err(|e| CapError::Failed(format!("bad redirect Location: {e}")))?;
-                    if self.allow.check(&next).is_err() {
-                        // A relative Location keeps parts of the expanded
-                        // URL: name only the template then.
-                        let target = if url_secrets {
-                            format!("{shown} (redirected outside the grant)")
-                        } else {
-                            format!("{} (redirect from {shown})", self.show(next.as_str()))
-                        };
-                        return Err(self.deny(target));
-                    }
-                    let keeps_body = matches!(resp.status().as_u16(), 307 | 308)
-                        || method == reqwest::Method::HEAD;
-                    if next.origin() != url.origin() {
-                        // Credentials and secrets stay with the origin
-                        // they were meant for.
-                        if keeps_body && body_secrets && body.is_some() {
-                            return Err(CapError::Failed(format!(
-                                "request to {shown}: not following a redirect to another origin: it would resend a body that carries secrets"
-                            )));
-                        }
-                        for h in [
-                            reqwest::header::AUTHORIZATION,
-                            reqwest::header::COOKIE,
-                            reqwest::header::PROXY_AUTHORIZATION,
-                        ]
-                        .iter()
-                        .chain(&secret_headers)
-                        {
-                            headers.remove(h);
-                        }
-                    }
-                    if !keeps_body {
-                        method = reqwest::Method::GET;
-                        body = None;
-                    }
-                    url = next;
+                    self.redirect(out, resp.status(), loc, shown)?;
                     continue;
                 }
             }
-            return self.read_response(resp, deadline, timeout, &shown).await;
+            return self.read_response(resp, deadline, timeout, shown).await;
         }
         Err(CapError::Limit(format!(
             "more than {} redirects",
             self.limits.max_redirects
         )))
+    }
+
+    /// `out` turned toward a redirect's Location, which must be granted;
+    /// leaving the origin drops credentials and secret headers, and a body
+    /// with secrets is never resent elsewhere.
+    fn redirect(
+        &self,
+        out: &mut Outgoing,
+        status: reqwest::StatusCode,
+        loc: &HeaderValue,
+        shown: &str,
+    ) -> Result<(), CapError> {
+        let loc = loc
+            .to_str()
+            .map_err(|_| CapError::Failed("redirect with a non-text Location".into()))?;
+        let next = out
+            .url
+            .join(loc)
+            .map_err(|e| CapError::Failed(format!("bad redirect Location: {e}")))?;
+        if self.allow.check(&next).is_err() {
+            // A relative Location keeps parts of the expanded
+            // URL: name only the template then.
+            let target = if out.url_secrets {
+                format!("{shown} (redirected outside the grant)")
+            } else {
+                format!("{} (redirect from {shown})", self.show(next.as_str()))
+            };
+            return Err(self.deny(target));
+        }
+        let keeps_body =
+            matches!(status.as_u16(), 307 | 308) || out.method == reqwest::Method::HEAD;
+        if next.origin() != out.url.origin() {
+            // Credentials and secrets stay with the origin
+            // they were meant for.
+            if keeps_body && out.body_secrets && out.body.is_some() {
+                return Err(CapError::Failed(format!(
+                    "request to {shown}: not following a redirect to another origin: it would resend a body that carries secrets"
+                )));
+            }
+            for h in [
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::COOKIE,
+                reqwest::header::PROXY_AUTHORIZATION,
+            ]
+            .iter()
+            .chain(&out.secret_headers)
+            {
+                out.headers.remove(h);
+            }
+        }
+        if !keeps_body {
+            out.method = reqwest::Method::GET;
+            out.body = None;
+        }
+        out.url = next;
+        Ok(())
     }
 
     /// A URL with no `${secret:…}`: parsed and matched as written. Its

@@ -4,7 +4,7 @@ use reqwest::header::HeaderName;
 
 use crate::caps::audit::refuse_line_breaks;
 use crate::caps::secrets::contains_reference;
-use crate::runtime::bindings::CapError;
+use crate::wit::CapError;
 
 /// Headers only the host sets: they decide where a request goes, how it
 /// is framed, or who it claims to come from. A plugin asking for one is

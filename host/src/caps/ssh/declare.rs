@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::caps::capability::{valid_id, GrantCx, Str, ID_RULE};
+use crate::caps::capability::{GrantCx, Str};
 
 /// A host the system `ssh` reaches for the stages granted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,21 +68,7 @@ pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, SshHost> {
     let Some(doc) = cx.decode::<Doc>() else {
         return BTreeMap::new();
     };
-    let mut out = BTreeMap::new();
-    for (key, value) in doc.ssh {
-        let name = key.get_ref().clone();
-        if !valid_id(&name) {
-            cx.err(
-                key.span(),
-                format!("invalid ssh host name {name:?}; expected {ID_RULE}"),
-            );
-        }
-        let span = value.span();
-        if let Some(h) = host(cx, name.clone(), span, value.into_inner()) {
-            out.insert(name, h);
-        }
-    }
-    out
+    cx.declarations(doc.ssh, "ssh host", host)
 }
 
 fn host(
@@ -154,18 +140,18 @@ fn host(
 
 /// `user@host[:port]` → parts. The user and host are plain names: they
 /// end up on ssh's command line.
-pub fn ssh_address(a: &str) -> Result<(String, String, u16), String> {
+pub fn ssh_address(a: &str) -> anyhow::Result<(String, String, u16)> {
     let expected = "expected `user@host` or `user@host:port`";
     let (user, rest) = a
         .split_once('@')
-        .ok_or_else(|| format!("{a:?} has no user; {expected}"))?;
+        .ok_or_else(|| anyhow::anyhow!("{a:?} has no user; {expected}"))?;
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
             h,
             p.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("port {p:?} is not a port number"))?,
+                .ok_or_else(|| anyhow::anyhow!("port {p:?} is not a port number"))?,
         ),
         None => (rest, 22),
     };
@@ -176,34 +162,30 @@ pub fn ssh_address(a: &str) -> Result<(String, String, u16), String> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     if !plain(user) {
-        return Err(format!(
-            "user {user:?} is not a plain user name; {expected}"
-        ));
+        anyhow::bail!("user {user:?} is not a plain user name; {expected}");
     }
     if !plain(host) {
-        return Err(format!(
-            "host {host:?} is not a plain host name or IPv4 address; {expected}"
-        ));
+        anyhow::bail!("host {host:?} is not a plain host name or IPv4 address; {expected}");
     }
     Ok((user.to_string(), host.to_string(), port))
 }
 
 /// `TYPE BASE64 [comment]` as `ssh-keyscan` prints it (without the host).
-pub fn check_host_key(k: &str) -> Result<(), String> {
+pub fn check_host_key(k: &str) -> anyhow::Result<()> {
     use base64::Engine;
     let mut parts = k.split_whitespace();
     let (Some(kind), Some(data)) = (parts.next(), parts.next()) else {
-        return Err("expected `TYPE BASE64`, e.g. \"ssh-ed25519 AAAAC3Nza…\" (the output of `ssh-keyscan -t ed25519 HOST` without the host)".into());
+        anyhow::bail!("expected `TYPE BASE64`, e.g. \"ssh-ed25519 AAAAC3Nza…\" (the output of `ssh-keyscan -t ed25519 HOST` without the host)");
     };
     if !HOST_KEY_TYPES.contains(&kind) {
-        return Err(format!(
+        anyhow::bail!(
             "unknown key type `{kind}`; expected one of {}",
             HOST_KEY_TYPES.join(", ")
-        ));
+        );
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
-        .map_err(|_| "the key is not valid base64".to_string())?;
+        .map_err(|_| anyhow::anyhow!("the key is not valid base64"))?;
     // The blob starts with its own type name: catches a key pasted under
     // the wrong type or truncated.
     let named = bytes
@@ -215,7 +197,7 @@ pub fn check_host_key(k: &str) -> Result<(), String> {
         .map(|n| n == kind.as_bytes())
         .unwrap_or(false);
     if !named {
-        return Err(format!("the key data is not a `{kind}` key"));
+        anyhow::bail!("the key data is not a `{kind}` key");
     }
     Ok(())
 }
@@ -255,6 +237,7 @@ mod tests {
         let wrong = k.replace("ssh-ed25519", "ssh-rsa");
         assert!(check_host_key(&wrong)
             .unwrap_err()
+            .to_string()
             .contains("not a `ssh-rsa` key"));
     }
 }

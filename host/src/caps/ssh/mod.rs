@@ -18,9 +18,9 @@ use crate::caps::denied;
 use crate::caps::secrets::SecretStore;
 use crate::confined::{FileError, Root};
 use crate::exec::{self, Finished, Input};
-use crate::runtime::bindings::ci::stage::ssh::{ExecRequest, ExecResult, Host};
-use crate::runtime::bindings::ci::stage::types::RemoteError;
-use crate::runtime::bindings::CapError;
+use crate::wit::ci::stage::ssh::{ExecRequest, ExecResult, Host};
+use crate::wit::ci::stage::types::RemoteError;
+use crate::wit::CapError;
 
 mod declare;
 
@@ -71,7 +71,7 @@ impl Capability for SshCap {
         linker: &mut wasmtime::component::Linker<T>,
         get: fn(&mut T) -> &mut Self,
     ) -> wasmtime::Result<()> {
-        crate::runtime::bindings::ci::stage::ssh::add_to_linker::<_, Cap<Self>>(linker, get)
+        crate::wit::ci::stage::ssh::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
     fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
