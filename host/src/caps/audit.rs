@@ -11,7 +11,9 @@
 //! A target with a raw line break is refused before it is acted on
 //! ([`refuse_line_breaks`]; http URLs, ssh and docker commands): what a
 //! line-oriented tool or log would split must not be run.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -160,7 +162,7 @@ impl Audit {
             allowed,
             outcome: render(&self.masker, &outcome, MAX_OUTCOME),
         };
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         if inner.entries.len() < MAX_ENTRIES {
             inner.entries.push(entry);
         } else {
@@ -170,7 +172,7 @@ impl Audit {
 
     /// Everything recorded (and a last entry counting what was not kept).
     pub fn entries(&self) -> Vec<AuditEntry> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.lock();
         let mut out = inner.entries.clone();
         if inner.dropped > 0 {
             out.push(AuditEntry {

@@ -187,7 +187,7 @@ pub trait Capability: Sized + Send + 'static {
     ) -> wasmtime::Result<()>;
 
     /// This capability for one attempt of one stage.
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String>;
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self>;
 }
 
 /// The `Raw` of a capability that has no `grants` key.

@@ -1,6 +1,8 @@
 //! The stage log: `log` import calls and the guest's stdout/stderr, masked,
 //! bounded, and forwarded live to whoever watches the run.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -97,7 +99,7 @@ impl StageLog {
 
     /// Append one line from `stream`. Errors once the budget is spent.
     pub fn push(&self, stream: &str, text: &str) -> Result<(), LogLimitExceeded> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         self.push_locked(&mut inner, stream, text)
     }
 
@@ -156,7 +158,7 @@ impl StageLog {
     /// a container). It has its own budget: chatty tools are cut, not
     /// fatal, and cannot spend the plugin's own log budget.
     pub fn append_external(&self, stream: &str, text: &str) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         if inner.external_truncated {
             return;
         }
@@ -185,7 +187,7 @@ impl StageLog {
 
     /// Raw bytes from stdout/stderr: split into lines, keep the tail.
     fn write_stream(&self, stdout: bool, bytes: &[u8]) -> Result<(), LogLimitExceeded> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         let stream = if stdout { "stdout" } else { "stderr" };
         let mut partial = std::mem::take(if stdout {
             &mut inner.stdout
@@ -257,8 +259,8 @@ impl StageLog {
     }
 
     /// Log what is left of unterminated stdout/stderr lines.
-    fn flush_partial(&self) -> std::sync::MutexGuard<'_, Inner> {
-        let mut inner = self.inner.lock().unwrap();
+    fn flush_partial(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        let mut inner = self.inner.lock();
         for stdout in [true, false] {
             let Partial { buf, skipping } = std::mem::take(if stdout {
                 &mut inner.stdout
@@ -275,7 +277,7 @@ impl StageLog {
     }
 
     pub fn limit_exceeded(&self) -> bool {
-        self.inner.lock().unwrap().exceeded
+        self.inner.lock().exceeded
     }
 
     /// A WASI stdout/stderr that writes into this log.
@@ -398,7 +400,7 @@ impl Capability for StageLog {
     }
 
     /// The stage's log, shared with the executor that collects it.
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
         Ok(env.log.clone())
     }
 }

@@ -137,7 +137,7 @@ macro_rules! capabilities {
 
         impl StageCaps {
             /// Every capability for one attempt of one stage.
-            pub fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+            pub fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
                 Ok(Self {
                     $($p: <$pty as Capability>::for_stage(env)?,)*
                     $($g: <$gty as Capability>::for_stage(env)?,)*

@@ -87,7 +87,7 @@ impl Capability for ScanCap {
         crate::wit::ci::stage::scan::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
         Ok(ScanCap::new(
             env.stage,
             env.grants.scan,

@@ -127,17 +127,30 @@ impl SecretStore {
     }
 
     /// The value, or why it is not available.
-    pub fn get(&self, name: &str) -> Result<&str, String> {
+    pub fn get(&self, name: &str) -> Result<&str, SecretUnavailable> {
         match self.values.get(name) {
             Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(format!("secret `{name}`: {e}")),
-            None => Err(format!("secret `{name}` is not declared in [secrets]")),
+            Some(Err(e)) => Err(SecretUnavailable::Unresolved {
+                name: name.to_string(),
+                reason: e.clone(),
+            }),
+            None => Err(SecretUnavailable::Undeclared(name.to_string())),
         }
     }
 
     pub fn masker(&self) -> &Masker {
         &self.masker
     }
+}
+
+/// Why a secret's value cannot be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretUnavailable {
+    /// Declared, but its source gave no value (the reason names the source).
+    #[error("secret `{name}`: {reason}")]
+    Unresolved { name: String, reason: String },
+    #[error("secret `{0}` is not declared in [secrets]")]
+    Undeclared(String),
 }
 
 /// Replaces secret values, and the encodings they commonly travel in, with
@@ -464,7 +477,9 @@ impl SecretsCap {
     /// Value of a secret the stage may *use* in a capability call.
     pub fn usable_value(&self, name: &str) -> Result<&str, CapError> {
         self.check_usable(name)?;
-        self.store.get(name).map_err(CapError::Failed)
+        self.store
+            .get(name)
+            .map_err(|e| CapError::Failed(e.to_string()))
     }
 
     /// Check a `${secret:NAME}` template without touching any value: the
@@ -507,7 +522,7 @@ impl SecretsCap {
     }
 
     /// Check that every granted secret resolved (run before the stage starts).
-    pub fn check_available(&self) -> Result<(), String> {
+    pub fn check_available(&self) -> Result<(), SecretUnavailable> {
         for name in self.usable.iter().chain(&self.readable) {
             self.store.get(name)?;
         }
@@ -577,7 +592,7 @@ impl Capability for Arc<SecretsCap> {
 
     /// The stage's secret use, shared with the capabilities that expand
     /// `${secret:…}`.
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
         Ok(env.secrets_cap.clone())
     }
 }
@@ -599,7 +614,7 @@ impl Host for Arc<SecretsCap> {
             self.store
                 .get(&name)
                 .map(str::to_string)
-                .map_err(CapError::Failed)
+                .map_err(|e| CapError::Failed(e.to_string()))
         };
         // The value itself is never recorded (and the masker would hide it).
         self.audit.record("secrets.read", &name, &result, |_| {
@@ -834,7 +849,7 @@ mod tests {
             .into(),
         );
         let c = SecretsCap::new("s", vec!["x".into()], vec![], Arc::new(store));
-        let err = c.check_available().unwrap_err();
+        let err = c.check_available().unwrap_err().to_string();
         assert!(err.contains("secret `x`") && err.contains("`X`"), "{err}");
     }
 }

@@ -64,7 +64,7 @@ fn show(args: ArtifactsArgs, state_dir: &Path) -> Result<u8> {
     if let Some(out) = &args.out {
         for r in &rows {
             let plain = store.fetch(&run.id, &r.stage, &r.path, &r.digest)?;
-            let to = output_path(out, &r.stage, &r.path).map_err(anyhow::Error::msg)?;
+            let to = output_path(out, &r.stage, &r.path)?;
             std::fs::create_dir_all(to.parent().expect("has a parent"))?;
             std::fs::write(&to, plain)?;
         }

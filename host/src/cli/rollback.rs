@@ -28,15 +28,8 @@ pub struct RollbackArgs {
     /// Set a variable stages may be granted by name (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = super::run::parse_kv)]
     pub env: Vec<(String, String)>,
-    /// Do not print stage log lines while running.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Print the run record as JSON on stdout at the end.
-    #[arg(long)]
-    pub json: bool,
-    /// Refuse to run unless every remote plugin is pinned in the lock file.
-    #[arg(long)]
-    pub locked: bool,
+    #[command(flatten)]
+    pub output: super::run::RunFlags,
 }
 
 /// One deployment found in the history.
@@ -98,16 +91,19 @@ pub fn pick<'a>(history: &'a [Deployment], to: Option<&str>) -> Result<&'a Deplo
 }
 
 pub async fn rollback(args: RollbackArgs, state_dir: &Path) -> Result<u8> {
-    let pipeline =
-        match super::run::load_resolved(&args.file, state_dir, super::run::lock_mode(args.locked))
-            .await
-        {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                eprintln!("{e}");
-                return Ok(super::exit::USAGE);
-            }
-        };
+    let pipeline = match super::run::load_resolved(
+        &args.file,
+        state_dir,
+        super::run::lock_mode(args.output.locked),
+    )
+    .await
+    {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(super::exit::USAGE);
+        }
+    };
     if pipeline.environment(&args.environment).is_none() {
         bail!(
             "environment `{}` is not declared in [environments] of {}",
@@ -160,7 +156,14 @@ pub async fn rollback(args: RollbackArgs, state_dir: &Path) -> Result<u8> {
         .insert(stage.name.clone(), format!("{by} (host rollback)"));
     opts.env.extend(args.env);
     drop(store);
-    super::run::execute(pipeline, opts, state_dir, args.quiet, args.json).await
+    super::run::execute(
+        pipeline,
+        opts,
+        state_dir,
+        args.output.quiet,
+        args.output.json,
+    )
+    .await
 }
 
 #[cfg(test)]

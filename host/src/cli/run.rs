@@ -17,6 +17,22 @@ use crate::source::{
     archive::{ArchiveError, Limits},
 };
 
+/// How a run started from the command line reports and resolves plugins
+/// (`host run`, `host rollback`).
+#[derive(Args)]
+pub struct RunFlags {
+    /// Do not print stage log lines while running.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the run record as JSON on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// Refuse to run unless every remote plugin is already pinned in the
+    /// lock file (for CI: the lock file is never changed).
+    #[arg(long)]
+    pub locked: bool,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// The pipeline file.
@@ -55,16 +71,8 @@ pub struct RunArgs {
     /// Link to show in notifications.
     #[arg(long, default_value = "")]
     pub url: String,
-    /// Do not print stage log lines while running.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Print the run record as JSON on stdout at the end.
-    #[arg(long)]
-    pub json: bool,
-    /// Refuse to run unless every remote plugin is already pinned in the
-    /// lock file (for CI: the lock file is never changed).
-    #[arg(long)]
-    pub locked: bool,
+    #[command(flatten)]
+    pub output: RunFlags,
     /// Run in the git checkout itself even when a stage may write the
     /// workspace. Risky: such a stage (or a container it runs) can write
     /// `.git` (hooks, `core.fsmonitor`, `core.sshCommand`…), and the next git
@@ -97,7 +105,7 @@ pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
-    let pipeline = match load_resolved(&args.file, state_dir, lock_mode(args.locked)).await {
+    let pipeline = match load_resolved(&args.file, state_dir, lock_mode(args.output.locked)).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("{e}");
@@ -162,7 +170,14 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
     opts.env.extend(args.env);
     drop(store);
     // `unpacked` and `copy` (the workspace) live until the run has ended.
-    let code = execute(pipeline, opts, state_dir, args.quiet, args.json).await;
+    let code = execute(
+        pipeline,
+        opts,
+        state_dir,
+        args.output.quiet,
+        args.output.json,
+    )
+    .await;
     drop(unpacked);
     drop(copy);
     code

@@ -391,23 +391,31 @@ pub(crate) fn needs_indices(stages: &[Stage]) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// Why a declared path cannot be an artifact (checked by `host check`).
-pub fn check_artifact_path(path: &str) -> Result<(), String> {
+/// Why a declared path cannot be an artifact.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArtifactPathError {
+    #[error("an artifact path must not be empty")]
+    Empty,
+    #[error("artifact `{0}` must be relative to the workspace")]
+    Absolute(String),
+    #[error("artifact `{0}` must not contain `..` or `.` parts")]
+    NotNormal(String),
+}
+
+/// Checks a declared artifact path (by `host check`, and before a recorded
+/// path is written anywhere).
+pub fn check_artifact_path(path: &str) -> Result<(), ArtifactPathError> {
     let p = Path::new(path);
     if path.trim().is_empty() {
-        return Err("an artifact path must not be empty".into());
+        return Err(ArtifactPathError::Empty);
     }
     if p.is_absolute() {
-        return Err(format!(
-            "artifact `{path}` must be relative to the workspace"
-        ));
+        return Err(ArtifactPathError::Absolute(path.to_string()));
     }
     if p.components()
         .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(format!(
-            "artifact `{path}` must not contain `..` or `.` parts"
-        ));
+        return Err(ArtifactPathError::NotNormal(path.to_string()));
     }
     Ok(())
 }

@@ -609,7 +609,7 @@ fn stage_artifacts(cx: &mut Ctx<'_, '_>, r: &RawStage, grants: &Grants) -> Vec<S
                 format!("artifact `{}` is listed twice", a.get_ref()),
             ),
             Ok(()) => artifacts.push(a.get_ref().clone()),
-            Err(e) => cx.err(a.span(), e),
+            Err(e) => cx.err(a.span(), e.to_string()),
         }
     }
     if !artifacts.is_empty() && grants.workspace.is_none() && grants.docker == Default::default() {

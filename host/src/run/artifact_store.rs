@@ -71,6 +71,24 @@ impl ArtifactStore {
             .join(format!("{}.enc", &name[..32]))
     }
 
+    /// [`ArtifactStore::keep`] for `artifacts::record_with`: every declared
+    /// file of `stage` in `run`, kept as it is hashed.
+    pub fn keeper<'a>(
+        &'a self,
+        run: &'a str,
+        stage: &'a str,
+    ) -> impl FnMut(&str, std::fs::File) -> Result<String, crate::run::artifacts::ArtifactError> + 'a
+    {
+        move |path, file| {
+            self.keep(run, stage, path, file).map_err(|e| {
+                crate::run::artifacts::ArtifactError::Unreadable {
+                    path: path.to_string(),
+                    reason: e.to_string(),
+                }
+            })
+        }
+    }
+
     /// Encrypts one declared file of a stage that just succeeded (`file`,
     /// resolved in the workspace) and returns its digest: the file is read
     /// once, so the bytes stored are the bytes recorded.
@@ -214,7 +232,11 @@ fn local_key(file: &Path) -> Result<[u8; 32], StoreError> {
 }
 
 /// Checks a recorded path before writing it under an output directory.
-pub fn output_path(out: &Path, stage: &str, path: &str) -> Result<PathBuf, String> {
+pub fn output_path(
+    out: &Path,
+    stage: &str,
+    path: &str,
+) -> Result<PathBuf, crate::pipeline::ArtifactPathError> {
     crate::pipeline::check_artifact_path(path)?;
     Ok(out.join(stage).join(path))
 }
@@ -230,9 +252,11 @@ mod tests {
         std::fs::create_dir_all(ws.join("dist")).unwrap();
         std::fs::write(ws.join("dist/app"), b"the release").unwrap();
         let store = ArtifactStore::open(&dir.path().join("state")).unwrap();
-        let digests = crate::run::artifacts::record_with(&ws, &["dist/app".to_string()], |p, f| {
-            store.keep("r1", "build", p, f).map_err(|e| e.to_string())
-        })
+        let digests = crate::run::artifacts::record_with(
+            &ws,
+            &["dist/app".to_string()],
+            store.keeper("r1", "build"),
+        )
         .unwrap();
         let digest = digests["dist/app"].clone();
         assert_eq!(

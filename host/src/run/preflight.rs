@@ -79,7 +79,7 @@ pub async fn load_plugins(
 /// its stage must be granted, before anything runs.
 fn missing_grants<'a>(
     stage: &'a crate::pipeline::Stage,
-    info: &'a crate::runtime::bindings::PluginInfo,
+    info: &'a crate::wit::PluginInfo,
 ) -> impl Iterator<Item = Diagnostic> + 'a {
     crate::caps::missing(&stage.grants, &info.capabilities)
         .into_iter()

@@ -20,11 +20,11 @@ use crate::run::record::{
     now_rfc3339, AnnotationRecord, ApprovalRecord, Decision, StageRecord, Status,
 };
 use crate::run::scheduler::{pending, Rollback, Scheduler};
-use crate::runtime::bindings::{
-    ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
-};
 use crate::runtime::sandbox::{check_report, Sandbox, MAX_REPORT_TEXT};
 use crate::runtime::{Plugin, Runtime};
+use crate::wit::{
+    ReportStatus, RunContext, StageContext, StageReport, StageStatus, StageSummary, Upstream,
+};
 
 /// Everything one stage task needs, shared read-only across tasks.
 pub(super) struct RunShared {
@@ -125,7 +125,7 @@ fn build_caps(
         )
         .with_audit(audit.clone()),
     );
-    secrets_cap.check_available()?;
+    secrets_cap.check_available().map_err(|e| e.to_string())?;
     let workspace = g.workspace.map(|a| {
         (
             shared.opts.workspace.clone(),
@@ -146,7 +146,7 @@ fn build_caps(
         audit: audit.clone(),
         shared: &shared.caps,
     };
-    let caps = StageCaps::for_stage(&env)?;
+    let caps = StageCaps::for_stage(&env).map_err(|e| format!("{e:#}"))?;
     let env = g
         .env
         .iter()
@@ -329,6 +329,7 @@ impl StageRun {
         blocking(move || {
             up.iter()
                 .try_for_each(|(producer, d)| artifacts::verify(&ws, producer, d))
+                .map_err(|e| e.to_string())
         })
         .await
     }
@@ -341,13 +342,12 @@ async fn keep_artifacts(shared: &RunShared, stage: &Stage, rec: &mut StageRecord
     let paths = stage.artifacts.clone();
     let store = shared.artifact_store.clone();
     let (run, name) = (shared.opts.id.clone(), stage.name.clone());
-    let kept = blocking(move || match store {
-        Some(store) => artifacts::record_with(&ws, &paths, |path, file| {
-            store
-                .keep(&run, &name, path, file)
-                .map_err(|e| e.to_string())
-        }),
-        None => artifacts::record(&ws, &paths),
+    let kept = blocking(move || {
+        match store {
+            Some(store) => artifacts::record_with(&ws, &paths, store.keeper(&run, &name)),
+            None => artifacts::record(&ws, &paths),
+        }
+        .map_err(|e| e.to_string())
     });
     match kept.await {
         Ok(d) => rec.artifacts = d,
@@ -481,7 +481,7 @@ fn apply_report(rec: &mut StageRecord, report: StageReport, masker: &Masker) {
         rec.summary.clear();
         rec.outputs.clear();
         rec.annotations.clear();
-        rec.error = Some(stage_text(masker, &limit));
+        rec.error = Some(stage_text(masker, &limit.to_string()));
         return;
     }
     rec.summary = stage_text(masker, &report.summary);
@@ -517,7 +517,7 @@ fn apply_report(rec: &mut StageRecord, report: StageReport, masker: &Masker) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::{Annotation, Level};
+    use crate::wit::{Annotation, Level};
 
     fn report(status: ReportStatus, text: &str) -> StageReport {
         StageReport {

@@ -3,15 +3,12 @@
 pub mod cache;
 pub mod sandbox;
 
-// The bindings moved to the leaf `crate::wit`; run/ and serve/dispatch.rs still
-// use this path on another branch.
-// TODO(merge): remove
-pub use crate::wit as bindings;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -162,7 +159,7 @@ impl Runtime {
         started: Instant,
     ) -> Result<Plugin, LoadError> {
         check_component_header(path, bytes)?;
-        if let Some(l) = self.loaded.lock().unwrap().get(&sha256).cloned() {
+        if let Some(l) = self.loaded.lock().get(&sha256).cloned() {
             return Ok(Plugin {
                 path: path.to_path_buf(),
                 sha256,
@@ -188,7 +185,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = StagePre::new(instance_pre).map_err(wrong_world)?;
-        self.loaded.lock().unwrap().insert(
+        self.loaded.lock().insert(
             sha256.clone(),
             Loaded {
                 component: component.clone(),
@@ -225,14 +222,13 @@ impl Runtime {
         let known = self
             .loaded
             .lock()
-            .unwrap()
             .get(&plugin.sha256)
             .and_then(|l| l.info.clone());
         if let Some(info) = known {
             return Ok(info);
         }
         let info = self.call_describe(plugin).await?;
-        if let Some(l) = self.loaded.lock().unwrap().get_mut(&plugin.sha256) {
+        if let Some(l) = self.loaded.lock().get_mut(&plugin.sha256) {
             l.info = Some(info.clone());
         }
         Ok(info)

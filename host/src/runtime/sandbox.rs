@@ -208,13 +208,17 @@ pub const MAX_ANNOTATIONS_BYTES: usize = 1024 * 1024;
 /// longer than this is cut (the same as a log line).
 pub const MAX_REPORT_TEXT: usize = 16 * 1024;
 
+/// A report over one of the limits: what it holds and the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("report limit exceeded: {what}; the limit is {limit}")]
+pub struct ReportLimit {
+    pub what: String,
+    pub limit: String,
+}
+
 /// Why a report is refused, naming the limit and the count.
-pub fn check_report(report: &StageReport) -> Result<(), String> {
-    let over = |what: String, limit: String| {
-        Err(format!(
-            "report limit exceeded: {what}; the limit is {limit}"
-        ))
-    };
+pub fn check_report(report: &StageReport) -> Result<(), ReportLimit> {
+    let over = |what: String, limit: String| Err(ReportLimit { what, limit });
     let n = report.outputs.len();
     if n > MAX_OUTPUTS {
         return over(
@@ -356,7 +360,7 @@ mod tests {
     #[test]
     fn reports_are_bounded_naming_the_limit_and_the_count() {
         assert!(check_report(&report(MAX_OUTPUTS, 10, MAX_ANNOTATIONS, 100)).is_ok());
-        let err = |r: StageReport| check_report(&r).unwrap_err();
+        let err = |r: StageReport| check_report(&r).unwrap_err().to_string();
         let e = err(report(MAX_OUTPUTS + 1, 1, 0, 0));
         assert!(
             e.contains("1001 outputs") && e.contains("limit is 1000 outputs"),

@@ -87,8 +87,8 @@ impl Capability for DockerCap {
         crate::wit::ci::stage::docker::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
-        let policy = DockerPolicy::new(env.stage, &env.grants.docker, env.workspace.clone())?
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
+        let policy = DockerPolicy::new(env.stage, &env.grants.docker, env.workspace.clone())
             .with_stage_memory(env.memory);
         Ok(DockerCap::new(
             policy,

@@ -171,17 +171,13 @@ fn workspace_owner(workspace: Option<&Path>) -> (u32, u32) {
 }
 
 impl DockerPolicy {
-    pub fn new(
-        stage: &str,
-        g: &DockerGrants,
-        workspace: Option<(PathBuf, bool)>,
-    ) -> Result<Self, String> {
+    pub fn new(stage: &str, g: &DockerGrants, workspace: Option<(PathBuf, bool)>) -> Self {
         let ws = workspace.as_ref().map(|(p, _)| p.as_path());
         let (uid, gid) = if g.root { (0, 0) } else { workspace_owner(ws) };
         let root_owned = ws
             .and_then(|w| std::fs::metadata(w).ok())
             .is_some_and(|m| m.uid() == 0);
-        Ok(Self {
+        Self {
             stage: stage.to_string(),
             grants: g.clone(),
             workspace,
@@ -194,7 +190,7 @@ impl DockerPolicy {
             },
             root_owned,
             any: *g != DockerGrants::default(),
-        })
+        }
     }
 
     /// Containers get the stage's `memory` unless `grants.docker.memory`
@@ -469,7 +465,7 @@ mod tests {
     }
 
     fn policy() -> DockerPolicy {
-        DockerPolicy::new("s", &grants(), None).unwrap()
+        DockerPolicy::new("s", &grants(), None)
     }
 
     #[test]
@@ -574,9 +570,7 @@ mod tests {
         let ws = dir.path().canonicalize().unwrap();
         std::os::unix::fs::chown(&ws, Some(1234), Some(2345)).unwrap();
         let g = DockerGrants::default();
-        let p = DockerPolicy::new("s", &g, Some((ws.clone(), true)))
-            .unwrap()
-            .with_stage_memory(128 << 20);
+        let p = DockerPolicy::new("s", &g, Some((ws.clone(), true))).with_stage_memory(128 << 20);
         let l = p.limits();
         assert_eq!((l.uid, l.gid), (1234, 2345));
         assert_eq!(l.memory, 128 << 20);
@@ -587,9 +581,9 @@ mod tests {
         );
         // Never root's ids by default.
         std::os::unix::fs::chown(&ws, Some(0), Some(0)).unwrap();
-        let p = DockerPolicy::new("s", &g, Some((ws.clone(), true))).unwrap();
+        let p = DockerPolicy::new("s", &g, Some((ws.clone(), true)));
         assert_eq!((p.limits().uid, p.limits().gid), (65534, 65534));
-        let p = DockerPolicy::new("s", &g, None).unwrap();
+        let p = DockerPolicy::new("s", &g, None);
         assert_eq!((p.limits().uid, p.limits().gid), (65534, 65534));
         // Root only with the grant, and the grant's limits win.
         let g = DockerGrants {
@@ -599,9 +593,7 @@ mod tests {
             pids: Some(64),
             ..Default::default()
         };
-        let p = DockerPolicy::new("s", &g, Some((ws, true)))
-            .unwrap()
-            .with_stage_memory(128 << 20);
+        let p = DockerPolicy::new("s", &g, Some((ws, true))).with_stage_memory(128 << 20);
         assert_eq!(
             p.limits().summary(),
             "user 0:0, memory 1GiB, cpus 1.5, pids 64"
@@ -622,7 +614,7 @@ mod tests {
             build: ImagePatterns::parse(&["local/app"]).unwrap(),
             ..Default::default()
         };
-        let p = DockerPolicy::new("s", &g, Some((ws.clone(), false))).unwrap();
+        let p = DockerPolicy::new("s", &g, Some((ws.clone(), false)));
         let c = p.build_context("app", None).unwrap();
         assert_eq!(
             (c.dockerfile.as_str(), c.text.as_str()),
@@ -654,7 +646,7 @@ mod tests {
                 "{ctx} {df:?}"
             );
         }
-        let none = DockerPolicy::new("s", &g, None).unwrap();
+        let none = DockerPolicy::new("s", &g, None);
         assert!(matches!(
             none.build_context("app", None),
             Err(CapError::Denied(_))

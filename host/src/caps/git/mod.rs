@@ -101,7 +101,7 @@ impl Capability for GitCap {
         crate::wit::ci::stage::git::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
         let repos = env
             .grants
             .git

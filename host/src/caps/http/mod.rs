@@ -103,7 +103,7 @@ impl Capability for HttpCap {
         crate::wit::ci::stage::http::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
         Ok(HttpCap::new(
             env.stage,
             env.grants.http.clone(),

@@ -74,7 +74,7 @@ impl Capability for SshCap {
         crate::wit::ci::stage::ssh::add_to_linker::<_, Cap<Self>>(linker, get)
     }
 
-    fn for_stage(env: &StageEnv<'_>) -> Result<Self, String> {
+    fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {
         let hosts = env
             .grants
             .ssh
