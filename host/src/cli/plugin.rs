@@ -120,20 +120,21 @@ fn sig_path(file: &Path) -> PathBuf {
 
 async fn push(args: PushArgs, state_dir: &Path) -> Result<u8> {
     let reference = reference(&args.reference)?;
-    let bytes = std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("reading plugin {}", args.file.display()))?;
     // Only components of our world are pushed: load and describe it first.
     let runtime = super::runtime(state_dir)?;
     let plugin = runtime.load(&args.file)?;
     let info = runtime
         .describe(&plugin)
         .await
-        .with_context(|| format!("{}", args.file.display()))?;
+        .with_context(|| format!("asking plugin {} to describe itself", args.file.display()))?;
     let (imports, exports) = runtime.interface(&plugin);
     let sha256 = sha256_hex(&bytes);
     let signature = match std::fs::read_to_string(sig_path(&args.file)) {
         Ok(text) => {
             let sig = Signature::from_json(&text)
-                .with_context(|| format!("{}", sig_path(&args.file).display()))?;
+                .with_context(|| format!("reading signature {}", sig_path(&args.file).display()))?;
             if sig.sha256 != sha256 {
                 bail!(
                     "{} signs sha256:{}, not this file (sha256:{sha256}); sign it again",
@@ -205,7 +206,8 @@ async fn pull(args: PullArgs, state_dir: &Path) -> Result<u8> {
     );
     println!("cached at {}", path.display());
     if let Some(out) = args.output {
-        std::fs::write(&out, &bytes).with_context(|| format!("{}", out.display()))?;
+        std::fs::write(&out, &bytes)
+            .with_context(|| format!("writing plugin {}", out.display()))?;
         if let Some(s) = &a.signature {
             std::fs::write(sig_path(&out), s)?;
         }
@@ -240,10 +242,12 @@ fn keygen(args: KeygenArgs) -> Result<u8> {
 
 fn sign(args: SignArgs) -> Result<u8> {
     let key = SecretKey::read(&args.key)?;
-    let bytes = std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("reading plugin {}", args.file.display()))?;
     let sig = key.sign(&sha256_hex(&bytes));
     let out = sig_path(&args.file);
-    std::fs::write(&out, sig.to_json()).with_context(|| format!("{}", out.display()))?;
+    std::fs::write(&out, sig.to_json())
+        .with_context(|| format!("writing signature {}", out.display()))?;
     println!(
         "signed {} (sha256:{}) with {}",
         args.file.display(),
@@ -260,7 +264,8 @@ fn verify(args: VerifyArgs) -> Result<u8> {
         .iter()
         .map(|k| PublicKey::parse(k).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let bytes = std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("reading plugin {}", args.file.display()))?;
     let sha256 = sha256_hex(&bytes);
     let text = std::fs::read_to_string(sig_path(&args.file))
         .with_context(|| format!("{} is not signed", args.file.display()))?;
@@ -304,7 +309,7 @@ async fn inspect(args: InspectArgs, state_dir: &Path) -> Result<u8> {
     let info = runtime
         .describe(&plugin)
         .await
-        .with_context(|| format!("{}", args.file.display()))?;
+        .with_context(|| format!("asking plugin {} to describe itself", args.file.display()))?;
     if args.json {
         let v = json!({
             "file": args.file.display().to_string(),

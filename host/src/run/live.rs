@@ -49,7 +49,10 @@ impl LiveRecorder {
         let dir: PathBuf = state_dir.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("run-recorder".into())
-            .spawn(move || write_loop(store, rx).with_context(|| format!("{}", dir.display())))
+            .spawn(move || {
+                write_loop(store, rx)
+                    .with_context(|| format!("recording runs in {}", dir.display()))
+            })
             .context("starting the run recorder")?;
         Ok(Arc::new(Self {
             inner,
