@@ -80,12 +80,8 @@ impl ArtifactStore {
     ) -> impl FnMut(&str, std::fs::File) -> Result<String, crate::run::artifacts::ArtifactError> + 'a
     {
         move |path, file| {
-            self.keep(run, stage, path, file).map_err(|e| {
-                crate::run::artifacts::ArtifactError::Unreadable {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                }
-            })
+            self.keep(run, stage, path, file)
+                .map_err(|e| crate::run::artifacts::ArtifactError::NotKept(Box::new(e)))
         }
     }
 
@@ -244,6 +240,22 @@ pub fn output_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_the_store_cannot_keep_fails_naming_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(&dir.path().join("state")).unwrap();
+        // Opened for writing only: reading it to keep it fails.
+        let file = std::fs::File::create(dir.path().join("app")).unwrap();
+        let e = store.keeper("r1", "build")("dist/app", file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("artifact `dist/app` of stage `build`: "),
+            "{e}"
+        );
+        assert_eq!(e.matches("dist/app").count(), 1, "{e}");
+    }
 
     #[test]
     fn artifacts_round_trip_and_any_change_is_refused() {

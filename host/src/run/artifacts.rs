@@ -38,6 +38,9 @@ pub enum ArtifactError {
         was: String,
         now: String,
     },
+    /// The artifact store refused to keep it (its error names the path).
+    #[error(transparent)]
+    NotKept(Box<dyn std::error::Error + Send + Sync>),
     #[error("artifact `{path}` of stage `{producer}` cannot be checked: {cause}")]
     Unchecked {
         path: String,

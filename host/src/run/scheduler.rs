@@ -375,17 +375,12 @@ impl<'p> Scheduler<'p> {
 
     /// A rollback ended: it, then the stages that asked for it (whose
     /// dependents may now start) are final.
-    fn rollback_ended(&mut self, rec: StageRecord, failed: Vec<StageRecord>) -> Vec<String> {
-        let mut names = Vec::new();
-        let mut noted = Vec::new();
-        for mut f in failed {
-            note_rollback(&mut f, &rec);
-            noted.push(f);
+    fn rollback_ended(&mut self, rec: StageRecord, mut failed: Vec<StageRecord>) -> Vec<String> {
+        for f in &mut failed {
+            note_rollback(f, &rec);
         }
-        names.push(self.record_final(rec));
-        for f in noted {
-            names.push(self.record_final(f));
-        }
+        let mut names = vec![self.record_final(rec)];
+        names.extend(failed.into_iter().map(|f| self.record_final(f)));
         names
     }
 }
