@@ -29,8 +29,16 @@ export REGISTRY_AUTH="${REGISTRY_USER:-ci}:${REGISTRY_PASSWORD:-ci-registry-pass
 
 # `main` deploys to `prod`, which needs an approval: the run waits and prints
 # the command; here the script plays the person who runs it.
+# The run's workspace: the demo app with the binaries build.sh just made.
+# (Run in this checkout, the host would copy only the files git knows of, and
+# dist/ is a build output git ignores.)
+workspace="$(mktemp -d)"
+trap 'kill $receiver 2>/dev/null || true; rm -rf "$workspace"' EXIT
+mkdir -p "$workspace/pipelines"
+cp -r pipelines/demo-app "$workspace/pipelines/"
+
 runlog="$(mktemp)"
-./target/debug/host run pipelines/demo.toml --branch main 2> >(tee "$runlog" >&2) &
+./target/debug/host run pipelines/demo.toml --branch main --workspace "$workspace" 2> >(tee "$runlog" >&2) &
 run=$!
 approve=""
 for _ in $(seq 1 1500); do
