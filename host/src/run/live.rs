@@ -18,18 +18,95 @@ use crate::caps::log::LogLine;
 use crate::run::observer::RunObserver;
 use crate::run::record::{now_rfc3339, RunRecord, RunStore, StageRecord, Status};
 
-enum Msg {
-    Started(Box<RunRecord>),
-    StageStarted(String),
-    StageFinished(Box<StageRecord>),
-    Log(String, LogLine),
-    Finish(Box<RunRecord>),
+/// What happens to a run's record as it goes: what the live recorder
+/// writes, and what an agent sends its server (`crate::cluster`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "event")]
+pub enum RunEvent {
+    Started { record: Box<RunRecord> },
+    StageStarted { stage: String },
+    StageFinished { record: Box<StageRecord> },
+    Log { stage: String, line: LogLine },
+    Finish { record: Box<RunRecord> },
+}
+
+/// A run's record kept up to date from its events (no store): the live
+/// recorder and an agent's forwarder both hold one.
+#[derive(Debug, Default)]
+pub struct LiveRecord {
+    pub current: Option<RunRecord>,
+}
+
+/// What applying a batch of events did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The record changed (save it).
+    pub changed: bool,
+    /// A run that starts (again): forget the log it had.
+    pub restarted: bool,
+    /// Log lines to append, in order.
+    pub lines: Vec<(String, LogLine)>,
+    /// The final record, when the batch ends the run.
+    pub finished: Option<RunRecord>,
+}
+
+impl LiveRecord {
+    /// Apply `events` in order.
+    pub fn apply(&mut self, events: impl IntoIterator<Item = RunEvent>) -> Applied {
+        let mut out = Applied::default();
+        for event in events {
+            self.apply_one(event, &mut out);
+        }
+        out
+    }
+
+    fn apply_one(&mut self, event: RunEvent, out: &mut Applied) {
+        match event {
+            RunEvent::Started { record } => {
+                // A run that is run again (after a server stop) starts
+                // its live log afresh.
+                self.current = Some(*record);
+                out.restarted = true;
+                out.lines.clear();
+                out.changed = true;
+            }
+            RunEvent::StageStarted { stage } => {
+                if let Some(s) = self
+                    .current
+                    .as_mut()
+                    .and_then(|r| r.stages.iter_mut().find(|s| s.name == stage))
+                {
+                    if s.status != Status::Running {
+                        s.status = Status::Running;
+                        s.started_at = Some(now_rfc3339());
+                    }
+                    out.changed = true;
+                }
+            }
+            RunEvent::StageFinished { record } => {
+                if let Some(run) = self.current.as_mut() {
+                    // Sent without its log: that is in the live log.
+                    match run.stages.iter_mut().find(|s| s.name == record.name) {
+                        Some(s) => *s = *record,
+                        // Not a pipeline stage: a rollback.
+                        None => run.stages.push(*record),
+                    }
+                    out.changed = true;
+                }
+            }
+            RunEvent::Log { stage, line } => out.lines.push((stage, line)),
+            RunEvent::Finish { record } => {
+                self.current = Some((*record).clone());
+                out.finished = Some(*record);
+            }
+        }
+    }
 }
 
 /// A [`RunObserver`] that records, then passes every event on to `inner`.
 pub struct LiveRecorder {
     inner: Arc<dyn RunObserver>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<RunEvent>,
     writer: Mutex<Option<JoinHandle<Result<()>>>>,
 }
 
@@ -63,7 +140,9 @@ impl LiveRecorder {
 
     /// Save the final record (after everything sent before it) and stop.
     pub async fn finish(&self, record: &RunRecord) -> Result<()> {
-        let _ = self.tx.send(Msg::Finish(Box::new(record.without_logs())));
+        let _ = self.tx.send(RunEvent::Finish {
+            record: Box::new(record.without_logs()),
+        });
         let handle = self.writer.lock().take();
         let Some(handle) = handle else {
             return Err(anyhow!("the run recorder was already finished"));
@@ -82,12 +161,16 @@ impl LiveRecorder {
 
 impl RunObserver for LiveRecorder {
     fn run_started(&self, record: &RunRecord) {
-        let _ = self.tx.send(Msg::Started(Box::new(record.without_logs())));
+        let _ = self.tx.send(RunEvent::Started {
+            record: Box::new(record.without_logs()),
+        });
         self.inner.run_started(record);
     }
 
     fn stage_started(&self, stage: &str, attempt: u32) {
-        let _ = self.tx.send(Msg::StageStarted(stage.to_string()));
+        let _ = self.tx.send(RunEvent::StageStarted {
+            stage: stage.to_string(),
+        });
         self.inner.stage_started(stage, attempt);
     }
 
@@ -97,22 +180,25 @@ impl RunObserver for LiveRecorder {
     }
 
     fn stage_log(&self, stage: &str, line: &LogLine) {
-        let _ = self.tx.send(Msg::Log(stage.to_string(), line.clone()));
+        let _ = self.tx.send(RunEvent::Log {
+            stage: stage.to_string(),
+            line: line.clone(),
+        });
         self.inner.stage_log(stage, line);
     }
 
     fn stage_finished(&self, record: &StageRecord) {
-        let _ = self
-            .tx
-            .send(Msg::StageFinished(Box::new(record.without_log())));
+        let _ = self.tx.send(RunEvent::StageFinished {
+            record: Box::new(record.without_log()),
+        });
         self.inner.stage_finished(record);
     }
 }
 
-fn write_loop(store: RunStore, rx: mpsc::Receiver<Msg>) -> Result<()> {
-    let mut current: Option<RunRecord> = None;
+fn write_loop(store: RunStore, rx: mpsc::Receiver<RunEvent>) -> Result<()> {
+    let mut live = LiveRecord::default();
     while let Ok(first) = rx.recv() {
-        if !matches!(first, Msg::Finish(_)) {
+        if !matches!(first, RunEvent::Finish { .. }) {
             std::thread::park_timeout(LINGER);
         }
         let mut batch = vec![first];
@@ -122,63 +208,35 @@ fn write_loop(store: RunStore, rx: mpsc::Receiver<Msg>) -> Result<()> {
                 Err(_) => break,
             }
         }
-        let mut lines = Vec::new();
-        let mut changed = false;
-        let mut finished = None;
-        for msg in batch {
-            match msg {
-                Msg::Started(r) => {
-                    // A run that is run again (after a server stop) starts
-                    // its live log afresh.
-                    store.clear_logs(&r.id)?;
-                    current = Some(*r);
-                    changed = true;
-                }
-                Msg::StageStarted(name) => {
-                    if let Some(s) = current
-                        .as_mut()
-                        .and_then(|r| r.stages.iter_mut().find(|s| s.name == name))
-                    {
-                        if s.status != Status::Running {
-                            s.status = Status::Running;
-                            s.started_at = Some(now_rfc3339());
-                        }
-                        changed = true;
-                    }
-                }
-                Msg::StageFinished(rec) => {
-                    if let Some(run) = current.as_mut() {
-                        // Sent without its log: that is in the live log.
-                        match run.stages.iter_mut().find(|s| s.name == rec.name) {
-                            Some(s) => *s = *rec,
-                            // Not a pipeline stage: a rollback.
-                            None => run.stages.push(*rec),
-                        }
-                        changed = true;
-                    }
-                }
-                Msg::Log(stage, line) => lines.push((stage, line)),
-                Msg::Finish(r) => finished = Some(*r),
-            }
-        }
-        // One transaction per batch.
-        let tx = store.connection().unchecked_transaction()?;
-        if let Some(run) = current.as_ref() {
-            if let Err(e) = store.append_logs(&run.id, &lines) {
-                tracing::warn!("live log of run {}: {e:#}", run.id);
-            }
-            if changed && finished.is_none() {
-                if let Err(e) = store.save(run) {
-                    tracing::warn!("live record of run {}: {e:#}", run.id);
-                }
-            }
-        }
-        if let Some(run) = finished {
-            store.save(&run)?;
-            tx.commit()?;
+        let applied = live.apply(batch);
+        if save_batch(&store, live.current.as_ref(), applied)? {
             return Ok(());
         }
-        tx.commit()?;
     }
     Ok(())
+}
+
+/// Write what one batch changed, in one transaction; true once the run's
+/// final record is saved.
+pub fn save_batch(store: &RunStore, current: Option<&RunRecord>, applied: Applied) -> Result<bool> {
+    let tx = store.connection().unchecked_transaction()?;
+    if let Some(run) = current {
+        if applied.restarted {
+            store.clear_logs(&run.id)?;
+        }
+        if let Err(e) = store.append_logs(&run.id, &applied.lines) {
+            tracing::warn!("live log of run {}: {e:#}", run.id);
+        }
+        if applied.changed && applied.finished.is_none() {
+            if let Err(e) = store.save(run) {
+                tracing::warn!("live record of run {}: {e:#}", run.id);
+            }
+        }
+    }
+    let finished = applied.finished.is_some();
+    if let Some(run) = &applied.finished {
+        store.save(run)?;
+    }
+    tx.commit()?;
+    Ok(finished)
 }
