@@ -174,6 +174,14 @@ pub trait Capability: Sized + Send + 'static {
     /// grant at all) or `NAME.part` (that part of it).
     fn covers(grant: &Self::Grant, part: Option<&str>) -> bool;
 
+    /// Whether `grant` lets a stage change something beyond the run
+    /// (push, deploy, send): an agent re-checks that it still owns its run
+    /// before such a stage. Any grant at all, unless the capability says
+    /// otherwise.
+    fn reaches_outside(grant: &Self::Grant) -> bool {
+        Self::covers(grant, None)
+    }
+
     /// How to grant what `covers` found missing, for messages.
     fn hint(_part: Option<&str>) -> String {
         format!("grants.{} = [...]", Self::NAME)

@@ -135,6 +135,14 @@ macro_rules! capabilities {
             Ok(())
         }
 
+        impl Grants {
+            /// Whether these grants let a stage change something beyond
+            /// the run (see [`Capability::reaches_outside`]).
+            pub fn reach_outside(&self) -> bool {
+                false $(|| <$gty as Capability>::reaches_outside(&self.$g))*
+            }
+        }
+
         impl StageCaps {
             /// Every capability for one attempt of one stage.
             pub fn for_stage(env: &StageEnv<'_>) -> anyhow::Result<Self> {

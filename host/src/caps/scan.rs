@@ -76,6 +76,11 @@ impl Capability for ScanCap {
         *g
     }
 
+    /// A scan reads a local image and reports.
+    fn reaches_outside(_: &bool) -> bool {
+        false
+    }
+
     fn hint(_: Option<&str>) -> String {
         "grants.scan = true".into()
     }

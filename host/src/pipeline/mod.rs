@@ -162,6 +162,15 @@ pub struct Stage {
     pub location: Location,
 }
 
+impl Stage {
+    /// The stage deploys (has an environment) or its grants let it push,
+    /// send or run containers: what it does cannot be taken back, so an
+    /// agent makes sure it still owns the run first.
+    pub fn acts_outside(&self) -> bool {
+        self.environment.is_some() || self.grants.reach_outside()
+    }
+}
+
 /// A position in a pipeline file; line and column are 1-based, the column
 /// counts characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

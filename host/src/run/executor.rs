@@ -17,7 +17,7 @@ use crate::caps::docker::DockerEngine;
 use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
 use crate::pipeline::Pipeline;
-use crate::run::approvals::ApprovalStore;
+use crate::run::hooks::{Approvals, RunHooks};
 use crate::run::artifact_store::ArtifactStore;
 use crate::run::observer::RunObserver;
 use crate::run::options::RunOptions;
@@ -29,7 +29,7 @@ use crate::runtime::{Plugin, Runtime};
 pub struct Executor {
     runtime: Arc<Runtime>,
     caps: caps::Shared,
-    approvals: Option<ApprovalStore>,
+    hooks: RunHooks,
     artifact_store: Option<ArtifactStore>,
 }
 
@@ -38,7 +38,7 @@ impl Executor {
         Self {
             runtime,
             caps: caps::Shared::default(),
-            approvals: None,
+            hooks: RunHooks::default(),
             artifact_store: None,
         }
     }
@@ -50,8 +50,18 @@ impl Executor {
     }
 
     /// Where approvals are asked for and decided (`host approve`).
-    pub fn with_approvals(mut self, approvals: ApprovalStore) -> Self {
-        self.approvals = Some(approvals);
+    pub fn with_approvals(mut self, approvals: impl Approvals + 'static) -> Self {
+        self.hooks.approvals = Some(Arc::new(approvals));
+        self
+    }
+
+    /// An agent's approvals and ownership check (those given replace the
+    /// executor's own).
+    pub fn with_hooks(mut self, hooks: RunHooks) -> Self {
+        if hooks.approvals.is_some() {
+            self.hooks.approvals = hooks.approvals;
+        }
+        self.hooks.ownership = hooks.ownership;
         self
     }
 
@@ -102,7 +112,7 @@ impl Executor {
             observer,
             runtime: self.runtime.clone(),
             caps: self.caps.clone(),
-            approvals: self.approvals.clone(),
+            hooks: self.hooks.clone(),
             artifact_store: self.artifact_store.clone(),
         });
         let mut sched = Scheduler::new(&pipeline, Scope::of(&shared.opts));

@@ -13,6 +13,7 @@ use crate::caps::secrets::SecretStore;
 use crate::pipeline::{Diagnostic, Pipeline};
 use crate::run::approvals::ApprovalStore;
 use crate::run::artifact_store::ArtifactStore;
+use crate::run::hooks::RunHooks;
 use crate::run::live::LiveRecorder;
 use crate::run::{preflight, Executor, RunObserver, RunOptions, RunRecord, Status};
 use crate::runtime::Runtime;
@@ -76,6 +77,16 @@ impl Launch<'_> {
         pipeline: Arc<Pipeline>,
         opts: RunOptions,
     ) -> Result<RunRecord, LaunchError> {
+        self.run_with(pipeline, opts, RunHooks::default()).await
+    }
+
+    /// [`Launch::run`] with an agent's approvals and ownership check.
+    pub async fn run_with(
+        self,
+        pipeline: Arc<Pipeline>,
+        opts: RunOptions,
+        hooks: RunHooks,
+    ) -> Result<RunRecord, LaunchError> {
         guard_state_dir(&pipeline, &opts.workspace, self.state_dir)?;
         let plugins = preflight::load_plugins(&pipeline, &self.runtime)
             .await
@@ -83,7 +94,8 @@ impl Launch<'_> {
         let executor = Executor::new(self.runtime.clone())
             .with_scanner(ScanConfig::from_env(self.state_dir))
             .with_approvals(ApprovalStore::open(self.state_dir)?)
-            .with_artifact_store(ArtifactStore::open(self.state_dir).map_err(anyhow::Error::from)?);
+            .with_artifact_store(ArtifactStore::open(self.state_dir).map_err(anyhow::Error::from)?)
+            .with_hooks(hooks);
         let env = opts.env.clone();
         let secrets = SecretStore::resolve(
             &pipeline.secrets,

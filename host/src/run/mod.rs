@@ -8,6 +8,7 @@ pub mod console;
 pub mod display;
 pub mod executor;
 pub mod git;
+pub mod hooks;
 pub mod launch;
 pub mod live;
 pub mod observer;

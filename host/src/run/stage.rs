@@ -11,7 +11,7 @@ use crate::caps::log::{level_name, LogLine, LogSink, StageLog};
 use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
 use crate::caps::{self, StageCaps, StageEnv};
 use crate::pipeline::{Pipeline, Stage, WorkspaceAccess};
-use crate::run::approvals::ApprovalStore;
+use crate::run::hooks::RunHooks;
 use crate::run::artifact_store::ArtifactStore;
 use crate::run::artifacts;
 use crate::run::observer::RunObserver;
@@ -35,7 +35,7 @@ pub(super) struct RunShared {
     pub(super) observer: Arc<dyn RunObserver>,
     pub(super) runtime: Arc<Runtime>,
     pub(super) caps: caps::Shared,
-    pub(super) approvals: Option<ApprovalStore>,
+    pub(super) hooks: RunHooks,
     pub(super) artifact_store: Option<ArtifactStore>,
 }
 
@@ -245,6 +245,10 @@ impl StageRun {
         } else {
             approval_gate(&shared, stage, &mut rec).await
         };
+        let gate = match gate {
+            Ok(()) => still_owned(&shared, stage).await,
+            Err(e) => Err(e),
+        };
         if let Err(reason) = gate {
             rec.status = Status::Failure;
             rec.error = Some(reason);
@@ -389,6 +393,15 @@ async fn scrub_workspace(shared: &RunShared, rec: &mut StageRecord) {
     });
 }
 
+/// Before a stage that acts outside the run: is the run still ours to act
+/// for? (Always, on one machine.)
+async fn still_owned(shared: &RunShared, stage: &Stage) -> Result<(), String> {
+    match &shared.hooks.ownership {
+        Some(o) if stage.acts_outside() => o.still_owned().await,
+        _ => Ok(()),
+    }
+}
+
 /// Wait for a person's approval when the stage's environment asks for one.
 async fn approval_gate(
     shared: &RunShared,
@@ -415,7 +428,7 @@ async fn approval_gate(
         });
         return Ok(());
     }
-    let Some(store) = &shared.approvals else {
+    let Some(store) = &shared.hooks.approvals else {
         return Err(format!(
             "deploying to `{}` needs an approval, and this host has no approval store",
             env.name

@@ -9,16 +9,13 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::task::JoinSet;
 
-use crate::caps::secrets::SecretFiles;
-use crate::confined::Origin;
-use crate::distribution::{load_resolved_from, LockMode};
-use crate::pipeline::Pipeline;
 use crate::run::launch::{Launch, LaunchError, RunControl};
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
+use crate::serve::prepare::{
+    job_options, prepare, relative, run_options, unstarted, JobSource, Unstarted,
+};
 use crate::serve::queue::{Queue, QueuedJob};
 use crate::serve::ServerState;
-use crate::source::archive::{unpack, Limits};
-use crate::source::git;
 
 /// A safety net: look at the queue this often even when nothing woke us.
 const IDLE_LOOK: Duration = Duration::from_secs(5);
@@ -161,15 +158,16 @@ async fn execute(
     control: &RunControl,
     workspace: &Path,
 ) -> Option<RunRecord> {
-    if workspace.exists() {
-        // Left by an interrupted attempt.
-        let _ = tokio::fs::remove_dir_all(workspace).await;
-    }
-    let pipeline = match prepare(s, q, control, workspace).await {
+    let source = match job_source(s, q) {
+        Ok(src) => src,
+        Err(u) => return record_unstarted(s, q, &u.pipeline, u.status, u.reason).await,
+    };
+    let site = s.site();
+    let pipeline = match prepare(&site, q, &source, control, workspace).await {
         Ok(p) => p,
         Err(u) => return record_unstarted(s, q, &u.pipeline, u.status, u.reason).await,
     };
-    let mut opts = server_options(s, q, workspace);
+    let mut opts = run_options(&site, q, workspace);
     opts.build_number = match number(s, &pipeline.name, &q.run_id, &opts).await {
         Ok(n) => n,
         Err(e) => {
@@ -193,158 +191,30 @@ async fn execute(
     Some(save_unstarted(s, rec).await)
 }
 
-/// Why a run ended before any stage started, for its record.
-struct Unstarted {
-    /// The pipeline's name once known, else the repository's.
-    pipeline: String,
-    status: Status,
-    reason: String,
-}
-
-impl Unstarted {
-    fn failure(pipeline: &str, reason: String) -> Self {
-        Self {
-            pipeline: pipeline.to_string(),
-            status: Status::Failure,
-            reason,
-        }
-    }
-}
-
-/// The source in `workspace` (unpacked or checked out) and its pipeline
-/// loaded from it.
-async fn prepare(
-    s: &Arc<ServerState>,
-    q: &QueuedJob,
-    control: &RunControl,
-    workspace: &Path,
-) -> Result<Arc<Pipeline>, Unstarted> {
+/// Where a queued job's source comes from, by this server's configuration
+/// (a repository or upload source removed since it was queued fails it).
+pub fn job_source(s: &ServerState, q: &QueuedJob) -> Result<JobSource, Unstarted> {
     let job = &q.job;
-    let pipeline_path = match &job.archive {
-        Some(archive) => unpack_upload(s, q, archive, workspace).await?,
-        None => checkout(s, q, control, workspace).await?,
-    };
-    // Everything the pipeline file names is opened beneath the checkout
-    // (or the operator's plugin directories), and nothing is written there.
-    let origin = Origin::Untrusted {
-        root: workspace.to_path_buf(),
-        plugin_dirs: s.config.plugin_dirs.clone(),
-    };
-    let file = workspace.join(&pipeline_path);
-    let pipeline = match load_resolved_from(&origin, &file, &s.state_dir, LockMode::Normal).await {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            let reason = relative(&e.to_string(), workspace);
-            return Err(Unstarted::failure(&job.repository, reason));
-        }
-    };
-    if let Some(env) = &job.environment {
-        if pipeline.environment(env).is_none() {
-            let reason = format!(
-                "the trigger deploys to `{env}`, which {} does not declare in [environments]",
-                pipeline_path
-            );
-            return Err(Unstarted::failure(&pipeline.name, reason));
-        }
+    let name = &job.repository;
+    if let Some(archive) = &job.archive {
+        let Some(upload) = s.config.uploads.iter().find(|u| &u.name == name) else {
+            let reason = format!("upload source `{name}` is no longer configured on this server");
+            return Err(Unstarted::failure(name, reason));
+        };
+        return Ok(JobSource::Archive {
+            archive: archive.clone(),
+            pipeline: upload.pipeline.clone(),
+            max_size: upload.max_size,
+        });
     }
-    Ok(pipeline)
-}
-
-/// An upload's archive unpacked into `workspace`; returns the pipeline
-/// file's path in it.
-async fn unpack_upload(
-    s: &Arc<ServerState>,
-    q: &QueuedJob,
-    archive: &Path,
-    workspace: &Path,
-) -> Result<String, Unstarted> {
-    let repository = &q.job.repository;
-    let Some(upload) = s.config.uploads.iter().find(|u| &u.name == repository) else {
-        let reason = format!("upload source `{repository}` is no longer configured on this server");
-        return Err(Unstarted::failure(repository, reason));
+    let Some(repo) = s.config.repositories.iter().find(|r| &r.name == name) else {
+        let reason = format!("repository `{name}` is no longer configured on this server");
+        return Err(Unstarted::failure(name, reason));
     };
-    let limits = Limits {
-        max_archive_bytes: upload.max_size,
-        ..Limits::default()
-    };
-    let (a, w) = (archive.to_path_buf(), workspace.to_path_buf());
-    let unpacked = tokio::task::spawn_blocking(move || unpack(&a, &w, &limits)).await;
-    match unpacked {
-        Ok(Ok(_)) => Ok(upload.pipeline.clone()),
-        Ok(Err(e)) => Err(Unstarted::failure(
-            repository,
-            format!("the source archive was refused: {e}"),
-        )),
-        Err(e) => Err(Unstarted::failure(
-            repository,
-            format!("unpacking the source archive: {e}"),
-        )),
-    }
-}
-
-/// The job's commit checked out into `workspace` (unless the run is
-/// cancelled first); returns the pipeline file's path in it.
-async fn checkout(
-    s: &Arc<ServerState>,
-    q: &QueuedJob,
-    control: &RunControl,
-    workspace: &Path,
-) -> Result<String, Unstarted> {
-    let job = &q.job;
-    let Some(repo) = s
-        .config
-        .repositories
-        .iter()
-        .find(|r| r.name == job.repository)
-    else {
-        let reason = format!(
-            "repository `{}` is no longer configured on this server",
-            job.repository
-        );
-        return Err(Unstarted::failure(&job.repository, reason));
-    };
-    let cancelled = control.token();
-    let fetched = tokio::select! {
-        r = git::checkout(&repo.url, &job.sha, job.fetch_ref.as_deref(), workspace) => r,
-        _ = cancelled.cancelled() => {
-            return Err(Unstarted {
-                pipeline: job.repository.clone(),
-                status: Status::Cancelled,
-                reason: control.reason().unwrap_or_default(),
-            });
-        }
-    };
-    if let Err(e) = fetched {
-        let reason = format!("checkout of {} failed: {e}", short(&job.sha));
-        return Err(Unstarted::failure(&job.repository, reason));
-    }
-    Ok(repo.pipeline.clone())
-}
-
-/// The run's options: the job's, with what the server decides (its URL,
-/// which secrets and environment a run of this source gets).
-fn server_options(s: &ServerState, q: &QueuedJob, workspace: &Path) -> RunOptions {
-    let job = &q.job;
-    let mut opts = job_options(q, workspace);
-    if let Some(base) = &s.config.public_url {
-        opts.url = format!("{base}/runs/{}", q.run_id);
-    }
-    opts.secret_files = match (&s.config.secrets_dir, job.trusted) {
-        (_, false) => SecretFiles::Denied("runs of pull requests from forks get no secrets".into()),
-        (Some(dir), true) => SecretFiles::Within(dir.clone()),
-        (None, true) => SecretFiles::Denied(
-            "this server has no `secrets-dir`, so file secrets are refused".into(),
-        ),
-    };
-    if !job.trusted {
-        // Code from a fork: nothing of the server's environment.
-        opts.env.clear();
-    }
-    // The server's own webhook secret is never a pipeline's to read.
-    if let crate::serve::config::SecretRef::Env(var) = &s.config.webhook_secret {
-        opts.env.remove(var);
-    }
-    opts
+    Ok(JobSource::Git {
+        url: repo.url.clone(),
+        pipeline: repo.pipeline.clone(),
+    })
 }
 
 /// The next build number of `pipeline`, taken by saving a placeholder
@@ -369,30 +239,6 @@ async fn number(
         Ok(n)
     })
     .await
-}
-
-/// A record for a run that ended before any stage started.
-fn unstarted(pipeline: &str, opts: &RunOptions, status: Status, reason: String) -> RunRecord {
-    RunRecord {
-        status,
-        reason: Some(reason),
-        ..RunRecord::new(pipeline, opts)
-    }
-}
-
-/// What a queued job is about, as a run's options (before the server's
-/// own choices: secrets, environment, URL).
-fn job_options(q: &QueuedJob, workspace: &Path) -> RunOptions {
-    let job = &q.job;
-    let mut opts = RunOptions::new(q.run_id.clone(), workspace.to_path_buf());
-    opts.build_number = 0;
-    opts.commit_sha = job.sha.clone();
-    opts.branch = job.branch.clone();
-    opts.tag = job.tag.clone();
-    opts.event = job.event.clone();
-    opts.environment = job.environment.clone();
-    opts.trigger = Some(job.trigger.clone());
-    opts
 }
 
 /// Number and save a record for a run that ended before it started.
@@ -433,12 +279,3 @@ async fn save_unstarted(s: &Arc<ServerState>, rec: RunRecord) -> RunRecord {
     rec
 }
 
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-/// Paths in messages relative to the checkout (its location is the
-/// server's business).
-fn relative(message: &str, workspace: &Path) -> String {
-    message.replace(&format!("{}/", workspace.display()), "")
-}

@@ -5,12 +5,14 @@
 //! - [`config`]: the server's configuration file;
 //! - [`webhook`]: signatures, payloads, which runs a delivery asks for;
 //! - [`queue`]: the durable queue (SQLite, beside the run records);
-//! - [`dispatch`]: takes queued runs, checks out, runs, cancels superseded;
+//! - [`dispatch`]: takes queued runs, runs them, cancels superseded;
+//! - [`prepare`]: a job's source and pipeline, wherever it runs;
 //! - [`api`], [`web`], [`metrics`]: what the server shows.
 pub mod api;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;
+pub mod prepare;
 pub mod queue;
 pub mod web;
 pub mod webhook;
@@ -95,6 +97,21 @@ impl ServerState {
         })
         .await
         .context("store task")?
+    }
+
+    /// What this server decides for the runs it runs itself.
+    pub fn site(&self) -> prepare::Site<'_> {
+        prepare::Site {
+            state_dir: &self.state_dir,
+            plugin_dirs: &self.config.plugin_dirs,
+            secrets_dir: self.config.secrets_dir.as_deref(),
+            public_url: self.config.public_url.as_deref(),
+            // The server's own webhook secret is never a pipeline's to read.
+            hidden_env: match &self.config.webhook_secret {
+                config::SecretRef::Env(var) => Some(var),
+                config::SecretRef::File(_) => None,
+            },
+        }
     }
 
     fn count_delivery(&self, outcome: &str) {

@@ -76,6 +76,12 @@ impl Capability for DockerCap {
         }
     }
 
+    /// Building, tagging and scanning stay in the engine; pushing and
+    /// containers (which may reach anything) do not.
+    fn reaches_outside(g: &Self::Grant) -> bool {
+        !g.push.is_empty() || !g.run.is_empty() || !g.containers.is_empty()
+    }
+
     fn hint(part: Option<&str>) -> String {
         format!("grants.docker = {{ {} = [...] }}", part.unwrap_or("run"))
     }
