@@ -12,6 +12,7 @@
 //! - [`exec`]: the one hardened runner for child processes (git, ssh, trivy).
 //! - [`grants`]: grant patterns compiled once (URLs, images, names).
 //! - [`digest`]: sha256 spellings.
+//! - [`store`]: the run database (SQLite or PostgreSQL) the stores share.
 //! - [`cli`]: the `host` command line.
 pub mod caps;
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod run;
 pub mod runtime;
 pub mod serve;
 pub mod source;
+pub mod store;
 pub mod text;
 pub mod units;
 pub mod wit;

@@ -92,7 +92,7 @@ fn list(args: ListArgs, state_dir: &Path) -> Result<u8> {
     // Runs the server accepted but has not started yet come first.
     let queued: Vec<QueuedJob> =
         if matches!(filter.status, None | Some(Status::Queued)) && filter.pipeline.is_none() {
-            Queue::new(store.connection())
+            Queue::new(store.db())
                 .waiting()?
                 .into_iter()
                 .filter(|j| filter.branch.is_none() || j.job.branch == filter.branch)
@@ -175,14 +175,19 @@ pub fn find_run(store: &RunStore, id: &str) -> Result<RunRecord> {
         return Ok(r);
     }
     let matches: Vec<String> = store
-        .connection()
-        .prepare("SELECT id FROM runs WHERE substr(id, 1, length(?1)) = ?1 LIMIT 5")?
-        .query_map([id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+        .db()
+        .query(
+            "SELECT id FROM runs
+             WHERE substr(id, 1, length(CAST(?1 AS TEXT))) = ?1 ORDER BY id LIMIT 5",
+            &crate::store::params![id],
+        )?
+        .iter()
+        .map(|r| r.get_str(0))
+        .collect::<Result<_>>()?;
     match matches.as_slice() {
         [one] => Ok(store.get(one)?.expect("listed run exists")),
         [] => {
-            if Queue::new(store.connection()).find(id)?.is_some() {
+            if Queue::new(store.db()).find(id)?.is_some() {
                 bail!("run `{id}` is queued and has not started yet");
             }
             bail!("no run `{id}` is recorded (`host runs` lists them)")

@@ -2,17 +2,20 @@
 //! `approval = true` waits until a person runs `host approve RUN STAGE` (or
 //! `host reject`), or until the environment's `approval-timeout`.
 //!
-//! The waiting run and the `host approve` command are different processes;
-//! they meet in the state directory's SQLite database (`approvals` table).
-use std::path::{Path, PathBuf};
+//! The waiting run and the `host approve` command are different processes
+//! (maybe on different machines); they meet in the run database (the state
+//! directory's SQLite file or PostgreSQL, `approvals` table).
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use anyhow::{bail, Result};
+use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::run::record::now_rfc3339;
 pub use crate::run::record::{ApprovalRecord, Decision};
+use crate::store::{params, Db, Row, StoreLocation};
 
 /// How often a waiting stage looks for a decision.
 const POLL: Duration = Duration::from_millis(250);
@@ -27,9 +30,10 @@ pub struct Pending {
     pub expires_at_unix: i64,
 }
 
+/// The approvals table; clones share one connection.
 #[derive(Clone)]
 pub struct ApprovalStore {
-    db: PathBuf,
+    db: Arc<Mutex<Db>>,
 }
 
 fn unix_now() -> i64 {
@@ -39,35 +43,65 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+const SQLITE_TABLE: &str = "
+    CREATE TABLE IF NOT EXISTS approvals (
+        run_id TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        decision TEXT,
+        decided_at TEXT,
+        decided_by TEXT,
+        comment TEXT,
+        PRIMARY KEY (run_id, stage)
+    );";
+
+const POSTGRES_TABLE: &str = "
+    CREATE TABLE IF NOT EXISTS approvals (
+        run_id TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        decision TEXT,
+        decided_at TEXT,
+        decided_by TEXT,
+        comment TEXT,
+        PRIMARY KEY (run_id, stage)
+    );";
+
 impl ApprovalStore {
     /// The store in `state_dir` (the same database as the run records).
     pub fn open(state_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(state_dir)?;
-        let s = Self {
-            db: state_dir.join("runs.db"),
-        };
-        s.conn()?.execute_batch(
-            "CREATE TABLE IF NOT EXISTS approvals (
-                 run_id TEXT NOT NULL,
-                 stage TEXT NOT NULL,
-                 environment TEXT NOT NULL,
-                 requested_at TEXT NOT NULL,
-                 expires_at INTEGER NOT NULL,
-                 decision TEXT,
-                 decided_at TEXT,
-                 decided_by TEXT,
-                 comment TEXT,
-                 PRIMARY KEY (run_id, stage)
-             );",
-        )?;
-        Ok(s)
+        Self::open_at(&StoreLocation::Dir(state_dir.to_path_buf()))
     }
 
-    fn conn(&self) -> Result<Connection> {
-        let c =
-            Connection::open(&self.db).with_context(|| format!("opening {}", self.db.display()))?;
-        c.busy_timeout(Duration::from_secs(10))?;
-        Ok(c)
+    /// The store in a PostgreSQL database.
+    pub fn postgres(url: &str) -> Result<Self> {
+        Self::open_at(&StoreLocation::Postgres(url.to_string()))
+    }
+
+    pub fn open_at(loc: &StoreLocation) -> Result<Self> {
+        let db = Db::open(loc)?;
+        if db.is_postgres() {
+            // The writers' lock keeps two processes from making it at once.
+            db.transaction(|db| db.batch(POSTGRES_TABLE))?;
+        } else {
+            db.batch(SQLITE_TABLE)?;
+        }
+        Ok(Self {
+            db: Arc::new(Mutex::new(db)),
+        })
+    }
+
+    /// Run `f` with the database on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db.lock())).await?
     }
 
     /// Ask for an approval: once this returns, `host approve` finds it.
@@ -81,21 +115,24 @@ impl ApprovalStore {
     ) -> Result<tokio::time::Instant> {
         let requested_at = now_rfc3339();
         let expires = unix_now() + timeout.as_secs().max(1) as i64;
-        let (run_id, stage, environment, store) = (
+        let (run_id, stage, environment) = (
             run_id.to_string(),
             stage.to_string(),
             environment.to_string(),
-            self.clone(),
         );
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            store.conn()?.execute(
-                "INSERT OR REPLACE INTO approvals (run_id, stage, environment, requested_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![run_id, stage, environment, requested_at, expires],
+        self.blocking(move |db| {
+            // Asked again (a run that runs again): a fresh request.
+            db.execute(
+                "INSERT INTO approvals (run_id, stage, environment, requested_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, stage) DO UPDATE SET environment = excluded.environment,
+                     requested_at = excluded.requested_at, expires_at = excluded.expires_at,
+                     decision = NULL, decided_at = NULL, decided_by = NULL, comment = NULL",
+                &params![run_id, stage, environment, requested_at, expires],
             )?;
             Ok(())
         })
-        .await??;
+        .await?;
         Ok(tokio::time::Instant::now() + timeout)
     }
 
@@ -126,40 +163,16 @@ impl ApprovalStore {
     }
 
     async fn decision(&self, run_id: &str, stage: &str) -> Result<Option<ApprovalRecord>> {
-        let (run_id, stage, store) = (run_id.to_string(), stage.to_string(), self.clone());
-        tokio::task::spawn_blocking(move || -> Result<Option<ApprovalRecord>> {
-            let row = store
-                .conn()?
-                .query_row(
-                    "SELECT environment, requested_at, decision, decided_at, decided_by, comment
-                     FROM approvals WHERE run_id = ?1 AND stage = ?2 AND decision IS NOT NULL",
-                    params![run_id, stage],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Option<String>>(3)?,
-                            r.get::<_, Option<String>>(4)?,
-                            r.get::<_, Option<String>>(5)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            Ok(
-                row.and_then(|(environment, requested_at, d, at, by, comment)| {
-                    Some(ApprovalRecord {
-                        environment,
-                        requested_at,
-                        decision: Decision::parse(&d)?,
-                        decided_at: at.unwrap_or_default(),
-                        by,
-                        comment,
-                    })
-                }),
-            )
+        let (run_id, stage) = (run_id.to_string(), stage.to_string());
+        self.blocking(move |db| {
+            let row = db.query_opt(
+                "SELECT environment, requested_at, decision, decided_at, decided_by, comment
+                 FROM approvals WHERE run_id = ?1 AND stage = ?2 AND decision IS NOT NULL",
+                &params![run_id, stage],
+            )?;
+            row.map(|r| decided(&r)).transpose().map(Option::flatten)
         })
-        .await?
+        .await
     }
 
     /// Record a person's decision on a pending approval.
@@ -183,13 +196,13 @@ impl ApprovalStore {
         by: Option<&str>,
         comment: Option<&str>,
     ) -> Result<()> {
-        let (run_id, stage, store) = (run_id.to_string(), stage.to_string(), self.clone());
+        let (run_id, stage) = (run_id.to_string(), stage.to_string());
         let (by, comment) = (by.map(str::to_string), comment.map(str::to_string));
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let changed = store.conn()?.execute(
+        self.blocking(move |db| {
+            let changed = db.execute(
                 "UPDATE approvals SET decision = ?3, decided_at = ?4, decided_by = ?5, comment = ?6
                  WHERE run_id = ?1 AND stage = ?2 AND decision IS NULL AND expires_at >= ?7",
-                params![
+                &params![
                     run_id,
                     stage,
                     decision.as_str(),
@@ -204,7 +217,7 @@ impl ApprovalStore {
                 ],
             )?;
             if changed == 0 {
-                let pending = store.pending_blocking()?;
+                let pending = pending_in(db)?;
                 let list = if pending.is_empty() {
                     "no approval is pending".to_string()
                 } else {
@@ -221,30 +234,45 @@ impl ApprovalStore {
             }
             Ok(())
         })
-        .await?
-    }
-
-    fn pending_blocking(&self) -> Result<Vec<Pending>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT run_id, stage, environment, requested_at, expires_at FROM approvals
-             WHERE decision IS NULL AND expires_at >= ?1 ORDER BY requested_at",
-        )?;
-        let rows = stmt.query_map(params![unix_now()], |r| {
-            Ok(Pending {
-                run_id: r.get(0)?,
-                stage: r.get(1)?,
-                environment: r.get(2)?,
-                requested_at: r.get(3)?,
-                expires_at_unix: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        .await
     }
 
     /// Approvals waiting for a decision.
     pub async fn pending(&self) -> Result<Vec<Pending>> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.pending_blocking()).await?
+        self.blocking(pending_in).await
     }
+}
+
+fn pending_in(db: &Db) -> Result<Vec<Pending>> {
+    db.query(
+        "SELECT run_id, stage, environment, requested_at, expires_at FROM approvals
+         WHERE decision IS NULL AND expires_at >= ?1 ORDER BY requested_at",
+        &params![unix_now()],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Pending {
+            run_id: r.get_str(0)?,
+            stage: r.get_str(1)?,
+            environment: r.get_str(2)?,
+            requested_at: r.get_str(3)?,
+            expires_at_unix: r.get_i64(4)?,
+        })
+    })
+    .collect()
+}
+
+/// The decision in a row `decision` selects (none if it does not parse).
+fn decided(r: &Row) -> Result<Option<ApprovalRecord>> {
+    let Some(decision) = Decision::parse(&r.get_str(2)?) else {
+        return Ok(None);
+    };
+    Ok(Some(ApprovalRecord {
+        environment: r.get_str(0)?,
+        requested_at: r.get_str(1)?,
+        decision,
+        decided_at: r.opt_str(3)?.unwrap_or_default(),
+        by: r.opt_str(4)?,
+        comment: r.opt_str(5)?,
+    }))
 }

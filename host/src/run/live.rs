@@ -219,24 +219,24 @@ fn write_loop(store: RunStore, rx: mpsc::Receiver<RunEvent>) -> Result<()> {
 /// Write what one batch changed, in one transaction; true once the run's
 /// final record is saved.
 pub fn save_batch(store: &RunStore, current: Option<&RunRecord>, applied: Applied) -> Result<bool> {
-    let tx = store.connection().unchecked_transaction()?;
-    if let Some(run) = current {
-        if applied.restarted {
-            store.clear_logs(&run.id)?;
-        }
-        if let Err(e) = store.append_logs(&run.id, &applied.lines) {
-            tracing::warn!("live log of run {}: {e:#}", run.id);
-        }
-        if applied.changed && applied.finished.is_none() {
-            if let Err(e) = store.save(run) {
-                tracing::warn!("live record of run {}: {e:#}", run.id);
+    store.db().transaction(|_| {
+        if let Some(run) = current {
+            if applied.restarted {
+                store.clear_logs(&run.id)?;
+            }
+            if let Err(e) = store.append_logs(&run.id, &applied.lines) {
+                tracing::warn!("live log of run {}: {e:#}", run.id);
+            }
+            if applied.changed && applied.finished.is_none() {
+                if let Err(e) = store.save(run) {
+                    tracing::warn!("live record of run {}: {e:#}", run.id);
+                }
             }
         }
-    }
-    let finished = applied.finished.is_some();
-    if let Some(run) = &applied.finished {
-        store.save(run)?;
-    }
-    tx.commit()?;
-    Ok(finished)
+        let finished = applied.finished.is_some();
+        if let Some(run) = &applied.finished {
+            store.save(run)?;
+        }
+        Ok(finished)
+    })
 }

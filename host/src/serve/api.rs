@@ -157,7 +157,7 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
     let (d, e, o) = (delivery.clone(), event.clone(), outcome.clone());
     let window = s.config.replay_window;
     let accepted = s
-        .with_db(move |db| Queue::new(db.connection()).accept(&d, &e, &o, &jobs, cancel, window))
+        .with_db(move |db| Queue::new(db.db()).accept(&d, &e, &o, &jobs, cancel, window))
         .await;
     match accepted {
         Err(e) => internal(e),
@@ -243,9 +243,7 @@ async fn upload(
     let d = delivery.clone();
     let window = s.config.replay_window;
     let accepted = s
-        .with_db(move |db| {
-            Queue::new(db.connection()).accept(&d, "upload", "queued", &jobs, false, window)
-        })
+        .with_db(move |db| Queue::new(db.db()).accept(&d, "upload", "queued", &jobs, false, window))
         .await;
     match accepted {
         Err(e) => {
@@ -342,7 +340,7 @@ async fn replayed_upload(
     };
     let window = s.config.replay_window;
     match s
-        .with_db(move |db| Queue::new(db.connection()).seen(&meaning, window))
+        .with_db(move |db| Queue::new(db.db()).seen(&meaning, window))
         .await
     {
         Err(e) => Some(internal(e)),
@@ -450,7 +448,7 @@ async fn list_runs(State(s): S, Query(q): Query<ListQuery>) -> Response {
     let r = s
         .with_db(move |db| {
             let runs = db.summaries(&f, limit)?;
-            let queued = Queue::new(db.connection()).waiting()?;
+            let queued = Queue::new(db.db()).waiting()?;
             Ok(json!({ "runs": runs, "queued": queued }))
         })
         .await;
@@ -496,7 +494,7 @@ async fn get_metrics(State(s): S) -> Response {
     let r = s
         .with_db(move |db| {
             let runs = db.summaries(&RunFilter::default(), usize::MAX)?;
-            let (queued, running) = Queue::new(db.connection()).depth()?;
+            let (queued, running) = Queue::new(db.db()).depth()?;
             let counts = ServerCounts {
                 queued,
                 running,
@@ -527,7 +525,7 @@ async fn page_list(State(s): S, Query(q): Query<ListQuery>) -> Response {
     let r = s
         .with_db(move |db| {
             let runs = db.summaries(&f, 100)?;
-            let queued = Queue::new(db.connection()).waiting()?;
+            let queued = Queue::new(db.db()).waiting()?;
             Ok(web::run_list(&runs, &queued))
         })
         .await;

@@ -23,9 +23,7 @@ const IDLE_LOOK: Duration = Duration::from_secs(5);
 /// At start: put back the runs a previous server left running; record the
 /// ones given up. Returns a line for the start-up message.
 pub async fn recover(s: &Arc<ServerState>) -> Result<String> {
-    let (again, given_up) = s
-        .with_db(|db| Queue::new(db.connection()).recover())
-        .await?;
+    let (again, given_up) = s.with_db(|db| Queue::new(db.db()).recover()).await?;
     for id in again {
         mark_queued_again(
             s,
@@ -41,7 +39,7 @@ pub async fn recover(s: &Arc<ServerState>) -> Result<String> {
         );
         record_unstarted(s, q, &q.repository, Status::Failure, reason).await;
     }
-    let (queued, _) = s.with_db(|db| Queue::new(db.connection()).depth()).await?;
+    let (queued, _) = s.with_db(|db| Queue::new(db.db()).depth()).await?;
     Ok(format!("{queued} run(s) queued"))
 }
 
@@ -60,7 +58,7 @@ pub async fn run(s: Arc<ServerState>) {
     let mut tasks: JoinSet<()> = JoinSet::new();
     loop {
         while tasks.len() < s.config.concurrency && !s.shutdown.is_cancelled() {
-            match s.with_db(|db| Queue::new(db.connection()).claim()).await {
+            match s.with_db(|db| Queue::new(db.db()).claim()).await {
                 Ok(Some(job)) => {
                     let s2 = s.clone();
                     tasks.spawn(async move { run_job(s2, job).await });
@@ -95,7 +93,7 @@ async fn run_job(s: Arc<ServerState>, q: QueuedJob) {
     let id = q.run_id.clone();
     let done = s
         .with_db(move |db| {
-            let queue = Queue::new(db.connection());
+            let queue = Queue::new(db.db());
             if stopped_by_server {
                 queue.requeue(&id)
             } else {

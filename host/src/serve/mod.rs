@@ -63,7 +63,7 @@ impl ServerState {
             })?
             .into_bytes();
         let store = RunStore::open(state_dir)?;
-        queue::Queue::new(store.connection()).init()?;
+        queue::Queue::new(store.db()).init()?;
         let workspaces = config
             .workspaces
             .clone()
