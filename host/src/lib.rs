@@ -16,6 +16,7 @@
 //! - [`cli`]: the `host` command line.
 pub mod caps;
 pub mod cli;
+pub mod cluster;
 pub mod confined;
 pub mod digest;
 pub mod distribution;

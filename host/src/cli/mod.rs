@@ -1,4 +1,5 @@
 //! The `host` command line.
+mod agent;
 mod approve;
 mod artifacts;
 mod audit;
@@ -57,6 +58,9 @@ enum Command {
     Approvals(approve::PendingArgs),
     /// Redeploy an image an earlier run deployed to an environment.
     Rollback(rollback::RollbackArgs),
+    /// One machine of a cluster: run the runs a `host serve` with
+    /// `[cluster]` queues on NATS JetStream.
+    Agent(agent::AgentArgs),
     /// Run the CI server: GitHub webhooks, a durable queue, run history
     /// (JSON API, web pages) and Prometheus metrics.
     Serve(serve::ServeArgs),
@@ -106,6 +110,7 @@ pub fn main() -> ExitCode {
             Command::Approvals(a) => approve::pending(a, &state_dir).await,
             Command::Rollback(a) => rollback::rollback(a, &state_dir).await,
             Command::Serve(a) => serve::serve(a, &state_dir).await,
+            Command::Agent(a) => agent::agent(a).await,
             Command::Runs(a) => history::runs(a, &state_dir).await,
             Command::Logs(a) => history::logs(a, &state_dir).await,
             Command::Audit(a) => audit::audit(a, &state_dir).await,

@@ -32,7 +32,10 @@ pub async fn serve(args: ServeArgs, state_dir: &Path) -> Result<u8> {
         cfg.listen = l;
     }
     let runtime = Arc::new(super::runtime(state_dir)?);
-    let state = Arc::new(ServerState::new(cfg, state_dir, runtime)?);
+    // Opening the store may connect to PostgreSQL (a blocking client).
+    let dir = state_dir.to_path_buf();
+    let state = tokio::task::spawn_blocking(move || ServerState::new(cfg, &dir, runtime)).await??;
+    let state = Arc::new(state);
     crate::serve::serve(state).await?;
     Ok(0)
 }

@@ -162,6 +162,36 @@ impl ApprovalStore {
         }
     }
 
+    /// The decision if there is one; once the request has expired, the
+    /// timeout (one clock decides for a waiter on another machine: the
+    /// store's caller, the server).
+    pub async fn poll(&self, run_id: &str, stage: &str) -> Result<Option<ApprovalRecord>> {
+        if let Some(rec) = self.decision(run_id, stage).await? {
+            return Ok(Some(rec));
+        }
+        let (r, st) = (run_id.to_string(), stage.to_string());
+        let expired = self
+            .blocking(move |db| {
+                let row = db.query_opt(
+                    "SELECT expires_at FROM approvals
+                     WHERE run_id = ?1 AND stage = ?2 AND decision IS NULL",
+                    &params![r, st],
+                )?;
+                Ok(row
+                    .map(|r| r.get_i64(0))
+                    .transpose()?
+                    .is_some_and(|e| e < unix_now()))
+            })
+            .await?;
+        if !expired {
+            return Ok(None);
+        }
+        self.decide_inner(run_id, stage, Decision::TimedOut, None, None)
+            .await
+            .ok();
+        self.decision(run_id, stage).await
+    }
+
     async fn decision(&self, run_id: &str, stage: &str) -> Result<Option<ApprovalRecord>> {
         let (run_id, stage) = (run_id.to_string(), stage.to_string());
         self.blocking(move |db| {

@@ -254,6 +254,27 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerInfo>,
     pub stages: Vec<StageRecord>,
+    /// On a cluster: each agent's attempt at the run (`1 died, 2 success`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One agent's attempt at a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub agent: String,
+    pub claimed_at: String,
+    /// `died` (its agent stopped answering), or the run's status; none
+    /// while it runs.
+    pub outcome: Option<String>,
+}
+
+impl std::fmt::Display for AttemptRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = self.outcome.as_deref().unwrap_or("running");
+        write!(f, "{} {outcome} ({})", self.attempt, self.agent)
+    }
 }
 
 // Part of what a run is about (its options); here too for the paths
@@ -282,6 +303,7 @@ impl RunRecord {
             reason: None,
             trigger: opts.trigger.clone(),
             stages: Vec::new(),
+            attempts: Vec::new(),
         }
     }
 
@@ -303,6 +325,7 @@ impl RunRecord {
             reason,
             trigger,
             stages,
+            attempts,
         } = self;
         Self {
             id: id.clone(),
@@ -320,6 +343,7 @@ impl RunRecord {
             reason: reason.clone(),
             trigger: trigger.clone(),
             stages: stages.iter().map(StageRecord::without_log).collect(),
+            attempts: attempts.clone(),
         }
     }
 

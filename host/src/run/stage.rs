@@ -11,9 +11,9 @@ use crate::caps::log::{level_name, LogLine, LogSink, StageLog};
 use crate::caps::secrets::{Masker, SecretStore, SecretsCap};
 use crate::caps::{self, StageCaps, StageEnv};
 use crate::pipeline::{Pipeline, Stage, WorkspaceAccess};
-use crate::run::hooks::RunHooks;
 use crate::run::artifact_store::ArtifactStore;
 use crate::run::artifacts;
+use crate::run::hooks::RunHooks;
 use crate::run::observer::RunObserver;
 use crate::run::options::RunOptions;
 use crate::run::record::{

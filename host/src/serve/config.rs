@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub repositories: Vec<Repository>,
     /// `[[upload]]`: sources that arrive as archives (`POST /upload/NAME`).
     pub uploads: Vec<Upload>,
+    /// `[cluster]`: runs go to agents over NATS and run state is kept in
+    /// PostgreSQL; without it the server runs everything itself (SQLite).
+    pub cluster: Option<crate::cluster::config::ClusterSettings>,
 }
 
 /// A source that arrives as an uploaded archive, the way a bucket-triggered
@@ -152,6 +155,7 @@ struct RawFile {
     repository: Vec<Spanned<RawRepository>>,
     #[serde(default)]
     upload: Vec<Spanned<RawUpload>>,
+    cluster: Option<Spanned<crate::cluster::config::RawCluster>>,
 }
 
 #[derive(Deserialize)]
@@ -179,9 +183,9 @@ struct RawServer {
     replay_window: Option<Spanned<toml::Value>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSecret {
+pub(crate) struct RawSecret {
     env: Option<Str>,
     file: Option<Str>,
 }
@@ -252,6 +256,7 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         replay_window: DEFAULT_REPLAY_WINDOW,
         repositories: Vec::new(),
         uploads: Vec::new(),
+        cluster: None,
     };
     let Some(server) = raw.server else {
         diags.push(src.diag(
@@ -262,6 +267,10 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
     };
     let server_span = server.span();
     server_settings(src, server, &mut cfg, diags);
+    if let Some(c) = raw.cluster {
+        let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        cfg.cluster = crate::cluster::config::cluster(src, c, &dir, diags);
+    }
     if raw.repository.is_empty() && raw.upload.is_empty() {
         diags.push(src.diag(
             server_span,
@@ -374,8 +383,7 @@ const WEBHOOK_SECRET_REQUIRED: &str = concat!(
     "checked against it (e.g. `webhook-secret = { env = \"HOST_WEBHOOK_SECRET\" }`)",
 );
 
-/// `webhook-secret = { env = "VAR" }` or `{ file = "path" }` (relative to
-/// the configuration file's folder `dir`); `None` after a diagnostic.
+/// `webhook-secret`, required; `None` after a diagnostic.
 fn webhook_secret(
     src: &Source<'_>,
     server_span: std::ops::Range<usize>,
@@ -387,6 +395,18 @@ fn webhook_secret(
         diags.push(src.diag(server_span, WEBHOOK_SECRET_REQUIRED));
         return None;
     };
+    secret_ref(src, "server.webhook-secret", s, dir, diags)
+}
+
+/// `KEY = { env = "VAR" }` or `{ file = "path" }` (relative to the
+/// configuration file's folder `dir`); `None` after a diagnostic.
+pub(crate) fn secret_ref(
+    src: &Source<'_>,
+    key: &str,
+    s: Spanned<RawSecret>,
+    dir: &Path,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SecretRef> {
     let span = s.span();
     match s.into_inner() {
         RawSecret {
@@ -400,7 +420,7 @@ fn webhook_secret(
         _ => {
             diags.push(src.diag(
                 span,
-                "server.webhook-secret: give exactly one of `env = \"VAR\"` or `file = \"path\"`",
+                format!("{key}: give exactly one of `env = \"VAR\"` or `file = \"path\"`"),
             ));
             None
         }

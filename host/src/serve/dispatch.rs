@@ -43,8 +43,17 @@ pub async fn recover(s: &Arc<ServerState>) -> Result<String> {
     Ok(format!("{queued} run(s) queued"))
 }
 
-/// Cancel running runs that a newer one superseded.
-pub fn cancel_running(s: &ServerState, run_ids: &[String], by: &str) {
+/// Cancel running runs that a newer one superseded (on a cluster: tell
+/// their agents).
+pub fn cancel_running(s: &Arc<ServerState>, run_ids: &[String], by: &str) {
+    if let Some(c) = s.cluster.get() {
+        for id in run_ids {
+            let (s, c, id) = (s.clone(), c.clone(), id.clone());
+            let reason = format!("superseded by run {by}");
+            tokio::spawn(async move { c.cancel(&s, &id, &reason).await });
+        }
+        return;
+    }
     let running = s.running.lock();
     for id in run_ids {
         if let Some(c) = running.get(id) {
@@ -276,4 +285,3 @@ async fn save_unstarted(s: &Arc<ServerState>, rec: RunRecord) -> RunRecord {
     }
     rec
 }
-

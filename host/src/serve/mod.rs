@@ -43,14 +43,16 @@ pub struct ServerState {
     /// (each run's recorder has its own).
     db: Mutex<RunStore>,
     /// Woken when a run is queued or ends.
-    wake: Notify,
+    pub(crate) wake: Notify,
     /// Runs in progress, to cancel them.
     running: Mutex<HashMap<String, RunControl>>,
     /// Webhook deliveries by outcome, since start.
     deliveries: Mutex<BTreeMap<String, u64>>,
     pub shutdown: CancellationToken,
     /// Build numbers are handed out one at a time.
-    numbering: tokio::sync::Mutex<()>,
+    pub(crate) numbering: tokio::sync::Mutex<()>,
+    /// With `[cluster]`: the NATS side (set once connected, at start).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::server::Cluster>>,
 }
 
 impl ServerState {
@@ -62,7 +64,17 @@ impl ServerState {
                 anyhow::anyhow!("{}: server.webhook-secret: {e:#}", config.file.display())
             })?
             .into_bytes();
-        let store = RunStore::open(state_dir)?;
+        let store = match &config.cluster {
+            None => RunStore::open(state_dir)?,
+            Some(c) => {
+                let url = c.database.read().map_err(|e| {
+                    anyhow::anyhow!("{}: cluster.database: {e:#}", config.file.display())
+                })?;
+                let store = RunStore::postgres(&url)?;
+                crate::cluster::claims::init(store.db())?;
+                store
+            }
+        };
         queue::Queue::new(store.db()).init()?;
         let workspaces = config
             .workspaces
@@ -82,6 +94,7 @@ impl ServerState {
             deliveries: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
             numbering: tokio::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -139,11 +152,25 @@ pub async fn serve(state: Arc<ServerState>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    let recovered = dispatch::recover(&state).await?;
+    let (recovered, dispatcher) = match &state.config.cluster {
+        None => (
+            dispatch::recover(&state).await?,
+            tokio::spawn(dispatch::run(state.clone())),
+        ),
+        Some(settings) => {
+            use crate::cluster::server;
+            let url = settings.database.read()?;
+            let cluster = server::Cluster::connect(settings, &url).await?;
+            let _ = state.cluster.set(cluster.clone());
+            (
+                server::recover(&state).await?,
+                tokio::spawn(server::run(state.clone(), cluster)),
+            )
+        }
+    };
     // Tests and scripts wait for this line.
     eprintln!("host serve: listening on http://{addr} ({recovered})");
     let app = api::router(state.clone());
-    let dispatcher = tokio::spawn(dispatch::run(state.clone()));
     let shutdown = state.shutdown.clone();
     tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
     axum::serve(listener, app)

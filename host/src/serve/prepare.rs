@@ -96,14 +96,14 @@ pub async fn prepare(
         plugin_dirs: site.plugin_dirs.to_vec(),
     };
     let file = workspace.join(&pipeline_path);
-    let pipeline =
-        match load_resolved_from(&origin, &file, site.state_dir, LockMode::Normal).await {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                let reason = relative(&e.to_string(), workspace);
-                return Err(Unstarted::failure(&job.repository, reason));
-            }
-        };
+    let pipeline = match load_resolved_from(&origin, &file, site.state_dir, LockMode::Normal).await
+    {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            let reason = relative(&e.to_string(), workspace);
+            return Err(Unstarted::failure(&job.repository, reason));
+        }
+    };
     if let Some(env) = &job.environment {
         if pipeline.environment(env).is_none() {
             let reason = format!(

@@ -119,7 +119,7 @@ fn window_start(now_ms: i64, window: Duration) -> i64 {
     now_ms.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct QueuedJob {
     pub run_id: String,
     pub repository: String,

@@ -236,6 +236,7 @@ mod tests {
             started_at: "now".into(),
             duration_ms: 1500,
             stages: vec![s],
+            attempts: Vec::new(),
             ..RunRecord::new("<b>p</b>", &opts)
         };
         let html = run_page(&run);

@@ -11,8 +11,9 @@
 mod pg;
 mod value;
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// Test support (also for the integration tests): a fresh PostgreSQL
+/// schema per test.
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
