@@ -161,6 +161,10 @@ impl Agent {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Kill -9: no goodbye, no acks.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -183,5 +187,92 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A PostgreSQL cluster of one test (to stop and start it): initdb as the
+/// `postgres` user (root may not), on a free port, in a directory that
+/// user can reach.
+pub struct Postgres {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn as_postgres(cmd: &str) -> std::process::ExitStatus {
+    Command::new("su")
+        .args(["postgres", "-c", cmd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("su postgres")
+}
+
+fn pg_bin(name: &str) -> String {
+    // Debian keeps them out of PATH.
+    let found = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path().join("bin").join(name)).find(|p| p.exists()));
+    found.map_or(name.to_string(), |p| p.display().to_string())
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = PathBuf::from(format!("/tmp/pipeline-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("chown")
+            .args(["postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown postgres {}", dir.display());
+        let ok = as_postgres(&format!(
+            "{} -D {}/data -A trust -U postgres",
+            pg_bin("initdb"),
+            dir.display()
+        ));
+        assert!(ok.success(), "initdb failed");
+        let pg = Self {
+            dir,
+            port: free_port(),
+        };
+        pg.up();
+        let ok = as_postgres(&format!(
+            "{} -h 127.0.0.1 -p {} pipeline",
+            pg_bin("createdb"),
+            pg.port
+        ));
+        assert!(ok.success(), "createdb failed");
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/pipeline", self.port)
+    }
+
+    /// Start (waits until it accepts connections).
+    pub fn up(&self) {
+        let ok = as_postgres(&format!(
+            "{} -D {d}/data -w -l {d}/log -o '-p {} -c listen_addresses=127.0.0.1 -k {d}' start",
+            pg_bin("pg_ctl"),
+            self.port,
+            d = self.dir.display()
+        ));
+        assert!(ok.success(), "pg_ctl start failed");
+        wait_port(self.port, Duration::from_secs(30), "PostgreSQL");
+    }
+
+    /// Stop (fast: connections are cut).
+    pub fn down(&self) {
+        as_postgres(&format!(
+            "{} -D {}/data -w -m fast stop",
+            pg_bin("pg_ctl"),
+            self.dir.display()
+        ));
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
