@@ -263,7 +263,7 @@ pub fn redact_url(url: &str) -> String {
                 (k.into_owned(), v)
             })
             .collect();
-        if !query.is_empty() {
+        if query.iter().any(|(k, _)| k == "password") {
             u.query_pairs_mut().clear().extend_pairs(query);
         }
         return u.to_string();
