@@ -406,3 +406,123 @@ with = {{ attack = "echo", image = "{image}" }}
         text(&out.stderr)
     );
 }
+
+/// A schema of its own on the test PostgreSQL server
+/// (`PIPELINE_TEST_POSTGRES`), dropped afterwards.
+struct PgSchema {
+    admin: host::store::Db,
+    name: String,
+    url: String,
+}
+
+impl PgSchema {
+    fn new(test: &str) -> Option<Self> {
+        let Some(base) = std::env::var("PIPELINE_TEST_POSTGRES")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("{test}: skipped (PIPELINE_TEST_POSTGRES is not set)");
+            return None;
+        };
+        let admin = host::store::Db::postgres(&base).unwrap();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        admin.batch(&format!("CREATE SCHEMA {name}")).unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
+        Some(Self { admin, name, url })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = self
+            .admin
+            .batch(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+/// `--database URL`: the history and approval commands read and write a
+/// run another machine recorded in PostgreSQL, not the state directory.
+#[test]
+fn history_and_approvals_use_the_postgres_database_given() {
+    use host::run::approvals::{ApprovalStore, Decision};
+    use host::run::{RunRecord, RunStore, StageRecord, Status};
+
+    let Some(pg) = PgSchema::new("history_and_approvals_use_the_postgres_database_given") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let store = RunStore::postgres(&pg.url).unwrap();
+    let mut deploy = StageRecord::pending("deploy", "deploy.wasm");
+    deploy.status = Status::Running;
+    let run = RunRecord {
+        id: "0123456789ab".into(),
+        pipeline: "shop".into(),
+        file: "pipeline.toml".into(),
+        build_number: 7,
+        commit_sha: "c0ffee".into(),
+        branch: Some("main".into()),
+        tag: None,
+        event: "push".into(),
+        environment: Some("production".into()),
+        status: Status::Running,
+        started_at: "2024-05-01T10:00:00Z".into(),
+        duration_ms: 0,
+        reason: None,
+        trigger: None,
+        stages: vec![deploy],
+    };
+    store.save(&run).unwrap();
+    let line = host::caps::log::LogLine {
+        at_ms: 1,
+        stream: "stdout".into(),
+        text: "rolling out v7".into(),
+    };
+    store
+        .append_logs(&run.id, &[("deploy".into(), line)])
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let approvals = ApprovalStore::postgres(&pg.url).unwrap();
+    let deadline = rt
+        .block_on(approvals.ask(&run.id, "deploy", "production", Duration::from_secs(600)))
+        .unwrap();
+
+    let db = ["--database", pg.url.as_str()];
+    let with = |args: &[&str]| {
+        let all: Vec<&str> = args.iter().chain(db.iter()).copied().collect();
+        let out = host(&state, &all);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", shown(&out));
+        text(&out.stdout)
+    };
+    let runs: serde_json::Value = serde_json::from_str(&with(&["runs", "--json"])).unwrap();
+    assert_eq!(runs["runs"][0]["id"], "0123456789ab", "{runs}");
+    assert!(with(&["runs", "show", "0123"]).contains("host approve 0123456789ab deploy"));
+    assert!(with(&["logs", "0123"]).contains("rolling out v7"));
+    assert_eq!(with(&["audit", "0123", "--json"]).trim(), "[]");
+    assert!(with(&["approvals"]).contains("0123456789ab  deploy  → production"));
+    assert!(with(&["approve", "0123456789ab", "deploy", "--by", "ann"]).contains("approved"));
+    let decided = rt
+        .block_on(approvals.wait(&run.id, "deploy", deadline))
+        .unwrap();
+    assert_eq!(decided.decision, Decision::Approved);
+    assert_eq!(decided.by.as_deref(), Some("ann"));
+    // The state directory was not used for any of it.
+    assert!(!state.join("runs.db").exists());
+    // A URL's password is never shown.
+    let out = host(
+        &state,
+        &[
+            "runs",
+            "--database",
+            "postgres://ci:hunter2@127.0.0.1:1/none",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!shown(&out).contains("hunter2"), "{}", shown(&out));
+    assert!(
+        text(&out.stderr).contains("ci:***@127.0.0.1:1"),
+        "{}",
+        shown(&out)
+    );
+}

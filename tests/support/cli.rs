@@ -11,6 +11,7 @@ pub fn host_env(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env("NO_COLOR", "1")
         .env_remove("HOST_REGISTRY_USERNAME")
         .env_remove("HOST_REGISTRY_PASSWORD")
+        .env_remove("HOST_DATABASE_URL")
         .args(args);
     for (k, v) in env {
         cmd.env(k, v);

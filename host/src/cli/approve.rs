@@ -1,11 +1,10 @@
 //! `host approve` / `host reject` / `host approvals`: decide on a stage that
 //! waits for a person before deploying to its environment.
-use std::path::Path;
-
 use anyhow::Result;
 use clap::Args;
 
 use crate::run::approvals::{ApprovalStore, Decision};
+use crate::store::StoreLocation;
 
 #[derive(Args)]
 pub struct DecideArgs {
@@ -21,8 +20,8 @@ pub struct DecideArgs {
     pub comment: Option<String>,
 }
 
-pub async fn decide(args: DecideArgs, decision: Decision, state_dir: &Path) -> Result<u8> {
-    let store = ApprovalStore::open(state_dir)?;
+pub async fn decide(args: DecideArgs, decision: Decision, loc: &StoreLocation) -> Result<u8> {
+    let store = open(loc).await?;
     let by = args
         .by
         .or_else(|| std::env::var("USER").ok())
@@ -54,8 +53,8 @@ pub struct PendingArgs {
     pub json: bool,
 }
 
-pub async fn pending(args: PendingArgs, state_dir: &Path) -> Result<u8> {
-    let list = ApprovalStore::open(state_dir)?.pending().await?;
+pub async fn pending(args: PendingArgs, loc: &StoreLocation) -> Result<u8> {
+    let list = open(loc).await?.pending().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if list.is_empty() {
@@ -69,4 +68,10 @@ pub async fn pending(args: PendingArgs, state_dir: &Path) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The approvals at `loc`, opened off the async threads.
+async fn open(loc: &StoreLocation) -> Result<ApprovalStore> {
+    let loc = loc.clone();
+    tokio::task::spawn_blocking(move || ApprovalStore::open_at(&loc)).await?
 }

@@ -1,7 +1,6 @@
 //! `host audit RUN [STAGE]`: the capability calls of a run's stages,
 //! allowed and denied, from its record.
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Result;
 use clap::Args;
@@ -11,6 +10,7 @@ use super::history::find_run;
 use crate::caps::audit::AuditEntry;
 use crate::run::display::terminal_safe;
 use crate::run::RunStore;
+use crate::store::StoreLocation;
 
 #[derive(Args)]
 pub struct AuditArgs {
@@ -33,13 +33,13 @@ struct Row<'a> {
     entry: &'a AuditEntry,
 }
 
-pub async fn audit(args: AuditArgs, state_dir: &Path) -> Result<u8> {
-    let state_dir = state_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || show(args, &state_dir)).await?
+pub async fn audit(args: AuditArgs, loc: &StoreLocation) -> Result<u8> {
+    let loc = loc.clone();
+    tokio::task::spawn_blocking(move || show(args, &loc)).await?
 }
 
-fn show(args: AuditArgs, state_dir: &Path) -> Result<u8> {
-    let store = RunStore::open(state_dir)?;
+fn show(args: AuditArgs, loc: &StoreLocation) -> Result<u8> {
+    let store = RunStore::open_at(loc)?;
     let run = find_run(&store, &args.id)?;
     if let Some(s) = &args.stage {
         if run.stage(s).is_none() {

@@ -1,6 +1,5 @@
 //! Run history: `host runs`, `host runs show ID`, `host logs ID [STAGE]`.
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -13,6 +12,7 @@ use crate::run::display::{
 use crate::run::record::StoredLine;
 use crate::run::{RunFilter, RunRecord, RunStore, RunSummary, Status};
 use crate::serve::queue::{Queue, QueuedJob};
+use crate::store::StoreLocation;
 
 #[derive(Args)]
 pub struct RunsArgs {
@@ -73,17 +73,17 @@ fn parse_status(s: &str) -> Result<Status, String> {
     })
 }
 
-pub async fn runs(args: RunsArgs, state_dir: &Path) -> Result<u8> {
-    let state_dir = state_dir.to_path_buf();
+pub async fn runs(args: RunsArgs, loc: &StoreLocation) -> Result<u8> {
+    let loc = loc.clone();
     tokio::task::spawn_blocking(move || match args.command {
-        Some(RunsCommand::Show(s)) => show(s, &state_dir),
-        None => list(args.list, &state_dir),
+        Some(RunsCommand::Show(s)) => show(s, &loc),
+        None => list(args.list, &loc),
     })
     .await?
 }
 
-fn list(args: ListArgs, state_dir: &Path) -> Result<u8> {
-    let store = RunStore::open(state_dir)?;
+fn list(args: ListArgs, loc: &StoreLocation) -> Result<u8> {
+    let store = RunStore::open_at(loc)?;
     let filter = RunFilter {
         pipeline: args.pipeline,
         branch: args.branch,
@@ -111,7 +111,7 @@ fn list(args: ListArgs, state_dir: &Path) -> Result<u8> {
         return Ok(0);
     }
     if queued.is_empty() && runs.is_empty() {
-        eprintln!("no runs recorded in {}", state_dir.display());
+        eprintln!("no runs recorded in {}", loc.describe());
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
@@ -196,8 +196,8 @@ pub fn find_run(store: &RunStore, id: &str) -> Result<RunRecord> {
     }
 }
 
-fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
-    let store = RunStore::open(state_dir)?;
+fn show(args: ShowArgs, loc: &StoreLocation) -> Result<u8> {
+    let store = RunStore::open_at(loc)?;
     let run = find_run(&store, &args.id)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&run)?);
@@ -206,7 +206,7 @@ fn show(args: ShowArgs, state_dir: &Path) -> Result<u8> {
     let pending = if run.status.is_final() {
         Vec::new()
     } else {
-        let approvals = ApprovalStore::open(state_dir)?;
+        let approvals = ApprovalStore::open_at(loc)?;
         let rt = tokio::runtime::Handle::current();
         rt.block_on(approvals.pending())?
             .into_iter()
@@ -363,13 +363,13 @@ fn write_stage_details(out: &mut impl Write, run: &RunRecord) -> std::io::Result
 /// How often `--follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-pub async fn logs(args: LogsArgs, state_dir: &Path) -> Result<u8> {
-    let state_dir = state_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || logs_blocking(args, &state_dir)).await?
+pub async fn logs(args: LogsArgs, loc: &StoreLocation) -> Result<u8> {
+    let loc = loc.clone();
+    tokio::task::spawn_blocking(move || logs_blocking(args, &loc)).await?
 }
 
-fn logs_blocking(args: LogsArgs, state_dir: &Path) -> Result<u8> {
-    let store = RunStore::open(state_dir)?;
+fn logs_blocking(args: LogsArgs, loc: &StoreLocation) -> Result<u8> {
+    let store = RunStore::open_at(loc)?;
     let run = find_run(&store, &args.id)?;
     let stage = args.stage.as_deref();
     if let Some(st) = stage {

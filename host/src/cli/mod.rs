@@ -18,6 +18,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::store::StoreLocation;
+
 #[derive(Parser)]
 #[command(
     name = "host",
@@ -30,6 +32,19 @@ struct Cli {
     /// Default: $XDG_STATE_HOME/pipeline-host (~/.local/state/pipeline-host).
     #[arg(long, global = true, env = "HOST_STATE_DIR")]
     state_dir: Option<PathBuf>,
+
+    /// Read and write run records and approvals in this PostgreSQL
+    /// database (postgres://user@host:port/db) instead of
+    /// <state-dir>/runs.db: `host runs`, `logs`, `audit`, `approve`,
+    /// `reject` and `approvals`.
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database: Option<String>,
 
     /// More host logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -85,6 +100,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let store = StoreLocation::new(&state_dir, cli.database.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,18 +118,18 @@ pub fn main() -> ExitCode {
             Command::Lock(a) => lock::lock(a, state_dir.as_path()).await,
             Command::Plugin(c) => plugin::plugin(c, &state_dir).await,
             Command::Approve(a) => {
-                approve::decide(a, crate::run::approvals::Decision::Approved, &state_dir).await
+                approve::decide(a, crate::run::approvals::Decision::Approved, &store).await
             }
             Command::Reject(a) => {
-                approve::decide(a, crate::run::approvals::Decision::Rejected, &state_dir).await
+                approve::decide(a, crate::run::approvals::Decision::Rejected, &store).await
             }
-            Command::Approvals(a) => approve::pending(a, &state_dir).await,
+            Command::Approvals(a) => approve::pending(a, &store).await,
             Command::Rollback(a) => rollback::rollback(a, &state_dir).await,
             Command::Serve(a) => serve::serve(a, &state_dir).await,
             Command::Agent(a) => agent::agent(a).await,
-            Command::Runs(a) => history::runs(a, &state_dir).await,
-            Command::Logs(a) => history::logs(a, &state_dir).await,
-            Command::Audit(a) => audit::audit(a, &state_dir).await,
+            Command::Runs(a) => history::runs(a, &store).await,
+            Command::Logs(a) => history::logs(a, &store).await,
+            Command::Audit(a) => audit::audit(a, &store).await,
             Command::Artifacts(a) => artifacts::artifacts(a, &state_dir).await,
         }
     });

@@ -306,3 +306,64 @@ fn decided(r: &Row) -> Result<Option<ApprovalRecord>> {
         comment: r.opt_str(5)?,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::PgSchema;
+
+    /// Ask, list, decide once (a second decision is refused), time out.
+    async fn asked_decided_and_timed_out(store: ApprovalStore) {
+        let minute = Duration::from_secs(60);
+        store
+            .ask("r1", "deploy", "production", minute)
+            .await
+            .unwrap();
+        let pending = store.pending().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].environment, "production");
+        store
+            .decide("r1", "deploy", Decision::Approved, "ann", Some("ok"))
+            .await
+            .unwrap();
+        let e = store
+            .decide("r1", "deploy", Decision::Rejected, "bob", None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no approval is pending"), "{e}");
+        let rec = store
+            .wait("r1", "deploy", tokio::time::Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(rec.decision, Decision::Approved);
+        assert_eq!(rec.by.as_deref(), Some("ann"));
+        assert_eq!(rec.comment.as_deref(), Some("ok"));
+        // Asked again (the run runs again): waiting afresh.
+        store
+            .ask("r1", "deploy", "production", minute)
+            .await
+            .unwrap();
+        assert_eq!(store.pending().await.unwrap().len(), 1);
+        let rec = store
+            .wait("r1", "deploy", tokio::time::Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(rec.decision, Decision::TimedOut);
+        assert_eq!(rec.by, None);
+        assert!(store.pending().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn approvals_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        asked_decided_and_timed_out(ApprovalStore::open(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn approvals_on_postgres() {
+        let Some(schema) = PgSchema::new("approvals_on_postgres") else {
+            return;
+        };
+        asked_decided_and_timed_out(ApprovalStore::postgres(&schema.url).unwrap()).await;
+    }
+}

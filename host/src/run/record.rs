@@ -819,3 +819,7 @@ fn summary(r: &Row) -> Result<RunSummary> {
         repository: r.opt_str(14)?,
     })
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;

@@ -66,7 +66,7 @@ pub struct Db {
 
 enum Engine {
     Sqlite(Connection),
-    Postgres(pg::Pg),
+    Postgres(Box<pg::Pg>),
 }
 
 /// The advisory lock key every writing transaction takes on PostgreSQL,
@@ -95,7 +95,9 @@ impl Db {
     /// `?options=-c%20search_path%3Dname` picks a schema). The connection
     /// is made again by the next call after it was lost.
     pub fn postgres(url: &str) -> Result<Db> {
-        Ok(Self::with(Engine::Postgres(pg::Pg::connect(url)?)))
+        Ok(Self::with(Engine::Postgres(Box::new(pg::Pg::connect(
+            url,
+        )?))))
     }
 
     /// The database at `loc`: `<dir>/runs.db` (the directory is made) or

@@ -40,9 +40,7 @@ impl Pg {
     }
 
     fn open(&self) -> Result<Conn> {
-        let client = self
-            .config
-            .connect(NoTls)
+        let client = off_runtime(|| self.config.connect(NoTls))
             .with_context(|| format!("connecting to PostgreSQL at {}", self.shown))?;
         Ok(Conn {
             client,
@@ -55,7 +53,16 @@ impl Pg {
     /// connection was lost is tried once more on a new one: the server
     /// did not run it, or (server gone mid-statement) only the last
     /// statement of an auto-committed call could be run twice.
-    fn with_conn<T>(
+    fn with_conn<T: Send>(
+        &self,
+        sql: &str,
+        in_tx: bool,
+        f: impl FnMut(&mut Conn) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T> {
+        off_runtime(|| self.with_conn_here(sql, in_tx, f))
+    }
+
+    fn with_conn_here<T>(
         &self,
         sql: &str,
         in_tx: bool,
@@ -134,6 +141,31 @@ impl Pg {
             }
             locked.map(|_| ())
         })
+    }
+}
+
+/// The blocking client runs its own runtime, which cannot be entered from
+/// a thread that already runs one (an async task that opened a store, or
+/// dropped the last handle to one): there, `f` runs on a thread of its
+/// own. The stores otherwise run on blocking threads, where it runs in
+/// place.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        // Closing the client blocks on its runtime too.
+        if let Some(conn) = self.conn.get_mut().take() {
+            off_runtime(move || drop(conn));
+        }
     }
 }
 
@@ -231,7 +263,7 @@ pub fn redact_url(url: &str) -> String {
                 (k.into_owned(), v)
             })
             .collect();
-        if !query.is_empty() {
+        if query.iter().any(|(k, _)| k == "password") {
             u.query_pairs_mut().clear().extend_pairs(query);
         }
         return u.to_string();

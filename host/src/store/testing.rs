@@ -66,27 +66,33 @@ impl Drop for PgSchema {
     }
 }
 
-/// Run `body` on a fresh PostgreSQL schema (skipped without a server).
-pub fn on_postgres(test: &str, body: impl FnOnce(&Db)) {
-    if let Some(db) = PgSchema::new(test) {
-        body(&db);
+impl PgSchema {
+    /// Another connection to the schema.
+    pub fn open(&self) -> Db {
+        Db::postgres(&self.url).expect("connecting to the test schema")
     }
 }
 
 /// `#[test]`s running the same body on SQLite (in memory) and, when
 /// `PIPELINE_TEST_POSTGRES` is set, on PostgreSQL: `both_engines!(a, b)`
 /// with `fn a(db: &Db)` in the calling module makes `on_sqlite::a` and
-/// `on_postgres::a`.
+/// `on_postgres::a`; `both_engines!(owned: a, b)` is for `fn a(db: Db)`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! both_engines {
+    (owned: $($body:ident),* $(,)?) => {
+        $crate::both_engines!(@make |db| db, $($body),*);
+    };
     ($($body:ident),* $(,)?) => {
+        $crate::both_engines!(@make |db| &db, $($body),*);
+    };
+    (@make |$db:ident| $arg:expr, $($body:ident),*) => {
         mod on_sqlite {
             $(
                 #[test]
                 fn $body() {
-                    let db = $crate::store::Db::sqlite_memory().unwrap();
-                    super::$body(&db);
+                    let $db = $crate::store::Db::sqlite_memory().unwrap();
+                    super::$body($arg);
                 }
             )*
         }
@@ -94,7 +100,10 @@ macro_rules! both_engines {
             $(
                 #[test]
                 fn $body() {
-                    $crate::store::testing::on_postgres(stringify!($body), |db| super::$body(db));
+                    if let Some(schema) = $crate::store::testing::PgSchema::new(stringify!($body)) {
+                        let $db = schema.open();
+                        super::$body($arg);
+                    }
                 }
             )*
         }

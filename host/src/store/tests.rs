@@ -226,3 +226,9 @@ fn writers_take_turns_on_postgres() {
     let url = db.url.clone();
     writers_take_turns(&db, move || Db::postgres(&url).unwrap());
 }
+
+#[test]
+fn a_db_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<Db>();
+}
