@@ -120,7 +120,9 @@ fn pair(a: &str, outcome: &str) -> (String, String) {
 
 #[test]
 fn a_run_whose_agent_is_killed_runs_again_elsewhere_and_finishes_once() {
-    let Some(db) = database("agent_killed") else { return };
+    let Some(db) = database("agent_killed") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let repo = GitRepo::new(dir.path());
@@ -133,13 +135,19 @@ fn a_run_whose_agent_is_killed_runs_again_elsewhere_and_finishes_once() {
     let _a2 = Agent::start(dir.path(), "a2", &nats, ONE_SECOND_ACK);
     let r = server.wait_run(&run, RUN);
     assert_eq!(r["status"], "success", "{r}");
-    assert_eq!(attempts(&r), [pair("a1", "died"), pair("a2", "success")], "{r}");
+    assert_eq!(
+        attempts(&r),
+        [pair("a1", "died"), pair("a2", "success")],
+        "{r}"
+    );
     assert_eq!(r["build_number"], 1, "the run kept its number: {r}");
 }
 
 #[test]
 fn a_run_that_kills_every_agent_is_given_up_after_the_attempt_limit() {
-    let Some(db) = database("given_up") else { return };
+    let Some(db) = database("given_up") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let repo = GitRepo::new(dir.path());
@@ -175,7 +183,9 @@ fn signal(agent: &Agent, sig: &str) {
 
 #[test]
 fn a_stale_agents_late_results_are_refused() {
-    let Some(db) = database("stale_agent") else { return };
+    let Some(db) = database("stale_agent") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let repo = GitRepo::new(dir.path());
@@ -190,15 +200,24 @@ fn a_stale_agents_late_results_are_refused() {
     let _a2 = Agent::start(dir.path(), "a2", &nats, ONE_SECOND_ACK);
     wait_running_on(&server, &run, 2, "a2");
     signal(&a1, "-CONT");
-    server.wait_log(&format!("run {run} attempt 1: a report dropped: stale"), RUN);
+    server.wait_log(
+        &format!("run {run} attempt 1: a report dropped: stale"),
+        RUN,
+    );
     let r = server.wait_run(&run, RUN);
     assert_eq!(r["status"], "success", "{r}");
-    assert_eq!(attempts(&r), [pair("a1", "died"), pair("a2", "success")], "{r}");
+    assert_eq!(
+        attempts(&r),
+        [pair("a1", "died"), pair("a2", "success")],
+        "{r}"
+    );
 }
 
 #[test]
 fn a_newer_push_cancels_the_run_on_its_agent() {
-    let Some(db) = database("cancel_in_progress") else { return };
+    let Some(db) = database("cancel_in_progress") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let repo = GitRepo::new(dir.path());
@@ -213,8 +232,162 @@ fn a_newer_push_cancels_the_run_on_its_agent() {
     let r1 = server.wait_run(&run1, RUN);
     assert_eq!(r1["status"], "cancelled", "{r1}");
     assert!(
-        r1["reason"].as_str().unwrap_or_default().contains(&format!("superseded by run {run2}")),
+        r1["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("superseded by run {run2}")),
         "{r1}"
     );
     assert_eq!(server.wait_run(&run2, RUN)["status"], "success");
+}
+
+/// `stages` after the test plugin's header.
+fn pipeline(stages: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"clustered\"\n\n[plugins]\nhostile = \"{}\"\n\n{stages}",
+        plugin("hostile").display()
+    )
+}
+
+const APPROVED_DEPLOY: &str = r#"
+[environments.prod]
+branch = ["main"]
+approval = true
+
+[[stage]]
+name = "build"
+plugin = "hostile"
+with = { attack = "chatty", lines = 3 }
+
+[[stage]]
+name = "deploy"
+plugin = "hostile"
+needs = ["build"]
+environment = "prod"
+with = { attack = "ok" }
+"#;
+
+/// `host` with `--database` (another process, maybe another machine).
+fn host_db(db: &PgSchema, dir: &Path, args: &[&str]) -> std::process::Output {
+    pipeline_tests::cli::host_env(
+        &dir.join("elsewhere"),
+        args,
+        &[("HOST_DATABASE_URL", &db.url)],
+    )
+}
+
+#[test]
+fn an_approval_given_elsewhere_releases_the_run_on_its_agent() {
+    let Some(db) = database("approval_elsewhere") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let repo = GitRepo::new(dir.path());
+    let server = server(dir.path(), &repo, &nats, &db, "");
+    let _a1 = Agent::start(dir.path(), "a1", &nats, "");
+    let sha = repo.push("main", &[("pipeline.toml", &pipeline(APPROVED_DEPLOY))]);
+    let run = server.push("d-1", "refs/heads/main", &sha);
+    // Pending, as another machine sees it in the database.
+    let deadline = std::time::Instant::now() + RUN;
+    loop {
+        let out = host_db(&db, dir.path(), &["approvals"]);
+        if pipeline_tests::cli::text(&out.stdout).contains(&run) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no pending approval");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = host_db(
+        &db,
+        dir.path(),
+        &["approve", &run, "deploy", "--by", "alice", "-c", "ship"],
+    );
+    assert!(out.status.success(), "{}", pipeline_tests::cli::shown(&out));
+    let r = server.wait_run(&run, RUN);
+    assert_eq!(r["status"], "success", "{r}");
+    let deploy = &r["stages"][1];
+    assert_eq!(deploy["approval"]["by"], "alice", "{r}");
+    assert_eq!(deploy["approval"]["comment"], "ship", "{r}");
+    // The log, the web page and the metrics come from PostgreSQL too.
+    let logs = host_db(&db, dir.path(), &["logs", &run]);
+    let text = pipeline_tests::cli::text(&logs.stdout);
+    assert!(
+        text.contains("line 3 of 3"),
+        "{}",
+        pipeline_tests::cli::shown(&logs)
+    );
+    let (status, page) = server.get(&format!("/runs/{run}"));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("line 2 of 3") && page.contains("alice"),
+        "{page}"
+    );
+    assert_eq!(
+        server.metric("pipeline_runs_total{pipeline=\"clustered\",status=\"success\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn restarting_nats_loses_no_run() {
+    let Some(db) = database("nats_restart") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path());
+    let repo = GitRepo::new(dir.path());
+    let server = server(dir.path(), &repo, &nats, &db, NO_GROUP);
+    let _a1 = Agent::start(dir.path(), "a1", &nats, "concurrency = 2");
+    let sha = repo.push("main", &[("pipeline.toml", &sleeper(1500))]);
+    let running = server.push("d-0", "refs/heads/main", &sha);
+    wait_running_on(&server, &running, 1, "a1");
+    nats.kill();
+    // Accepted while NATS is away: kept in the queue, published later.
+    let mut queued = Vec::new();
+    for i in 1..=3 {
+        let sha = repo.push(&format!("b{i}"), &[("pipeline.toml", &sleeper(100))]);
+        queued.push(server.push(&format!("d-{i}"), &format!("refs/heads/b{i}"), &sha));
+    }
+    nats.restart();
+    for id in std::iter::once(&running).chain(&queued) {
+        let r = server.wait_run(id, RUN);
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(attempts(&r).len(), 1, "ran once: {r}");
+    }
+}
+
+#[test]
+fn stopping_and_starting_postgres_loses_nothing() {
+    if database("postgres_restart").is_none() {
+        return;
+    }
+    let pg = pipeline_tests::cluster::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let repo = GitRepo::new(dir.path());
+    let mut text = config(&repo.url(), "", NO_GROUP, PUSHES);
+    text.push_str(&cluster_table(dir.path(), &nats, &pg.url()));
+    let server = Server::start(dir.path(), &text);
+    let _a1 = Agent::start(dir.path(), "a1", &nats, "");
+    let sha = repo.push("main", &[("pipeline.toml", &sleeper(1000))]);
+    let run = server.push("d-1", "refs/heads/main", &sha);
+    wait_running_on(&server, &run, 1, "a1");
+    pg.down();
+    // The run ends while the store is away: its report waits.
+    server.wait_log("writing a report", RUN);
+    // A delivery now is refused (GitHub delivers it again), not lost.
+    let later = repo.push("other", &[("pipeline.toml", &sleeper(10))]);
+    let body = pipeline_tests::serve::push_payload("refs/heads/other", &later);
+    let secret = Some(pipeline_tests::serve::SECRET);
+    let (status, _) = server.deliver("push", "d-2", &body, secret);
+    assert!(status >= 500, "answered {status} without its store");
+    pg.up();
+    let r = server.wait_run(&run, RUN);
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(attempts(&r), [pair("a1", "success")], "{r}");
+    let (status, v) = server.deliver("push", "d-2", &body, secret);
+    assert_eq!(status, 202, "{v}");
+    let again = v["queued"][0].as_str().unwrap().to_string();
+    assert_eq!(server.wait_run(&again, RUN)["status"], "success");
 }

@@ -209,15 +209,20 @@ fn as_postgres(cmd: &str) -> std::process::ExitStatus {
 
 fn pg_bin(name: &str) -> String {
     // Debian keeps them out of PATH.
-    let found = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|d| d.flatten().map(|e| e.path().join("bin").join(name)).find(|p| p.exists()));
+    let found = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path().join("bin").join(name))
+            .find(|p| p.exists())
+    });
     found.map_or(name.to_string(), |p| p.display().to_string())
 }
 
 impl Postgres {
     pub fn start() -> Self {
-        let dir = PathBuf::from(format!("/tmp/pipeline-pg-{}", uuid::Uuid::new_v4().simple()));
+        let dir = PathBuf::from(format!(
+            "/tmp/pipeline-pg-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let status = Command::new("chown")
             .args(["postgres", dir.to_str().unwrap()])
