@@ -472,6 +472,7 @@ fn history_and_approvals_use_the_postgres_database_given() {
         reason: None,
         trigger: None,
         stages: vec![deploy],
+        attempts: Vec::new(),
     };
     store.save(&run).unwrap();
     let line = host::caps::log::LogLine {

@@ -391,3 +391,34 @@ fn stopping_and_starting_postgres_loses_nothing() {
     let again = v["queued"][0].as_str().unwrap().to_string();
     assert_eq!(server.wait_run(&again, RUN)["status"], "success");
 }
+
+#[test]
+fn host_cancel_stops_a_run_on_its_agent_and_a_queued_one() {
+    let Some(db) = database("host_cancel") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let repo = GitRepo::new(dir.path());
+    let server = server(dir.path(), &repo, &nats, &db, "");
+    let _a1 = Agent::start(dir.path(), "a1", &nats, "");
+    let first = repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
+    let running = server.push("d-1", "refs/heads/main", &first);
+    wait_running_on(&server, &running, 1, "a1");
+    // Same group: this one waits in the queue behind the first.
+    let second = repo.push("main", &[("N", "2")]);
+    let waiting = server.push("d-2", "refs/heads/main", &second);
+    for id in [&waiting, &running] {
+        let out = host_db(&db, dir.path(), &["cancel", id, "--by", "bob"]);
+        assert!(out.status.success(), "{}", pipeline_tests::cli::shown(&out));
+    }
+    for id in [&waiting, &running] {
+        let r = server.wait_run(id, RUN);
+        assert_eq!(r["status"], "cancelled", "{r}");
+        assert_eq!(r["reason"], "cancelled by bob", "{r}");
+    }
+    // An ended run cannot be cancelled.
+    let out = host_db(&db, dir.path(), &["cancel", &running]);
+    assert!(!out.status.success());
+    assert!(pipeline_tests::cli::shown(&out).contains("has already ended"));
+}

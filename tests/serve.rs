@@ -328,6 +328,38 @@ fn a_newer_push_cancels_the_run_in_progress_when_configured() {
 }
 
 #[test]
+fn host_cancel_stops_a_running_run_and_a_queued_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let slow = "[[stage]]\nname = \"work\"\nplugin = \"hostile\"\nwith = { attack = \"sleep\", ms = 60000 }\n";
+    let a = repo.push("main", &[("pipeline.toml", &pipeline("grouped", slow))]);
+    let b = repo.push("main", &[("N", "2")]);
+    let server = Server::start(dir.path(), &config(&repo.url(), "", "", PUSH_MAIN));
+    let run_a = server.push("k-1", "refs/heads/main", &a);
+    server.wait_until(&run_a, RUN, "the slow stage running", |r| {
+        r["stages"].get(0).is_some_and(|s| s["status"] == "running")
+    });
+    // The same group: b waits behind a.
+    let run_b = server.push("k-2", "refs/heads/main", &b);
+    for id in [&run_b, &run_a] {
+        let out = host(&server.state, &["cancel", id, "--by", "carol"]);
+        assert!(out.status.success(), "{}", shown(&out));
+    }
+    for id in [&run_b, &run_a] {
+        let r = server.wait_run(id, RUN);
+        assert_eq!(r["status"], "cancelled", "{r}");
+        assert_eq!(r["reason"], "cancelled by carol", "{r}");
+    }
+    let out = host(&server.state, &["cancel", "no-such-run"]);
+    assert!(!out.status.success());
+    assert!(
+        shown(&out).contains("no run no-such-run"),
+        "{}",
+        shown(&out)
+    );
+}
+
+#[test]
 fn pull_requests_run_their_head_and_forks_get_no_server_environment() {
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::new(dir.path());

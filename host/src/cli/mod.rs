@@ -3,6 +3,7 @@ mod agent;
 mod approve;
 mod artifacts;
 mod audit;
+mod cancel;
 mod check;
 pub mod history;
 mod lock;
@@ -71,6 +72,8 @@ enum Command {
     Reject(approve::DecideArgs),
     /// List the stages waiting for approval.
     Approvals(approve::PendingArgs),
+    /// Cancel a run of `host serve` (queued or running, on any agent).
+    Cancel(cancel::CancelArgs),
     /// Redeploy an image an earlier run deployed to an environment.
     Rollback(rollback::RollbackArgs),
     /// One machine of a cluster: run the runs a `host serve` with
@@ -127,6 +130,7 @@ pub fn main() -> ExitCode {
             Command::Rollback(a) => rollback::rollback(a, &state_dir).await,
             Command::Serve(a) => serve::serve(a, &state_dir).await,
             Command::Agent(a) => agent::agent(a).await,
+            Command::Cancel(a) => cancel::cancel(a, &store).await,
             Command::Runs(a) => history::runs(a, &store).await,
             Command::Logs(a) => history::logs(a, &store).await,
             Command::Audit(a) => audit::audit(a, &store).await,

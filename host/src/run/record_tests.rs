@@ -17,6 +17,7 @@ fn run(id: &str, pipeline: &str, n: u64, started_at: &str) -> RunRecord {
         reason: None,
         trigger: None,
         stages: vec![StageRecord::pending("build", "build.wasm")],
+        attempts: Vec::new(),
     }
 }
 

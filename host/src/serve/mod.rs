@@ -6,9 +6,11 @@
 //! - [`webhook`]: signatures, payloads, which runs a delivery asks for;
 //! - [`queue`]: the durable queue (SQLite, beside the run records);
 //! - [`dispatch`]: takes queued runs, runs them, cancels superseded;
+//! - [`cancel`]: `host cancel` requests, from any machine;
 //! - [`prepare`]: a job's source and pipeline, wherever it runs;
 //! - [`api`], [`web`], [`metrics`]: what the server shows.
 pub mod api;
+pub mod cancel;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;
@@ -45,7 +47,7 @@ pub struct ServerState {
     /// Woken when a run is queued or ends.
     pub(crate) wake: Notify,
     /// Runs in progress, to cancel them.
-    running: Mutex<HashMap<String, RunControl>>,
+    pub(crate) running: Mutex<HashMap<String, RunControl>>,
     /// Webhook deliveries by outcome, since start.
     deliveries: Mutex<BTreeMap<String, u64>>,
     pub shutdown: CancellationToken,
@@ -76,6 +78,7 @@ impl ServerState {
             }
         };
         queue::Queue::new(store.db()).init()?;
+        cancel::init(store.db())?;
         let workspaces = config
             .workspaces
             .clone()
@@ -168,6 +171,7 @@ pub async fn serve(state: Arc<ServerState>) -> Result<()> {
             )
         }
     };
+    tokio::spawn(cancel::watch(state.clone()));
     // Tests and scripts wait for this line.
     eprintln!("host serve: listening on http://{addr} ({recovered})");
     let app = api::router(state.clone());

@@ -374,6 +374,19 @@ impl<'c> Queue<'c> {
         Ok(())
     }
 
+    /// Take a run that waits in the queue out of it (cancelled); `None`
+    /// when it does not wait there.
+    pub fn cancel_queued(&self, run_id: &str) -> Result<Option<QueuedJob>> {
+        let changed = self.db.execute(
+            "UPDATE queue SET state = 'done' WHERE run_id = ?1 AND state = 'queued'",
+            &params![run_id],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.find(run_id)
+    }
+
     /// Put a running run back (the server is stopping; it runs again at the
     /// next start).
     pub fn requeue(&self, run_id: &str) -> Result<()> {
