@@ -422,3 +422,27 @@ fn host_cancel_stops_a_run_on_its_agent_and_a_queued_one() {
     assert!(!out.status.success());
     assert!(pipeline_tests::cli::shown(&out).contains("has already ended"));
 }
+
+#[test]
+fn runs_go_to_agents_offering_the_labels_their_pipeline_needs() {
+    let Some(db) = database("labels") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let repo = GitRepo::new(dir.path());
+    let server = server(dir.path(), &repo, &nats, &db, NO_GROUP);
+    let _plain = Agent::start(dir.path(), "plain", &nats, "concurrency = 2");
+    let _docker = Agent::start(dir.path(), "docker", &nats, "labels = [\"docker\"]");
+    let needs = pipeline(
+        "[[stage]]\nname = \"work\"\nplugin = \"hostile\"\nlabels = [\"docker\"]\nwith = { attack = \"ok\" }\n",
+    );
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let sha = repo.push("main", &[("pipeline.toml", &needs), ("N", &i.to_string())]);
+        runs.push(server.push(&format!("d-{i}"), "refs/heads/main", &sha));
+    }
+    for id in &runs {
+        let r = server.wait_run(id, RUN);
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(attempts(&r), [pair("docker", "success")], "{r}");
+    }
+}

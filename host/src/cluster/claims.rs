@@ -86,6 +86,23 @@ pub fn unpublished(db: &Db) -> Result<Vec<String>> {
     .collect()
 }
 
+/// The run was queued again for other agents (`seq`): the attempt that
+/// found it needs labels it lacks does not count.
+pub fn relabelled(db: &Db, run: &str, fence: i64, seq: u64) -> Result<()> {
+    db.transaction(|tx| {
+        tx.execute(
+            "DELETE FROM cluster_claims WHERE run_id = ?1 AND fence = ?2",
+            &params![run, fence],
+        )?;
+        tx.execute(
+            "UPDATE cluster_runs SET state = 'dispatched', stream_seq = ?2, attempt = attempt - 1
+             WHERE run_id = ?1 AND fence = ?3 AND state = 'running'",
+            &params![run, seq as i64, fence],
+        )?;
+        Ok(())
+    })
+}
+
 /// An agent asks for the run delivered to it (`stream_seq`, the
 /// `delivered`th time). Any earlier attempt still open died: JetStream
 /// delivers again only when its agent stopped sending heartbeats.

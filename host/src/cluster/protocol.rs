@@ -94,6 +94,13 @@ pub enum Request {
     },
     /// Does this claim still own the run?
     Owns { run: String, fence: i64 },
+    /// Queue the run again for agents offering `labels` (its pipeline
+    /// requires labels this agent lacks).
+    Relabel {
+        run: String,
+        fence: i64,
+        labels: Vec<String>,
+    },
     /// Record an approval request.
     AskApproval {
         run: String,

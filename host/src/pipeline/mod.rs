@@ -52,6 +52,8 @@ pub struct Pipeline {
     pub origin: Origin,
     pub name: String,
     pub default_branch: String,
+    /// What a machine must offer to run the pipeline (`[pipeline] labels`).
+    pub labels: Vec<String>,
     pub plugins: BTreeMap<String, PluginRef>,
     /// `[trust]`: keys every plugin must be signed by (empty: no signing
     /// required).
@@ -154,12 +156,31 @@ pub struct Stage {
     /// Workspace files this stage produces; their digests are recorded and
     /// checked before every stage that depends on this one.
     pub artifacts: Vec<String>,
+    /// What a machine must offer to run this stage (`host agent`'s
+    /// `labels`); the run goes to an agent offering every label of the
+    /// pipeline and its stages.
+    pub labels: Vec<String>,
     /// A deploy stage this one checks (smoke tests): when this stage
     /// fails, the host runs that stage again with `with.image` set to the
     /// `previous-image` it reported, before anything after this one runs.
     pub rollback: Option<String>,
     /// Location of the stage's `name` value.
     pub location: Location,
+}
+
+impl Pipeline {
+    /// Every label the pipeline and its stages require, sorted.
+    pub fn required_labels(&self) -> Vec<String> {
+        let mut l: Vec<String> = self
+            .labels
+            .iter()
+            .chain(self.stages.iter().flat_map(|s| &s.labels))
+            .cloned()
+            .collect();
+        l.sort();
+        l.dedup();
+        l
+    }
 }
 
 impl Stage {

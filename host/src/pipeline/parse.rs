@@ -58,6 +58,7 @@ pub(super) struct RawEnvironment {
 pub(super) struct RawPipeline {
     pub name: Option<Str>,
     pub default_branch: Option<Str>,
+    pub labels: Option<StrList>,
     pub timeout: Option<Spanned<toml::Value>>,
     pub memory: Option<Spanned<toml::Value>>,
 }
@@ -84,6 +85,7 @@ pub(super) struct RawStage {
     pub environment: Option<Str>,
     pub artifacts: Option<StrList>,
     pub rollback: Option<Str>,
+    pub labels: Option<StrList>,
 }
 
 #[derive(Debug, Deserialize)]

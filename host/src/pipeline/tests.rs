@@ -252,7 +252,7 @@ fn unknown_keys() {
         "[pipeline]\nname = \"x\"\nbogus = 1\n",
         3,
         1,
-        "unknown field `bogus`, expected one of `name`, `default-branch`, `timeout`, `memory`",
+        "unknown field `bogus`, expected one of `name`, `default-branch`, `labels`, `timeout`, `memory`",
     );
     assert_diag(
         "[pipeline]\nname = \"x\"\n[foo]\n",
@@ -1198,5 +1198,20 @@ fn bad_git_and_ssh_declarations_are_pointed_at() {
         17,
         19,
         "declared: `h`",
+    );
+}
+
+#[test]
+fn labels_a_pipeline_and_its_stages_require() {
+    let head = "[pipeline]\nname = \"x\"\nlabels = [\"docker\"]\n[plugins]\ntag = \"t.wasm\"\n";
+    let p = ok(&format!(
+        "{head}[[stage]]\nname = \"a\"\nplugin = \"tag\"\nlabels = [\"gpu\", \"docker\"]\n"
+    ));
+    assert_eq!(p.required_labels(), ["docker", "gpu"]);
+    assert_diag(
+        &format!("{head}[[stage]]\nname = \"a\"\nplugin = \"tag\"\nlabels = [\"GPU\"]\n"),
+        9,
+        11,
+        "labels: `GPU` is not a label",
     );
 }

@@ -82,6 +82,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawFile) -> (Pipeline, Vec<Diagnostic
         origin: Origin::Operator,
         name: header.name,
         default_branch: header.default_branch,
+        labels: header.labels,
         plugins,
         trust,
         secrets,
@@ -127,6 +128,7 @@ fn check_tables(cx: &mut Ctx<'_, '_>) {
 struct Header {
     name: String,
     default_branch: String,
+    labels: Vec<String>,
     default_timeout: Duration,
     default_memory: u64,
 }
@@ -136,6 +138,7 @@ fn build_header(cx: &mut Ctx<'_, '_>, raw: Option<Spanned<RawPipeline>>) -> Head
     let mut default_branch = "main".to_string();
     let mut default_timeout = DEFAULT_TIMEOUT;
     let mut default_memory = DEFAULT_MEMORY;
+    let mut labels = Vec::new();
     match raw {
         None => cx.err(
             0..0,
@@ -164,6 +167,7 @@ fn build_header(cx: &mut Ctx<'_, '_>, raw: Option<Spanned<RawPipeline>>) -> Head
             if let Some(t) = p.timeout {
                 default_timeout = duration(cx, &t).unwrap_or(default_timeout);
             }
+            labels = checked_labels(cx, p.labels.as_ref(), "[pipeline] labels");
             if let Some(m) = p.memory {
                 default_memory = size(cx, &m).unwrap_or(default_memory);
             }
@@ -173,6 +177,7 @@ fn build_header(cx: &mut Ctx<'_, '_>, raw: Option<Spanned<RawPipeline>>) -> Head
     Header {
         name,
         default_branch,
+        labels,
         default_timeout,
         default_memory,
     }
@@ -433,6 +438,7 @@ fn build_stage(
         artifacts,
         // Checked against the whole pipeline in `check_rollbacks`.
         rollback: r.rollback.as_ref().map(|r| r.get_ref().clone()),
+        labels: checked_labels(cx, r.labels.as_ref(), "labels"),
         location,
     };
     (stage, needs_spans)
@@ -957,4 +963,23 @@ fn to_json(v: &toml::Value, path: &str, problems: &mut Vec<String>) -> serde_jso
                 .collect(),
         ),
     }
+}
+
+/// `labels = [...]`: what a machine must offer (see `host agent`).
+fn checked_labels(cx: &mut Ctx<'_, '_>, raw: Option<&StrList>, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in raw.into_iter().flatten() {
+        if crate::cluster::protocol::valid_label(l.get_ref()) {
+            out.push(l.get_ref().clone());
+        } else {
+            cx.err(
+                l.span(),
+                format!(
+                    "{key}: `{}` is not a label (a-z, 0-9, `-`, `_`, at most 32 characters; not `any`)",
+                    l.get_ref()
+                ),
+            );
+        }
+    }
+    out
 }

@@ -122,6 +122,9 @@ pub struct Repository {
     pub group: String,
     pub cancel_in_progress: bool,
     pub triggers: Vec<TriggerRule>,
+    /// On a cluster: what an agent must offer to run this repository's
+    /// runs (the pipeline file may require more).
+    pub labels: Vec<String>,
 }
 
 /// One `[[repository.trigger]]`: which deliveries start a run.
@@ -199,6 +202,8 @@ struct RawRepository {
     concurrency: Option<Spanned<RawConcurrency>>,
     #[serde(default)]
     trigger: Vec<Spanned<RawTrigger>>,
+    #[serde(default)]
+    labels: Vec<Str>,
 }
 
 #[derive(Deserialize)]
@@ -579,6 +584,20 @@ fn repository(
         .into_iter()
         .filter_map(|t| trigger(src, &label, t, diags))
         .collect();
+    let mut labels = Vec::new();
+    for l in r.labels {
+        if crate::cluster::protocol::valid_label(l.get_ref()) {
+            labels.push(l.into_inner());
+        } else {
+            diags.push(src.diag(
+                l.span(),
+                format!(
+                    "repository.labels: `{}` is not a label (a-z, 0-9, `-`, `_`)",
+                    l.get_ref()
+                ),
+            ));
+        }
+    }
     Some(Repository {
         name: name?.into_inner(),
         url: url?.into_inner(),
@@ -586,6 +605,7 @@ fn repository(
         group,
         cancel_in_progress,
         triggers,
+        labels,
     })
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine;
 
 use super::forward::{AttemptId, Forwarder};
@@ -43,9 +43,9 @@ pub(super) async fn run_attempt(
         let _ = tokio::fs::remove_dir_all(&workspace).await;
     }
     let _ = tokio::fs::remove_file(archive_path(&workspace)).await;
-    record
-        .map(|_| ())
-        .ok_or_else(|| anyhow!("run {}: no record", id.run))
+    // No record: the run moved to other agents, or is not ours any more
+    // (the caller's ownership check tells which).
+    Ok(())
 }
 
 /// Every way this ends leaves a final record (`None`: the server refused
@@ -79,6 +79,14 @@ async fn run_it(
             return numbered(agent, id, unstarted(&u.pipeline, &opts, u.status, u.reason)).await
         }
     };
+    let mut needs = pipeline.required_labels();
+    needs.extend(rm.labels.iter().cloned());
+    needs.sort();
+    needs.dedup();
+    if !needs.iter().all(|l| agent.cfg.labels.contains(l)) {
+        relabel(agent, id, needs).await;
+        return None;
+    }
     opts.build_number = number(agent, id, &RunRecord::new(&pipeline.name, &opts)).await?;
     let hooks = Arc::new(ServerHooks {
         bus: agent.bus.clone(),
@@ -103,6 +111,26 @@ async fn run_it(
         Err(LaunchError::Host(e)) => format!("host error: {e:#}"),
     };
     Some(unstarted(&pipeline.name, &opts, Status::Failure, reason))
+}
+
+/// The pipeline needs labels this agent lacks: the server queues it again
+/// for agents that offer them.
+async fn relabel(agent: &Arc<Agent>, id: &AttemptId, labels: Vec<String>) {
+    tracing::info!(
+        "run {}: needs labels {}; queued again for agents offering them",
+        id.run,
+        labels.join(", ")
+    );
+    let req = Request::Relabel {
+        run: id.run.clone(),
+        fence: id.fence,
+        labels,
+    };
+    match agent.bus.ask(&req, PATIENCE).await {
+        Ok(Reply::Ok) => {}
+        Ok(other) => tracing::warn!("run {}: relabelling refused: {other:?}", id.run),
+        Err(e) => tracing::warn!("run {}: relabelling: {e:#}", id.run),
+    }
 }
 
 /// A record that ended before it started, numbered by the server.

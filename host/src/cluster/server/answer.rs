@@ -12,7 +12,7 @@ use futures::StreamExt;
 use super::{end_unstarted, Cluster};
 use crate::cluster::bus::encode;
 use crate::cluster::claims::{self, Claim};
-use crate::cluster::protocol::{Reply, Request, SERVER_SUBJECT};
+use crate::cluster::protocol::{valid_label, Reply, Request, SERVER_SUBJECT};
 use crate::run::{RunRecord, Status};
 use crate::serve::queue::{Queue, MAX_ATTEMPTS};
 use crate::serve::ServerState;
@@ -91,6 +91,7 @@ async fn answer(s: &Arc<ServerState>, c: &Arc<Cluster>, req: Request) -> Result<
             Ok(Reply::Approval { record })
         }
         Request::Upload { run, fence, offset } => upload(s, run, fence, offset).await,
+        Request::Relabel { run, fence, labels } => relabel(s, c, run, fence, labels).await,
     }
 }
 
@@ -145,6 +146,36 @@ async fn number(s: &Arc<ServerState>, run: String, fence: i64, record: RunRecord
         })
     })
     .await
+}
+
+/// Publish the run again for agents offering `labels`.
+async fn relabel(
+    s: &Arc<ServerState>,
+    c: &Arc<Cluster>,
+    run: String,
+    fence: i64,
+    labels: Vec<String>,
+) -> Result<Reply> {
+    if let Err(why) = owns(s, &run, fence).await? {
+        return Ok(Reply::Refused { why });
+    }
+    if !labels.iter().all(|l| valid_label(l)) {
+        return Ok(Reply::Refused {
+            why: "not labels".into(),
+        });
+    }
+    let r = run.clone();
+    let Some(q) = s.with_db(move |db| Queue::new(db.db()).find(&r)).await? else {
+        return Ok(Reply::Refused {
+            why: "the server does not know this run".into(),
+        });
+    };
+    let Some(seq) = super::publish_with(s, c, q, labels).await else {
+        anyhow::bail!("NATS did not store the run");
+    };
+    s.with_db(move |db| claims::relabelled(db.db(), &run, fence, seq))
+        .await?;
+    Ok(Reply::Ok)
 }
 
 async fn upload(s: &Arc<ServerState>, run: String, fence: i64, offset: u64) -> Result<Reply> {

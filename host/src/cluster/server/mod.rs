@@ -14,7 +14,7 @@ use anyhow::Result;
 use super::bus::{encode, Bus};
 use super::claims;
 use super::config::ClusterSettings;
-use super::protocol::{run_subject, Cancel, RunMessage, CANCEL_PREFIX};
+use super::protocol::{label_key, run_subject, Cancel, RunMessage, CANCEL_PREFIX};
 use crate::run::approvals::ApprovalStore;
 use crate::run::Status;
 use crate::serve::dispatch::{job_source, record_unstarted};
@@ -150,48 +150,71 @@ async fn publish_startable(s: &Arc<ServerState>, c: &Arc<Cluster>) {
     }
 }
 
-/// Store one run in JetStream (its id is the message id: publishing it
-/// again is stored once). False when NATS is away (try again later).
+/// Store one run in JetStream for agents offering the labels its source
+/// requires. False when NATS is away (try again later).
 async fn publish(s: &Arc<ServerState>, c: &Arc<Cluster>, q: QueuedJob) -> bool {
+    let labels = source_labels(s, &q);
+    let run = q.run_id.clone();
+    let Some(seq) = publish_with(s, c, q, labels).await else {
+        return false;
+    };
+    if let Err(e) = s
+        .with_db({
+            let run = run.clone();
+            move |db| claims::dispatched(db.db(), &run, seq)
+        })
+        .await
+    {
+        tracing::error!("run {run}: {e:#}");
+    }
+    true
+}
+
+/// The labels a run of this source requires (`[[repository]] labels`).
+fn source_labels(s: &ServerState, q: &QueuedJob) -> Vec<String> {
+    let name = &q.job.repository;
+    let repo = s.config.repositories.iter().find(|r| &r.name == name);
+    repo.map(|r| r.labels.clone()).unwrap_or_default()
+}
+
+/// Publish `q` on the subject of `labels` (message id: the run id and the
+/// labels, so publishing it again is stored once); its stream sequence,
+/// `None` when NATS is away. A run whose source is gone ends here.
+pub(super) async fn publish_with(
+    s: &Arc<ServerState>,
+    c: &Arc<Cluster>,
+    q: QueuedJob,
+    labels: Vec<String>,
+) -> Option<u64> {
     let source = match job_source(s, &q) {
         Ok(src) => src,
         Err(u) => {
             end_unstarted(s, &q, u.status, u.reason).await;
-            return true;
+            return Some(0);
         }
     };
+    let subject = run_subject(&labels);
+    let id = format!("{}@{}", q.run_id, label_key(&labels));
     let msg = RunMessage {
-        queued: q.clone(),
+        queued: q,
         source,
-        labels: Vec::new(),
+        labels,
         public_url: s.config.public_url.clone(),
     };
-    let body = match encode(&msg) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!("run {}: {e:#}", q.run_id);
-            return true;
-        }
-    };
-    let subject = run_subject(&msg.labels);
-    match c
-        .bus
-        .publish_stored(&subject, &q.run_id, body, PUBLISH_PATIENCE)
-        .await
-    {
-        Ok(seq) => {
-            let run = q.run_id.clone();
-            if let Err(e) = s
-                .with_db(move |db| claims::dispatched(db.db(), &run, seq))
+    let run = msg.queued.run_id.clone();
+    let published = match encode(&msg) {
+        Ok(body) => {
+            c.bus
+                .publish_stored(&subject, &id, body, PUBLISH_PATIENCE)
                 .await
-            {
-                tracing::error!("run {}: {e:#}", q.run_id);
-            }
-            true
         }
+        Err(e) => Err(e),
+    };
+    match published {
+        Ok(seq) => Some(seq),
         Err(e) => {
-            tracing::warn!("run {}: {e:#}; publishing it again later", q.run_id);
-            false
+            tracing::warn!("run {run}: {e:#}; publishing it again later");
+            None
         }
     }
 }
