@@ -103,7 +103,9 @@ fn two_agents_drain_the_queue_and_each_run_runs_once() {
     drop((a1, a2));
 }
 
-const ONE_SECOND_ACK: &str = "ack-wait = \"1s\"";
+/// Short, for the tests; long enough that a busy machine's heartbeats
+/// (every third of it) still arrive.
+const SHORT_ACK: &str = "ack-wait = \"2s\"";
 
 fn wait_running_on(server: &Server, run: &str, attempt: usize, agent: &str) -> Value {
     server.wait_until(run, RUN, &format!("attempt {attempt} on {agent}"), |r| {
@@ -127,12 +129,12 @@ fn a_run_whose_agent_is_killed_runs_again_elsewhere_and_finishes_once() {
     let nats = Nats::start(dir.path());
     let repo = GitRepo::new(dir.path());
     let server = server(dir.path(), &repo, &nats, &db, "");
-    let mut a1 = Agent::start(dir.path(), "a1", &nats, ONE_SECOND_ACK);
+    let mut a1 = Agent::start(dir.path(), "a1", &nats, SHORT_ACK);
     let sha = repo.push("main", &[("pipeline.toml", &sleeper(2000))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     wait_running_on(&server, &run, 1, "a1");
     a1.kill9();
-    let _a2 = Agent::start(dir.path(), "a2", &nats, ONE_SECOND_ACK);
+    let _a2 = Agent::start(dir.path(), "a2", &nats, SHORT_ACK);
     let r = server.wait_run(&run, RUN);
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(
@@ -156,11 +158,11 @@ fn a_run_that_kills_every_agent_is_given_up_after_the_attempt_limit() {
     let run = server.push("d-1", "refs/heads/main", &sha);
     for i in 1..=3 {
         let name = format!("a{i}");
-        let mut a = Agent::start(dir.path(), &name, &nats, ONE_SECOND_ACK);
+        let mut a = Agent::start(dir.path(), &name, &nats, SHORT_ACK);
         wait_running_on(&server, &run, i, &name);
         a.kill9();
     }
-    let _last = Agent::start(dir.path(), "a4", &nats, ONE_SECOND_ACK);
+    let _last = Agent::start(dir.path(), "a4", &nats, SHORT_ACK);
     let r = server.wait_run(&run, RUN);
     assert_eq!(r["status"], "failure", "{r}");
     let reason = r["reason"].as_str().unwrap_or_default();
@@ -190,14 +192,14 @@ fn a_stale_agents_late_results_are_refused() {
     let nats = Nats::start(dir.path());
     let repo = GitRepo::new(dir.path());
     let server = server(dir.path(), &repo, &nats, &db, "");
-    let a1 = Agent::start(dir.path(), "a1", &nats, ONE_SECOND_ACK);
+    let a1 = Agent::start(dir.path(), "a1", &nats, SHORT_ACK);
     let sha = repo.push("main", &[("pipeline.toml", &sleeper(1500))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     wait_running_on(&server, &run, 1, "a1");
     // a1 stops answering (as a machine cut off would), then comes back
     // after the run was handed to a2.
     signal(&a1, "-STOP");
-    let _a2 = Agent::start(dir.path(), "a2", &nats, ONE_SECOND_ACK);
+    let _a2 = Agent::start(dir.path(), "a2", &nats, SHORT_ACK);
     wait_running_on(&server, &run, 2, "a2");
     signal(&a1, "-CONT");
     server.wait_log(
@@ -445,4 +447,48 @@ fn runs_go_to_agents_offering_the_labels_their_pipeline_needs() {
         assert_eq!(r["status"], "success", "{r}");
         assert_eq!(attempts(&r), [pair("docker", "success")], "{r}");
     }
+}
+
+const SECRETS: &str = r#"
+[secrets.token]
+file = "token"
+
+[[stage]]
+name = "env"
+plugin = "hostile"
+with = { attack = "env", name = "HOST_TEST_VISIBLE" }
+grants = { env = ["HOST_TEST_VISIBLE"] }
+
+[[stage]]
+name = "secret"
+plugin = "hostile"
+with = { attack = "secret", name = "token" }
+grants = { secrets-read = ["token"] }
+"#;
+
+#[test]
+fn an_agent_gives_runs_its_own_environment_and_secrets_not_the_servers() {
+    let Some(db) = database("agent_secrets") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let repo = GitRepo::new(dir.path());
+    // The server has no secrets-dir; the agent has one.
+    let server = server(dir.path(), &repo, &nats, &db, "");
+    let secrets = dir.path().join("a1-secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("token"), "agent-token-value").unwrap();
+    let extra = format!("secrets-dir = \"{}\"", secrets.display());
+    let env = [("HOST_TEST_VISIBLE", "set on the agent")];
+    let _a1 = Agent::start_env(dir.path(), "a1", &nats, &extra, &env);
+    let sha = repo.push("main", &[("pipeline.toml", &pipeline(SECRETS))]);
+    let run = server.push("d-1", "refs/heads/main", &sha);
+    let r = server.wait_run(&run, RUN);
+    let env_stage = &r["stages"][0];
+    assert_eq!(env_stage["outputs"]["value"], "set on the agent", "{r}");
+    let secret = &r["stages"][1];
+    assert_eq!(secret["summary"], "ESCAPED: secret: read secret token", "{r}");
+    // Read on the agent, masked in what it reports.
+    assert!(!r.to_string().contains("agent-token-value"), "{r}");
+    let (_, raw) = server.get(&format!("/api/runs/{run}"));
+    assert!(!raw.contains("agent-token-value"));
 }

@@ -114,6 +114,11 @@ impl Agent {
     /// Start agent `name` with its own state under `dir/name`; `extra`
     /// goes into `[agent]`. Returns once it is ready.
     pub fn start(dir: &Path, name: &str, nats: &Nats, extra: &str) -> Self {
+        Self::start_env(dir, name, nats, extra, &[])
+    }
+
+    /// [`Agent::start`] with these environment variables set.
+    pub fn start_env(dir: &Path, name: &str, nats: &Nats, extra: &str, env: &[(&str, &str)]) -> Self {
         let home = dir.join(name);
         std::fs::create_dir_all(&home).unwrap();
         let plugin_dirs = crate::plugins::target_dir().join("plugins");
@@ -131,6 +136,7 @@ impl Agent {
             .args(["agent", "--config", config.to_str().unwrap()])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "host=info,warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -227,6 +227,10 @@ async fn attempt(agent: &Arc<Agent>, msg: &jetstream::Message) -> Result<Outcome
         return Ok(Outcome::Stale);
     };
     let run = rm.queued.run_id.clone();
+    if agent.running.lock().contains_key(&run) {
+        // Our own run again (a heartbeat came late): keep running it.
+        return Ok(Outcome::Stale);
+    }
     let req = Request::Claim {
         run: run.clone(),
         agent: agent.cfg.name.clone(),
