@@ -468,7 +468,9 @@ grants = { secrets-read = ["token"] }
 
 #[test]
 fn an_agent_gives_runs_its_own_environment_and_secrets_not_the_servers() {
-    let Some(db) = database("agent_secrets") else { return };
+    let Some(db) = database("agent_secrets") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let repo = GitRepo::new(dir.path());
@@ -486,7 +488,10 @@ fn an_agent_gives_runs_its_own_environment_and_secrets_not_the_servers() {
     let env_stage = &r["stages"][0];
     assert_eq!(env_stage["outputs"]["value"], "set on the agent", "{r}");
     let secret = &r["stages"][1];
-    assert_eq!(secret["summary"], "ESCAPED: secret: read secret token", "{r}");
+    assert_eq!(
+        secret["summary"], "ESCAPED: secret: read secret token",
+        "{r}"
+    );
     // Read on the agent, masked in what it reports.
     assert!(!r.to_string().contains("agent-token-value"), "{r}");
     let (_, raw) = server.get(&format!("/api/runs/{run}"));

@@ -118,7 +118,13 @@ impl Agent {
     }
 
     /// [`Agent::start`] with these environment variables set.
-    pub fn start_env(dir: &Path, name: &str, nats: &Nats, extra: &str, env: &[(&str, &str)]) -> Self {
+    pub fn start_env(
+        dir: &Path,
+        name: &str,
+        nats: &Nats,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let home = dir.join(name);
         std::fs::create_dir_all(&home).unwrap();
         let plugin_dirs = crate::plugins::target_dir().join("plugins");

@@ -70,32 +70,95 @@ async fn send_loop(bus: Bus, id: AttemptId, mut rx: mpsc::UnboundedReceiver<RunE
         }
         let finished = events.iter().any(|e| matches!(e, RunEvent::Finish { .. }));
         let applied = live.apply(events);
-        seq += 1;
-        let batch = Batch {
-            run: id.run.clone(),
-            attempt: id.attempt,
-            fence: id.fence,
-            seq,
-            restarted: applied.restarted,
-            record: match (&applied.finished, applied.changed) {
-                (Some(r), _) => Some(Box::new(r.clone())),
-                (None, true) => live.current.clone().map(Box::new),
-                (None, false) => None,
-            },
-            lines: applied.lines,
-            finished,
+        let record = match (&applied.finished, applied.changed) {
+            (Some(r), _) => Some(Box::new(r.clone())),
+            (None, true) => live.current.clone().map(Box::new),
+            (None, false) => None,
         };
-        let msg_id = format!("{}.{}.{}", id.run, id.attempt, seq);
-        let sent = match encode(&batch) {
-            Ok(body) => bus.publish_stored(&subject, &msg_id, body, PATIENCE).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            tracing::error!("run {}: reporting to the server: {e:#}", id.run);
+        let chunks = line_chunks(applied.lines);
+        let last = chunks.len() - 1;
+        for (i, lines) in chunks.into_iter().enumerate() {
+            seq += 1;
+            let batch = Batch {
+                run: id.run.clone(),
+                attempt: id.attempt,
+                fence: id.fence,
+                seq,
+                // The log is cleared before the first lines of an attempt.
+                restarted: applied.restarted && i == 0,
+                record: if i == last { record.clone() } else { None },
+                lines,
+                finished: finished && i == last,
+            };
+            send(&bus, &subject, &batch).await;
         }
         if finished {
             return;
         }
+    }
+}
+
+/// Log lines per batch stay under about this many bytes: NATS refuses a
+/// message over its max payload (1 MiB by default).
+const MAX_LINE_BYTES: usize = 256 * 1024;
+
+/// `lines` in batches of at most [`MAX_LINE_BYTES`] (always one, maybe
+/// empty).
+fn line_chunks(lines: Vec<(String, LogLine)>) -> Vec<Vec<(String, LogLine)>> {
+    let mut out = Vec::new();
+    let (mut cur, mut size) = (Vec::new(), 0);
+    for l in lines {
+        let n = l.0.len() + l.1.stream.len() + l.1.text.len() + 64;
+        if !cur.is_empty() && size + n > MAX_LINE_BYTES {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += n;
+        cur.push(l);
+    }
+    out.push(cur);
+    out
+}
+
+/// Publish one batch until JetStream stores it (`(run, attempt, seq)` is
+/// its message id: sent twice, stored once).
+async fn send(bus: &Bus, subject: &str, batch: &Batch) {
+    let msg_id = format!("{}.{}.{}", batch.run, batch.attempt, batch.seq);
+    let sent = match encode(batch) {
+        Ok(body) => bus.publish_stored(subject, &msg_id, body, PATIENCE).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::error!("run {}: reporting to the server: {e:#}", batch.run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_cut_into_batches_nats_takes() {
+        let line = |n: usize| {
+            (
+                "build".to_string(),
+                LogLine {
+                    at_ms: 0,
+                    stream: "stdout".into(),
+                    text: "x".repeat(n),
+                },
+            )
+        };
+        assert_eq!(line_chunks(Vec::new()).len(), 1);
+        let many: Vec<_> = (0..100).map(|_| line(10_000)).collect();
+        let chunks = line_chunks(many);
+        assert!(chunks.len() >= 4, "{}", chunks.len());
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 100);
+        for c in &chunks {
+            assert!(serde_json::to_vec(c).unwrap().len() < 512 * 1024);
+        }
+        // One line longer than the limit still goes, alone.
+        assert_eq!(line_chunks(vec![line(300_000), line(1)]).len(), 2);
     }
 }
 

@@ -129,6 +129,8 @@ fn write(db: &RunStore, b: Batch) -> Result<Written> {
         }
         db.append_logs(&b.run, &b.lines)?;
         if let Some(mut rec) = b.record.map(|r| *r) {
+            // An agent reports on its own run only.
+            rec.id = b.run.clone();
             if b.finished {
                 claims::finish(tx, &b.run, rec.status.as_str())?;
                 Queue::new(tx).finish(&b.run)?;
