@@ -143,6 +143,17 @@ fn a_run_whose_agent_is_killed_runs_again_elsewhere_and_finishes_once() {
         "{r}"
     );
     assert_eq!(r["build_number"], 1, "the run kept its number: {r}");
+    let out = host_db(&db, dir.path(), &["runs", "show", &run]);
+    let shown = pipeline_tests::cli::text(&out.stdout);
+    assert!(
+        shown.contains("attempts     1 died (a1), 2 success (a2)"),
+        "{shown}"
+    );
+    let (_, page) = server.get(&format!("/runs/{run}"));
+    assert!(
+        page.contains("Attempts: 1 died (a1), 2 success (a2)"),
+        "{page}"
+    );
 }
 
 #[test]

@@ -238,6 +238,10 @@ fn write_run(out: &mut impl Write, run: &RunRecord) -> std::io::Result<()> {
     if let Some(reason) = &run.reason {
         writeln!(out, "reason       {}", terminal_safe(reason))?;
     }
+    if !run.attempts.is_empty() {
+        let list: Vec<String> = run.attempts.iter().map(|a| a.to_string()).collect();
+        writeln!(out, "attempts     {}", terminal_safe(&list.join(", ")))?;
+    }
     writeln!(
         out,
         "trigger      {} of {} @ {}",

@@ -162,6 +162,9 @@ pub fn run_page(run: &RunRecord) -> String {
     let body = html! {
         h1 { (title) " " (badge(run.status, false)) }
         @if let Some(r) = &run.reason { p class="reason" { (r) } }
+        @if !run.attempts.is_empty() {
+            p class="attempts" { "Attempts: " (run.attempts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")) }
+        }
         dl class="meta" {
             dt { "run" } dd { code { (run.id) } }
             dt { "trigger" } dd { (run.event) " of " (ref_name(run.branch.as_deref(), run.tag.as_deref())) }
