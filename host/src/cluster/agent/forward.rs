@@ -133,6 +133,30 @@ async fn send(bus: &Bus, subject: &str, batch: &Batch) {
     }
 }
 
+impl RunObserver for Forwarder {
+    fn run_started(&self, record: &RunRecord) {
+        let _ = self.tx.send(RunEvent::Started {
+            record: Box::new(record.without_logs()),
+        });
+    }
+    fn stage_started(&self, stage: &str, _attempt: u32) {
+        let _ = self.tx.send(RunEvent::StageStarted {
+            stage: stage.to_string(),
+        });
+    }
+    fn stage_log(&self, stage: &str, line: &LogLine) {
+        let _ = self.tx.send(RunEvent::Log {
+            stage: stage.to_string(),
+            line: line.clone(),
+        });
+    }
+    fn stage_finished(&self, record: &StageRecord) {
+        let _ = self.tx.send(RunEvent::StageFinished {
+            record: Box::new(record.without_log()),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,29 +183,5 @@ mod tests {
         }
         // One line longer than the limit still goes, alone.
         assert_eq!(line_chunks(vec![line(300_000), line(1)]).len(), 2);
-    }
-}
-
-impl RunObserver for Forwarder {
-    fn run_started(&self, record: &RunRecord) {
-        let _ = self.tx.send(RunEvent::Started {
-            record: Box::new(record.without_logs()),
-        });
-    }
-    fn stage_started(&self, stage: &str, _attempt: u32) {
-        let _ = self.tx.send(RunEvent::StageStarted {
-            stage: stage.to_string(),
-        });
-    }
-    fn stage_log(&self, stage: &str, line: &LogLine) {
-        let _ = self.tx.send(RunEvent::Log {
-            stage: stage.to_string(),
-            line: line.clone(),
-        });
-    }
-    fn stage_finished(&self, record: &StageRecord) {
-        let _ = self.tx.send(RunEvent::StageFinished {
-            record: Box::new(record.without_log()),
-        });
     }
 }
