@@ -2,6 +2,10 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# The PostgreSQL server `just services` starts: the store and cluster tests
+# run their PostgreSQL half against it (they say they skipped it without).
+export PIPELINE_TEST_POSTGRES := env_var_or_default("PIPELINE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:55432/pipeline")
+
 # Build the host and every plugin component.
 build: plugins
     cargo build -p host
@@ -10,7 +14,8 @@ build: plugins
 plugins:
     bash plugins/build.sh
 
-# Install (once) and start (when down) the Docker engine and the local registry.
+# Install (once) and start (when down) the Docker engine, the local registry,
+# nats-server and PostgreSQL.
 services:
     bash scripts/services.sh
 

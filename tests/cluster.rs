@@ -508,3 +508,24 @@ fn an_agent_gives_runs_its_own_environment_and_secrets_not_the_servers() {
     let (_, raw) = server.get(&format!("/api/runs/{run}"));
     assert!(!raw.contains("agent-token-value"));
 }
+
+#[test]
+fn an_agent_that_is_stopped_hands_its_run_back() {
+    let Some(db) = database("agent_stopped") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let repo = GitRepo::new(dir.path());
+    let server = server(dir.path(), &repo, &nats, &db, "");
+    let mut a1 = Agent::start(dir.path(), "a1", &nats, "");
+    let sha = repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
+    let run = server.push("d-1", "refs/heads/main", &sha);
+    wait_running_on(&server, &run, 1, "a1");
+    a1.stop();
+    // Given back at once (no ack wait): the next agent takes it.
+    let _a2 = Agent::start(dir.path(), "a2", &nats, "");
+    let r = wait_running_on(&server, &run, 2, "a2");
+    assert_eq!(attempts(&r)[0], pair("a1", "died"), "{r}");
+    assert_eq!(r["status"], "running", "{r}");
+}

@@ -436,7 +436,7 @@ impl<'c> Queue<'c> {
         }
         select(
             self.db,
-            "WHERE state = 'queued' AND run_id NOT IN (SELECT id FROM runs) ORDER BY seq",
+            "WHERE state != 'done' AND run_id NOT IN (SELECT id FROM runs) ORDER BY seq",
             &[],
         )
     }

@@ -36,7 +36,10 @@ pub(super) async fn run_attempt(
         hidden_env: None,
     };
     let record = run_it(agent, rm, id, control, &site, &workspace, &forwarder).await;
-    if let Some(r) = &record {
+    // An agent that is stopping hands the run back unfinished (it runs
+    // again elsewhere), so it reports no end.
+    let handed_back = agent.shutdown.is_cancelled() && control.is_cancelled();
+    if let (Some(r), false) = (&record, handed_back) {
         forwarder.finish(r).await;
     }
     if !cfg.keep_workspaces {
