@@ -427,9 +427,10 @@ impl<'c> Queue<'c> {
         })
     }
 
-    /// Runs waiting to start that have no run record yet, oldest first
-    /// (one that ran before and waits to run again has its record, with
-    /// status `queued`).
+    /// Runs not started that have no run record yet, oldest first:
+    /// waiting in the queue, or taken from it and not yet numbered (being
+    /// checked out; on a cluster, waiting for an agent). One that ran
+    /// before and waits to run again has its record, with status `queued`.
     pub fn waiting(&self) -> Result<Vec<QueuedJob>> {
         if !self.has_tables()? {
             return Ok(Vec::new());
@@ -964,7 +965,10 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(q.waiting().unwrap().len(), 1);
+        // r2 waits; r1 was taken but has no record yet (it is starting, or
+        // on a cluster waiting for an agent): both are listed.
+        let waiting: Vec<_> = q.waiting().unwrap().into_iter().map(|j| j.run_id).collect();
+        assert_eq!(waiting, ["r1", "r2"]);
         assert_eq!(q.find("r2").unwrap().unwrap().state, "queued");
     }
 
