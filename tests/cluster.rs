@@ -1,7 +1,6 @@
 //! Many machines on one: `host serve` with `[cluster]`, `host agent`s, a
 //! nats-server of each test's own and a PostgreSQL schema of its own
 //! (the server from scripts/services.sh; `PIPELINE_TEST_POSTGRES`).
-use std::path::Path;
 use std::time::Duration;
 
 use host::store::testing::PgSchema;
@@ -27,17 +26,55 @@ fn sleeper(ms: u64) -> String {
     )
 }
 
-/// The test's PostgreSQL schema; `None` (skipped) without a test server.
-fn database(test: &str) -> Option<PgSchema> {
-    PgSchema::new(test)
+/// One test's cluster: its own PostgreSQL schema, directory, nats-server
+/// and repository.
+struct Setup {
+    db: PgSchema,
+    dir: tempfile::TempDir,
+    nats: Nats,
+    repo: GitRepo,
 }
 
-/// A server on `repo` with `[cluster]`; `repo_extra` goes into the
-/// repository (its concurrency group).
-fn server(dir: &Path, repo: &GitRepo, nats: &Nats, db: &PgSchema, repo_extra: &str) -> Server {
-    let mut text = config(&repo.url(), "", repo_extra, PUSHES);
-    text.push_str(&cluster_table(dir, nats, &db.url));
-    Server::start(dir, &text)
+impl Setup {
+    /// `None` (the test is skipped, saying so) without a test PostgreSQL.
+    fn new(test: &str) -> Option<Self> {
+        let db = PgSchema::new(test)?;
+        let dir = tempfile::tempdir().unwrap();
+        let nats = Nats::start(dir.path());
+        let repo = GitRepo::new(dir.path());
+        Some(Self {
+            db,
+            dir,
+            nats,
+            repo,
+        })
+    }
+
+    /// A server on the repository with `[cluster]` on `database_url`;
+    /// `repo_extra` goes into the repository (its concurrency group).
+    fn server_on(&self, database_url: &str, repo_extra: &str) -> Server {
+        let mut text = config(&self.repo.url(), "", repo_extra, PUSHES);
+        text.push_str(&cluster_table(self.dir.path(), &self.nats, database_url));
+        Server::start(self.dir.path(), &text)
+    }
+
+    fn server(&self, repo_extra: &str) -> Server {
+        self.server_on(&self.db.url, repo_extra)
+    }
+
+    fn agent(&self, name: &str, extra: &str) -> Agent {
+        Agent::start(self.dir.path(), name, &self.nats, extra)
+    }
+
+    fn agent_env(&self, name: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+        Agent::start_env(self.dir.path(), name, &self.nats, extra, env)
+    }
+
+    /// `host` with `--database` (another process, maybe another machine).
+    fn host(&self, args: &[&str]) -> std::process::Output {
+        let elsewhere = self.dir.path().join("elsewhere");
+        pipeline_tests::cli::host_env(&elsewhere, args, &[("HOST_DATABASE_URL", &self.db.url)])
+    }
 }
 
 fn attempts(run: &Value) -> Vec<(String, String)> {
@@ -61,18 +98,15 @@ const NO_GROUP: &str = "concurrency = { group = \"\" }";
 
 #[test]
 fn two_agents_drain_the_queue_and_each_run_runs_once() {
-    let Some(db) = database("two_agents_drain") else {
+    let Some(c) = Setup::new("two_agents_drain") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, NO_GROUP);
-    let a1 = Agent::start(dir.path(), "a1", &nats, "concurrency = 2");
-    let a2 = Agent::start(dir.path(), "a2", &nats, "concurrency = 2");
+    let server = c.server(NO_GROUP);
+    let a1 = c.agent("a1", "concurrency = 2");
+    let a2 = c.agent("a2", "concurrency = 2");
     let mut runs = Vec::new();
     for i in 0..8 {
-        let sha = repo.push(
+        let sha = c.repo.push(
             "main",
             &[("pipeline.toml", &sleeper(300)), ("N", &i.to_string())],
         );
@@ -122,19 +156,16 @@ fn pair(a: &str, outcome: &str) -> (String, String) {
 
 #[test]
 fn a_run_whose_agent_is_killed_runs_again_elsewhere_and_finishes_once() {
-    let Some(db) = database("agent_killed") else {
+    let Some(c) = Setup::new("agent_killed") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, "");
-    let mut a1 = Agent::start(dir.path(), "a1", &nats, SHORT_ACK);
-    let sha = repo.push("main", &[("pipeline.toml", &sleeper(2000))]);
+    let server = c.server("");
+    let mut a1 = c.agent("a1", SHORT_ACK);
+    let sha = c.repo.push("main", &[("pipeline.toml", &sleeper(2000))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     wait_running_on(&server, &run, 1, "a1");
     a1.kill9();
-    let _a2 = Agent::start(dir.path(), "a2", &nats, SHORT_ACK);
+    let _a2 = c.agent("a2", SHORT_ACK);
     let r = server.wait_run(&run, RUN);
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(
@@ -143,7 +174,7 @@ fn a_run_whose_agent_is_killed_runs_again_elsewhere_and_finishes_once() {
         "{r}"
     );
     assert_eq!(r["build_number"], 1, "the run kept its number: {r}");
-    let out = host_db(&db, dir.path(), &["runs", "show", &run]);
+    let out = c.host(&["runs", "show", &run]);
     let shown = pipeline_tests::cli::text(&out.stdout);
     assert!(
         shown.contains("attempts     1 died (a1), 2 success (a2)"),
@@ -158,22 +189,19 @@ fn a_run_whose_agent_is_killed_runs_again_elsewhere_and_finishes_once() {
 
 #[test]
 fn a_run_that_kills_every_agent_is_given_up_after_the_attempt_limit() {
-    let Some(db) = database("given_up") else {
+    let Some(c) = Setup::new("given_up") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, "");
-    let sha = repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
+    let server = c.server("");
+    let sha = c.repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     for i in 1..=3 {
         let name = format!("a{i}");
-        let mut a = Agent::start(dir.path(), &name, &nats, SHORT_ACK);
+        let mut a = c.agent(&name, SHORT_ACK);
         wait_running_on(&server, &run, i, &name);
         a.kill9();
     }
-    let _last = Agent::start(dir.path(), "a4", &nats, SHORT_ACK);
+    let _last = c.agent("a4", SHORT_ACK);
     let r = server.wait_run(&run, RUN);
     assert_eq!(r["status"], "failure", "{r}");
     let reason = r["reason"].as_str().unwrap_or_default();
@@ -196,21 +224,18 @@ fn signal(agent: &Agent, sig: &str) {
 
 #[test]
 fn a_stale_agents_late_results_are_refused() {
-    let Some(db) = database("stale_agent") else {
+    let Some(c) = Setup::new("stale_agent") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, "");
-    let a1 = Agent::start(dir.path(), "a1", &nats, SHORT_ACK);
-    let sha = repo.push("main", &[("pipeline.toml", &sleeper(1500))]);
+    let server = c.server("");
+    let a1 = c.agent("a1", SHORT_ACK);
+    let sha = c.repo.push("main", &[("pipeline.toml", &sleeper(1500))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     wait_running_on(&server, &run, 1, "a1");
     // a1 stops answering (as a machine cut off would), then comes back
     // after the run was handed to a2.
     signal(&a1, "-STOP");
-    let _a2 = Agent::start(dir.path(), "a2", &nats, SHORT_ACK);
+    let _a2 = c.agent("a2", SHORT_ACK);
     wait_running_on(&server, &run, 2, "a2");
     signal(&a1, "-CONT");
     server.wait_log(
@@ -228,19 +253,16 @@ fn a_stale_agents_late_results_are_refused() {
 
 #[test]
 fn a_newer_push_cancels_the_run_on_its_agent() {
-    let Some(db) = database("cancel_in_progress") else {
+    let Some(c) = Setup::new("cancel_in_progress") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
     let extra = "concurrency = { cancel-in-progress = true }";
-    let server = server(dir.path(), &repo, &nats, &db, extra);
-    let _a1 = Agent::start(dir.path(), "a1", &nats, "");
-    let first = repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
+    let server = c.server(extra);
+    let _a1 = c.agent("a1", "");
+    let first = c.repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
     let run1 = server.push("d-1", "refs/heads/main", &first);
     wait_running_on(&server, &run1, 1, "a1");
-    let second = repo.push("main", &[("pipeline.toml", &sleeper(10))]);
+    let second = c.repo.push("main", &[("pipeline.toml", &sleeper(10))]);
     let run2 = server.push("d-2", "refs/heads/main", &second);
     let r1 = server.wait_run(&run1, RUN);
     assert_eq!(r1["status"], "cancelled", "{r1}");
@@ -280,42 +302,28 @@ environment = "prod"
 with = { attack = "ok" }
 "#;
 
-/// `host` with `--database` (another process, maybe another machine).
-fn host_db(db: &PgSchema, dir: &Path, args: &[&str]) -> std::process::Output {
-    pipeline_tests::cli::host_env(
-        &dir.join("elsewhere"),
-        args,
-        &[("HOST_DATABASE_URL", &db.url)],
-    )
-}
-
 #[test]
 fn an_approval_given_elsewhere_releases_the_run_on_its_agent() {
-    let Some(db) = database("approval_elsewhere") else {
+    let Some(c) = Setup::new("approval_elsewhere") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, "");
-    let _a1 = Agent::start(dir.path(), "a1", &nats, "");
-    let sha = repo.push("main", &[("pipeline.toml", &pipeline(APPROVED_DEPLOY))]);
+    let server = c.server("");
+    let _a1 = c.agent("a1", "");
+    let sha = c
+        .repo
+        .push("main", &[("pipeline.toml", &pipeline(APPROVED_DEPLOY))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     // Pending, as another machine sees it in the database.
     let deadline = std::time::Instant::now() + RUN;
     loop {
-        let out = host_db(&db, dir.path(), &["approvals"]);
+        let out = c.host(&["approvals"]);
         if pipeline_tests::cli::text(&out.stdout).contains(&run) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no pending approval");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = host_db(
-        &db,
-        dir.path(),
-        &["approve", &run, "deploy", "--by", "alice", "-c", "ship"],
-    );
+    let out = c.host(&["approve", &run, "deploy", "--by", "alice", "-c", "ship"]);
     assert!(out.status.success(), "{}", pipeline_tests::cli::shown(&out));
     let r = server.wait_run(&run, RUN);
     assert_eq!(r["status"], "success", "{r}");
@@ -323,7 +331,7 @@ fn an_approval_given_elsewhere_releases_the_run_on_its_agent() {
     assert_eq!(deploy["approval"]["by"], "alice", "{r}");
     assert_eq!(deploy["approval"]["comment"], "ship", "{r}");
     // The log, the web page and the metrics come from PostgreSQL too.
-    let logs = host_db(&db, dir.path(), &["logs", &run]);
+    let logs = c.host(&["logs", &run]);
     let text = pipeline_tests::cli::text(&logs.stdout);
     assert!(
         text.contains("line 3 of 3"),
@@ -344,25 +352,24 @@ fn an_approval_given_elsewhere_releases_the_run_on_its_agent() {
 
 #[test]
 fn restarting_nats_loses_no_run() {
-    let Some(db) = database("nats_restart") else {
+    let Some(mut c) = Setup::new("nats_restart") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, NO_GROUP);
-    let _a1 = Agent::start(dir.path(), "a1", &nats, "concurrency = 2");
-    let sha = repo.push("main", &[("pipeline.toml", &sleeper(1500))]);
+    let server = c.server(NO_GROUP);
+    let _a1 = c.agent("a1", "concurrency = 2");
+    let sha = c.repo.push("main", &[("pipeline.toml", &sleeper(1500))]);
     let running = server.push("d-0", "refs/heads/main", &sha);
     wait_running_on(&server, &running, 1, "a1");
-    nats.kill();
+    c.nats.kill();
     // Accepted while NATS is away: kept in the queue, published later.
     let mut queued = Vec::new();
     for i in 1..=3 {
-        let sha = repo.push(&format!("b{i}"), &[("pipeline.toml", &sleeper(100))]);
+        let sha = c
+            .repo
+            .push(&format!("b{i}"), &[("pipeline.toml", &sleeper(100))]);
         queued.push(server.push(&format!("d-{i}"), &format!("refs/heads/b{i}"), &sha));
     }
-    nats.restart();
+    c.nats.restart();
     for id in std::iter::once(&running).chain(&queued) {
         let r = server.wait_run(id, RUN);
         assert_eq!(r["status"], "success", "{r}");
@@ -372,25 +379,21 @@ fn restarting_nats_loses_no_run() {
 
 #[test]
 fn stopping_and_starting_postgres_loses_nothing() {
-    if database("postgres_restart").is_none() {
+    let Some(c) = Setup::new("postgres_restart") else {
         return;
-    }
+    };
+    // A PostgreSQL of its own, to stop and start.
     let pg = pipeline_tests::cluster::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let mut text = config(&repo.url(), "", NO_GROUP, PUSHES);
-    text.push_str(&cluster_table(dir.path(), &nats, &pg.url()));
-    let server = Server::start(dir.path(), &text);
-    let _a1 = Agent::start(dir.path(), "a1", &nats, "");
-    let sha = repo.push("main", &[("pipeline.toml", &sleeper(1000))]);
+    let server = c.server_on(&pg.url(), NO_GROUP);
+    let _a1 = c.agent("a1", "");
+    let sha = c.repo.push("main", &[("pipeline.toml", &sleeper(1000))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     wait_running_on(&server, &run, 1, "a1");
     pg.down();
     // The run ends while the store is away: its report waits.
     server.wait_log("writing a report", RUN);
     // A delivery now is refused (GitHub delivers it again), not lost.
-    let later = repo.push("other", &[("pipeline.toml", &sleeper(10))]);
+    let later = c.repo.push("other", &[("pipeline.toml", &sleeper(10))]);
     let body = pipeline_tests::serve::push_payload("refs/heads/other", &later);
     let secret = Some(pipeline_tests::serve::SECRET);
     let (status, _) = server.deliver("push", "d-2", &body, secret);
@@ -407,22 +410,19 @@ fn stopping_and_starting_postgres_loses_nothing() {
 
 #[test]
 fn host_cancel_stops_a_run_on_its_agent_and_a_queued_one() {
-    let Some(db) = database("host_cancel") else {
+    let Some(c) = Setup::new("host_cancel") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, "");
-    let _a1 = Agent::start(dir.path(), "a1", &nats, "");
-    let first = repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
+    let server = c.server("");
+    let _a1 = c.agent("a1", "");
+    let first = c.repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
     let running = server.push("d-1", "refs/heads/main", &first);
     wait_running_on(&server, &running, 1, "a1");
     // Same group: this one waits in the queue behind the first.
-    let second = repo.push("main", &[("N", "2")]);
+    let second = c.repo.push("main", &[("N", "2")]);
     let waiting = server.push("d-2", "refs/heads/main", &second);
     for id in [&waiting, &running] {
-        let out = host_db(&db, dir.path(), &["cancel", id, "--by", "bob"]);
+        let out = c.host(&["cancel", id, "--by", "bob"]);
         assert!(out.status.success(), "{}", pipeline_tests::cli::shown(&out));
     }
     for id in [&waiting, &running] {
@@ -431,26 +431,27 @@ fn host_cancel_stops_a_run_on_its_agent_and_a_queued_one() {
         assert_eq!(r["reason"], "cancelled by bob", "{r}");
     }
     // An ended run cannot be cancelled.
-    let out = host_db(&db, dir.path(), &["cancel", &running]);
+    let out = c.host(&["cancel", &running]);
     assert!(!out.status.success());
     assert!(pipeline_tests::cli::shown(&out).contains("has already ended"));
 }
 
 #[test]
 fn runs_go_to_agents_offering_the_labels_their_pipeline_needs() {
-    let Some(db) = database("labels") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, NO_GROUP);
-    let _plain = Agent::start(dir.path(), "plain", &nats, "concurrency = 2");
-    let _docker = Agent::start(dir.path(), "docker", &nats, "labels = [\"docker\"]");
+    let Some(c) = Setup::new("labels") else {
+        return;
+    };
+    let server = c.server(NO_GROUP);
+    let _plain = c.agent("plain", "concurrency = 2");
+    let _docker = c.agent("docker", "labels = [\"docker\"]");
     let needs = pipeline(
         "[[stage]]\nname = \"work\"\nplugin = \"hostile\"\nlabels = [\"docker\"]\nwith = { attack = \"ok\" }\n",
     );
     let mut runs = Vec::new();
     for i in 0..3 {
-        let sha = repo.push("main", &[("pipeline.toml", &needs), ("N", &i.to_string())]);
+        let sha = c
+            .repo
+            .push("main", &[("pipeline.toml", &needs), ("N", &i.to_string())]);
         runs.push(server.push(&format!("d-{i}"), "refs/heads/main", &sha));
     }
     for id in &runs {
@@ -479,21 +480,20 @@ grants = { secrets-read = ["token"] }
 
 #[test]
 fn an_agent_gives_runs_its_own_environment_and_secrets_not_the_servers() {
-    let Some(db) = database("agent_secrets") else {
+    let Some(c) = Setup::new("agent_secrets") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
     // The server has no secrets-dir; the agent has one.
-    let server = server(dir.path(), &repo, &nats, &db, "");
-    let secrets = dir.path().join("a1-secrets");
+    let server = c.server("");
+    let secrets = c.dir.path().join("a1-secrets");
     std::fs::create_dir_all(&secrets).unwrap();
     std::fs::write(secrets.join("token"), "agent-token-value").unwrap();
     let extra = format!("secrets-dir = \"{}\"", secrets.display());
     let env = [("HOST_TEST_VISIBLE", "set on the agent")];
-    let _a1 = Agent::start_env(dir.path(), "a1", &nats, &extra, &env);
-    let sha = repo.push("main", &[("pipeline.toml", &pipeline(SECRETS))]);
+    let _a1 = c.agent_env("a1", &extra, &env);
+    let sha = c
+        .repo
+        .push("main", &[("pipeline.toml", &pipeline(SECRETS))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     let r = server.wait_run(&run, RUN);
     let env_stage = &r["stages"][0];
@@ -511,20 +511,17 @@ fn an_agent_gives_runs_its_own_environment_and_secrets_not_the_servers() {
 
 #[test]
 fn an_agent_that_is_stopped_hands_its_run_back() {
-    let Some(db) = database("agent_stopped") else {
+    let Some(c) = Setup::new("agent_stopped") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let repo = GitRepo::new(dir.path());
-    let server = server(dir.path(), &repo, &nats, &db, "");
-    let mut a1 = Agent::start(dir.path(), "a1", &nats, "");
-    let sha = repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
+    let server = c.server("");
+    let mut a1 = c.agent("a1", "");
+    let sha = c.repo.push("main", &[("pipeline.toml", &sleeper(60_000))]);
     let run = server.push("d-1", "refs/heads/main", &sha);
     wait_running_on(&server, &run, 1, "a1");
     a1.stop();
     // Given back at once (no ack wait): the next agent takes it.
-    let _a2 = Agent::start(dir.path(), "a2", &nats, "");
+    let _a2 = c.agent("a2", "");
     let r = wait_running_on(&server, &run, 2, "a2");
     assert_eq!(attempts(&r)[0], pair("a1", "died"), "{r}");
     assert_eq!(r["status"], "running", "{r}");

@@ -8,15 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::plugins::host_bin;
-
-/// A free port on 127.0.0.1 (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::services::free_port;
 
 fn wait_port(port: u16, within: Duration, what: &str) {
     let deadline = Instant::now() + within;

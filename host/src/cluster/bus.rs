@@ -57,28 +57,23 @@ impl Bus {
     }
 
     async fn streams(&self) -> Result<()> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: RUNS_STREAM.into(),
-                subjects: vec!["pipeline.runs.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow!("creating the {RUNS_STREAM} stream: {e}"))?;
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: EVENTS_STREAM.into(),
-                subjects: vec!["pipeline.events.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow!("creating the {EVENTS_STREAM} stream: {e}"))?;
+        // Both are work queues kept on disk: a message stays until acked.
+        for (name, subjects) in [
+            (RUNS_STREAM, "pipeline.runs.>"),
+            (EVENTS_STREAM, "pipeline.events.>"),
+        ] {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: name.into(),
+                    subjects: vec![subjects.into()],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    storage: stream::StorageType::File,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow!("creating the {name} stream: {e}"))?;
+        }
         Ok(())
     }
 
