@@ -38,9 +38,14 @@ struct Setup {
 impl Setup {
     /// `None` (the test is skipped, saying so) without a test PostgreSQL.
     fn new(test: &str) -> Option<Self> {
+        Self::with_nats_conf(test, "")
+    }
+
+    /// With `conf` in the nats-server's configuration.
+    fn with_nats_conf(test: &str, conf: &str) -> Option<Self> {
         let db = PgSchema::new(test)?;
         let dir = tempfile::tempdir().unwrap();
-        let nats = Nats::start(dir.path());
+        let nats = Nats::start_conf(dir.path(), conf);
         let repo = GitRepo::new(dir.path());
         Some(Self {
             db,
@@ -60,6 +65,14 @@ impl Setup {
 
     fn server(&self, repo_extra: &str) -> Server {
         self.server_on(&self.db.url, repo_extra)
+    }
+
+    /// A server whose `[cluster]` has `cluster_extra` too.
+    fn server_with(&self, cluster_extra: &str) -> Server {
+        let mut text = config(&self.repo.url(), "", "", PUSHES);
+        text.push_str(&cluster_table(self.dir.path(), &self.nats, &self.db.url));
+        text.push_str(cluster_extra);
+        Server::start(self.dir.path(), &text)
     }
 
     fn agent(&self, name: &str, extra: &str) -> Agent {
@@ -525,4 +538,43 @@ fn an_agent_that_is_stopped_hands_its_run_back() {
     let r = wait_running_on(&server, &run, 2, "a2");
     assert_eq!(attempts(&r)[0], pair("a1", "died"), "{r}");
     assert_eq!(r["status"], "running", "{r}");
+}
+
+#[test]
+fn nats_credentials_come_from_a_secret_and_wrong_ones_are_refused() {
+    let conf = "authorization { user: ci, password: \"nats-pass-4711\" }";
+    let Some(c) = Setup::with_nats_conf("nats_credentials", conf) else {
+        return;
+    };
+    let creds = c.dir.path().join("nats-credentials");
+    std::fs::write(&creds, "ci:nats-pass-4711\n").unwrap();
+    let line = format!("nats-credentials = {{ file = \"{}\" }}\n", creds.display());
+    let server = c.server_with(&line);
+    let _a1 = c.agent("a1", &line);
+    let sha = c.repo.push("main", &[("pipeline.toml", &sleeper(10))]);
+    let run = server.push("d-1", "refs/heads/main", &sha);
+    assert_eq!(server.wait_run(&run, RUN)["status"], "success");
+    // Wrong credentials: a clear refusal, at once, without the secret.
+    let wrong = c.dir.path().join("wrong");
+    std::fs::write(&wrong, "ci:not-the-password").unwrap();
+    let home = c.dir.path().join("intruder");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = home.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nnats = \"{}\"\nnats-credentials = {{ file = \"{}\" }}\n",
+            c.nats.url(),
+            wrong.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(pipeline_tests::plugins::host_bin())
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = pipeline_tests::cli::text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused this client's credentials"), "{err}");
+    assert!(!err.contains("not-the-password"), "{err}");
 }

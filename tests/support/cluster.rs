@@ -30,6 +30,11 @@ pub struct Nats {
 
 impl Nats {
     pub fn start(dir: &Path) -> Self {
+        Self::start_conf(dir, "")
+    }
+
+    /// With `extra` in its configuration (`authorization { … }`).
+    pub fn start_conf(dir: &Path, extra: &str) -> Self {
         let port = free_port();
         let store = dir.join("nats-store");
         std::fs::create_dir_all(&store).unwrap();
@@ -37,7 +42,7 @@ impl Nats {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n",
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
                 store.display()
             ),
         )

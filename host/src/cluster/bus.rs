@@ -3,7 +3,7 @@
 //! consumers, and requests that retry while the other side is away.
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use serde::Serialize;
 
@@ -21,6 +21,8 @@ pub struct NatsSettings {
 /// A duplicate publish of a run (same message id) within this window is
 /// stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a process waits for NATS to come up at its start.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 /// How long one request waits for the server.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,21 +37,34 @@ impl Bus {
     /// Connect (waiting for the server if it is not up yet) and make sure
     /// the streams exist.
     pub async fn connect(s: &NatsSettings, name: &str) -> Result<Self> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name(name)
-            .retry_on_initial_connect()
-            .request_timeout(Some(REQUEST_TIMEOUT));
-        if let Some(c) = &s.credentials {
-            let v = c.read().context("reading the NATS credentials")?;
-            opts = match v.split_once(':') {
-                Some((u, p)) => opts.user_and_password(u.into(), p.into()),
-                None => opts.token(v),
-            };
-        }
-        let client = tokio::time::timeout(Duration::from_secs(30), opts.connect(&s.url))
-            .await
-            .map_err(|_| anyhow!("no NATS server answered at {} within 30 s", s.url))?
-            .with_context(|| format!("connecting to NATS at {}", s.url))?;
+        let credentials = match &s.credentials {
+            Some(c) => Some(c.read().context("reading the NATS credentials")?),
+            None => None,
+        };
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let client = loop {
+            let mut opts = async_nats::ConnectOptions::new()
+                .name(name)
+                .request_timeout(Some(REQUEST_TIMEOUT));
+            if let Some(v) = &credentials {
+                opts = match v.split_once(':') {
+                    Some((u, p)) => opts.user_and_password(u.into(), p.into()),
+                    None => opts.token(v.clone()),
+                };
+            }
+            match opts.connect(&s.url).await {
+                Ok(c) => break c,
+                // Waiting does not mend wrong credentials.
+                Err(e) if is_refusal(e.kind()) => {
+                    bail!("NATS at {} refused this client's credentials ({e})", s.url)
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("connecting to NATS at {}: {e}; trying again", s.url);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => bail!("no NATS server answered at {} ({e})", s.url),
+            }
+        };
         let js = jetstream::new(client.clone());
         let bus = Self { client, js };
         bus.streams().await?;
@@ -179,4 +194,12 @@ impl Bus {
 /// Encode for the wire.
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(v)?)
+}
+
+fn is_refusal(kind: async_nats::ConnectErrorKind) -> bool {
+    matches!(
+        kind,
+        async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication
+    )
 }

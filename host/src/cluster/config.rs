@@ -11,7 +11,7 @@ use super::bus::NatsSettings;
 use super::protocol::valid_label;
 use crate::pipeline::parse::{decode_toml, Source};
 use crate::pipeline::{parse_duration, Diagnostic, PipelineError};
-use crate::serve::config::{secret_ref, RawSecret, SecretRef};
+use crate::serve::config::{secret_ref, SecretRef};
 
 type Str = Spanned<String>;
 
@@ -32,8 +32,9 @@ pub struct ClusterSettings {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawCluster {
     nats: Option<Str>,
-    nats_credentials: Option<Spanned<RawSecret>>,
-    database: Option<Spanned<RawSecret>>,
+    /// Secrets are decoded by `secret_ref`, which never repeats a value.
+    nats_credentials: Option<Spanned<toml::Value>>,
+    database: Option<Spanned<toml::Value>>,
 }
 
 /// `[cluster]` checked; `None` after diagnostics.
@@ -138,7 +139,7 @@ struct RawAgentFile {
 struct RawAgent {
     name: Option<Str>,
     nats: Option<Str>,
-    nats_credentials: Option<Spanned<RawSecret>>,
+    nats_credentials: Option<Spanned<toml::Value>>,
     #[serde(default)]
     labels: Vec<Str>,
     concurrency: Option<Spanned<i64>>,
@@ -256,4 +257,109 @@ fn default_name() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "agent".into());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_file(text: &str) -> Result<AgentConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        load_agent(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_agent_file_is_checked_key_by_key() {
+        let a = agent_file(
+            "[agent]\nnats = \"nats://127.0.0.1:4222\"\nname = \"b1\"\nlabels = [\"docker\", \"linux\"]\nconcurrency = 3\nack-wait = \"2s\"\nstate-dir = \"st\"\n",
+        )
+        .unwrap();
+        assert_eq!((a.name.as_str(), a.concurrency), ("b1", 3));
+        assert_eq!(a.labels, ["docker", "linux"]);
+        assert_eq!(a.ack_wait, Duration::from_secs(2));
+        assert!(a.state_dir.ends_with("st") && a.workspaces.ends_with("st/workspaces"));
+        let bad = [
+            ("[agent]\n", "agent.nats is required"),
+            ("[agent]\nnats = \"http://x\"\n", "is not a nats:// URL"),
+            (
+                "[agent]\nnats = \"nats://u:pw@x:4222\"\n",
+                "put the password in `nats-credentials`",
+            ),
+            (
+                "[agent]\nnats = \"nats://x\"\nlabels = [\"Docker\"]\n",
+                "agent.labels: `Docker` is not a label",
+            ),
+            (
+                "[agent]\nnats = \"nats://x\"\nconcurrency = 0\n",
+                "agent.concurrency: 0 is out of range",
+            ),
+            (
+                "[agent]\nnats = \"nats://x\"\nack-wait = \"10ms\"\n",
+                "agent.ack-wait",
+            ),
+            (
+                "[agent]\nnats = \"nats://x\"\nnats-credentials = { env = \"A\", file = \"b\" }\n",
+                "agent.nats-credentials: give exactly one of",
+            ),
+            (
+                "[agent]\nnats = \"nats://x\"\nbogus = 1\n",
+                "unknown field `bogus`",
+            ),
+            (
+                "[agent]\nnats = \"nats://x\"\nnats-credentials = \"ci:hunter2\"\n",
+                "agent.nats-credentials: not written in this file",
+            ),
+            ("", "missing [agent] table"),
+        ];
+        for (text, want) in bad {
+            let e = agent_file(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.contains("agent.toml:"), "names the file: {e}");
+            assert!(!e.contains("hunter2"), "repeats a secret: {e}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_table_needs_nats_and_a_database_secret() {
+        let base = "[server]\nwebhook-secret = { env = \"S\" }\n[[upload]]\nname = \"u\"\n";
+        let parse = |extra: &str| {
+            crate::serve::config::parse(Path::new("server.toml"), &format!("{base}{extra}"))
+        };
+        let c = parse("[cluster]\nnats = \"nats://127.0.0.1:4222\"\ndatabase = { env = \"DB\" }\n")
+            .unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!(cl.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(cl.database, SecretRef::Env("DB".into()));
+        assert!(parse("").unwrap().cluster.is_none());
+        let e = parse("[cluster]\nnats = \"nats://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.database is required"), "{e}");
+        let e = parse("[cluster]\ndatabase = { env = \"DB\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.nats is required"), "{e}");
+        let e = parse("[cluster]\nnats = \"nats://x\"\ndatabase = \"postgres://u:pw@h/db\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("pw@"), "{e}");
+        assert!(
+            e.contains("cluster.database: not written in this file"),
+            "{e}"
+        );
+        // The same for every secret of the server's file.
+        let e = crate::serve::config::parse(
+            Path::new("server.toml"),
+            "[server]\nwebhook-secret = \"hunter2\"\n[[upload]]\nname = \"u\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("server.webhook-secret: not written in this file"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
 }

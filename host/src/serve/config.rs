@@ -176,7 +176,9 @@ struct RawServer {
     listen: Option<Str>,
     concurrency: Option<Spanned<i64>>,
     max_body: Option<Spanned<toml::Value>>,
-    webhook_secret: Option<Spanned<RawSecret>>,
+    /// Secrets are decoded by hand (`secret_ref`): serde's error would
+    /// quote a value written inline.
+    webhook_secret: Option<Spanned<toml::Value>>,
     workspaces: Option<Str>,
     keep_workspaces: Option<bool>,
     secrets_dir: Option<Str>,
@@ -184,13 +186,6 @@ struct RawServer {
     plugin_dirs: Vec<Str>,
     public_url: Option<Str>,
     replay_window: Option<Spanned<toml::Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawSecret {
-    env: Option<Str>,
-    file: Option<Str>,
 }
 
 #[derive(Deserialize)]
@@ -392,7 +387,7 @@ const WEBHOOK_SECRET_REQUIRED: &str = concat!(
 fn webhook_secret(
     src: &Source<'_>,
     server_span: std::ops::Range<usize>,
-    secret: Option<Spanned<RawSecret>>,
+    secret: Option<Spanned<toml::Value>>,
     dir: &Path,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<SecretRef> {
@@ -404,31 +399,35 @@ fn webhook_secret(
 }
 
 /// `KEY = { env = "VAR" }` or `{ file = "path" }` (relative to the
-/// configuration file's folder `dir`); `None` after a diagnostic.
+/// configuration file's folder `dir`); `None` after a diagnostic. Anything
+/// else is refused without being repeated: it may be the secret itself.
 pub(crate) fn secret_ref(
     src: &Source<'_>,
     key: &str,
-    s: Spanned<RawSecret>,
+    v: Spanned<toml::Value>,
     dir: &Path,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<SecretRef> {
-    let span = s.span();
-    match s.into_inner() {
-        RawSecret {
-            env: Some(v),
-            file: None,
-        } if !v.get_ref().is_empty() => Some(SecretRef::Env(v.into_inner())),
-        RawSecret {
-            env: None,
-            file: Some(f),
-        } if !f.get_ref().is_empty() => Some(SecretRef::File(dir.join(f.get_ref()))),
-        _ => {
-            diags.push(src.diag(
-                span,
-                format!("{key}: give exactly one of `env = \"VAR\"` or `file = \"path\"`"),
-            ));
-            None
-        }
+    let span = v.span();
+    let refuse = |diags: &mut Vec<Diagnostic>, why: &str| {
+        diags.push(src.diag(span.clone(), format!("{key}: {why}")));
+        None
+    };
+    let toml::Value::Table(t) = v.into_inner() else {
+        return refuse(
+            diags,
+            "not written in this file: say where to read it, `{ env = \"VAR\" }` or `{ file = \"path\" }`",
+        );
+    };
+    let text = |k: &str| t.get(k).and_then(|v| v.as_str()).filter(|v| !v.is_empty());
+    let only_known = t.keys().all(|k| k == "env" || k == "file");
+    match (text("env"), text("file"), only_known) {
+        (Some(v), None, true) => Some(SecretRef::Env(v.to_string())),
+        (None, Some(f), true) => Some(SecretRef::File(dir.join(f))),
+        _ => refuse(
+            diags,
+            "give exactly one of `env = \"VAR\"` or `file = \"path\"`",
+        ),
     }
 }
 
