@@ -336,6 +336,15 @@ fn an_approval_given_elsewhere_releases_the_run_on_its_agent() {
         assert!(std::time::Instant::now() < deadline, "no pending approval");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Following the log from another machine while the run waits: it ends
+    // when the run does.
+    let follow = std::process::Command::new(pipeline_tests::plugins::host_bin())
+        .args(["logs", &run, "--follow"])
+        .env("HOST_DATABASE_URL", &c.db.url)
+        .env("HOST_STATE_DIR", c.dir.path().join("follower"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = c.host(&["approve", &run, "deploy", "--by", "alice", "-c", "ship"]);
     assert!(out.status.success(), "{}", pipeline_tests::cli::shown(&out));
     let r = server.wait_run(&run, RUN);
@@ -344,6 +353,9 @@ fn an_approval_given_elsewhere_releases_the_run_on_its_agent() {
     assert_eq!(deploy["approval"]["by"], "alice", "{r}");
     assert_eq!(deploy["approval"]["comment"], "ship", "{r}");
     // The log, the web page and the metrics come from PostgreSQL too.
+    let followed = follow.wait_with_output().unwrap();
+    let followed = pipeline_tests::cli::text(&followed.stdout);
+    assert!(followed.contains("line 3 of 3"), "{followed}");
     let logs = c.host(&["logs", &run]);
     let text = pipeline_tests::cli::text(&logs.stdout);
     assert!(
