@@ -53,6 +53,10 @@ pub struct QueuedRow {
     /// Queue-to-start latency (accepted → run started).
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Median time a run took once started (its record's `duration_ms`):
+    /// what is left of 1/runs_per_s at K = 1 is spent outside the run
+    /// (queue, claim, checkout, preparing).
+    pub run_p50_ms: f64,
     /// Cluster runs/s ÷ SQLite runs/s at the same K.
     pub vs_sqlite: Option<f64>,
 }
@@ -206,9 +210,17 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[rank - 1]
 }
 
-/// Wait until every run of `ids` has finished; (seconds from the first
-/// accepted to the last finished, p50 and p99 queue-to-start in ms).
-fn wait_and_measure(db: &Db, ids: &HashSet<String>, within: Duration) -> Result<(f64, f64, f64)> {
+/// What [`wait_and_measure`] found: seconds from the first accepted to the
+/// last finished; queue-to-start p50 and p99 and run p50, in ms.
+struct Measured {
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    run_p50_ms: f64,
+}
+
+/// Wait until every run of `ids` has finished and measure them.
+fn wait_and_measure(db: &Db, ids: &HashSet<String>, within: Duration) -> Result<Measured> {
     let deadline = Instant::now() + within;
     loop {
         let rows = db.query(
@@ -231,9 +243,15 @@ fn wait_and_measure(db: &Db, ids: &HashSet<String>, within: Duration) -> Result<
             let first = done.iter().map(|d| d.0).min().unwrap_or(0);
             let last = done.iter().map(|d| d.1 + d.2).max().unwrap_or(0);
             let mut waits: Vec<f64> = done.iter().map(|d| (d.1 - d.0) as f64).collect();
+            let mut runs: Vec<f64> = done.iter().map(|d| d.2 as f64).collect();
             waits.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let seconds = (last - first) as f64 / 1000.0;
-            return Ok((seconds, percentile(&waits, 0.5), percentile(&waits, 0.99)));
+            runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            return Ok(Measured {
+                seconds: (last - first) as f64 / 1000.0,
+                p50_ms: percentile(&waits, 0.5),
+                p99_ms: percentile(&waits, 0.99),
+                run_p50_ms: percentile(&runs, 0.5),
+            });
         }
         if Instant::now() > deadline {
             bail!(
@@ -262,15 +280,16 @@ fn timed(server: &Server, repo: &Repo, db: &Db, path: &'static str, k: usize) ->
         .into_iter()
         .collect();
     let within = Duration::from_secs(120 + repo.runs.len() as u64);
-    let (seconds, p50_ms, p99_ms) = wait_and_measure(db, &ids, within)?;
+    let m = wait_and_measure(db, &ids, within)?;
     Ok(QueuedRow {
         path,
         k,
         runs: ids.len(),
-        seconds,
-        runs_per_s: ids.len() as f64 / seconds,
-        p50_ms,
-        p99_ms,
+        seconds: m.seconds,
+        runs_per_s: ids.len() as f64 / m.seconds,
+        p50_ms: m.p50_ms,
+        p99_ms: m.p99_ms,
+        run_p50_ms: m.run_p50_ms,
         vs_sqlite: None,
     })
 }

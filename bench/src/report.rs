@@ -172,18 +172,18 @@ pub fn queued(t: &mut String, q: &Queued) {
     );
     let _ = writeln!(
         t,
-        "   queue-to-start: accepted → run started (ms resolution); host: {}",
+        "   p50/p99: queue-to-start, accepted → run started (ms resolution); run p50: started → finished; host: {}",
         q.host
     );
     let _ = writeln!(
         t,
-        "   {:<8}  {:>2}  {:>5}  {:>8}  {:>7}  {:>9}  {:>9}  {:>10}",
-        "path", "K", "runs", "total", "runs/s", "p50", "p99", "vs sqlite"
+        "   {:<8}  {:>2}  {:>5}  {:>8}  {:>7}  {:>9}  {:>9}  {:>9}  {:>10}",
+        "path", "K", "runs", "total", "runs/s", "p50", "p99", "run p50", "vs sqlite"
     );
     for r in &q.rows {
         let _ = writeln!(
             t,
-            "   {:<8}  {:>2}  {:>5}  {:>8}  {:>7.1}  {:>9}  {:>9}  {:>10}",
+            "   {:<8}  {:>2}  {:>5}  {:>8}  {:>7.1}  {:>9}  {:>9}  {:>9}  {:>10}",
             r.path,
             r.k,
             r.runs,
@@ -191,6 +191,7 @@ pub fn queued(t: &mut String, q: &Queued) {
             r.runs_per_s,
             fmt_ms(r.p50_ms),
             fmt_ms(r.p99_ms),
+            fmt_ms(r.run_p50_ms),
             r.vs_sqlite.map_or("-".into(), |v| format!("{v:.2}×"))
         );
     }
