@@ -373,10 +373,7 @@ fn cluster_prerequisites() -> Result<String, String> {
         .unwrap_or_else(|| DEFAULT_POSTGRES.to_string());
     match Db::postgres(&url) {
         Ok(_) => Ok(url),
-        Err(e) => Err(format!(
-            "no PostgreSQL at {} ({e}; run `just services`)",
-            host::store::redact_url(&url)
-        )),
+        Err(e) => Err(format!("no PostgreSQL ({e:#}; run `just services`)")),
     }
 }
 
