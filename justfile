@@ -50,7 +50,7 @@ demo: services build
 
 # Benchmarks (release build): Wasm stages vs container-per-step, plugin
 # load, scaling, memory, capability calls. Prints a table, writes JSON.
-bench: services plugins
+bench: services build
     cargo run --quiet --release -p pipeline-bench -- --out target/bench/latest.json
 
 # The benchmark with tiny sizes (part of `just test`: it must keep working).

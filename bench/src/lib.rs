@@ -7,12 +7,15 @@
 //! 2. plugin load: compile (first run) vs the precompiled cache, per plugin;
 //! 3. parallel scaling: K independent stages that each wait 100 ms;
 //! 4. host memory: peak RSS with 1 and 64 concurrent stages (child processes);
-//! 5. capability calls: `log` and `http` from a stage vs the same natively.
+//! 5. capability calls: `log` and `http` from a stage vs the same natively;
+//! 6. queued runs: N no-op runs through `host serve` on one machine (SQLite)
+//!    and as a cluster on this machine (NATS, PostgreSQL, K agents).
 //!
 //! Runs go through the same path as `host run` (plugin checks, executor,
 //! live record in SQLite). Prints a table and writes JSON (`--out`).
 //! `--smoke` runs everything with tiny sizes (CI checks it still works).
 mod measure;
+mod queued;
 mod report;
 
 use std::path::PathBuf;

@@ -34,6 +34,7 @@ pub struct Results {
     pub scaling: Vec<ScalingRow>,
     pub memory: Vec<MemoryRow>,
     pub calls: Vec<CallRow>,
+    pub queued: crate::queued::Queued,
 }
 
 #[derive(Serialize)]
@@ -305,6 +306,13 @@ pub async fn all(opts: &Options) -> Result<Results> {
         ratio: stage_us / native_us,
     });
 
+    // 6. Queued runs through `host serve`, one machine and a cluster.
+    let queued = tokio::task::spawn_blocking({
+        let smoke = opts.smoke;
+        move || crate::queued::run(smoke)
+    })
+    .await??;
+
     Ok(Results {
         date: host::run::record::now_rfc3339(),
         build: if cfg!(debug_assertions) {
@@ -323,6 +331,7 @@ pub async fn all(opts: &Options) -> Result<Results> {
         scaling,
         memory,
         calls,
+        queued,
     })
 }
 

@@ -2,6 +2,7 @@
 use std::fmt::Write;
 
 use crate::measure::Results;
+use crate::queued::Queued;
 
 fn fmt_ms(v: f64) -> String {
     if v >= 1000.0 {
@@ -153,5 +154,48 @@ pub fn table(r: &Results) -> String {
             ratio(c.ratio)
         );
     }
+    queued(&mut t, &r.queued);
     t
+}
+
+/// Section 6: queued runs, one machine vs a cluster on this machine.
+pub fn queued(t: &mut String, q: &Queued) {
+    let _ = writeln!(
+        t,
+        "\n6. Queued runs: {} no-op runs pushed at once ({} client threads) through `host serve`",
+        q.runs, q.delivery_threads
+    );
+    let _ = writeln!(
+        t,
+        "   sqlite: one machine, [server] concurrency = K; cluster: NATS + PostgreSQL, K agents of concurrency {}",
+        q.agent_concurrency
+    );
+    let _ = writeln!(
+        t,
+        "   p50/p99: queue-to-start, accepted → run started (ms resolution); run p50: started → finished; host: {}",
+        q.host
+    );
+    let _ = writeln!(
+        t,
+        "   {:<8}  {:>2}  {:>5}  {:>8}  {:>7}  {:>9}  {:>9}  {:>9}  {:>10}",
+        "path", "K", "runs", "total", "runs/s", "p50", "p99", "run p50", "vs sqlite"
+    );
+    for r in &q.rows {
+        let _ = writeln!(
+            t,
+            "   {:<8}  {:>2}  {:>5}  {:>8}  {:>7.1}  {:>9}  {:>9}  {:>9}  {:>10}",
+            r.path,
+            r.k,
+            r.runs,
+            fmt_ms(r.seconds * 1000.0),
+            r.runs_per_s,
+            fmt_ms(r.p50_ms),
+            fmt_ms(r.p99_ms),
+            fmt_ms(r.run_p50_ms),
+            r.vs_sqlite.map_or("-".into(), |v| format!("{v:.2}×"))
+        );
+    }
+    if let Some(note) = &q.cluster_note {
+        let _ = writeln!(t, "   cluster not measured: {note}");
+    }
 }
