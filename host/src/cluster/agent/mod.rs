@@ -25,6 +25,9 @@ use crate::run::launch::RunControl;
 use crate::runtime::Runtime;
 use forward::AttemptId;
 
+/// How long a claim waits for the server to answer.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(600);
+
 /// One more delivery than attempts: the server gives a run up when the
 /// delivery after the last attempt arrives.
 pub const MAX_DELIVER: i64 = crate::serve::queue::MAX_ATTEMPTS as i64 + 1;
@@ -237,7 +240,10 @@ async fn attempt(agent: &Arc<Agent>, msg: &jetstream::Message) -> Result<Outcome
         stream_seq,
         delivered,
     };
-    let (fence, attempt) = match agent.bus.ask(&req, agent.cfg.ack_wait).await? {
+    // While the server cannot answer (its store restarting) the delivery
+    // is kept, heartbeat and all: handing it back would spend one of its
+    // few deliveries on nothing.
+    let (fence, attempt) = match agent.bus.ask(&req, CLAIM_PATIENCE).await? {
         Reply::Claimed { fence, attempt } => (fence, attempt),
         Reply::Refused { why } => {
             tracing::info!("run {run}: not run here: {why}");

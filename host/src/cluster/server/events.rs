@@ -83,6 +83,7 @@ async fn write_until_stored(s: &Arc<ServerState>, c: &Arc<Cluster>, msg: &jetstr
             return;
         }
     };
+    let mut refused_by_a_working_store = 0;
     loop {
         let batch = b.clone();
         match s.with_db(move |db| write(db, batch)).await {
@@ -110,12 +111,34 @@ async fn write_until_stored(s: &Arc<ServerState>, c: &Arc<Cluster>, msg: &jetstr
                 return;
             }
             Err(e) => {
+                // A store that is away comes back: wait for it. A batch a
+                // working store keeps refusing would block every report
+                // after it: give it up, loudly.
+                if store_answers(s).await {
+                    refused_by_a_working_store += 1;
+                    if refused_by_a_working_store >= POISON_TRIES {
+                        tracing::error!(
+                            "run {}: a report the store refuses: {e:#}; dropped",
+                            b.run
+                        );
+                        return;
+                    }
+                }
                 tracing::warn!("run {}: writing a report: {e:#}; trying again", b.run);
                 let _ = msg.ack_with(AckKind::Progress).await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+/// How often a working store may refuse one batch before it is dropped.
+const POISON_TRIES: u32 = 5;
+
+async fn store_answers(s: &Arc<ServerState>) -> bool {
+    s.with_db(|db| db.db().query("SELECT 1", &[]).map(|_| ()))
+        .await
+        .is_ok()
 }
 
 fn write(db: &RunStore, b: Batch) -> Result<Written> {
