@@ -548,7 +548,7 @@ fn an_agent_that_is_stopped_hands_its_run_back() {
     // Given back at once (no ack wait): the next agent takes it.
     let _a2 = c.agent("a2", "");
     let r = wait_running_on(&server, &run, 2, "a2");
-    assert_eq!(attempts(&r)[0], pair("a1", "died"), "{r}");
+    assert_eq!(attempts(&r)[0], pair("a1", "stopped"), "{r}");
     assert_eq!(r["status"], "running", "{r}");
 }
 

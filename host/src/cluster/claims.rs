@@ -204,6 +204,24 @@ pub fn admit_batch(
     Ok((fresh == 0).then(|| "duplicate".into()))
 }
 
+/// An agent that is stopping handed the attempt with `fence` back: it
+/// ends `stopped` and the run waits for its next delivery.
+pub fn release(db: &Db, run: &str, fence: i64) -> Result<()> {
+    db.transaction(|tx| {
+        tx.execute(
+            "UPDATE cluster_claims SET outcome = 'stopped'
+             WHERE run_id = ?1 AND fence = ?2 AND outcome IS NULL",
+            &params![run, fence],
+        )?;
+        tx.execute(
+            "UPDATE cluster_runs SET state = 'dispatched'
+             WHERE run_id = ?1 AND fence = ?2 AND state = 'running'",
+            &params![run, fence],
+        )?;
+        Ok(())
+    })
+}
+
 /// The run ended: its current attempt's outcome is `status`.
 pub fn finish(db: &Db, run: &str, outcome: &str) -> Result<()> {
     db.execute(

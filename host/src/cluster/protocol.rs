@@ -101,6 +101,9 @@ pub enum Request {
         fence: i64,
         labels: Vec<String>,
     },
+    /// This agent is stopping: the attempt ends `stopped` and the run goes
+    /// back to the queue.
+    Release { run: String, fence: i64 },
     /// Record an approval request.
     AskApproval {
         run: String,

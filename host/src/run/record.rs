@@ -265,8 +265,9 @@ pub struct AttemptRecord {
     pub attempt: u32,
     pub agent: String,
     pub claimed_at: String,
-    /// `died` (its agent stopped answering), or the run's status; none
-    /// while it runs.
+    /// `died` (its agent stopped answering), `stopped` (its agent was
+    /// stopped and handed the run back), or the run's status; none while
+    /// it runs.
     pub outcome: Option<String>,
 }
 

@@ -264,6 +264,11 @@ async fn attempt(agent: &Arc<Agent>, msg: &jetstream::Message) -> Result<Outcome
     let ran = source::run_attempt(agent, &rm, &id, &control).await;
     agent.running.lock().remove(&run);
     if agent.shutdown.is_cancelled() && control.is_cancelled() {
+        // Said so, so the record shows `stopped`, not `died`.
+        let release = Request::Release { run, fence };
+        if let Err(e) = agent.bus.ask(&release, Duration::from_secs(5)).await {
+            tracing::warn!("handing a run back: {e:#}");
+        }
         return Ok(Outcome::GiveBack);
     }
     ran?;

@@ -92,6 +92,11 @@ async fn answer(s: &Arc<ServerState>, c: &Arc<Cluster>, req: Request) -> Result<
         }
         Request::Upload { run, fence, offset } => upload(s, run, fence, offset).await,
         Request::Relabel { run, fence, labels } => relabel(s, c, run, fence, labels).await,
+        Request::Release { run, fence } => {
+            s.with_db(move |db| claims::release(db.db(), &run, fence))
+                .await?;
+            Ok(Reply::Ok)
+        }
     }
 }
 
