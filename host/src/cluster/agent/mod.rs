@@ -28,9 +28,11 @@ use forward::AttemptId;
 /// How long a claim waits for the server to answer.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(600);
 
-/// One more delivery than attempts: the server gives a run up when the
-/// delivery after the last attempt arrives.
-pub const MAX_DELIVER: i64 = crate::serve::queue::MAX_ATTEMPTS as i64 + 1;
+/// Deliveries are not limited: attempts are counted by the server's claims
+/// (a delivery whose agent died before it claimed spends none), and the
+/// claim after the last attempt gives the run up. A limit here would leave
+/// a run JetStream stopped delivering that nobody gave up.
+pub const MAX_DELIVER: i64 = -1;
 
 pub struct Agent {
     pub cfg: AgentConfig,
