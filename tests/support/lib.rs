@@ -5,6 +5,7 @@ pub mod archive;
 pub mod argocd;
 pub mod cli;
 pub mod cluster;
+pub mod github;
 pub mod harness;
 pub mod http;
 pub mod plugins;

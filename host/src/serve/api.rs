@@ -156,9 +156,23 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
     let jobs: Vec<_> = jobs.into_iter().map(|j| (new_run_id(), j)).collect();
     let (d, e, o) = (delivery.clone(), event.clone(), outcome.clone());
     let window = s.config.replay_window;
+    let statuses = crate::serve::forge::Statuses::of(&s.config);
+    // The runs and their `pending` statuses are one transaction: neither
+    // is kept without the other.
     let accepted = s
-        .with_db(move |db| Queue::new(db.db()).accept(&d, &e, &o, &jobs, cancel, window))
+        .with_db(move |db| {
+            db.db().transaction(|tx| {
+                let a = Queue::new(tx).accept(&d, &e, &o, &jobs, cancel, window)?;
+                if let (Accepted::Queued { runs, .. }, Some(st)) = (&a, &statuses) {
+                    for (id, job) in jobs.iter().filter(|(id, _)| runs.contains(id)) {
+                        st.queued(tx, id, &job.repository, &job.sha)?;
+                    }
+                }
+                Ok(a)
+            })
+        })
         .await;
+    s.statuses.notify_one();
     match accepted {
         Err(e) => internal(e),
         Ok(Accepted::Duplicate { runs, seen }) => {
@@ -459,8 +473,24 @@ async fn list_runs(State(s): S, Query(q): Query<ListQuery>) -> Response {
 }
 
 async fn get_run(State(s): S, Path(id): Path<String>) -> Response {
-    match s.with_db(move |db| db.get(&id)).await {
-        Ok(Some(r)) => Json(r).into_response(),
+    let found = s
+        .with_db(move |db| {
+            let Some(run) = db.get(&id)? else {
+                return Ok(None);
+            };
+            let statuses = crate::serve::forge::outbox::of_run(db.db(), &id)?;
+            Ok(Some((run, statuses)))
+        })
+        .await;
+    match found {
+        // The record, and the commit statuses posted for it (if any).
+        Ok(Some((r, statuses))) => {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if !statuses.is_empty() {
+                v["statuses"] = json!(statuses);
+            }
+            Json(v).into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, "no such run"),
         Err(e) => internal(e),
     }

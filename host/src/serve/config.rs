@@ -68,6 +68,8 @@ pub struct ServerConfig {
     /// `[cluster]`: runs go to agents over NATS and run state is kept in
     /// PostgreSQL; without it the server runs everything itself (SQLite).
     pub cluster: Option<crate::cluster::config::ClusterSettings>,
+    /// `[github]`: commit statuses for the runs deliveries start.
+    pub github: Option<crate::serve::forge::ForgeSettings>,
 }
 
 /// A source that arrives as an uploaded archive, the way a bucket-triggered
@@ -159,6 +161,16 @@ struct RawFile {
     #[serde(default)]
     upload: Vec<Spanned<RawUpload>>,
     cluster: Option<Spanned<crate::cluster::config::RawCluster>>,
+    github: Option<Spanned<RawGithub>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGithub {
+    api_url: Option<Str>,
+    token: Option<Spanned<toml::Value>>,
+    context: Option<Str>,
+    per_stage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +269,7 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         repositories: Vec::new(),
         uploads: Vec::new(),
         cluster: None,
+        github: None,
     };
     let Some(server) = raw.server else {
         diags.push(src.diag(
@@ -267,9 +280,12 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
     };
     let server_span = server.span();
     server_settings(src, server, &mut cfg, diags);
+    let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
     if let Some(c) = raw.cluster {
-        let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
         cfg.cluster = crate::cluster::config::cluster(src, c, &dir, diags);
+    }
+    if let Some(g) = raw.github {
+        cfg.github = github(src, g, &dir, diags);
     }
     if raw.repository.is_empty() && raw.upload.is_empty() {
         diags.push(src.diag(
@@ -429,6 +445,56 @@ pub(crate) fn secret_ref(
             "give exactly one of `env = \"VAR\"` or `file = \"path\"`",
         ),
     }
+}
+
+/// `[github]`: where statuses go, with which token and context.
+fn github(
+    src: &Source<'_>,
+    raw: Spanned<RawGithub>,
+    dir: &Path,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<crate::serve::forge::ForgeSettings> {
+    use crate::serve::forge::{ForgeSettings, DEFAULT_API_URL, DEFAULT_CONTEXT};
+    let span = raw.span();
+    let g = raw.into_inner();
+    let api_url = match g.api_url {
+        None => DEFAULT_API_URL.to_string(),
+        Some(u) => match url::Url::parse(u.get_ref()) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") && p.password().is_none() => {
+                u.get_ref().trim_end_matches('/').to_string()
+            }
+            _ => {
+                diags.push(src.diag(
+                    u.span(),
+                    format!("github.api-url: `{}` is not an http(s) URL", u.get_ref()),
+                ));
+                return None;
+            }
+        },
+    };
+    let Some(token) = g.token else {
+        diags.push(src.diag(
+            span,
+            "github.token is required: a token that may write commit statuses \
+             (e.g. `token = { env = \"GITHUB_TOKEN\" }`)",
+        ));
+        return None;
+    };
+    let token = secret_ref(src, "github.token", token, dir, diags)?;
+    let context = match g.context {
+        Some(c) if c.get_ref().trim().is_empty() || c.get_ref().len() > 100 => {
+            diags.push(src.diag(c.span(), "github.context: 1 to 100 characters"));
+            return None;
+        }
+        Some(c) => c.into_inner(),
+        None => DEFAULT_CONTEXT.to_string(),
+    };
+    Some(ForgeSettings {
+        api_url,
+        token,
+        context,
+        per_stage: g.per_stage.unwrap_or(false),
+    })
 }
 
 /// A value written as a string and parsed by `parse` (sizes, durations);

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::run::launch::{Launch, LaunchError, RunControl};
 use crate::run::{Quiet, RunOptions, RunRecord, RunStore, Status};
+use crate::serve::forge::Statuses;
 use crate::serve::prepare::{
     job_options, prepare, relative, run_options, unstarted, JobSource, Unstarted,
 };
@@ -100,16 +101,23 @@ async fn run_job(s: Arc<ServerState>, q: QueuedJob) {
     s.running.lock().remove(&q.run_id);
     let stopped_by_server = s.shutdown.is_cancelled() && control.is_cancelled();
     let id = q.run_id.clone();
+    let (statuses, ended) = (Statuses::of(&s.config), record.clone());
     let done = s
         .with_db(move |db| {
-            let queue = Queue::new(db.db());
-            if stopped_by_server {
-                queue.requeue(&id)
-            } else {
-                queue.finish(&id)
-            }
+            db.db().transaction(|tx| {
+                let queue = Queue::new(tx);
+                if stopped_by_server {
+                    return queue.requeue(&id);
+                }
+                queue.finish(&id)?;
+                match (statuses, ended) {
+                    (Some(st), Some(r)) => st.ended(tx, &r),
+                    _ => Ok(()),
+                }
+            })
         })
         .await;
+    s.statuses.notify_one();
     if let Err(e) = done {
         tracing::error!("run {}: updating the queue: {e:#}", q.run_id);
     }
@@ -259,16 +267,23 @@ pub async fn record_unstarted(
     let _one_at_a_time = s.numbering.lock().await;
     let opts = job_options(q, &s.workspaces.join(&q.run_id));
     let mut rec = unstarted(pipeline, &opts, status, reason);
+    let statuses = Statuses::of(&s.config);
     let saved = s
         .with_db(move |db| {
-            rec.build_number = match db.get(&rec.id)? {
-                Some(old) if old.pipeline == rec.pipeline => old.build_number,
-                _ => db.next_build_number(&rec.pipeline)?,
-            };
-            db.save(&rec)?;
-            Ok(rec)
+            db.db().transaction(|tx| {
+                rec.build_number = match db.get(&rec.id)? {
+                    Some(old) if old.pipeline == rec.pipeline => old.build_number,
+                    _ => db.next_build_number(&rec.pipeline)?,
+                };
+                db.save(&rec)?;
+                if let Some(st) = &statuses {
+                    st.ended(tx, &rec)?;
+                }
+                Ok(rec)
+            })
         })
         .await;
+    s.statuses.notify_one();
     match saved {
         Ok(r) => Some(r),
         Err(e) => {

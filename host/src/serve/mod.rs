@@ -7,12 +7,14 @@
 //! - [`queue`]: the durable queue (SQLite, beside the run records);
 //! - [`dispatch`]: takes queued runs, runs them, cancels superseded;
 //! - [`cancel`]: `host cancel` requests, from any machine;
+//! - [`forge`]: commit statuses on GitHub, from a durable outbox;
 //! - [`prepare`]: a job's source and pipeline, wherever it runs;
 //! - [`api`], [`web`], [`metrics`]: what the server shows.
 pub mod api;
 pub mod cancel;
 pub mod config;
 pub mod dispatch;
+pub mod forge;
 pub mod metrics;
 pub mod prepare;
 pub mod queue;
@@ -46,6 +48,8 @@ pub struct ServerState {
     db: Mutex<RunStore>,
     /// Woken when a run is queued or ends.
     pub(crate) wake: Notify,
+    /// Woken when a commit status is enqueued.
+    pub(crate) statuses: Notify,
     /// Runs in progress, to cancel them.
     pub(crate) running: Mutex<HashMap<String, RunControl>>,
     /// Webhook deliveries by outcome, since start.
@@ -79,6 +83,7 @@ impl ServerState {
         };
         queue::Queue::new(store.db()).init()?;
         cancel::init(store.db())?;
+        forge::outbox::init(store.db())?;
         let workspaces = config
             .workspaces
             .clone()
@@ -93,6 +98,7 @@ impl ServerState {
             runtime,
             db: Mutex::new(store),
             wake: Notify::new(),
+            statuses: Notify::new(),
             running: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
@@ -172,6 +178,9 @@ pub async fn serve(state: Arc<ServerState>) -> Result<()> {
         }
     };
     tokio::spawn(cancel::watch(state.clone()));
+    if let Some(g) = state.config.github.clone() {
+        tokio::spawn(forge::sender::run(state.clone(), g));
+    }
     // Tests and scripts wait for this line.
     eprintln!("host serve: listening on http://{addr} ({recovered})");
     let app = api::router(state.clone());

@@ -102,7 +102,7 @@ pub fn meaning_key(source: &str, event: &str, reference: &str, content: &str) ->
 }
 
 /// Now, in Unix milliseconds (what `accepted_ms` holds).
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 

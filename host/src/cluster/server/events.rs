@@ -86,9 +86,11 @@ async fn write_until_stored(s: &Arc<ServerState>, c: &Arc<Cluster>, msg: &jetstr
     let mut refused_by_a_working_store = 0;
     loop {
         let batch = b.clone();
-        match s.with_db(move |db| write(db, batch)).await {
+        let statuses = crate::serve::forge::Statuses::of(&s.config);
+        match s.with_db(move |db| write(db, batch, statuses)).await {
             Ok(Written::Applied { finished }) => {
                 if finished {
+                    s.statuses.notify_one();
                     finished_run(s, &b.run).await;
                 }
                 return;
@@ -141,7 +143,11 @@ async fn store_answers(s: &Arc<ServerState>) -> bool {
         .is_ok()
 }
 
-fn write(db: &RunStore, b: Batch) -> Result<Written> {
+fn write(
+    db: &RunStore,
+    b: Batch,
+    statuses: Option<crate::serve::forge::Statuses>,
+) -> Result<Written> {
     db.db().transaction(|tx| {
         if let Some(why) = claims::admit_batch(tx, &b.run, b.attempt, b.fence, b.seq)? {
             let stale = why != "duplicate";
@@ -160,6 +166,9 @@ fn write(db: &RunStore, b: Batch) -> Result<Written> {
             }
             rec.attempts = claims::attempts(tx, &b.run)?;
             db.save(&rec)?;
+            if let (true, Some(st)) = (b.finished, &statuses) {
+                st.ended(tx, &rec)?;
+            }
         }
         Ok(Written::Applied {
             finished: b.finished,
