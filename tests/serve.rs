@@ -954,3 +954,188 @@ fn a_replayed_signed_upload_starts_nothing() {
     both.sort();
     assert_eq!(run_ids(&server), both);
 }
+
+mod actions {
+    //! The actions of the JSON API: tokens, roles, and the record of who
+    //! did what.
+    use super::*;
+    use serde_json::json;
+
+    const USERS: &str = r#"
+[[user]]
+name = "olga"
+roles = ["operator"]
+tokens = ["sha256:OLGA"]
+
+[[user]]
+name = "pat"
+approves = ["prod"]
+tokens = ["sha256:PAT"]
+
+[[user]]
+name = "vic"
+roles = ["viewer"]
+tokens = ["sha256:VIC"]
+"#;
+
+    const DEPLOY: &str = r#"
+[environments.prod]
+branch = ["main"]
+approval = true
+
+[[stage]]
+name = "deploy"
+plugin = "hostile"
+environment = "prod"
+with = { attack = "ok" }
+"#;
+
+    fn digest(t: &str) -> String {
+        host::digest::sha256_hex(t.as_bytes())
+    }
+
+    fn post(server: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", server.url))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
+
+    fn users() -> String {
+        USERS
+            .replace("OLGA", &digest("tok-olga"))
+            .replace("PAT", &digest("tok-pat"))
+            .replace("VIC", &digest("tok-vic"))
+    }
+
+    #[test]
+    fn cancel_rerun_approve_and_reject_need_a_token_and_the_right_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = GitRepo::new(dir.path());
+        let sha = repo.push("main", &[("pipeline.toml", &pipeline("acts", DEPLOY))]);
+        let mut cfg = config(&repo.url(), "", "", PUSH_MAIN);
+        cfg.push_str(&users());
+        let server = Server::start(dir.path(), &cfg);
+        let run = server.push("a-1", "refs/heads/main", &sha);
+        let approve = format!("/api/runs/{run}/stages/deploy/approve");
+        // Waiting for approval: only an approver of `prod` may decide.
+        let deadline = std::time::Instant::now() + RUN;
+        loop {
+            let (status, v) = post(&server, &approve, Some("tok-olga"), json!({}));
+            if status == 403 {
+                assert!(v["error"].as_str().unwrap().contains("`prod`"), "{v}");
+                break;
+            }
+            assert_eq!(status, 409, "{v}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never waited for approval"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(post(&server, &approve, None, json!({})).0, 401);
+        assert_eq!(post(&server, &approve, Some("tok-guess"), json!({})).0, 401);
+        assert_eq!(post(&server, &approve, Some("tok-vic"), json!({})).0, 403);
+        let (status, v) = post(
+            &server,
+            &approve,
+            Some("tok-pat"),
+            json!({ "comment": "<b>ok</b>" }),
+        );
+        assert_eq!(status, 200, "{v}");
+        let r = server.wait_run(&run, RUN);
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["stages"][0]["approval"]["by"], "pat");
+        assert_eq!(r["stages"][0]["approval"]["comment"], "<b>ok</b>");
+        // Re-run: operators only; same commit, a new run linked to the old.
+        let rerun = format!("/api/runs/{run}/rerun");
+        assert_eq!(post(&server, &rerun, Some("tok-pat"), json!({})).0, 403);
+        let (status, v) = post(&server, &rerun, Some("tok-olga"), json!({}));
+        assert_eq!(status, 202, "{v}");
+        let again = v["queued"][0].as_str().unwrap().to_string();
+        assert_ne!(again, run);
+        // It waits for approval too; the reject path, then.
+        let reject = format!("/api/runs/{again}/stages/deploy/reject");
+        let r2 = loop {
+            let (status, v) = post(
+                &server,
+                &reject,
+                Some("tok-pat"),
+                json!({ "comment": "not now" }),
+            );
+            if status == 200 {
+                break server.wait_run(&again, RUN);
+            }
+            assert_eq!(status, 409, "{v}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(r2["status"], "failure", "{r2}");
+        assert_eq!(r2["commit_sha"], sha.as_str());
+        assert_eq!(r2["trigger"]["rerun_of"], run.as_str());
+        assert_eq!(r2["trigger"]["rerun_by"], "olga");
+        // Cancel: operators only; an ended run is past it.
+        let cancel = format!("/api/runs/{again}/cancel");
+        assert_eq!(post(&server, &cancel, Some("tok-vic"), json!({})).0, 403);
+        assert_eq!(post(&server, &cancel, Some("tok-olga"), json!({})).0, 409);
+        assert_eq!(
+            post(
+                &server,
+                "/api/runs/nope/cancel",
+                Some("tok-olga"),
+                json!({})
+            )
+            .0,
+            404
+        );
+        // Who did what, with the run.
+        let v = server.get_json(&format!("/api/runs/{run}"));
+        let acts: Vec<(String, String)> = v["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["who"].as_str().unwrap().into(),
+                    a["action"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            acts,
+            [
+                ("pat".into(), "approved".into()),
+                ("olga".into(), "rerun".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_running_run_is_cancelled_by_an_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = GitRepo::new(dir.path());
+        let slow = "[[stage]]\nname = \"work\"\nplugin = \"hostile\"\nwith = { attack = \"sleep\", ms = 60000 }\n";
+        let sha = repo.push("main", &[("pipeline.toml", &pipeline("acts", slow))]);
+        let mut cfg = config(&repo.url(), "", "", PUSH_MAIN);
+        cfg.push_str(&users());
+        let server = Server::start(dir.path(), &cfg);
+        let run = server.push("c-1", "refs/heads/main", &sha);
+        server.wait_until(&run, RUN, "running", |r| {
+            r["stages"].get(0).is_some_and(|s| s["status"] == "running")
+        });
+        let (status, v) = post(
+            &server,
+            &format!("/api/runs/{run}/cancel"),
+            Some("tok-olga"),
+            json!({}),
+        );
+        assert_eq!(status, 202, "{v}");
+        let r = server.wait_run(&run, RUN);
+        assert_eq!(r["status"], "cancelled");
+        assert_eq!(r["reason"], "cancelled by olga");
+    }
+}

@@ -361,5 +361,12 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("hunter2"), "{e}");
+        // A token pasted where its digest goes is refused, not repeated.
+        let e = parse("[[user]]\nname = \"a\"\ntokens = [\"ghp_secret123\"]\nroles = [\"root\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user.tokens: each is `sha256:HEX`"), "{e}");
+        assert!(e.contains("`root` is not a role"), "{e}");
+        assert!(!e.contains("ghp_secret123"), "{e}");
     }
 }

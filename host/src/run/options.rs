@@ -91,4 +91,9 @@ pub struct TriggerInfo {
     /// The source archive the workspace was unpacked from (an upload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<SourceArchive>,
+    /// A re-run: the run it runs again, and who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_by: Option<String>,
 }

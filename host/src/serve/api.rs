@@ -55,6 +55,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(page_list))
         .route("/runs/{id}", get(page_run))
+        .merge(crate::serve::access::routes::router())
         .layer(DefaultBodyLimit::max(limit))
         .merge(
             // Archives are bigger than webhook payloads; each upload's own
@@ -479,15 +480,20 @@ async fn get_run(State(s): S, Path(id): Path<String>) -> Response {
                 return Ok(None);
             };
             let statuses = crate::serve::forge::outbox::of_run(db.db(), &id)?;
-            Ok(Some((run, statuses)))
+            let actions = crate::serve::access::actions::of_run(db.db(), &id)?;
+            Ok(Some((run, statuses, actions)))
         })
         .await;
     match found {
-        // The record, and the commit statuses posted for it (if any).
-        Ok(Some((r, statuses))) => {
+        // The record, the commit statuses posted for it and what people
+        // did to it (if any).
+        Ok(Some((r, statuses, actions))) => {
             let mut v = serde_json::to_value(r).unwrap_or_default();
             if !statuses.is_empty() {
                 v["statuses"] = json!(statuses);
+            }
+            if !actions.is_empty() {
+                v["actions"] = json!(actions);
             }
             Json(v).into_response()
         }

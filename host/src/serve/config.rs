@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub cluster: Option<crate::cluster::config::ClusterSettings>,
     /// `[github]`: commit statuses for the runs deliveries start.
     pub github: Option<crate::serve::forge::ForgeSettings>,
+    /// `[[user]]`: who may act on runs (see [`crate::serve::access`]).
+    pub users: Vec<crate::serve::access::User>,
 }
 
 /// A source that arrives as an uploaded archive, the way a bucket-triggered
@@ -162,6 +164,21 @@ struct RawFile {
     upload: Vec<Spanned<RawUpload>>,
     cluster: Option<Spanned<crate::cluster::config::RawCluster>>,
     github: Option<Spanned<RawGithub>>,
+    #[serde(default)]
+    user: Vec<Spanned<RawUser>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUser {
+    name: Option<Str>,
+    #[serde(default)]
+    roles: Vec<Str>,
+    #[serde(default)]
+    approves: Vec<Str>,
+    /// `sha256:HEX` of each API token.
+    #[serde(default)]
+    tokens: Vec<Str>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +287,7 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         uploads: Vec::new(),
         cluster: None,
         github: None,
+        users: Vec::new(),
     };
     let Some(server) = raw.server else {
         diags.push(src.diag(
@@ -286,6 +304,16 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
     }
     if let Some(g) = raw.github {
         cfg.github = github(src, g, &dir, diags);
+    }
+    for u in raw.user {
+        let span = u.span();
+        if let Some(user) = user(src, span.clone(), u.into_inner(), diags) {
+            if cfg.users.iter().any(|o| o.name == user.name) {
+                diags.push(src.diag(span, format!("user `{}` is configured twice", user.name)));
+            } else {
+                cfg.users.push(user);
+            }
+        }
     }
     if raw.repository.is_empty() && raw.upload.is_empty() {
         diags.push(src.diag(
@@ -445,6 +473,46 @@ pub(crate) fn secret_ref(
             "give exactly one of `env = \"VAR\"` or `file = \"path\"`",
         ),
     }
+}
+
+/// One `[[user]]`: name, roles, environments they approve, token digests.
+fn user(
+    src: &Source<'_>,
+    span: std::ops::Range<usize>,
+    u: RawUser,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<crate::serve::access::User> {
+    let name = required(src, span, u.name, "user.name", diags)?;
+    let mut operator = false;
+    for r in &u.roles {
+        match r.get_ref().as_str() {
+            "operator" => operator = true,
+            "viewer" => {}
+            other => diags.push(src.diag(
+                r.span(),
+                format!("user.roles: `{other}` is not a role (viewer, operator)"),
+            )),
+        }
+    }
+    let mut token_sha256 = Vec::new();
+    for t in &u.tokens {
+        match t.get_ref().strip_prefix("sha256:") {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                token_sha256.push(h.to_ascii_lowercase())
+            }
+            // Not repeated: it may be the token itself, pasted by mistake.
+            _ => diags.push(src.diag(
+                t.span(),
+                "user.tokens: each is `sha256:HEX`, the sha256 of a token (never the token)",
+            )),
+        }
+    }
+    Some(crate::serve::access::User {
+        name: name.into_inner(),
+        operator,
+        approves: u.approves.into_iter().map(|a| a.into_inner()).collect(),
+        token_sha256,
+    })
 }
 
 /// `[github]`: where statuses go, with which token and context.

@@ -8,8 +8,10 @@
 //! - [`dispatch`]: takes queued runs, runs them, cancels superseded;
 //! - [`cancel`]: `host cancel` requests, from any machine;
 //! - [`forge`]: commit statuses on GitHub, from a durable outbox;
+//! - [`access`]: users, tokens, roles, and the actions they may take;
 //! - [`prepare`]: a job's source and pipeline, wherever it runs;
 //! - [`api`], [`web`], [`metrics`]: what the server shows.
+pub mod access;
 pub mod api;
 pub mod cancel;
 pub mod config;
@@ -84,6 +86,7 @@ impl ServerState {
         queue::Queue::new(store.db()).init()?;
         cancel::init(store.db())?;
         forge::outbox::init(store.db())?;
+        access::actions::init(store.db())?;
         let workspaces = config
             .workspaces
             .clone()
@@ -119,6 +122,14 @@ impl ServerState {
         })
         .await
         .context("store task")?
+    }
+
+    /// Where this server's run store is (for stores opened beside it).
+    pub fn store_location(&self) -> Result<crate::store::StoreLocation> {
+        Ok(match &self.config.cluster {
+            Some(c) => crate::store::StoreLocation::Postgres(c.database.read()?),
+            None => crate::store::StoreLocation::Dir(self.state_dir.clone()),
+        })
     }
 
     /// What this server decides for the runs it runs itself.

@@ -62,6 +62,10 @@ impl Job {
     /// (its source's name, `upload`, the archive's sha256). `None` when the
     /// job says too little to tell (nothing is deduplicated on it then).
     pub fn meaning(&self) -> Option<String> {
+        // A re-run is asked for by a person, signed in: it means itself.
+        if self.trigger.rerun_of.is_some() {
+            return None;
+        }
         let (reference, content) = match self.event.as_str() {
             "push" => {
                 let r = self

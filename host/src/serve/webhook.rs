@@ -338,6 +338,7 @@ fn plan_push(config: &ServerConfig, p: &Push, delivery: &str) -> Plan {
             message: p.message.clone(),
             pull_request: None,
             archive: None,
+            ..Default::default()
         },
     }])
 }
@@ -383,6 +384,7 @@ fn plan_pull_request(config: &ServerConfig, pr: &PullRequest, delivery: &str) ->
             message: pr.title.clone(),
             pull_request: Some(pr.number),
             archive: None,
+            ..Default::default()
         },
     }])
 }
