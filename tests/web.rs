@@ -223,3 +223,89 @@ with = { attack = "ok" }
         .await
         .unwrap();
 }
+
+/// The pictures, without a browser: a real run's page carries its stage
+/// graph and timeline; its pipeline's page its history and DORA figures,
+/// with a name full of markup shown as text.
+#[test]
+fn the_run_and_pipeline_pages_carry_their_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let name = r#"pics <b>&"x"#;
+    let text = format!(
+        "[pipeline]\nname = '{name}'\n\n[plugins]\nhostile = \"{}\"\n{}",
+        plugin("hostile").display(),
+        r#"
+[[stage]]
+name = "compile"
+plugin = "hostile"
+with = { attack = "ok" }
+
+[[stage]]
+name = "lint"
+plugin = "hostile"
+with = { attack = "ok" }
+
+[[stage]]
+name = "package"
+plugin = "hostile"
+needs = ["compile", "lint"]
+with = { attack = "ok" }
+"#
+    );
+    let sha = repo.push("main", &[("pipeline.toml", &text)]);
+    let triggers = "[[repository.trigger]]\nevent = \"push\"\nbranch = [\"main\"]\n";
+    let server = Server::start(dir.path(), &config(&repo.url(), "", "", triggers));
+    let run = server.push("pics-1", "refs/heads/main", &sha);
+    let record = server.wait_run(&run, Duration::from_secs(120));
+    assert_eq!(record["status"], "success", "{record}");
+    assert_eq!(record["stages"][2]["needs"], json!(["compile", "lint"]));
+    assert_eq!(record["trigger"]["commit_time"], "2019-05-15T15:19:25Z");
+
+    let (status, page) = server.get(&format!("/runs/{run}"));
+    assert_eq!(status, 200);
+    for class in ["stage-graph", "stage-timeline"] {
+        assert!(
+            page.contains(&format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"{class}\""
+            )),
+            "{class}: {page}"
+        );
+    }
+    for stage in ["compile", "lint", "package"] {
+        assert!(
+            page.contains(&format!("<g class=\"stage\" data-stage=\"{stage}\"")),
+            "{stage}"
+        );
+        assert!(
+            page.contains("class=\"bar")
+                && page.contains(&format!("data-stage=\"{stage}\" data-status=\"success\""))
+        );
+    }
+    assert!(page.contains("data-from=\"lint\" data-to=\"package\""));
+    let href = host::serve::web::pipeline_href(name);
+    assert!(
+        page.contains(&format!("href=\"{href}\"")),
+        "a link to the pipeline's page"
+    );
+
+    let (status, page) = server.get(&href);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("class=\"run-history\""), "{page}");
+    assert!(page.contains("class=\"dora\""));
+    assert!(page.contains(&format!("data-run=\"{run}\"")));
+    assert!(
+        page.contains("pics &lt;b&gt;&amp;&quot;x"),
+        "the name, escaped"
+    );
+    assert!(!page.contains("<b>&"), "never as markup");
+
+    let (status, page) = server.get("/pipelines/no-such-pipeline");
+    assert_eq!(status, 404);
+    assert!(page.contains("No such pipeline"));
+    let (_, list) = server.get("/");
+    assert!(
+        list.contains(&format!("href=\"{href}\"")),
+        "the run list links the pipeline"
+    );
+}

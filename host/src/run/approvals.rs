@@ -273,7 +273,7 @@ impl ApprovalStore {
     }
 }
 
-fn pending_in(db: &Db) -> Result<Vec<Pending>> {
+pub(crate) fn pending_in(db: &Db) -> Result<Vec<Pending>> {
     db.query(
         "SELECT run_id, stage, environment, requested_at, expires_at FROM approvals
          WHERE decision IS NULL AND expires_at >= ?1 ORDER BY requested_at",

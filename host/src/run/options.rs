@@ -88,6 +88,10 @@ pub struct TriggerInfo {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request: Option<u64>,
+    /// When the head commit was made (RFC 3339, as the delivery said);
+    /// none when the delivery did not say (a pull request, an upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<String>,
     /// The source archive the workspace was unpacked from (an upload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<SourceArchive>,

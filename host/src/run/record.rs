@@ -127,6 +127,9 @@ pub struct StageRecord {
     /// The environment the stage deploys to (`environment = "…"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// The stages this one `needs` (as the pipeline said when it ran).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
     pub status: Status,
     /// The stage passed but reported a warning.
     pub warning: bool,
@@ -159,6 +162,7 @@ impl StageRecord {
             plugin: plugin.to_string(),
             plugin_sha256: String::new(),
             environment: None,
+            needs: Vec::new(),
             status: Status::Pending,
             warning: false,
             attempts: 0,
@@ -194,6 +198,7 @@ impl StageRecord {
             plugin,
             plugin_sha256,
             environment,
+            needs,
             status,
             warning,
             attempts,
@@ -213,6 +218,7 @@ impl StageRecord {
             plugin: plugin.clone(),
             plugin_sha256: plugin_sha256.clone(),
             environment: environment.clone(),
+            needs: needs.clone(),
             status: *status,
             warning: *warning,
             attempts: *attempts,
@@ -694,6 +700,36 @@ impl RunStore {
             .iter()
             .map(|r| Ok(serde_json::from_str(&r.get_str(0)?)?))
             .collect()
+    }
+
+    /// When the commits of `pipeline`'s successful deployments that started
+    /// at or after `since_unix_ms` were made (Unix ms, by run id), where
+    /// their deliveries said (`TriggerInfo::commit_time`).
+    pub fn commit_times(
+        &self,
+        pipeline: &str,
+        since_unix_ms: i64,
+    ) -> Result<BTreeMap<String, i64>> {
+        #[derive(Deserialize)]
+        struct Only {
+            id: String,
+            #[serde(default)]
+            trigger: Option<TriggerInfo>,
+        }
+        let rows = self.db.query(
+            "SELECT record FROM runs
+             WHERE pipeline = ?1 AND deployment = 'success' AND started_unix_ms >= ?2",
+            &params![pipeline, since_unix_ms],
+        )?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let r: Only = serde_json::from_str(&row.get_str(0)?).context("corrupt run record")?;
+            let t = r.trigger.and_then(|t| t.commit_time);
+            if let Some(ms) = t.as_deref().and_then(parse_unix_ms) {
+                out.insert(r.id, ms);
+            }
+        }
+        Ok(out)
     }
 
     /// Summaries of the runs matching `filter`, most recent first.

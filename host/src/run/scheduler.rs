@@ -417,6 +417,7 @@ enum Planned<'p> {
 pub fn pending(stage: &Stage) -> StageRecord {
     let mut rec = StageRecord::pending(&stage.name, &stage.plugin);
     rec.environment = stage.environment.clone();
+    rec.needs = stage.needs.clone();
     rec
 }
 
@@ -441,6 +442,19 @@ mod tests {
             ));
         }
         crate::pipeline::parse(Path::new("pipeline.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_stage_record_keeps_what_the_stage_needs() {
+        let p = pipeline(&[("a", ""), ("b", "needs = [\"a\"]")]);
+        assert_eq!(pending(p.stage("b").unwrap()).needs, vec!["a".to_string()]);
+        assert!(pending(p.stage("a").unwrap()).needs.is_empty());
+        // Records written before `needs` was kept still load.
+        let mut old = serde_json::to_value(pending(p.stage("a").unwrap())).unwrap();
+        assert!(old.get("needs").is_none());
+        old.as_object_mut().unwrap().remove("needs");
+        let back: StageRecord = serde_json::from_value(old).unwrap();
+        assert!(back.needs.is_empty());
     }
 
     fn scope() -> Scope {

@@ -10,7 +10,7 @@
 //! | `GET /api/runs/{id}/logs?stage=&after=` | live log lines after position `after` |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | `ok` |
-//! | `GET /`, `GET /runs/{id}` | the web pages |
+//! | `GET /`, `GET /runs/{id}`, `GET /pipelines/{name}` | the web pages |
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -56,6 +56,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/", get(page_list))
         .route("/runs/{id}", get(page_run))
         .merge(crate::serve::access::routes::router())
+        .route("/pipelines/{name}", get(page_pipeline))
         .layer(DefaultBodyLimit::max(limit))
         .merge(
             // Archives are bigger than webhook payloads; each upload's own
@@ -572,10 +573,53 @@ async fn page_list(State(s): S, Query(q): Query<ListQuery>) -> Response {
 }
 
 async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
-    let r = s.with_db(move |db| db.get(&id)).await;
+    let r = s
+        .with_db(move |db| {
+            let Some(run) = db.get(&id)? else {
+                return Ok(None);
+            };
+            // What the approvals table says is waiting (a waiting stage's
+            // record only says `pending`). No table yet: nothing waits.
+            let waiting = crate::run::approvals::pending_in(db.db())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.run_id == run.id)
+                .map(|p| p.stage)
+                .collect();
+            Ok(Some(web::run_page(&run, &waiting)))
+        })
+        .await;
     match r {
-        Ok(Some(run)) => Html(web::run_page(&run)).into_response(),
+        Ok(Some(html)) => Html(html).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Html(web::not_found())).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// How many of a pipeline's runs its page reads for its DORA figures.
+const PIPELINE_RUNS: usize = 5000;
+
+async fn page_pipeline(State(s): S, Path(name): Path<String>) -> Response {
+    let r = s
+        .with_db(move |db| {
+            let f = RunFilter {
+                pipeline: Some(name.clone()),
+                ..RunFilter::default()
+            };
+            let runs = db.summaries(&f, PIPELINE_RUNS)?;
+            if runs.is_empty() {
+                return Ok(None);
+            }
+            let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            let since = now - web::DORA_WEEKS as i64 * web::pictures::dora::WEEK_MS;
+            let commits = db.commit_times(&name, since)?;
+            let weeks = web::pictures::dora::weekly(&runs, &commits, now, web::DORA_WEEKS);
+            Ok(Some(web::pipeline_page(&name, &runs, &weeks)))
+        })
+        .await;
+    match r {
+        Ok(Some(html)) => Html(html).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Html(web::no_such("pipeline"))).into_response(),
         Err(e) => internal(e),
     }
 }

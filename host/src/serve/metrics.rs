@@ -60,16 +60,28 @@ impl DeployFigures {
     }
 }
 
+/// A finished run whose stages for its environment ran.
+pub(crate) fn is_deployment(r: &RunSummary) -> bool {
+    r.status.is_final() && r.deployment.is_some() && r.environment.is_some()
+}
+
+/// A deployment failed when its environment's stage or the run failed.
+pub(crate) fn deployment_failed(r: &RunSummary) -> bool {
+    r.deployment == Some(Status::Failure) || r.status == Status::Failure
+}
+
+/// A rollback is remediation, not a change.
+pub(crate) fn is_rollback(r: &RunSummary) -> bool {
+    r.event == "rollback"
+}
+
 /// Deployment figures by (pipeline, environment), from runs in any order.
 pub fn deployments(
     runs: &[RunSummary],
     now_unix_ms: i64,
 ) -> BTreeMap<(String, String), DeployFigures> {
     let mut by_env: BTreeMap<(String, String), Vec<&RunSummary>> = BTreeMap::new();
-    for r in runs
-        .iter()
-        .filter(|r| r.status.is_final() && r.deployment.is_some())
-    {
+    for r in runs.iter().filter(|r| is_deployment(r)) {
         if let Some(env) = &r.environment {
             by_env
                 .entry((r.pipeline.clone(), env.clone()))
@@ -84,8 +96,8 @@ pub fn deployments(
         let mut f = DeployFigures::default();
         let mut incident_since: Option<i64> = None;
         for r in list {
-            let failed = r.deployment == Some(Status::Failure) || r.status == Status::Failure;
-            let rollback = r.event == "rollback";
+            let failed = deployment_failed(r);
+            let rollback = is_rollback(r);
             if !rollback {
                 if failed {
                     f.failed += 1;

@@ -3,11 +3,18 @@
 //! server with maud, which escapes every value: log lines and commit
 //! messages are whatever a stage or a pusher wrote. A page of a run in
 //! progress reloads itself every two seconds.
+use std::collections::BTreeSet;
+
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::run::display::{format_duration, format_time, ref_name, short_sha, status_word};
 use crate::run::{RunRecord, RunSummary, StageRecord, Status};
 use crate::serve::queue::QueuedJob;
+
+// Beside this file rather than declared in `serve/mod.rs`: only these pages
+// use it.
+#[path = "pictures/mod.rs"]
+pub mod pictures;
 
 const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1f2328; background: #f6f8fa; }
@@ -30,6 +37,8 @@ dl.meta { display: grid; grid-template-columns: max-content auto; gap: 2px 16px;
 dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
 section.stage { background: #fff; margin: 12px 0; padding: 8px 12px; border: 1px solid #d0d7de; }
 .reason { background: #fff8c5; padding: 8px 12px; border: 1px solid #d4a72c; }
+figure.picture { background: #fff; border: 1px solid #d0d7de; margin: 12px 0; padding: 8px; overflow-x: auto; }
+figure.picture figcaption { color: #57606a; font-size: 12px; }
 "#;
 
 fn page(title: &str, refresh: bool, body: Markup) -> String {
@@ -100,7 +109,7 @@ pub fn run_list(runs: &[RunSummary], queued: &[QueuedJob]) -> String {
                         tr data-run=(r.id) {
                             td { (badge(r.status, false)) }
                             td { a href={ "/runs/" (r.id) } { "#" (r.build_number) } " " code { (r.id) } }
-                            td { (r.pipeline) }
+                            td { a href=(pipeline_href(&r.pipeline)) { (r.pipeline) } }
                             td { (ref_name(r.branch.as_deref(), r.tag.as_deref())) }
                             td { code { (short_sha(&r.commit_sha)) } }
                             td { (r.event) }
@@ -156,11 +165,40 @@ fn stage_section(s: &StageRecord) -> Markup {
     }
 }
 
-/// `/runs/{id}`.
-pub fn run_page(run: &RunRecord) -> String {
+/// The path of a pipeline's page: its name as one URL path segment.
+pub fn pipeline_href(name: &str) -> String {
+    let mut out = String::from("/pipelines/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A picture in the page: `svg` is one of [`pictures`]' own, whose every
+/// text from a record is escaped.
+fn picture(id: &str, svg: String, caption: &str) -> Markup {
+    html! {
+        figure class="picture" id=(id) {
+            (PreEscaped(svg))
+            figcaption { (caption) }
+        }
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// `/runs/{id}`; `waiting`: its stages waiting for an approval.
+pub fn run_page(run: &RunRecord, waiting: &BTreeSet<String>) -> String {
     let title = format!("{} #{}", run.pipeline, run.build_number);
     let body = html! {
         h1 { (title) " " (badge(run.status, false)) }
+        p { a href=(pipeline_href(&run.pipeline)) { "History of " (run.pipeline) } }
         @if let Some(r) = &run.reason { p class="reason" { (r) } }
         @if !run.attempts.is_empty() {
             p class="attempts" { "Attempts: " (run.attempts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")) }
@@ -181,6 +219,12 @@ pub fn run_page(run: &RunRecord) -> String {
             dt { "duration" } dd id="run-duration" { (duration(run.status, run.duration_ms)) }
         }
         h2 { "Stages" }
+        @if !run.stages.is_empty() {
+            (picture("stage-graph", pictures::graph::stage_graph(&run.stages, waiting),
+                "Stages as their needs order them, coloured by status; a dashed border: waiting for an approval."))
+            (picture("stage-timeline", pictures::timeline::timeline(&run.stages, now_unix_ms()),
+                "When each stage ran, from the run's first stage start; the longest bar is outlined."))
+        }
         @if run.stages.is_empty() {
             p { "No stage ran." }
         } @else {
@@ -206,11 +250,34 @@ pub fn run_page(run: &RunRecord) -> String {
     page(&title, !run.status.is_final(), body)
 }
 
+/// How many weeks the DORA picture of a pipeline's page shows.
+pub const DORA_WEEKS: usize = 8;
+
+/// `/pipelines/{name}`: `runs` newest first; `weeks` its DORA figures.
+pub fn pipeline_page(name: &str, runs: &[RunSummary], weeks: &[pictures::dora::Week]) -> String {
+    let body = html! {
+        h1 { "Pipeline " (name) }
+        h2 { "Last runs" }
+        (picture("run-history", pictures::history::history(name, runs),
+            "Each bar is a run (click for it), as tall as it took, coloured by status."))
+        h2 { "Delivery figures by week" }
+        (picture("dora", pictures::dora::dora(name, weeks),
+            "Deployments, lead time for changes, change failure rate and time to restore, as /metrics counts them."))
+    };
+    let refresh = runs.iter().any(|r| !r.status.is_final());
+    page(&format!("Pipeline {name}"), refresh, body)
+}
+
 pub fn not_found() -> String {
+    no_such("run")
+}
+
+/// The page of a 404: no such `what`.
+pub fn no_such(what: &str) -> String {
     page(
         "Not found",
         false,
-        html! { h1 { "No such run" } p { a href="/" { "All runs" } } },
+        html! { h1 { "No such " (what) } p { a href="/" { "All runs" } } },
     )
 }
 
@@ -242,7 +309,7 @@ mod tests {
             attempts: Vec::new(),
             ..RunRecord::new("<b>p</b>", &opts)
         };
-        let html = run_page(&run);
+        let html = run_page(&run, &BTreeSet::new());
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("&lt;b&gt;p&lt;/b&gt; #3"));

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::pipeline::Trigger;
+use crate::run::record::parse_unix_ms;
 use crate::run::TriggerInfo;
 use crate::serve::config::{Repository, ServerConfig};
 use crate::serve::queue::Job;
@@ -74,6 +75,8 @@ pub struct Push {
     pub deleted: bool,
     pub sender: Option<String>,
     pub message: Option<String>,
+    /// `head_commit.timestamp`: when the commit was made (RFC 3339).
+    pub commit_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +106,7 @@ struct RawUser {
 #[derive(Deserialize)]
 struct RawCommit {
     message: Option<String>,
+    timestamp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,16 +187,19 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
                 .ok_or_else(|| missing("after"))?
                 .to_ascii_lowercase();
             check_sha(&after).map_err(|m| err(format!("`after`: {m}")))?;
+            let (message, timestamp) = match p.head_commit {
+                Some(c) => (c.message, c.timestamp),
+                None => (None, None),
+            };
             Ok(Event::Push(Push {
                 repository,
                 git_ref,
                 deleted: p.deleted || after.bytes().all(|b| b == b'0'),
                 after,
                 sender: p.sender.and_then(|s| s.login),
-                message: p
-                    .head_commit
-                    .and_then(|c| c.message)
-                    .map(|m| m.lines().next().unwrap_or("").to_string()),
+                message: message.map(|m| m.lines().next().unwrap_or("").to_string()),
+                // Kept only if it is a time (it goes into lead times).
+                commit_time: timestamp.filter(|t| parse_unix_ms(t).is_some()),
             }))
         }
         "pull_request" => {
@@ -338,6 +345,7 @@ fn plan_push(config: &ServerConfig, p: &Push, delivery: &str) -> Plan {
             message: p.message.clone(),
             pull_request: None,
             archive: None,
+            commit_time: p.commit_time.clone(),
             ..Default::default()
         },
     }])
@@ -384,6 +392,9 @@ fn plan_pull_request(config: &ServerConfig, pr: &PullRequest, delivery: &str) ->
             message: pr.title.clone(),
             pull_request: Some(pr.number),
             archive: None,
+            // The payload says when the pull request changed, not when
+            // its head commit was made.
+            commit_time: None,
             ..Default::default()
         },
     }])
@@ -460,6 +471,7 @@ mod tests {
         assert_eq!(p.after, "6113728f27ae82c7b1a177c8d03f9e96e0adf246");
         assert!(!p.deleted);
         assert_eq!(p.message.as_deref(), Some("Initial commit"));
+        assert_eq!(p.commit_time.as_deref(), Some("2019-05-15T15:19:25Z"));
         let Event::Push(t) = parse("push", &data("push_tag-created.ghes-34.payload.json")).unwrap()
         else {
             panic!()
