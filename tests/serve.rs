@@ -1112,6 +1112,13 @@ with = { attack = "ok" }
                 ("olga".into(), "rerun".into())
             ]
         );
+        let (_, page) = server.get(&format!("/runs/{run}"));
+        assert!(
+            page.contains("<b>pat</b> approved · deploy: &lt;b&gt;ok&lt;/b&gt;"),
+            "{page}"
+        );
+        let (_, page) = server.get(&format!("/runs/{again}"));
+        assert!(page.contains("re-run of"), "{page}");
     }
 
     #[test]

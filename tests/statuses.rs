@@ -170,6 +170,12 @@ fn failures_are_retried_rate_limits_waited_out_and_a_422_recorded_not_retried() 
     // Refused is final: the sender keeps no such row waiting.
     let (_, page) = server.get(&format!("/api/runs/{run}"));
     assert!(!page.contains(TOKEN), "the token shows: {page}");
+    // Shown on the run's page too.
+    let (_, page) = server.get(&format!("/runs/{run}"));
+    assert!(
+        page.contains("Commit statuses") && page.contains("HTTP 422: Validation Failed"),
+        "{page}"
+    );
 }
 
 #[test]

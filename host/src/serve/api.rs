@@ -580,13 +580,17 @@ async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
             };
             // What the approvals table says is waiting (a waiting stage's
             // record only says `pending`). No table yet: nothing waits.
-            let waiting = crate::run::approvals::pending_in(db.db())
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| p.run_id == run.id)
-                .map(|p| p.stage)
-                .collect();
-            Ok(Some(web::run_page(&run, &waiting)))
+            let extras = web::RunExtras {
+                waiting: crate::run::approvals::pending_in(db.db())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| p.run_id == run.id)
+                    .map(|p| p.stage)
+                    .collect(),
+                statuses: crate::serve::forge::outbox::of_run(db.db(), &run.id)?,
+                actions: crate::serve::access::actions::of_run(db.db(), &run.id)?,
+            };
+            Ok(Some(web::run_page(&run, &extras)))
         })
         .await;
     match r {

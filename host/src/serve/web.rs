@@ -194,7 +194,40 @@ fn now_unix_ms() -> i64 {
 }
 
 /// `/runs/{id}`; `waiting`: its stages waiting for an approval.
-pub fn run_page(run: &RunRecord, waiting: &BTreeSet<String>) -> String {
+/// What the run page shows besides the record: stages waiting for an
+/// approval, the commit statuses sent for the run, who did what to it.
+#[derive(Default)]
+pub struct RunExtras {
+    pub waiting: BTreeSet<String>,
+    pub statuses: Vec<crate::serve::forge::outbox::OutboxRow>,
+    pub actions: Vec<crate::serve::access::actions::Action>,
+}
+
+/// Commit statuses and actions, when there are any.
+fn extras_section(extras: &RunExtras) -> Markup {
+    html! {
+        @if !extras.statuses.is_empty() {
+            h2 { "Commit statuses" }
+            table class="statuses" {
+                tr { th { "context" } th { "state" } th { "sent" } th { "answer" } }
+                @for s in &extras.statuses {
+                    tr { td { code { (s.context) } } td { (s.state) } td { (s.outcome) } td { (s.detail.as_deref().unwrap_or("")) } }
+                }
+            }
+        }
+        @if !extras.actions.is_empty() {
+            h2 { "Actions" }
+            ul class="actions" {
+                @for a in &extras.actions {
+                    li { (format_time(&a.at)) " · " b { (a.who) } " " (a.action) @if let Some(d) = &a.detail { " · " (d) } }
+                }
+            }
+        }
+    }
+}
+
+pub fn run_page(run: &RunRecord, extras: &RunExtras) -> String {
+    let waiting = &extras.waiting;
     let title = format!("{} #{}", run.pipeline, run.build_number);
     let body = html! {
         h1 { (title) " " (badge(run.status, false)) }
@@ -217,7 +250,13 @@ pub fn run_page(run: &RunRecord, waiting: &BTreeSet<String>) -> String {
             @if let Some(e) = &run.environment { dt { "environment" } dd { (e) } }
             dt { "started" } dd { (format_time(&run.started_at)) }
             dt { "duration" } dd id="run-duration" { (duration(run.status, run.duration_ms)) }
+            @if let Some(t) = &run.trigger {
+                @if let Some(of) = &t.rerun_of {
+                    dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (t.rerun_by.as_deref().unwrap_or("?")) }
+                }
+            }
         }
+        (extras_section(extras))
         h2 { "Stages" }
         @if !run.stages.is_empty() {
             (picture("stage-graph", pictures::graph::stage_graph(&run.stages, waiting),
@@ -309,7 +348,7 @@ mod tests {
             attempts: Vec::new(),
             ..RunRecord::new("<b>p</b>", &opts)
         };
-        let html = run_page(&run, &BTreeSet::new());
+        let html = run_page(&run, &RunExtras::default());
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("&lt;b&gt;p&lt;/b&gt; #3"));
