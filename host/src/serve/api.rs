@@ -156,11 +156,23 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
             .any(|r| r.name == j.repository && r.cancel_in_progress)
     });
     let jobs: Vec<_> = jobs.into_iter().map(|j| (new_run_id(), j)).collect();
-    let (d, e, o) = (delivery.clone(), event.clone(), outcome.clone());
+    let accepted = accept(&s, &delivery, &event, &outcome, jobs, cancel).await;
+    answer_delivery(&s, &delivery, &event, &outcome, accepted).await
+}
+
+/// Queue a delivery's runs with their `pending` statuses, in one
+/// transaction: neither is kept without the other.
+async fn accept(
+    s: &Arc<ServerState>,
+    delivery: &str,
+    event: &str,
+    outcome: &str,
+    jobs: Vec<(String, Job)>,
+    cancel: bool,
+) -> anyhow::Result<Accepted> {
+    let (d, e, o) = (delivery.to_string(), event.to_string(), outcome.to_string());
     let window = s.config.replay_window;
     let statuses = crate::serve::forge::Statuses::of(&s.config);
-    // The runs and their `pending` statuses are one transaction: neither
-    // is kept without the other.
     let accepted = s
         .with_db(move |db| {
             db.db().transaction(|tx| {
@@ -175,6 +187,17 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
         })
         .await;
     s.statuses.notify_one();
+    accepted
+}
+
+/// What the server answers GitHub once a delivery was taken (or not).
+async fn answer_delivery(
+    s: &Arc<ServerState>,
+    delivery: &str,
+    event: &str,
+    outcome: &str,
+    accepted: anyhow::Result<Accepted>,
+) -> Response {
     match accepted {
         Err(e) => internal(e),
         Ok(Accepted::Duplicate { runs, seen }) => {
@@ -189,7 +212,7 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
                     runs.join(", ")
                 ),
             }
-            duplicate(&delivery, &runs)
+            duplicate(delivery, &runs)
         }
         Ok(Accepted::Queued {
             runs,
@@ -207,10 +230,10 @@ async fn github_webhook(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
             }
             s.count_delivery("queued");
             let newest = runs.last().cloned().unwrap_or_default();
-            dispatch::cancel_running(&s, &cancel_running, &newest);
+            dispatch::cancel_running(s, &cancel_running, &newest);
             for q in dropped {
                 let reason = format!("superseded by run {newest} before it started");
-                dispatch::record_unstarted(&s, &q, &q.repository, Status::Cancelled, reason).await;
+                dispatch::record_unstarted(s, &q, &q.repository, Status::Cancelled, reason).await;
             }
             tracing::info!("delivery {delivery} ({event}): queued {}", runs.join(", "));
             s.wake.notify_one();
