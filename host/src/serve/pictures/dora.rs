@@ -111,22 +111,22 @@ fn secs(v: f64) -> String {
     format_duration((v * 1000.0) as u64)
 }
 
-/// Four rows of weekly bars, one per figure.
-pub fn dora(pipeline: &str, weeks: &[Week]) -> String {
-    let label = format!("DORA figures of {pipeline} by week");
-    if weeks
-        .iter()
-        .all(|w| w.deployments + w.failed == 0 && w.recoveries.is_empty())
-    {
-        return nothing(
-            "dora",
-            &label,
-            "No deployment in these weeks: nothing to draw.",
-        );
-    }
-    type Figure = fn(&Week) -> Option<f64>;
-    type Row<'a> = (&'a str, &'a str, Figure, fn(f64) -> String);
-    let rows: [Row; 4] = [
+/// Left margin (for the figures' names), one week's column, one figure's
+/// row and its tallest bar.
+const LEFT: f64 = 170.0;
+const COL: f64 = 70.0;
+const ROW_H: f64 = 54.0;
+const BAR_H: f64 = 34.0;
+
+/// A week's value of one figure, none when the week has nothing to measure.
+type Figure = fn(&Week) -> Option<f64>;
+/// A row: its key (for `data-figure`), its title, its figure and how a value
+/// is written.
+type Row = (&'static str, &'static str, Figure, fn(f64) -> String);
+
+/// The four DORA figures, in the order they are drawn.
+fn rows() -> [Row; 4] {
+    [
         (
             "deployments",
             "Deployments",
@@ -146,62 +146,60 @@ pub fn dora(pipeline: &str, weeks: &[Week]) -> String {
             Week::mean_restore,
             secs,
         ),
-    ];
-    let (left, col, row_h, bar_h) = (170.0, 70.0, 54.0, 34.0);
-    let height = rows.len() as f64 * row_h + 90.0;
-    let mut svg = Svg::new(
-        "dora",
-        left + weeks.len() as f64 * col + 10.0,
-        height,
-        &label,
+    ]
+}
+
+/// Row `r`: the figure's title, then a bar and its value for each week,
+/// scaled to the row's highest week so each figure fills its own row.
+fn figure_row(svg: &mut Svg, r: usize, (key, title, figure, show): &Row, weeks: &[Week]) {
+    let base = r as f64 * ROW_H + 44.0;
+    svg.text(
+        8.0,
+        base - 10.0,
+        &[("class", "figure"), ("font-weight", "600")],
+        title,
     );
-    for (r, (key, title, figure, show)) in rows.iter().enumerate() {
-        let base = r as f64 * row_h + 44.0;
-        svg.text(
-            8.0,
-            base - 10.0,
-            &[("class", "figure"), ("font-weight", "600")],
-            title,
+    let values: Vec<Option<f64>> = weeks.iter().map(figure).collect();
+    let top = values.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
+    for (i, v) in values.iter().enumerate() {
+        let x = LEFT + i as f64 * COL;
+        let week = i.to_string();
+        let h = v.map_or(0.0, |v| if top > 0.0 { v / top * BAR_H } else { 0.0 });
+        svg.rect(
+            x + 8.0,
+            base - h,
+            COL - 16.0,
+            h,
+            &[
+                ("class", "dora-bar"),
+                ("data-figure", key),
+                ("data-week", &week),
+                ("fill", "#0969da"),
+            ],
         );
-        let values: Vec<Option<f64>> = weeks.iter().map(figure).collect();
-        let top = values.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
-        for (i, v) in values.iter().enumerate() {
-            let x = left + i as f64 * col;
-            let week = i.to_string();
-            let h = v.map_or(0.0, |v| if top > 0.0 { v / top * bar_h } else { 0.0 });
-            svg.rect(
-                x + 8.0,
-                base - h,
-                col - 16.0,
-                h,
-                &[
-                    ("class", "dora-bar"),
-                    ("data-figure", key),
-                    ("data-week", &week),
-                    ("fill", "#0969da"),
-                ],
-            );
-            let text = v.map_or("–".to_string(), show);
-            svg.text(
-                x + col / 2.0,
-                base - h - 3.0,
-                &[
-                    ("class", "value"),
-                    ("data-figure", key),
-                    ("data-week", &week),
-                    ("text-anchor", "middle"),
-                ],
-                &text,
-            );
-        }
+        let text = v.map_or("–".to_string(), show);
+        svg.text(
+            x + COL / 2.0,
+            base - h - 3.0,
+            &[
+                ("class", "value"),
+                ("data-figure", key),
+                ("data-week", &week),
+                ("text-anchor", "middle"),
+            ],
+            &text,
+        );
     }
-    let axis = rows.len() as f64 * row_h + 22.0;
+}
+
+/// Under the columns, the day each week starts (month-day).
+fn week_axis(svg: &mut Svg, weeks: &[Week], axis: f64) {
     for (i, w) in weeks.iter().enumerate() {
         let day = time::OffsetDateTime::from_unix_timestamp(w.start_ms / 1000)
             .map(|t| format!("{:02}-{:02}", u8::from(t.month()), t.day()))
             .unwrap_or_default();
         svg.text(
-            left + (i as f64 + 0.5) * col,
+            LEFT + (i as f64 + 0.5) * COL,
             axis,
             &[
                 ("class", "week"),
@@ -211,6 +209,11 @@ pub fn dora(pipeline: &str, weeks: &[Week]) -> String {
             &format!("from {day}"),
         );
     }
+}
+
+/// What the weeks and the lead time mean, and how many lead times count
+/// from the run's start for want of a commit time.
+fn caption(svg: &mut Svg, weeks: &[Week], axis: f64) {
     let fallback: usize = weeks.iter().map(|w| w.lead_from_start).sum();
     let mut caption = vec![
         "Weeks of 7 days ending now. Lead time: from the commit (when its push said it was made)"
@@ -231,6 +234,35 @@ pub fn dora(pipeline: &str, weeks: &[Week]) -> String {
             line,
         );
     }
+}
+
+/// Four rows of weekly bars, one per figure.
+pub fn dora(pipeline: &str, weeks: &[Week]) -> String {
+    let label = format!("DORA figures of {pipeline} by week");
+    if weeks
+        .iter()
+        .all(|w| w.deployments + w.failed == 0 && w.recoveries.is_empty())
+    {
+        return nothing(
+            "dora",
+            &label,
+            "No deployment in these weeks: nothing to draw.",
+        );
+    }
+    let rows = rows();
+    let height = rows.len() as f64 * ROW_H + 90.0;
+    let mut svg = Svg::new(
+        "dora",
+        LEFT + weeks.len() as f64 * COL + 10.0,
+        height,
+        &label,
+    );
+    for (r, row) in rows.iter().enumerate() {
+        figure_row(&mut svg, r, row, weeks);
+    }
+    let axis = rows.len() as f64 * ROW_H + 22.0;
+    week_axis(&mut svg, weeks, axis);
+    caption(&mut svg, weeks, axis);
     svg.finish()
 }
 
