@@ -1146,3 +1146,64 @@ with = { attack = "ok" }
         assert_eq!(r["reason"], "cancelled by olga");
     }
 }
+
+#[test]
+fn a_live_page_follows_its_run_by_server_sent_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let chatty = "[[stage]]\nname = \"talk\"\nplugin = \"hostile\"\nwith = { attack = \"chatty\", lines = 5, every-ms = 300 }\n";
+    let sha = repo.push("main", &[("pipeline.toml", &pipeline("live", chatty))]);
+    let server = Server::start(dir.path(), &config(&repo.url(), "", "", PUSH_MAIN));
+    let run = server.push("l-1", "refs/heads/main", &sha);
+    let r = server.wait_until(&run, RUN, "the stage running", |r| {
+        r["stages"].get(0).is_some_and(|s| s["status"] == "running")
+    });
+    assert_eq!(r["status"], "running");
+    // The page of a running run follows it (a reload only without scripts).
+    let (_, page) = server.get(&format!("/runs/{run}"));
+    assert!(page.contains(&format!("data-run=\"{run}\"")), "{page}");
+    assert!(page.contains("new EventSource("), "{page}");
+    assert!(
+        page.contains("<noscript><meta http-equiv=\"refresh\""),
+        "{page}"
+    );
+    // The stream: every line once, in order, and the status as it changes;
+    // it ends with the run.
+    let body = reqwest::blocking::Client::builder()
+        .timeout(RUN)
+        .build()
+        .unwrap()
+        .get(format!("{}/api/runs/{run}/events", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut keys = Vec::new();
+    for block in body.split("\n\n") {
+        let event = block.lines().find_map(|l| l.strip_prefix("event: "));
+        let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+        let (Some(event), Some(data)) = (event, data) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(data).unwrap();
+        match event {
+            "log" => lines.push(v["text"].as_str().unwrap().to_string()),
+            "status" => keys.push(v["key"].as_str().unwrap().to_string()),
+            _ => {}
+        }
+    }
+    let want: Vec<String> = (1..=5).map(|i| format!("line {i} of 5")).collect();
+    assert_eq!(lines, want, "{body}");
+    assert_eq!(
+        keys.last().map(String::as_str),
+        Some("success|talk=success"),
+        "{body}"
+    );
+    // A finished run's page is still.
+    let (_, page) = server.get(&format!("/runs/{run}"));
+    assert!(
+        !page.contains("EventSource") && !page.contains("refresh"),
+        "{page}"
+    );
+}

@@ -51,6 +51,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/logs", get(get_logs))
+        .route("/api/runs/{id}/events", get(crate::serve::events::events))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(page_list))
@@ -611,6 +612,14 @@ async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
                     .map(|p| p.stage)
                     .collect(),
                 statuses: crate::serve::forge::outbox::of_run(db.db(), &run.id)?,
+                // Where a live page's event stream starts.
+                log_after: match run.status.is_final() {
+                    true => 0,
+                    false => db
+                        .logs(&run.id, None, 0, usize::MAX)?
+                        .last()
+                        .map_or(0, |l| l.seq),
+                },
                 actions: crate::serve::access::actions::of_run(db.db(), &run.id)?,
             };
             Ok(Some(web::run_page(&run, &extras)))

@@ -10,12 +10,14 @@
 //! - [`forge`]: commit statuses on GitHub, from a durable outbox;
 //! - [`access`]: users, tokens, roles, and the actions they may take;
 //! - [`prepare`]: a job's source and pipeline, wherever it runs;
-//! - [`api`], [`web`], [`metrics`]: what the server shows.
+//! - [`api`], [`web`], [`metrics`]: what the server shows;
+//! - [`events`]: live run pages (server-sent events).
 pub mod access;
 pub mod api;
 pub mod cancel;
 pub mod config;
 pub mod dispatch;
+pub mod events;
 pub mod forge;
 pub mod metrics;
 pub mod prepare;

@@ -42,19 +42,36 @@ figure.picture figcaption { color: #57606a; font-size: 12px; }
 "#;
 
 fn page(title: &str, refresh: bool, body: Markup) -> String {
+    page_with(title, refresh, None, body)
+}
+
+/// A run in progress, followed live (see [`LIVE`]).
+struct Live<'a> {
+    run: &'a str,
+    after: i64,
+    key: String,
+}
+
+fn page_with(title: &str, refresh: bool, live: Option<Live<'_>>, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                @if refresh { meta http-equiv="refresh" content="2"; }
+                @if refresh && live.is_none() { meta http-equiv="refresh" content="2"; }
+                @if live.is_some() { noscript { meta http-equiv="refresh" content="2"; } }
                 title { (title) " · pipeline host" }
                 style { (PreEscaped(STYLE)) }
             }
             body {
                 header { a href="/" { "pipeline host" } " · " a href="/metrics" { "metrics" } }
-                main { (body) }
+                @if let Some(l) = &live {
+                    main data-run=(l.run) data-after=(l.after) data-key=(l.key) { (body) }
+                    script { (PreEscaped(LIVE)) }
+                } @else {
+                    main { (body) }
+                }
             }
         }
     }
@@ -201,7 +218,36 @@ pub struct RunExtras {
     pub waiting: BTreeSet<String>,
     pub statuses: Vec<crate::serve::forge::outbox::OutboxRow>,
     pub actions: Vec<crate::serve::access::actions::Action>,
+    /// The log position the page shows up to (its live stream goes on
+    /// from there).
+    pub log_after: i64,
 }
+
+/// A page of a run in progress follows it: new log lines are appended as
+/// text (never markup), a status change redraws the page. Without
+/// scripts, it reloads every two seconds.
+const LIVE: &str = r#"
+(function () {
+  var main = document.querySelector('main[data-run]');
+  if (!main || !window.EventSource) return;
+  var es = new EventSource('/api/runs/' + encodeURIComponent(main.dataset.run) +
+                           '/events?after=' + main.dataset.after);
+  es.addEventListener('log', function (e) {
+    var l = JSON.parse(e.data);
+    var stage = document.querySelector('section.stage[data-stage="' + CSS.escape(l.stage) + '"] pre.log');
+    if (!stage) return;
+    var span = document.createElement('span');
+    span.className = l.stream;
+    span.textContent = l.text + '
+';
+    stage.appendChild(span);
+  });
+  es.addEventListener('status', function (e) {
+    if (JSON.parse(e.data).key !== main.dataset.key) { es.close(); location.reload(); }
+  });
+  es.addEventListener('gone', function () { es.close(); });
+})();
+"#;
 
 /// Commit statuses and actions, when there are any.
 fn extras_section(extras: &RunExtras) -> Markup {
@@ -286,7 +332,12 @@ pub fn run_page(run: &RunRecord, extras: &RunExtras) -> String {
             @for s in &run.stages { (stage_section(s)) }
         }
     };
-    page(&title, !run.status.is_final(), body)
+    let live = (!run.status.is_final()).then(|| Live {
+        run: &run.id,
+        after: extras.log_after,
+        key: crate::serve::events::status_key(run),
+    });
+    page_with(&title, false, live, body)
 }
 
 /// How many weeks the DORA picture of a pipeline's page shows.
