@@ -268,6 +268,7 @@ pub async fn record_unstarted(
     let opts = job_options(q, &s.workspaces.join(&q.run_id));
     let mut rec = unstarted(pipeline, &opts, status, reason);
     let statuses = Statuses::of(&s.config);
+    let clustered = s.cluster.get().is_some();
     let saved = s
         .with_db(move |db| {
             db.db().transaction(|tx| {
@@ -275,6 +276,10 @@ pub async fn record_unstarted(
                     Some(old) if old.pipeline == rec.pipeline => old.build_number,
                     _ => db.next_build_number(&rec.pipeline)?,
                 };
+                if clustered {
+                    // Which agents' attempts the run had, if any.
+                    rec.attempts = crate::cluster::claims::attempts(tx, &rec.id)?;
+                }
                 db.save(&rec)?;
                 if let Some(st) = &statuses {
                     st.ended(tx, &rec)?;

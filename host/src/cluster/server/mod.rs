@@ -237,17 +237,13 @@ pub(super) async fn end_unstarted(
         Ok(Some(rec)) => rec.pipeline,
         _ => q.repository.clone(),
     };
-    record_unstarted(s, q, &pipeline, status, reason).await;
+    // The claims end first: the record, saved once and final, then says
+    // which attempts the run had (a reader never sees it without them).
     let r = q.run_id.clone();
     let done = s
         .with_db(move |db| {
             db.db().transaction(|tx| {
                 claims::finish(tx, &r, status.as_str())?;
-                // The record says which attempts the run had, if any.
-                if let Some(mut rec) = db.get(&r)? {
-                    rec.attempts = claims::attempts(tx, &r)?;
-                    db.save(&rec)?;
-                }
                 Queue::new(tx).finish(&r)
             })
         })
@@ -255,5 +251,6 @@ pub(super) async fn end_unstarted(
     if let Err(e) = done {
         tracing::error!("run {}: {e:#}", q.run_id);
     }
+    record_unstarted(s, q, &pipeline, status, reason).await;
     s.wake.notify_one();
 }
