@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::params;
 use crate::run::record::now_rfc3339;
@@ -30,16 +30,30 @@ pub fn init(db: &Db) -> Result<()> {
     )
 }
 
+/// Why a run cannot be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum NotCancellable {
+    #[error("no run {0} in this run store")]
+    Unknown(String),
+    #[error("run {0} has already ended ({1})")]
+    Ended(String, Status),
+}
+
+/// Whether `run` may be cancelled (`host cancel` and the API ask the same).
+pub fn cancellable(store: &RunStore, run: &str) -> Result<Result<(), NotCancellable>> {
+    let queued = Queue::new(store.db()).find(run)?;
+    Ok(match (store.status(run)?, queued) {
+        (Some(s), _) if s.is_final() => Err(NotCancellable::Ended(run.into(), s)),
+        (None, None) => Err(NotCancellable::Unknown(run.into())),
+        _ => Ok(()),
+    })
+}
+
 /// Ask for `run` to be cancelled. Refused for a run nobody knows or one
 /// that has ended.
 pub fn request(store: &RunStore, run: &str, reason: &str) -> Result<()> {
     init(store.db())?;
-    let queued = Queue::new(store.db()).find(run)?;
-    match (store.status(run)?, queued) {
-        (Some(s), _) if s.is_final() => bail!("run {run} has already ended ({s})"),
-        (None, None) => bail!("no run {run} in this run store"),
-        _ => {}
-    }
+    cancellable(store, run)??;
     store.db().execute(
         "INSERT INTO cancel_requests (run_id, reason, requested_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (run_id) DO NOTHING",

@@ -16,6 +16,7 @@ use serde_json::json;
 use super::{actions, from_headers, operator, Denied, Principal};
 use crate::run::approvals::{ApprovalStore, Decision};
 use crate::run::record::new_run_id;
+use crate::serve::cancel::NotCancellable;
 use crate::serve::queue::{Accepted, Queue};
 use crate::serve::ServerState;
 
@@ -71,18 +72,15 @@ async fn cancel(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Resp
     let (run, who) = (id.clone(), p.user.clone());
     let known = s
         .with_db(move |db| {
-            let status = db.status(&run)?;
-            let queued = Queue::new(db.db()).find(&run)?;
-            if status.is_some_and(|st| !st.is_final()) || queued.is_some_and(|q| q.state != "done")
-            {
+            let may = crate::serve::cancel::cancellable(db, &run)?;
+            if may.is_ok() {
                 actions::record(db.db(), &run, &who, "cancel", None)?;
-                return Ok(Some(true));
             }
-            Ok(status.map(|_| false))
+            Ok(may)
         })
         .await;
     match known {
-        Ok(Some(true)) => {
+        Ok(Ok(())) => {
             let reason = format!("cancelled by {}", p.user);
             crate::serve::cancel::cancel(&s, &id, &reason).await;
             answer(
@@ -90,11 +88,12 @@ async fn cancel(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Resp
                 json!({ "cancelling": id, "by": p.user }),
             )
         }
-        Ok(Some(false)) => answer(
-            StatusCode::CONFLICT,
-            json!({ "error": "the run has ended" }),
-        ),
-        Ok(None) => answer(StatusCode::NOT_FOUND, json!({ "error": "no such run" })),
+        Ok(Err(e @ NotCancellable::Ended(..))) => {
+            answer(StatusCode::CONFLICT, json!({ "error": e.to_string() }))
+        }
+        Ok(Err(e @ NotCancellable::Unknown(_))) => {
+            answer(StatusCode::NOT_FOUND, json!({ "error": e.to_string() }))
+        }
         Err(e) => failed(e),
     }
 }
