@@ -139,6 +139,8 @@ pub fn ended(
         detail: None,
         sending: false,
     };
+    // The run's own first: shown (and sent) before its stages'.
+    add(db, &base)?;
     if cfg.per_stage {
         for st in run.stages.iter().filter(|s| s.status.is_final()) {
             let mut row = base.clone();
@@ -156,7 +158,7 @@ pub fn ended(
             add(db, &row)?;
         }
     }
-    add(db, &base)
+    Ok(())
 }
 
 /// `success in 12.3s · #5`, or with the reason when no stage says.
@@ -221,7 +223,8 @@ pub fn of_run(db: &Db, run: &str) -> Result<Vec<OutboxRow>> {
     }
     db.query(
         &format!(
-            "SELECT {COLUMNS} FROM status_outbox WHERE run_id = ?1 ORDER BY created_ms, state"
+            "SELECT {COLUMNS} FROM status_outbox WHERE run_id = ?1
+             ORDER BY created_ms, LENGTH(context), context, state"
         ),
         &params![run],
     )?
