@@ -527,3 +527,48 @@ fn history_and_approvals_use_the_postgres_database_given() {
         shown(&out)
     );
 }
+
+/// `host hash-password` and `host new-token` make what a `[[user]]` holds;
+/// neither writes the secret anywhere but where it was asked for.
+#[test]
+fn a_users_password_hash_and_token_come_from_the_cli() {
+    use std::io::Write;
+    let hash_of = |password: &str| {
+        let mut child = Command::new(host_bin())
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = hash_of("a long passphrase");
+    assert!(out.status.success(), "{}", shown(&out));
+    let hash = text(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("passphrase"));
+    assert!(host::serve::access::password::verify(
+        &hash,
+        "a long passphrase"
+    ));
+    let out = hash_of("short");
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert!(text(&out.stderr).contains("at least 8 characters"));
+
+    let state = tempfile::tempdir().unwrap();
+    let out = host(state.path(), &["new-token"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    let printed = text(&out.stdout);
+    let token = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap();
+    assert_eq!(token.len(), 64);
+    let line = format!(
+        "tokens = [\"sha256:{}\"]",
+        host::digest::sha256_hex(token.as_bytes())
+    );
+    assert!(printed.contains(&line), "{printed}");
+}

@@ -158,6 +158,20 @@ async fn failing_tests_fail_the_stage_and_name_the_tests() {
     for s in ["build", "tag", "push"] {
         assert_eq!(run.stage(s).unwrap().status, Status::Skipped, "{s}");
     }
+    // The run page's test results: the counts, and the failed test with
+    // its message as the JUnit report gave it.
+    use host::serve::web::{run_page, RunExtras, Viewer};
+    let page = run_page(&run, &RunExtras::default(), &Viewer::default());
+    let tests = &page[page
+        .find("<section class=\"tests\" data-stage=\"test\">")
+        .expect(&page)..];
+    let tests = &tests[..tests.find("</section>").unwrap()];
+    assert!(tests.contains(" passed, 1 failed, "), "{tests}");
+    let row = &tests[tests.find("<table class=\"failed-tests\">").expect(tests)..];
+    assert!(
+        row.contains("health") && row.contains("deliberate failure"),
+        "{row}"
+    );
     services::remove_images(&repo);
 }
 

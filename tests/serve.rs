@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use pipeline_tests::archive::{sha256_of, tar_gz};
 use pipeline_tests::cli::{host, shown, stage, text};
-use pipeline_tests::plugins::plugin;
 use pipeline_tests::serve::{
-    config, pull_request_payload, push_payload, GitRepo, Server, REPO, SECRET,
+    config, hostile_pipeline as pipeline, pull_request_payload, push_payload, GitRepo, Server,
+    REPO, SECRET,
 };
 use serde_json::Value;
 
@@ -26,14 +26,6 @@ tag = ["v*"]
 event = "pull_request"
 branch = ["main"]
 "#;
-
-/// A pipeline (as committed to the repository) with the test plugin.
-fn pipeline(name: &str, stages: &str) -> String {
-    format!(
-        "[pipeline]\nname = \"{name}\"\n\n[plugins]\nhostile = \"{}\"\n\n{stages}",
-        plugin("hostile").display()
-    )
-}
 
 const READ_VERSION: &str = r#"
 [[stage]]
@@ -978,17 +970,7 @@ roles = ["viewer"]
 tokens = ["sha256:VIC"]
 "#;
 
-    const DEPLOY: &str = r#"
-[environments.prod]
-branch = ["main"]
-approval = true
-
-[[stage]]
-name = "deploy"
-plugin = "hostile"
-environment = "prod"
-with = { attack = "ok" }
-"#;
+    use pipeline_tests::serve::APPROVED_DEPLOY as DEPLOY;
 
     fn digest(t: &str) -> String {
         host::digest::sha256_hex(t.as_bytes())

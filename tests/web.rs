@@ -309,3 +309,208 @@ with = { attack = "ok" }
         "the run list links the pipeline"
     );
 }
+
+/// Where the browser tests keep their screenshots (CI keeps them as
+/// artifacts of the run).
+fn screenshot_dir() -> std::path::PathBuf {
+    let d = pipeline_tests::plugins::target_dir().join("test-artifacts/web");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a real rendering");
+    std::fs::write(screenshot_dir().join(name), png).unwrap();
+}
+
+/// Run `script` in the page until `probe` takes its answer (60 s).
+async fn until<T: std::fmt::Debug>(
+    c: &Client,
+    what: &str,
+    mut probe: impl FnMut(Value) -> Option<T>,
+    script: &str,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = c.execute(script, vec![]).await.unwrap_or(Value::Null);
+        if let Some(t) = probe(v.clone()) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen: last {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+const RELEASE: &str = r#"
+[environments.prod]
+branch = ["main"]
+approval = true
+
+[[stage]]
+name = "build"
+plugin = "hostile"
+with = { attack = "chatty", lines = 12, every-ms = 400 }
+
+[[stage]]
+name = "deploy"
+plugin = "hostile"
+needs = ["build"]
+environment = "prod"
+with = { attack = "ok" }
+"#;
+
+/// A person signs in from the run page, approves the waiting deploy,
+/// re-runs the run and cancels the re-run, in headless Chromium; the page
+/// of a running run takes new log lines without reloading.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_in_operator_approves_reruns_and_cancels_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let text = format!(
+        "[pipeline]\nname = \"release\"\n\n[plugins]\nhostile = \"{}\"\n{RELEASE}",
+        plugin("hostile").display(),
+    );
+    let sha = repo.push("main", &[("pipeline.toml", &text)]);
+    let hash = host::serve::access::password::hash("olga-password").unwrap();
+    let users = format!(
+        "\n[[user]]\nname = \"olga\"\nroles = [\"operator\"]\napproves = [\"prod\"]\npassword = \"{hash}\"\n"
+    );
+    let triggers = "[[repository.trigger]]\nevent = \"push\"\nbranch = [\"main\"]\n";
+    let cfg = config(&repo.url(), "", "", triggers) + &users;
+    // The browser first: the page must be open while the stage still talks.
+    let driver = tokio::task::spawn_blocking(chromedriver).await.unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver.url, profile.path()).await;
+    c.set_window_size(1280, 1800).await.unwrap();
+    let (dir, server, run) = tokio::task::spawn_blocking(move || {
+        let server = Server::start(dir.path(), &cfg);
+        let run = server.push("ui-1", "refs/heads/main", &sha);
+        server.wait_until(&run, Duration::from_secs(120), "build running", |r| {
+            r["stages"].get(0).is_some_and(|s| s["status"] == "running")
+        });
+        (dir, server, run)
+    })
+    .await
+    .unwrap();
+    let page = format!("{}/runs/{run}", server.url);
+    c.goto(&page).await.unwrap();
+    log_lines_arrive_live(&c).await;
+    sign_in_from_the_waiting_run(&c, &page).await;
+    approve_with_a_comment(&c).await;
+    rerun_then_cancel(&c, &run).await;
+    c.close().await.unwrap();
+    tokio::task::spawn_blocking(move || drop((server, dir)))
+        .await
+        .unwrap();
+}
+
+const WAITING: &str = "return !!document.querySelector('#stage-graph [data-waiting=approval]');";
+const RUN_STATUS: &str =
+    "var s = document.querySelector('h1 .status'); return s && s.dataset.status;";
+
+/// Lines arrive while the page stays the same document (a mark set in it
+/// survives), until a status change redraws it.
+async fn log_lines_arrive_live(c: &Client) {
+    let live = r#"
+        if (window.__mark === undefined) {
+            window.__mark = document.querySelectorAll('#stage-build pre.log span').length;
+            return null;
+        }
+        return [window.__mark, document.querySelectorAll('#stage-build pre.log span').length];
+    "#;
+    until(
+        c,
+        "a log line appended without a reload",
+        |v| {
+            let (at, now) = (v.get(0)?.as_u64()?, v.get(1)?.as_u64()?);
+            (now > at).then_some(())
+        },
+        live,
+    )
+    .await;
+    screenshot(c, "run-live.png").await;
+}
+
+/// The deploy waits: the page says so and offers to sign in, and comes
+/// back to the run signed in.
+async fn sign_in_from_the_waiting_run(c: &Client, page: &str) {
+    until(
+        c,
+        "the deploy marked waiting",
+        |v| v.as_bool().filter(|b| *b),
+        WAITING,
+    )
+    .await;
+    click(c, "p.act a").await;
+    for (field, value) in [("#user", "olga"), ("#password", "olga-password")] {
+        c.find(Locator::Css(field))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    click(c, "#sign-in-submit").await;
+    assert_eq!(text_of(c, "#signed-in-as").await, "olga");
+    assert_eq!(c.current_url().await.unwrap().as_str(), page);
+    screenshot(c, "run-waiting-signed-in.png").await;
+}
+
+/// Approve with a comment; the run goes on and the page follows it.
+async fn approve_with_a_comment(c: &Client) {
+    c.find(Locator::Css("form.decide textarea"))
+        .await
+        .unwrap()
+        .send_keys("looks good")
+        .await
+        .unwrap();
+    click(c, "form.decide button[name=approve]").await;
+    let success = |v: Value| (v.as_str()? == "success").then_some(());
+    until(c, "the run shown successful", success, RUN_STATUS).await;
+    assert!(text_of(c, "#stage-deploy p.approval")
+        .await
+        .contains("approved by olga"));
+    for svg in ["#stage-graph svg", "#stage-timeline svg"] {
+        let e = c.find(Locator::Css(svg)).await.unwrap();
+        assert!(e.is_displayed().await.unwrap(), "{svg}");
+    }
+    screenshot(c, "run-approved.png").await;
+}
+
+/// Re-run: a new run of the same commit, linked to this one; once it
+/// waits for its approval (the page follows it), cancel it.
+async fn rerun_then_cancel(c: &Client, run: &str) {
+    click(c, "#rerun").await;
+    let old = format!("/runs/{run}");
+    let again = until(
+        c,
+        "the re-run's page",
+        |v| Some(v.as_str()?.to_string()).filter(|p| *p != old),
+        "return location.pathname;",
+    )
+    .await;
+    until(
+        c,
+        "the re-run waiting",
+        |v| v.as_bool().filter(|b| *b),
+        WAITING,
+    )
+    .await;
+    assert!(text_of(c, "dl.meta").await.contains(run));
+    click(c, "#cancel-run").await;
+    let cancelled = |v: Value| (v.as_str()? == "cancelled").then_some(());
+    until(c, "the re-run shown cancelled", cancelled, RUN_STATUS).await;
+    assert!(text_of(c, "p.reason").await.contains("cancelled by olga"));
+    assert!(c.current_url().await.unwrap().path().ends_with(&again));
+    screenshot(c, "rerun-cancelled.png").await;
+}

@@ -198,7 +198,31 @@ pub struct Server {
     pub config: PathBuf,
     lines: mpsc::Receiver<String>,
     http: reqwest::blocking::Client,
+    /// Sent with the helpers' reads (`read = "signed-in"` servers).
+    pub bearer: Option<String>,
 }
+
+/// A pipeline (as committed to the repository) with the test plugin
+/// `hostile` and `stages`.
+pub fn hostile_pipeline(name: &str, stages: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\n\n[plugins]\nhostile = \"{}\"\n\n{stages}",
+        crate::plugins::plugin("hostile").display()
+    )
+}
+
+/// One stage that deploys to `prod`, which needs an approval.
+pub const APPROVED_DEPLOY: &str = r#"
+[environments.prod]
+branch = ["main"]
+approval = true
+
+[[stage]]
+name = "deploy"
+plugin = "hostile"
+environment = "prod"
+with = { attack = "ok" }
+"#;
 
 /// The config file for one repository at `url` with `triggers` (TOML for
 /// `[[repository.trigger]]` entries) and extra `[server]` / repository lines.
@@ -284,6 +308,7 @@ impl Server {
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
+            bearer: None,
         }
     }
 
@@ -351,11 +376,11 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .expect("GET");
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(t) = &self.bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().expect("GET");
         (resp.status().as_u16(), resp.text().unwrap())
     }
 

@@ -12,6 +12,7 @@ mod plugin_new;
 mod rollback;
 mod run;
 mod serve;
+mod users;
 mod vendor_sdk;
 
 use std::path::PathBuf;
@@ -90,6 +91,10 @@ enum Command {
     Audit(audit::AuditArgs),
     /// A run's artifacts; `--out DIR` gets them from the encrypted store.
     Artifacts(artifacts::ArtifactsArgs),
+    /// Hash a password read from stdin for a `[[user]]`'s `password`.
+    HashPassword(users::HashPasswordArgs),
+    /// Make an API token and the `tokens` line of its `[[user]]`.
+    NewToken(users::NewTokenArgs),
 }
 
 /// Exit codes: 0 success, 1 pipeline failed, 2 bad input, 130 cancelled.
@@ -135,6 +140,8 @@ pub fn main() -> ExitCode {
             Command::Logs(a) => history::logs(a, &store).await,
             Command::Audit(a) => audit::audit(a, &store).await,
             Command::Artifacts(a) => artifacts::artifacts(a, &state_dir).await,
+            Command::HashPassword(a) => users::hash_password(a),
+            Command::NewToken(a) => users::new_token(a),
         }
     });
     match result {

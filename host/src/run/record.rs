@@ -105,6 +105,14 @@ impl Decision {
             _ => None,
         }
     }
+    /// The decision a person asks for by its verb (`…/approve`, `…/reject`).
+    pub fn from_action(verb: &str) -> Option<Self> {
+        match verb {
+            "approve" => Some(Decision::Approved),
+            "reject" => Some(Decision::Rejected),
+            _ => None,
+        }
+    }
 }
 
 /// What the run record keeps about an approval.

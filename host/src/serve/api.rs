@@ -11,6 +11,11 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | `ok` |
 //! | `GET /`, `GET /runs/{id}`, `GET /pipelines/{name}` | the web pages |
+//! | `POST /api/runs/{id}/cancel`, `…/rerun`, `…/stages/{stage}/approve`, `…/reject` | actions, with a token ([`crate::serve::access::routes`]) |
+//! | `GET`/`POST /sign-in`, `POST /sign-out`, `POST /runs/{id}/…` | sign-in and the pages' forms ([`crate::serve::access::forms`]) |
+//!
+//! With `[server] read = "signed-in"`, every read needs a session or a
+//! token ([`crate::serve::access::guard`]).
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -57,6 +62,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/", get(page_list))
         .route("/runs/{id}", get(page_run))
         .merge(crate::serve::access::routes::router())
+        .merge(crate::serve::access::forms::router())
         .route("/pipelines/{name}", get(page_pipeline))
         .layer(DefaultBodyLimit::max(limit))
         .merge(
@@ -66,6 +72,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
                 .route("/upload/{name}", post(upload))
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::serve::access::guard::reads,
+        ))
         .with_state(state)
 }
 
@@ -578,16 +588,17 @@ async fn get_metrics(State(s): S) -> Response {
     }
 }
 
-async fn page_list(State(s): S, Query(q): Query<ListQuery>) -> Response {
+async fn page_list(State(s): S, Query(q): Query<ListQuery>, headers: HeaderMap) -> Response {
     let f = match filter(&q) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let viewer = web::viewer(&s, &headers).await;
     let r = s
         .with_db(move |db| {
             let runs = db.summaries(&f, 100)?;
             let queued = Queue::new(db.db()).waiting()?;
-            Ok(web::run_list(&runs, &queued))
+            Ok(web::run_list(&runs, &queued, &viewer))
         })
         .await;
     match r {
@@ -596,11 +607,14 @@ async fn page_list(State(s): S, Query(q): Query<ListQuery>) -> Response {
     }
 }
 
-async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
+async fn page_run(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let viewer = web::viewer(&s, &headers).await;
     let r = s
         .with_db(move |db| {
             let Some(run) = db.get(&id)? else {
-                return Ok(None);
+                // Not started yet: the queue's page of it.
+                let queued = Queue::new(db.db()).find(&id)?;
+                return Ok(queued.map(|q| web::queued_page(&q, &viewer)));
             };
             // What the approvals table says is waiting (a waiting stage's
             // record only says `pending`). No table yet: nothing waits.
@@ -622,7 +636,7 @@ async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
                 },
                 actions: crate::serve::access::actions::of_run(db.db(), &run.id)?,
             };
-            Ok(Some(web::run_page(&run, &extras)))
+            Ok(Some(web::run_page(&run, &extras, &viewer)))
         })
         .await;
     match r {
@@ -635,7 +649,8 @@ async fn page_run(State(s): S, Path(id): Path<String>) -> Response {
 /// How many of a pipeline's runs its page reads for its DORA figures.
 const PIPELINE_RUNS: usize = 5000;
 
-async fn page_pipeline(State(s): S, Path(name): Path<String>) -> Response {
+async fn page_pipeline(State(s): S, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let viewer = web::viewer(&s, &headers).await;
     let r = s
         .with_db(move |db| {
             let f = RunFilter {
@@ -650,7 +665,7 @@ async fn page_pipeline(State(s): S, Path(name): Path<String>) -> Response {
             let since = now - web::DORA_WEEKS as i64 * web::pictures::dora::WEEK_MS;
             let commits = db.commit_times(&name, since)?;
             let weeks = web::pictures::dora::weekly(&runs, &commits, now, web::DORA_WEEKS);
-            Ok(Some(web::pipeline_page(&name, &runs, &weeks)))
+            Ok(Some(web::pipeline_page(&name, &runs, &weeks, &viewer)))
         })
         .await;
     match r {

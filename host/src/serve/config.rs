@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub github: Option<crate::serve::forge::ForgeSettings>,
     /// `[[user]]`: who may act on runs (see [`crate::serve::access`]).
     pub users: Vec<crate::serve::access::User>,
+    /// `[server] read`: whether reading runs needs signing in.
+    pub read: crate::serve::access::Read,
 }
 
 /// A source that arrives as an uploaded archive, the way a bucket-triggered
@@ -165,20 +167,8 @@ struct RawFile {
     cluster: Option<Spanned<crate::cluster::config::RawCluster>>,
     github: Option<Spanned<RawGithub>>,
     #[serde(default)]
-    user: Vec<Spanned<RawUser>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawUser {
-    name: Option<Str>,
-    #[serde(default)]
-    roles: Vec<Str>,
-    #[serde(default)]
-    approves: Vec<Str>,
-    /// `sha256:HEX` of each API token.
-    #[serde(default)]
-    tokens: Vec<Str>,
+    user: Vec<Spanned<crate::serve::access::users::RawUser>>,
+    approvers: Option<Spanned<std::collections::BTreeMap<String, Vec<Str>>>>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +205,7 @@ struct RawServer {
     plugin_dirs: Vec<Str>,
     public_url: Option<Str>,
     replay_window: Option<Spanned<toml::Value>>,
+    read: Option<Str>,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +279,7 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
         cluster: None,
         github: None,
         users: Vec::new(),
+        read: crate::serve::access::Read::Public,
     };
     let Some(server) = raw.server else {
         diags.push(src.diag(
@@ -305,15 +297,20 @@ fn build(src: &Source<'_>, raw: RawFile, diags: &mut Vec<Diagnostic>) -> ServerC
     if let Some(g) = raw.github {
         cfg.github = github(src, g, &dir, diags);
     }
-    for u in raw.user {
-        let span = u.span();
-        if let Some(user) = user(src, span.clone(), u.into_inner(), diags) {
-            if cfg.users.iter().any(|o| o.name == user.name) {
-                diags.push(src.diag(span, format!("user `{}` is configured twice", user.name)));
-            } else {
-                cfg.users.push(user);
-            }
-        }
+    cfg.users = crate::serve::access::users::users(src, raw.user, diags);
+    if let Some(a) = raw.approvers {
+        crate::serve::access::users::approvers(src, a, &mut cfg.users, diags);
+    }
+    if cfg.read == crate::serve::access::Read::SignedIn
+        && !cfg
+            .users
+            .iter()
+            .any(|u| u.password.is_some() || !u.token_sha256.is_empty())
+    {
+        diags.push(src.diag(
+            server_span.clone(),
+            "server.read = \"signed-in\", but no [[user]] has a password or a token: nobody could read",
+        ));
     }
     if raw.repository.is_empty() && raw.upload.is_empty() {
         diags.push(src.diag(
@@ -412,6 +409,17 @@ fn server_settings(
             )),
         }
     }
+    if let Some(r) = server.read {
+        use crate::serve::access::Read;
+        match r.get_ref().as_str() {
+            "public" => cfg.read = Read::Public,
+            "signed-in" => cfg.read = Read::SignedIn,
+            other => diags.push(src.diag(
+                r.span(),
+                format!("server.read: `{other}` is neither \"public\" nor \"signed-in\""),
+            )),
+        }
+    }
     if let Some(w) = server.replay_window {
         let expected = "expected a duration string like \"7d\" or \"1d12h\"";
         let key = "server.replay-window";
@@ -473,46 +481,6 @@ pub(crate) fn secret_ref(
             "give exactly one of `env = \"VAR\"` or `file = \"path\"`",
         ),
     }
-}
-
-/// One `[[user]]`: name, roles, environments they approve, token digests.
-fn user(
-    src: &Source<'_>,
-    span: std::ops::Range<usize>,
-    u: RawUser,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<crate::serve::access::User> {
-    let name = required(src, span, u.name, "user.name", diags)?;
-    let mut operator = false;
-    for r in &u.roles {
-        match r.get_ref().as_str() {
-            "operator" => operator = true,
-            "viewer" => {}
-            other => diags.push(src.diag(
-                r.span(),
-                format!("user.roles: `{other}` is not a role (viewer, operator)"),
-            )),
-        }
-    }
-    let mut token_sha256 = Vec::new();
-    for t in &u.tokens {
-        match t.get_ref().strip_prefix("sha256:") {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                token_sha256.push(h.to_ascii_lowercase())
-            }
-            // Not repeated: it may be the token itself, pasted by mistake.
-            _ => diags.push(src.diag(
-                t.span(),
-                "user.tokens: each is `sha256:HEX`, the sha256 of a token (never the token)",
-            )),
-        }
-    }
-    Some(crate::serve::access::User {
-        name: name.into_inner(),
-        operator,
-        approves: u.approves.into_iter().map(|a| a.into_inner()).collect(),
-        token_sha256,
-    })
 }
 
 /// `[github]`: where statuses go, with which token and context.

@@ -61,6 +61,8 @@ pub struct ServerState {
     pub shutdown: CancellationToken,
     /// Build numbers are handed out one at a time.
     pub(crate) numbering: tokio::sync::Mutex<()>,
+    /// Failed sign-ins, to slow guessing.
+    pub(crate) sign_ins: access::throttle::Throttle,
     /// With `[cluster]`: the NATS side (set once connected, at start).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::server::Cluster>>,
 }
@@ -89,6 +91,7 @@ impl ServerState {
         cancel::init(store.db())?;
         forge::outbox::init(store.db())?;
         access::actions::init(store.db())?;
+        access::session::init(store.db())?;
         let workspaces = config
             .workspaces
             .clone()
@@ -108,6 +111,7 @@ impl ServerState {
             deliveries: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
             numbering: tokio::sync::Mutex::new(()),
+            sign_ins: access::throttle::Throttle::default(),
             cluster: std::sync::OnceLock::new(),
         })
     }
@@ -199,6 +203,8 @@ pub async fn serve(state: Arc<ServerState>) -> Result<()> {
     let app = api::router(state.clone());
     let shutdown = state.shutdown.clone();
     tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
+    // The peer's address counts failed sign-ins per address.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -9,6 +9,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::run::display::{format_duration, format_time, ref_name, short_sha, status_word};
 use crate::run::{RunRecord, RunSummary, StageRecord, Status};
+pub use crate::serve::access::forms::{viewer, Viewer};
 use crate::serve::queue::QueuedJob;
 
 // Beside this file rather than declared in `serve/mod.rs`: only these pages
@@ -39,10 +40,40 @@ section.stage { background: #fff; margin: 12px 0; padding: 8px 12px; border: 1px
 .reason { background: #fff8c5; padding: 8px 12px; border: 1px solid #d4a72c; }
 figure.picture { background: #fff; border: 1px solid #d0d7de; margin: 12px 0; padding: 8px; overflow-x: auto; }
 figure.picture figcaption { color: #57606a; font-size: 12px; }
+header .who { float: right; } header form { display: inline; }
+header button { background: none; border: 0; color: #fff; cursor: pointer; text-decoration: underline; font: inherit; }
+.act { background: #fff; border: 1px solid #d0d7de; padding: 8px 12px; margin: 12px 0; }
+.act form { display: inline-block; margin: 4px 12px 4px 0; vertical-align: top; }
+.act textarea { display: block; width: 28em; height: 3em; margin: 4px 0; }
+button.primary { background: #1f883d; color: #fff; border: 1px solid #1a7f37; border-radius: 6px; padding: 4px 12px; }
+button.danger { background: #f6f8fa; color: #cf222e; border: 1px solid #d0d7de; border-radius: 6px; padding: 4px 12px; }
+button.plain { background: #f6f8fa; color: #1f2328; border: 1px solid #d0d7de; border-radius: 6px; padding: 4px 12px; }
+form.sign-in { background: #fff; border: 1px solid #d0d7de; padding: 16px; max-width: 22em; }
+form.sign-in label { display: block; margin: 8px 0; } form.sign-in input { display: block; width: 100%; }
+.error-box { background: #ffebe9; border: 1px solid #ff8182; padding: 8px 12px; }
+table.failed-tests pre { margin: 0; white-space: pre-wrap; }
 "#;
 
-fn page(title: &str, refresh: bool, body: Markup) -> String {
-    page_with(title, refresh, None, body)
+fn page(title: &str, refresh: bool, viewer: &Viewer, body: Markup) -> String {
+    page_with(title, refresh, None, viewer, body)
+}
+
+/// The header's right side: who is signed in (and the way out), or the
+/// way in.
+fn who(viewer: &Viewer) -> Markup {
+    html! {
+        span class="who" {
+            @if let (Some(p), Some(csrf)) = (&viewer.principal, &viewer.csrf) {
+                span id="signed-in-as" { (p.user) } " · "
+                form method="post" action="/sign-out" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" id="sign-out" { "sign out" }
+                }
+            } @else if viewer.can_sign_in {
+                a href="/sign-in" id="sign-in" { "sign in" }
+            }
+        }
+    }
 }
 
 /// A run in progress, followed live (see [`LIVE`]).
@@ -52,7 +83,13 @@ struct Live<'a> {
     key: String,
 }
 
-fn page_with(title: &str, refresh: bool, live: Option<Live<'_>>, body: Markup) -> String {
+fn page_with(
+    title: &str,
+    refresh: bool,
+    live: Option<Live<'_>>,
+    viewer: &Viewer,
+    body: Markup,
+) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -65,7 +102,7 @@ fn page_with(title: &str, refresh: bool, live: Option<Live<'_>>, body: Markup) -
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                header { a href="/" { "pipeline host" } " · " a href="/metrics" { "metrics" } }
+                header { a href="/" { "pipeline host" } " · " a href="/metrics" { "metrics" } (who(viewer)) }
                 @if let Some(l) = &live {
                     main data-run=(l.run) data-after=(l.after) data-key=(l.key) { (body) }
                     script { (PreEscaped(LIVE)) }
@@ -92,7 +129,7 @@ fn duration(status: Status, ms: u64) -> String {
 }
 
 /// `/`: queued runs, then recorded runs, newest first.
-pub fn run_list(runs: &[RunSummary], queued: &[QueuedJob]) -> String {
+pub fn run_list(runs: &[RunSummary], queued: &[QueuedJob], viewer: &Viewer) -> String {
     let body = html! {
         h1 { "Runs" }
         @if !queued.is_empty() {
@@ -140,7 +177,7 @@ pub fn run_list(runs: &[RunSummary], queued: &[QueuedJob]) -> String {
         }
     };
     let refresh = !queued.is_empty() || runs.iter().any(|r| !r.status.is_final());
-    page("Runs", refresh, body)
+    page("Runs", refresh, viewer, body)
 }
 
 fn stage_section(s: &StageRecord) -> Markup {
@@ -238,8 +275,7 @@ const LIVE: &str = r#"
     if (!stage) return;
     var span = document.createElement('span');
     span.className = l.stream;
-    span.textContent = l.text + '
-';
+    span.textContent = l.text + '\n';
     stage.appendChild(span);
   });
   es.addEventListener('status', function (e) {
@@ -272,13 +308,14 @@ fn extras_section(extras: &RunExtras) -> Markup {
     }
 }
 
-pub fn run_page(run: &RunRecord, extras: &RunExtras) -> String {
+pub fn run_page(run: &RunRecord, extras: &RunExtras, viewer: &Viewer) -> String {
     let waiting = &extras.waiting;
     let title = format!("{} #{}", run.pipeline, run.build_number);
     let body = html! {
         h1 { (title) " " (badge(run.status, false)) }
         p { a href=(pipeline_href(&run.pipeline)) { "History of " (run.pipeline) } }
         @if let Some(r) = &run.reason { p class="reason" { (r) } }
+        (actions_panel(run, extras, viewer))
         @if !run.attempts.is_empty() {
             p class="attempts" { "Attempts: " (run.attempts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")) }
         }
@@ -302,6 +339,7 @@ pub fn run_page(run: &RunRecord, extras: &RunExtras) -> String {
                 }
             }
         }
+        (test_results(&run.stages))
         (extras_section(extras))
         h2 { "Stages" }
         @if !run.stages.is_empty() {
@@ -337,14 +375,48 @@ pub fn run_page(run: &RunRecord, extras: &RunExtras) -> String {
         after: extras.log_after,
         key: crate::serve::events::status_key(run),
     });
-    page_with(&title, false, live, body)
+    page_with(&title, false, live, viewer, body)
+}
+
+/// `/runs/{id}` of a run still in the queue: what it will run, and the
+/// way to cancel it; reloads until it starts.
+pub fn queued_page(q: &QueuedJob, viewer: &Viewer) -> String {
+    let title = format!("Queued run {}", q.run_id);
+    let body = html! {
+        h1 { "Queued run " code { (q.run_id) } " " span class="status status-queued" data-status="queued" { "queued" } }
+        dl class="meta" {
+            dt { "repository" } dd { (q.repository) }
+            dt { "trigger" } dd { (q.job.event) " of " (ref_name(q.job.branch.as_deref(), q.job.tag.as_deref())) }
+            dt { "commit" } dd { code { (q.job.sha) } }
+            @if let Some(of) = &q.job.trigger.rerun_of {
+                dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (q.job.trigger.rerun_by.as_deref().unwrap_or("?")) }
+            }
+            dt { "queued at" } dd { (format_time(&q.enqueued_at)) }
+        }
+        @if let (Some(p), Some(csrf)) = (&viewer.principal, &viewer.csrf) {
+            @if p.operator {
+                div class="act" id="act" {
+                    form method="post" action={ "/runs/" (q.run_id) "/cancel" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button class="danger" type="submit" id="cancel-run" { "Cancel run" }
+                    }
+                }
+            }
+        }
+    };
+    page(&title, true, viewer, body)
 }
 
 /// How many weeks the DORA picture of a pipeline's page shows.
 pub const DORA_WEEKS: usize = 8;
 
 /// `/pipelines/{name}`: `runs` newest first; `weeks` its DORA figures.
-pub fn pipeline_page(name: &str, runs: &[RunSummary], weeks: &[pictures::dora::Week]) -> String {
+pub fn pipeline_page(
+    name: &str,
+    runs: &[RunSummary],
+    weeks: &[pictures::dora::Week],
+    viewer: &Viewer,
+) -> String {
     let body = html! {
         h1 { "Pipeline " (name) }
         h2 { "Last runs" }
@@ -355,7 +427,7 @@ pub fn pipeline_page(name: &str, runs: &[RunSummary], weeks: &[pictures::dora::W
             "Deployments, lead time for changes, change failure rate and time to restore, as /metrics counts them."))
     };
     let refresh = runs.iter().any(|r| !r.status.is_final());
-    page(&format!("Pipeline {name}"), refresh, body)
+    page(&format!("Pipeline {name}"), refresh, viewer, body)
 }
 
 pub fn not_found() -> String {
@@ -367,8 +439,127 @@ pub fn no_such(what: &str) -> String {
     page(
         "Not found",
         false,
+        &Viewer::default(),
         html! { h1 { "No such " (what) } p { a href="/" { "All runs" } } },
     )
+}
+
+/// The sign-in page; `form_token` ties the form to this browser.
+pub fn sign_in_page(form_token: &str, next: &str, error: Option<&str>) -> String {
+    let body = html! {
+        h1 { "Sign in" }
+        @if let Some(e) = error { p class="error-box" id="sign-in-error" { (e) } }
+        form class="sign-in" method="post" action="/sign-in" {
+            input type="hidden" name="csrf" value=(form_token);
+            input type="hidden" name="next" value=(next);
+            label { "Name" input type="text" name="user" id="user" autocomplete="username" required; }
+            label { "Password" input type="password" name="password" id="password" autocomplete="current-password" required; }
+            button class="primary" type="submit" id="sign-in-submit" { "Sign in" }
+        }
+    };
+    page("Sign in", false, &Viewer::default(), body)
+}
+
+/// Why a form or a sign-in was not taken.
+pub fn refusal(status: axum::http::StatusCode, why: &str, viewer: &Viewer) -> String {
+    let body = html! {
+        h1 { (status.canonical_reason().unwrap_or("Refused")) }
+        p class="error-box" id="refusal" { (why) }
+        p { a href="/" { "All runs" } " · " a href="/sign-in" { "Sign in" } }
+    };
+    page("Refused", false, viewer, body)
+}
+
+/// What the viewer may do to the run: cancel or re-run it (operators),
+/// approve or reject a waiting stage (its environment's approvers).
+fn actions_panel(run: &RunRecord, extras: &RunExtras, viewer: &Viewer) -> Markup {
+    let (Some(p), Some(csrf)) = (&viewer.principal, &viewer.csrf) else {
+        return html! {
+            @if viewer.can_sign_in && (!run.status.is_final() || !extras.waiting.is_empty()) {
+                p class="act" { a href={ "/sign-in?next=/runs/" (run.id) } { "Sign in" } " to act on this run." }
+            }
+        };
+    };
+    let deciding: Vec<&StageRecord> = run
+        .stages
+        .iter()
+        .filter(|s| extras.waiting.contains(&s.name))
+        .filter(|s| s.environment.as_deref().is_some_and(|e| p.may_approve(e)))
+        .collect();
+    let cancel = p.operator && !run.status.is_final();
+    let rerun = p.operator && run.status.is_final();
+    html! {
+        @if cancel || rerun || !deciding.is_empty() {
+            div class="act" id="act" {
+                @for s in &deciding {
+                    form method="post" class="decide" data-stage=(s.name) action={ "/runs/" (run.id) "/stages/" (s.name) "/approve" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        strong { (s.name) } " waits for approval to deploy to " code { (s.environment.as_deref().unwrap_or("")) }
+                        textarea name="comment" placeholder="comment (optional)" maxlength="1000" {}
+                        button class="primary" type="submit" name="approve" { "Approve" } " "
+                        button class="danger" type="submit" name="reject"
+                            formaction={ "/runs/" (run.id) "/stages/" (s.name) "/reject" } { "Reject" }
+                    }
+                }
+                @if cancel {
+                    form method="post" action={ "/runs/" (run.id) "/cancel" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button class="danger" type="submit" id="cancel-run" { "Cancel run" }
+                    }
+                }
+                @if rerun {
+                    form method="post" action={ "/runs/" (run.id) "/rerun" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button class="plain" type="submit" id="rerun" { "Re-run" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The stages that ran tests (the `tests` output of the test runner):
+/// their counts and each failed test with its message, as the stage read
+/// them from the JUnit reports.
+fn test_results(stages: &[StageRecord]) -> Markup {
+    let tested: Vec<&StageRecord> = stages
+        .iter()
+        .filter(|s| s.outputs.contains_key("tests"))
+        .collect();
+    let count = |s: &StageRecord, k: &str| s.outputs.get(k).cloned().unwrap_or_default();
+    html! {
+        @if !tested.is_empty() {
+            h2 { "Tests" }
+            @for s in tested {
+                section class="tests" data-stage=(s.name) {
+                    h3 { (s.name) " " (badge(s.status, s.warning)) }
+                    p class="counts" {
+                        (count(s, "tests")) " tests: " (count(s, "passed")) " passed, "
+                        (count(s, "failed")) " failed, " (count(s, "errors")) " errors, "
+                        (count(s, "skipped")) " skipped"
+                    }
+                    @let failures: Vec<_> = s.annotations.iter().filter(|a| a.level == "error").collect();
+                    @if !failures.is_empty() {
+                        table class="failed-tests" {
+                            thead { tr { th { "failed" } th { "where" } th { "message" } } }
+                            tbody {
+                                @for a in failures {
+                                    tr {
+                                        td { code { (a.title) } }
+                                        td { @if let Some(f) = &a.file { code { (f) @if let Some(l) = a.line { ":" (l) } } } }
+                                        td { pre { (a.message) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @for a in s.annotations.iter().filter(|a| a.level == "warn") {
+                        p class="note" { (a.title) ": " (a.message) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,12 +590,58 @@ mod tests {
             attempts: Vec::new(),
             ..RunRecord::new("<b>p</b>", &opts)
         };
-        let html = run_page(&run, &RunExtras::default());
+        let html = run_page(&run, &RunExtras::default(), &Viewer::default());
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("&lt;b&gt;p&lt;/b&gt; #3"));
         assert!(html.contains("a &amp; b"));
         assert!(html.contains("1.5s"));
         assert!(!html.contains("http-equiv=\"refresh\""));
+    }
+
+    #[test]
+    fn the_test_results_list_failed_tests_as_text() {
+        use crate::run::record::AnnotationRecord;
+        let note = |level: &str, title: &str, message: &str| AnnotationRecord {
+            level: level.into(),
+            title: title.into(),
+            message: message.into(),
+            file: Some("tests/t.py".into()),
+            line: Some(7),
+        };
+        let mut t = StageRecord::pending("unit", "test-runner");
+        t.status = Status::Failure;
+        for (k, v) in [
+            ("tests", "5"),
+            ("passed", "3"),
+            ("failed", "1"),
+            ("errors", "1"),
+            ("skipped", "0"),
+        ] {
+            t.outputs.insert(k.into(), v.into());
+        }
+        t.annotations = vec![
+            note("error", "suite::<b>case</b>", "expected <1> got 2"),
+            note("warn", "1 more failing test not listed", "only the first 1"),
+        ];
+        let other = StageRecord::pending("lint", "x");
+        let html = test_results(&[other, t]).into_string();
+        assert!(!html.contains("data-stage=\"lint\""), "{html}");
+        assert!(
+            html.contains("5 tests: 3 passed, 1 failed, 1 errors, 0 skipped"),
+            "{html}"
+        );
+        assert!(html.contains("suite::&lt;b&gt;case&lt;/b&gt;"), "{html}");
+        assert!(
+            html.contains("<pre>expected &lt;1&gt; got 2</pre>"),
+            "{html}"
+        );
+        assert!(html.contains("tests/t.py:7"));
+        assert!(html.contains("1 more failing test not listed: only the first 1"));
+        assert_eq!(
+            html.matches("<tr>").count(),
+            1 + 1,
+            "a header and one failure"
+        );
     }
 }

@@ -118,7 +118,8 @@ fn footnote(svg: &mut Svg, stages: &[StageRecord], drawn: usize, bottom: f64) {
     let not_started = stages.iter().take(MAX_STAGES).count() - drawn;
     let mut foot = Vec::new();
     if not_started > 0 {
-        foot.push(format!("{not_started} stages did not start"));
+        let noun = if not_started == 1 { "stage" } else { "stages" };
+        foot.push(format!("{not_started} {noun} did not start"));
     }
     if stages.len() > MAX_STAGES {
         foot.push(format!(

@@ -55,7 +55,7 @@ fn bars_follow_the_times() {
         .is_empty());
     assert!(doc.root.find(|e| e.attr("class") == Some("cut"))[0]
         .text
-        .contains("1 stages did not start"));
+        .contains("1 stage did not start"));
     let ticks: Vec<_> = doc
         .root
         .find(|e| e.attr("class") == Some("tick"))
