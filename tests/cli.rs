@@ -555,7 +555,7 @@ fn a_users_password_hash_and_token_come_from_the_cli() {
     ));
     let out = hash_of("short");
     assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
-    assert!(text(&out.stderr).contains("at least 8 characters"));
+    assert!(text(&out.stderr).contains("a password of 8 to 1024 characters"));
 
     let state = tempfile::tempdir().unwrap();
     let out = host(state.path(), &["new-token"]);

@@ -187,6 +187,18 @@ fn signing_in_takes_the_password_and_a_session_ends_with_signing_out() {
         assert_eq!(b.get(path).status, 401, "{path}");
     }
     assert_eq!(b.get("/healthz").status, 200);
+    // Every answer forbids framing and any script but the live page's own.
+    let resp = reqwest::blocking::get(format!("{}/sign-in", server.url)).unwrap();
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    for part in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
     let with_token = reqwest::blocking::Client::new()
         .get(format!("{}/api/runs", server.url))
         .bearer_auth("tok-olga")

@@ -18,8 +18,9 @@ pub fn hash_password(_: HashPasswordArgs) -> Result<u8> {
         .read_line(&mut line)
         .context("reading the password from stdin")?;
     let password = line.trim_end_matches(['\r', '\n']);
-    if password.chars().count() < 8 {
-        bail!("a password of at least 8 characters, on stdin");
+    let n = password.chars().count();
+    if !(8..=1024).contains(&n) {
+        bail!("a password of 8 to 1024 characters, on stdin");
     }
     println!("{}", crate::serve::access::password::hash(password)?);
     Ok(0)

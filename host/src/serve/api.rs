@@ -76,6 +76,9 @@ pub fn router(state: Arc<ServerState>) -> Router {
             state.clone(),
             crate::serve::access::guard::reads,
         ))
+        .layer(axum::middleware::from_fn(
+            crate::serve::access::guard::page_headers,
+        ))
         .with_state(state)
 }
 

@@ -173,6 +173,13 @@ pub async fn serve(state: Arc<ServerState>) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", state.config.listen))?;
     let addr = listener.local_addr()?;
+    let signs_in = state.config.users.iter().any(|u| u.password.is_some());
+    if signs_in && state.config.public_url.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "sign-in cookies are Secure: browsers keep them over HTTPS (or loopback) only; \
+             serve behind TLS, or say `public-url = \"http://…\"` to send them over plain HTTP"
+        );
+    }
     // Registered before the server says it listens, so a signal right
     // after that line stops it cleanly.
     use tokio::signal::unix::{signal, SignalKind};

@@ -263,7 +263,7 @@ pub struct RunExtras {
 /// A page of a run in progress follows it: new log lines are appended as
 /// text (never markup), a status change redraws the page. Without
 /// scripts, it reloads every two seconds.
-const LIVE: &str = r#"
+pub(crate) const LIVE: &str = r#"
 (function () {
   var main = document.querySelector('main[data-run]');
   if (!main || !window.EventSource) return;

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{forms, from_headers, Read};
 use crate::serve::ServerState;
+use axum::http::HeaderValue;
 
 /// Paths anyone may reach whatever `read` says.
 fn open_path(path: &str) -> bool {
@@ -60,4 +61,37 @@ pub async fn reads(State(s): State<Arc<ServerState>>, req: Request, next: Next) 
         Json(json!({ "error": "sign in: this server's runs are for signed-in users (send `Authorization: Bearer TOKEN`)" })),
     )
         .into_response()
+}
+
+/// What every answer tells the browser, so that a value that escaped its
+/// escaping still cannot run or frame the pages: scripts only the live
+/// page's own (by digest), forms only to this server, no framing, no
+/// sniffing, no referrer to other sites.
+pub async fn page_headers(req: Request, next: Next) -> Response {
+    static POLICY: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    let policy = POLICY.get_or_init(|| {
+        use base64::Engine;
+        use sha2::Digest;
+        let live = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(crate::serve::web::LIVE.as_bytes()));
+        let csp = format!(
+            "default-src 'none'; script-src 'sha256-{live}'; connect-src 'self'; \
+             style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'"
+        );
+        HeaderValue::from_str(&csp).expect("an ASCII policy")
+    });
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, policy.clone());
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    r
 }
