@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// removed afterwards.
     #[arg(long, conflicts_with = "source")]
     pub in_place: bool,
+    /// Run every stage, even those whose `cache` key matches an earlier
+    /// run (their fresh results are kept for later runs).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 pub(super) fn lock_mode(locked: bool) -> LockMode {
@@ -168,6 +172,7 @@ pub async fn run(args: RunArgs, state_dir: &Path) -> Result<u8> {
         opts.environment = Some(env);
     }
     opts.env.extend(args.env);
+    opts.no_cache = args.no_cache;
     drop(store);
     // `unpacked` and `copy` (the workspace) live until the run has ended.
     let code = execute(

@@ -164,6 +164,9 @@ pub struct Stage {
     /// fails, the host runs that stage again with `with.image` set to the
     /// `previous-image` it reported, before anything after this one runs.
     pub rollback: Option<String>,
+    /// `cache = { … }`: a run may replay this stage's last successful
+    /// result when nothing it depends on changed (`run::stage_cache`).
+    pub cache: Option<CacheSpec>,
     /// Location of the stage's `name` value.
     pub location: Location,
 }
@@ -190,6 +193,15 @@ impl Stage {
     pub fn acts_outside(&self) -> bool {
         self.environment.is_some() || self.grants.reach_outside()
     }
+}
+
+/// A stage's `cache` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Glob patterns over the workspace (`*` does not cross `/`, `**` does).
+    pub inputs: Vec<String>,
+    /// Cached even though the stage acts outside the run (`outside = true`).
+    pub outside: bool,
 }
 
 /// A position in a pipeline file; line and column are 1-based, the column

@@ -86,6 +86,15 @@ pub(super) struct RawStage {
     pub artifacts: Option<StrList>,
     pub rollback: Option<Str>,
     pub labels: Option<StrList>,
+    pub cache: Option<Spanned<RawCache>>,
+}
+
+/// `cache = { inputs = [...], outside = true }`: what a stage depends on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub inputs: StrList,
+    pub outside: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

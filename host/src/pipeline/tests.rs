@@ -1215,3 +1215,40 @@ fn labels_a_pipeline_and_its_stages_require() {
         "labels: `GPU` is not a label",
     );
 }
+
+#[test]
+fn cache_inputs_are_checked_and_outside_stages_must_opt_in() {
+    let stage = |extra: &str| format!("{HEAD}[[stage]]\nname = \"a\"\nplugin = \"tag\"\n{extra}\n");
+    let p = ok(&stage("cache = { inputs = [\"src/**\", \"Cargo.lock\"] }"));
+    let spec = p.stages[0].cache.as_ref().unwrap();
+    assert_eq!(spec.inputs, ["src/**", "Cargo.lock"]);
+    assert!(!spec.outside);
+    assert_diag(
+        &stage("grants = { http = [\"https://hooks.slack.com/*\"] }\ncache = { inputs = [\"a\"] }"),
+        14,
+        9,
+        "`cache`: this stage deploys, pushes or notifies",
+    );
+    let p = ok(&stage(
+        "grants = { http = [\"https://hooks.slack.com/*\"] }\ncache = { inputs = [\"a\"], outside = true }",
+    ));
+    assert!(p.stages[0].cache.as_ref().unwrap().outside);
+    assert_diag(
+        &stage("cache = { inputs = [\"../x\"] }"),
+        13,
+        21,
+        "`cache.inputs`: `../x` must be relative to the workspace",
+    );
+    assert_diag(
+        &stage("cache = { inputs = [\"a[\"] }"),
+        13,
+        21,
+        "`cache.inputs`: ",
+    );
+    assert_diag(
+        &stage("cache = { input = [] }"),
+        13,
+        11,
+        "unknown field `input`",
+    );
+}

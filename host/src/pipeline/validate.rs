@@ -9,9 +9,9 @@ use serde_spanned::Spanned;
 
 use super::parse::{RawFile, RawPipeline, RawSecret, RawStage, RawWhen, Source, Str, StrList};
 use super::{
-    dag, units, when, Diagnostic, Environment, Grants, Location, Pipeline, PluginRef, PluginSource,
-    SecretSource, Stage, Trust, When, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY, DEFAULT_TIMEOUT,
-    MAX_RETRIES,
+    dag, units, when, CacheSpec, Diagnostic, Environment, Grants, Location, Pipeline, PluginRef,
+    PluginSource, SecretSource, Stage, Trust, When, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MEMORY,
+    DEFAULT_TIMEOUT, MAX_RETRIES,
 };
 use crate::caps::capability::{toml_type as type_name, valid_id, GrantCx, ID_RULE};
 use crate::caps::{self, Decls, RawGrants};
@@ -424,6 +424,8 @@ fn build_stage(
     let retries = stage_retries(cx, r);
     let environment = stage_environment(cx, r, scope);
     let artifacts = stage_artifacts(cx, r, &grants);
+    let outside = environment.is_some() || grants.reach_outside();
+    let cache = r.cache.as_ref().and_then(|c| stage_cache(cx, c, outside));
     let stage = Stage {
         name,
         plugin,
@@ -439,6 +441,7 @@ fn build_stage(
         // Checked against the whole pipeline in `check_rollbacks`.
         rollback: r.rollback.as_ref().map(|r| r.get_ref().clone()),
         labels: checked_labels(cx, r.labels.as_ref(), "labels"),
+        cache,
         location,
     };
     (stage, needs_spans)
@@ -630,6 +633,54 @@ fn stage_artifacts(cx: &mut Ctx<'_, '_>, r: &RawStage, grants: &Grants) -> Vec<S
     }
 
     artifacts
+}
+
+/// Most input patterns a stage may declare.
+const MAX_CACHE_INPUTS: usize = 100;
+
+/// `cache`: valid globs, and a stage that acts outside the run (deploys,
+/// pushes, notifies) only when it says so: skipping it skips its effect.
+fn stage_cache(
+    cx: &mut Ctx<'_, '_>,
+    raw: &Spanned<super::parse::RawCache>,
+    acts_outside: bool,
+) -> Option<CacheSpec> {
+    let r = raw.get_ref();
+    let outside = r.outside.as_ref().is_some_and(|o| *o.get_ref());
+    if acts_outside && !outside {
+        cx.err(
+            raw.span(),
+            "`cache`: this stage deploys, pushes or notifies (its environment or grants reach outside the run), and a cached run would skip that; add `outside = true` to cache it anyway",
+        );
+        return None;
+    }
+    if r.inputs.len() > MAX_CACHE_INPUTS {
+        cx.err(
+            raw.span(),
+            format!(
+                "`cache.inputs`: {} patterns; at most {MAX_CACHE_INPUTS}",
+                r.inputs.len()
+            ),
+        );
+        return None;
+    }
+    let mut inputs = Vec::new();
+    for i in &r.inputs {
+        match when::compile(i.get_ref()) {
+            Ok(_) if i.get_ref().starts_with('/') || i.get_ref().split('/').any(|p| p == "..") => {
+                cx.err(
+                    i.span(),
+                    format!(
+                        "`cache.inputs`: `{}` must be relative to the workspace, without `..`",
+                        i.get_ref()
+                    ),
+                )
+            }
+            Ok(_) => inputs.push(i.get_ref().clone()),
+            Err(e) => cx.err(i.span(), format!("`cache.inputs`: {e}")),
+        }
+    }
+    Some(CacheSpec { inputs, outside })
 }
 
 fn build_when(cx: &mut Ctx<'_, '_>, w: &Spanned<RawWhen>) -> When {

@@ -132,8 +132,12 @@ impl RunObserver for Console {
     }
 
     fn stage_finished(&self, r: &StageRecord) {
+        let cached = match &r.cached_from {
+            Some(from) => format!("{}  ", self.paint("36", &from.to_string())),
+            None => String::new(),
+        };
         self.line(&format!(
-            "{:<w$}  {}  {}  {}",
+            "{:<w$}  {}  {}  {cached}{}",
             r.name,
             self.badge(r.status, r.warning),
             format_duration(r.duration_ms),

@@ -24,6 +24,7 @@ use crate::run::options::RunOptions;
 use crate::run::record::{RunRecord, StageRecord, Status};
 use crate::run::scheduler::{pending, Next, Ready, Scheduler, Scope, SkipReason};
 use crate::run::stage::{RunShared, StageRun};
+use crate::run::stage_cache::StageCache;
 use crate::runtime::{Plugin, Runtime};
 
 pub struct Executor {
@@ -31,6 +32,7 @@ pub struct Executor {
     caps: caps::Shared,
     hooks: RunHooks,
     artifact_store: Option<ArtifactStore>,
+    stage_cache: Option<StageCache>,
 }
 
 impl Executor {
@@ -40,12 +42,19 @@ impl Executor {
             caps: caps::Shared::default(),
             hooks: RunHooks::default(),
             artifact_store: None,
+            stage_cache: None,
         }
     }
 
     /// Keep an encrypted copy of every declared artifact here.
     pub fn with_artifact_store(mut self, store: ArtifactStore) -> Self {
         self.artifact_store = Some(store);
+        self
+    }
+
+    /// Replay stages that declare `cache` from this cache, and keep them in it.
+    pub fn with_stage_cache(mut self, cache: StageCache) -> Self {
+        self.stage_cache = Some(cache);
         self
     }
 
@@ -114,6 +123,7 @@ impl Executor {
             caps: self.caps.clone(),
             hooks: self.hooks.clone(),
             artifact_store: self.artifact_store.clone(),
+            stage_cache: self.stage_cache.clone(),
         });
         let mut sched = Scheduler::new(&pipeline, Scope::of(&shared.opts));
         drive(&shared, &mut sched, cancel).await;

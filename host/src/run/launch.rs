@@ -15,6 +15,7 @@ use crate::run::approvals::ApprovalStore;
 use crate::run::artifact_store::ArtifactStore;
 use crate::run::hooks::RunHooks;
 use crate::run::live::LiveRecorder;
+use crate::run::stage_cache::StageCache;
 use crate::run::{preflight, Executor, RunObserver, RunOptions, RunRecord, Status};
 use crate::runtime::Runtime;
 
@@ -95,6 +96,7 @@ impl Launch<'_> {
             .with_scanner(ScanConfig::from_env(self.state_dir))
             .with_approvals(ApprovalStore::open(self.state_dir)?)
             .with_artifact_store(ArtifactStore::open(self.state_dir).map_err(anyhow::Error::from)?)
+            .with_stage_cache(StageCache::open(self.state_dir)?)
             .with_hooks(hooks);
         let env = opts.env.clone();
         let secrets = SecretStore::resolve(

@@ -17,6 +17,7 @@ pub mod preflight;
 pub mod record;
 pub mod scheduler;
 mod stage;
+pub mod stage_cache;
 
 pub use executor::Executor;
 pub use observer::{Quiet, RunObserver};

@@ -40,6 +40,9 @@ pub struct RunOptions {
     pub trigger: Option<TriggerInfo>,
     /// Where `{ file = "…" }` secrets may be read from.
     pub secret_files: SecretFiles,
+    /// Do not replay cached stages (`host run --no-cache`); their results
+    /// are still kept.
+    pub no_cache: bool,
 }
 
 impl RunOptions {
@@ -61,6 +64,7 @@ impl RunOptions {
             log_limit: DEFAULT_LOG_LIMIT,
             trigger: None,
             secret_files: SecretFiles::AsWritten,
+            no_cache: false,
         }
     }
 

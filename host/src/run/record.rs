@@ -160,7 +160,24 @@ pub struct StageRecord {
     /// checked before every stage that depends on it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, String>,
+    /// The stage did not run: its result was replayed from this earlier
+    /// run's (`cache = { … }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<CachedFrom>,
     pub log: Vec<LogLine>,
+}
+
+/// The run a cached stage's result comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedFrom {
+    pub run_id: String,
+    pub build_number: u64,
+}
+
+impl std::fmt::Display for CachedFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cached from run {}", self.build_number)
+    }
 }
 
 impl StageRecord {
@@ -183,6 +200,7 @@ impl StageRecord {
             approval: None,
             audit: Vec::new(),
             artifacts: BTreeMap::new(),
+            cached_from: None,
             log: Vec::new(),
         }
     }
@@ -219,6 +237,7 @@ impl StageRecord {
             approval,
             audit,
             artifacts,
+            cached_from,
             log: _,
         } = self;
         Self {
@@ -239,6 +258,7 @@ impl StageRecord {
             approval: approval.clone(),
             audit: audit.clone(),
             artifacts: artifacts.clone(),
+            cached_from: cached_from.clone(),
             log: Vec::new(),
         }
     }

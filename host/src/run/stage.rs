@@ -20,6 +20,7 @@ use crate::run::record::{
     now_rfc3339, AnnotationRecord, ApprovalRecord, Decision, StageRecord, Status,
 };
 use crate::run::scheduler::{pending, Rollback, Scheduler};
+use crate::run::stage_cache::{Probe, StageCache};
 use crate::runtime::sandbox::{check_report, Sandbox, MAX_REPORT_TEXT};
 use crate::runtime::{Plugin, Runtime};
 use crate::wit::{
@@ -37,6 +38,7 @@ pub(super) struct RunShared {
     pub(super) caps: caps::Shared,
     pub(super) hooks: RunHooks,
     pub(super) artifact_store: Option<ArtifactStore>,
+    pub(super) stage_cache: Option<StageCache>,
 }
 
 fn stage_status(s: Status) -> StageStatus {
@@ -255,15 +257,25 @@ impl StageRun {
             rec.duration_ms = started.elapsed().as_millis() as u64;
             return rec;
         }
-        self.attempts(&shared, plugin, &mut rec).await;
-        if stage.grants.workspace == Some(WorkspaceAccess::ReadWrite)
-            && !stage.grants.docker.run.is_empty()
-        {
-            scrub_workspace(&shared, &mut rec).await;
+        // A rollback restores what was approved before: never replayed.
+        let (probe, replayed) = match self.rollback {
+            true => (Probe::none(), false),
+            false => Probe::start(&shared, stage, &self.ctx, &self.upstream, &mut rec).await,
+        };
+        if !replayed {
+            self.attempts(&shared, plugin, &mut rec).await;
+            if stage.grants.workspace == Some(WorkspaceAccess::ReadWrite)
+                && !stage.grants.docker.run.is_empty()
+            {
+                scrub_workspace(&shared, &mut rec).await;
+            }
         }
+        // A replayed stage's artifacts are kept again under this run, so
+        // `host artifacts` finds them here too.
         if rec.status == Status::Success && !stage.artifacts.is_empty() {
             keep_artifacts(&shared, stage, &mut rec).await;
         }
+        probe.store(&shared, stage, &rec).await;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         rec
     }

@@ -362,7 +362,12 @@ pub fn run_page(run: &RunRecord, extras: &RunExtras, viewer: &Viewer) -> String 
                                 @if s.started_at.is_some() { (duration(s.status, s.duration_ms)) } @else { "" }
                             }
                             td class="num" { (s.attempts) }
-                            td { (s.detail()) }
+                            td {
+                                @if let Some(from) = &s.cached_from {
+                                    span class="cached" title=(from.run_id) { (from) } " "
+                                }
+                                (s.detail())
+                            }
                         }
                     }
                 }
