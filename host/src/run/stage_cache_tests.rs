@@ -152,3 +152,18 @@ fn the_store_hits_on_the_same_key_and_says_what_changed_otherwise() {
         "input `src/a.rs` changed"
     );
 }
+
+#[test]
+fn a_record_names_the_run_it_was_cached_from_only_when_it_was() {
+    let mut rec = StageRecord::pending("s", "p");
+    let json = serde_json::to_value(&rec).unwrap();
+    assert!(json.get("cached_from").is_none(), "{json}");
+    rec.cached_from = Some(CachedFrom {
+        run_id: "r1".into(),
+        build_number: 4,
+    });
+    let json = serde_json::to_string(&rec).unwrap();
+    let back: StageRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.cached_from, rec.cached_from);
+    assert_eq!(back.cached_from.unwrap().to_string(), "cached from run 4");
+}

@@ -605,6 +605,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_stage_says_which_run_it_comes_from() {
+        let mut s = StageRecord::pending("build", "p");
+        s.status = Status::Success;
+        s.cached_from = Some(crate::run::record::CachedFrom {
+            run_id: "<i>r1</i>".into(),
+            build_number: 2,
+        });
+        let run = RunRecord {
+            stages: vec![s, StageRecord::pending("test", "p")],
+            ..RunRecord::new("p", &RunOptions::new("r3".into(), "/ws".into()))
+        };
+        let html = run_page(&run, &RunExtras::default(), &Viewer::default());
+        assert_eq!(html.matches("cached from run 2").count(), 1, "{html}");
+        assert!(html.contains("title=\"&lt;i&gt;r1&lt;/i&gt;\""), "{html}");
+    }
+
+    #[test]
     fn the_test_results_list_failed_tests_as_text() {
         use crate::run::record::AnnotationRecord;
         let note = |level: &str, title: &str, message: &str| AnnotationRecord {
