@@ -159,6 +159,33 @@ fn a_second_run_on_the_same_inputs_replays_the_stage_and_its_artifact() {
         ),
         "{log}"
     );
+
+    // A blob changed at rest (kept by the fifth run): a miss, never other
+    // bytes replayed.
+    let blobs = s
+        .state
+        .join("artifacts")
+        .join(fifth["id"].as_str().unwrap())
+        .join("build");
+    let blob = std::fs::read_dir(&blobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    std::fs::write(s.ws.join("dist/out.txt"), "swapped").unwrap();
+    let (console, sixth) = run(&s, &[]);
+    assert!(started(&console, "build"), "{console}");
+    let log = log_of(&sixth, "build");
+    assert!(log.contains("the stored blob does not decrypt"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("dist/out.txt")).unwrap(),
+        "built"
+    );
 }
 
 #[test]
