@@ -9,11 +9,13 @@
 //! 4. host memory: peak RSS with 1 and 64 concurrent stages (child processes);
 //! 5. capability calls: `log` and `http` from a stage vs the same natively;
 //! 6. queued runs: N no-op runs through `host serve` on one machine (SQLite)
-//!    and as a cluster on this machine (NATS, PostgreSQL, K agents).
+//!    and as a cluster on this machine (NATS, PostgreSQL, K agents);
+//! 7. stage caching: a demo-like pipeline's first run vs a cached re-run.
 //!
 //! Runs go through the same path as `host run` (plugin checks, executor,
 //! live record in SQLite). Prints a table and writes JSON (`--out`).
 //! `--smoke` runs everything with tiny sizes (CI checks it still works).
+mod cached;
 mod measure;
 mod queued;
 mod report;
@@ -35,6 +37,8 @@ pub fn main() -> Result<()> {
         out: None,
         docker: true,
     };
+    // Only section 7 (quick, no Docker).
+    let mut cached_only = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => opts.smoke = true,
@@ -47,16 +51,28 @@ pub fn main() -> Result<()> {
             }
             // `cargo bench` passes this.
             "--bench" => {}
+            "--cached-only" => cached_only = true,
             "--help" | "-h" => {
-                println!("usage: pipeline-bench [--smoke] [--no-docker] [--out FILE.json]");
+                println!("usage: pipeline-bench [--smoke] [--no-docker] [--cached-only] [--out FILE.json]");
                 return Ok(());
             }
             other => bail!("unknown argument `{other}` (try --help)"),
         }
     }
-    let results = tokio::runtime::Runtime::new()?.block_on(measure::all(&opts))?;
-    print!("{}", report::table(&results));
-    let json = serde_json::to_string_pretty(&results)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    if cached_only {
+        print!(
+            "{}",
+            cached::table(&rt.block_on(cached::measure(opts.smoke))?)
+        );
+        return Ok(());
+    }
+    let results = rt.block_on(measure::all(&opts))?;
+    let cached = rt.block_on(cached::measure(opts.smoke))?;
+    print!("{}{}", report::table(&results), cached::table(&cached));
+    let mut json = serde_json::to_value(&results)?;
+    json["cached"] = serde_json::to_value(&cached)?;
+    let json = serde_json::to_string_pretty(&json)?;
     if let Some(out) = &opts.out {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
