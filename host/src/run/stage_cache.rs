@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::caps::log::LogLine;
-use crate::confined::{FileError, Root};
+use crate::confined::{FileError, Origin, Root};
 use crate::pipeline::Stage;
 use crate::run::artifacts::Digests;
 use crate::run::record::{AnnotationRecord, CachedFrom, StageRecord, Status};
@@ -404,8 +404,11 @@ fn key_for(
     k.part(
         "pipeline and stage",
         format!(
-            "{}\0{}\0{:?}",
-            shared.pipeline.name, stage.name, stage.environment
+            "{}\0{}\0{}\0{:?}",
+            pipeline_identity(shared),
+            shared.pipeline.name,
+            stage.name,
+            stage.environment
         )
         .as_bytes(),
     )
@@ -440,6 +443,26 @@ fn key_for(
         );
     }
     k
+}
+
+/// Which pipeline this is beyond its name, which another repository could
+/// copy: the operator's file (`host run FILE`), or the repository the run
+/// came from and the file's path in its checkout (`host serve`).
+fn pipeline_identity(shared: &RunShared) -> String {
+    let p = &shared.pipeline;
+    let repository = shared.opts.trigger.as_ref().map(|t| t.repository.as_str());
+    match &p.origin {
+        Origin::Operator => {
+            // Lexical (no disk access here): the same file named from
+            // elsewhere is at worst a miss.
+            let file = std::path::absolute(&p.file).unwrap_or_else(|_| p.file.clone());
+            format!("operator\0{}\0{repository:?}", file.display())
+        }
+        Origin::Untrusted { root, .. } => {
+            let rel = p.file.strip_prefix(root).unwrap_or(&p.file);
+            format!("repository\0{}\0{repository:?}", rel.display())
+        }
+    }
 }
 
 /// One stage's use of the cache: its key (none when the stage is not
