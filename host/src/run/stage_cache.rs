@@ -405,7 +405,11 @@ fn key_for(
         "pipeline and stage",
         format!(
             "{}\0{}\0{}\0{:?}",
-            pipeline_identity(shared),
+            pipeline_identity(
+                &shared.pipeline.origin,
+                &shared.pipeline.file,
+                o.trigger.as_ref().map(|t| t.repository.as_str())
+            ),
             shared.pipeline.name,
             stage.name,
             stage.environment
@@ -448,18 +452,16 @@ fn key_for(
 /// Which pipeline this is beyond its name, which another repository could
 /// copy: the operator's file (`host run FILE`), or the repository the run
 /// came from and the file's path in its checkout (`host serve`).
-fn pipeline_identity(shared: &RunShared) -> String {
-    let p = &shared.pipeline;
-    let repository = shared.opts.trigger.as_ref().map(|t| t.repository.as_str());
-    match &p.origin {
+fn pipeline_identity(origin: &Origin, file: &Path, repository: Option<&str>) -> String {
+    match origin {
         Origin::Operator => {
             // Lexical (no disk access here): the same file named from
             // elsewhere is at worst a miss.
-            let file = std::path::absolute(&p.file).unwrap_or_else(|_| p.file.clone());
+            let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
             format!("operator\0{}\0{repository:?}", file.display())
         }
         Origin::Untrusted { root, .. } => {
-            let rel = p.file.strip_prefix(root).unwrap_or(&p.file);
+            let rel = file.strip_prefix(root).unwrap_or(file);
             format!("repository\0{}\0{repository:?}", rel.display())
         }
     }

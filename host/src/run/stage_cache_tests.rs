@@ -167,3 +167,30 @@ fn a_record_names_the_run_it_was_cached_from_only_when_it_was() {
     assert_eq!(back.cached_from, rec.cached_from);
     assert_eq!(back.cached_from.unwrap().to_string(), "cached from run 4");
 }
+
+#[test]
+fn another_repository_or_file_is_another_pipeline() {
+    let checkout = |root: &str| Origin::Untrusted {
+        root: root.into(),
+        plugin_dirs: Vec::new(),
+    };
+    let id = |o: &Origin, f: &str, r: Option<&str>| pipeline_identity(o, Path::new(f), r);
+    // A server run: the checkout directory changes per run, the
+    // repository and the file's place in it do not.
+    assert_eq!(
+        id(&checkout("/w/1"), "/w/1/ci.toml", Some("acme/app")),
+        id(&checkout("/w/2"), "/w/2/ci.toml", Some("acme/app"))
+    );
+    assert_ne!(
+        id(&checkout("/w/1"), "/w/1/ci.toml", Some("acme/app")),
+        id(&checkout("/w/2"), "/w/2/ci.toml", Some("evil/app"))
+    );
+    assert_ne!(
+        id(&checkout("/w/1"), "/w/1/ci.toml", Some("acme/app")),
+        id(&checkout("/w/1"), "/w/1/other.toml", Some("acme/app"))
+    );
+    assert_ne!(
+        id(&Origin::Operator, "/a/ci.toml", None),
+        id(&Origin::Operator, "/b/ci.toml", None)
+    );
+}
