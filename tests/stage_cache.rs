@@ -128,6 +128,13 @@ fn a_second_run_on_the_same_inputs_replays_the_stage_and_its_artifact() {
         std::fs::read_to_string(s.ws.join("dist/out.txt")).unwrap(),
         "built"
     );
+    let shown_run = host(&s.state, &["runs", "show", second["id"].as_str().unwrap()]);
+    let shown_run = text(&shown_run.stdout);
+    assert_eq!(
+        shown_run.matches("cached from run 1").count(),
+        2,
+        "{shown_run}"
+    );
 
     // A changed input: a miss naming it, and the stage runs.
     std::fs::write(s.ws.join("src/main.rs"), "fn main() { println!() }").unwrap();

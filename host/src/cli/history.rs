@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 
 use crate::run::approvals::ApprovalStore;
 use crate::run::display::{
-    first_line, format_duration, format_time, ref_name, short_sha, status_word, terminal_safe,
+    first_line, format_duration, format_time, ref_name, short_sha, stage_line, status_word,
+    terminal_safe,
 };
 use crate::run::record::StoredLine;
 use crate::run::{RunFilter, RunRecord, RunStore, RunSummary, Status};
@@ -314,7 +315,7 @@ fn write_stage_table(out: &mut impl Write, run: &RunRecord) -> std::io::Result<(
                 "-".into()
             },
             s.attempts,
-            first_line(s.detail())
+            stage_line(s)
         )?;
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use parking_lot::Mutex;
 
 use crate::caps::log::LogLine;
-use crate::run::display::{first_line, format_duration, status_word, terminal_safe};
+use crate::run::display::{format_duration, stage_line, status_word, terminal_safe};
 use crate::run::observer::RunObserver;
 use crate::run::record::{RunRecord, StageRecord, Status};
 
@@ -69,7 +69,7 @@ impl Console {
                 "{:<w$}  {status}  {:>9}  {}\n",
                 s.name,
                 format_duration(s.duration_ms),
-                first_line(s.detail())
+                stage_line(s)
             ));
         }
         let overall = self.badge(run.status, false);
@@ -132,16 +132,12 @@ impl RunObserver for Console {
     }
 
     fn stage_finished(&self, r: &StageRecord) {
-        let cached = match &r.cached_from {
-            Some(from) => format!("{}  ", self.paint("36", &from.to_string())),
-            None => String::new(),
-        };
         self.line(&format!(
-            "{:<w$}  {}  {}  {cached}{}",
+            "{:<w$}  {}  {}  {}",
             r.name,
             self.badge(r.status, r.warning),
             format_duration(r.duration_ms),
-            first_line(r.detail()),
+            stage_line(r),
             w = self.width
         ));
     }

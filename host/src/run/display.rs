@@ -59,6 +59,15 @@ pub fn first_line(s: &str) -> Cow<'_, str> {
     terminal_safe(s.lines().next().unwrap_or(""))
 }
 
+/// A stage's line in a table: the first line of its detail, after
+/// `cached from run N` when its result was replayed.
+pub fn stage_line(s: &crate::run::StageRecord) -> String {
+    match &s.cached_from {
+        Some(from) => format!("{from}  {}", first_line(s.detail())),
+        None => first_line(s.detail()).into_owned(),
+    }
+}
+
 /// Text a stage controls (log lines, summaries, errors) made safe to print
 /// on a terminal: control characters (C0 but tab, DEL, C1) are shown as
 /// `\x1b`-style escapes and bidirectional overrides and isolates as

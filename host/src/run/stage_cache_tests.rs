@@ -166,6 +166,11 @@ fn a_record_names_the_run_it_was_cached_from_only_when_it_was() {
     let back: StageRecord = serde_json::from_str(&json).unwrap();
     assert_eq!(back.cached_from, rec.cached_from);
     assert_eq!(back.cached_from.unwrap().to_string(), "cached from run 4");
+    rec.summary = "built\nmore".into();
+    assert_eq!(
+        crate::run::display::stage_line(&rec),
+        "cached from run 4  built"
+    );
 }
 
 #[test]
