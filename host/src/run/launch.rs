@@ -92,12 +92,15 @@ impl Launch<'_> {
         let plugins = preflight::load_plugins(&pipeline, &self.runtime)
             .await
             .map_err(LaunchError::Plugins)?;
-        let executor = Executor::new(self.runtime.clone())
+        let mut executor = Executor::new(self.runtime.clone())
             .with_scanner(ScanConfig::from_env(self.state_dir))
             .with_approvals(ApprovalStore::open(self.state_dir)?)
             .with_artifact_store(ArtifactStore::open(self.state_dir).map_err(anyhow::Error::from)?)
-            .with_stage_cache(StageCache::open(self.state_dir)?)
             .with_hooks(hooks);
+        // Opened only when used: every run pays for each store it opens.
+        if pipeline.stages.iter().any(|s| s.cache.is_some()) {
+            executor = executor.with_stage_cache(StageCache::open(self.state_dir)?);
+        }
         let env = opts.env.clone();
         let secrets = SecretStore::resolve(
             &pipeline.secrets,
