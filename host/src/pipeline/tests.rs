@@ -1233,6 +1233,13 @@ fn cache_inputs_are_checked_and_outside_stages_must_opt_in() {
         "grants = { http = [\"https://hooks.slack.com/*\"] }\ncache = { inputs = [\"a\"], outside = true }",
     ));
     assert!(p.stages[0].cache.as_ref().unwrap().outside);
+    // A deploy stage (an environment) is outside too.
+    assert_diag(
+        "[pipeline]\nname = \"x\"\n[plugins]\np = \"p.wasm\"\n[environments.dev]\nbranch = [\"develop\"]\n[[stage]]\nname = \"a\"\nplugin = \"p\"\nenvironment = \"dev\"\ncache = { inputs = [\"a\"] }\n",
+        11,
+        9,
+        "`cache`: this stage deploys, pushes or notifies",
+    );
     assert_diag(
         &stage("cache = { inputs = [\"../x\"] }"),
         13,

@@ -424,9 +424,7 @@ fn build_stage(
     let retries = stage_retries(cx, r);
     let environment = stage_environment(cx, r, scope);
     let artifacts = stage_artifacts(cx, r, &grants);
-    let outside = environment.is_some() || grants.reach_outside();
-    let cache = r.cache.as_ref().and_then(|c| stage_cache(cx, c, outside));
-    let stage = Stage {
+    let mut stage = Stage {
         name,
         plugin,
         needs,
@@ -441,9 +439,13 @@ fn build_stage(
         // Checked against the whole pipeline in `check_rollbacks`.
         rollback: r.rollback.as_ref().map(|r| r.get_ref().clone()),
         labels: checked_labels(cx, r.labels.as_ref(), "labels"),
-        cache,
+        cache: None,
         location,
     };
+    stage.cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| stage_cache(cx, c, stage.acts_outside()));
     (stage, needs_spans)
 }
 
