@@ -34,6 +34,9 @@ use crate::wit::StageContext;
 pub const MAX_INPUT_FILES: usize = 10_000;
 /// Most input bytes hashed for one stage.
 pub const MAX_INPUT_BYTES: u64 = 1 << 30;
+/// Entries kept per stage (the newest): branches and reverts hit, the
+/// table does not grow without end.
+pub const ENTRIES_PER_STAGE: usize = 32;
 /// Most directory entries looked at while listing inputs.
 const MAX_ENTRIES: usize = 200_000;
 
@@ -327,7 +330,11 @@ impl StageCache {
     }
 
     pub fn open_at(loc: &StoreLocation) -> Result<Self> {
-        let db = Db::open(loc)?;
+        Self::with_db(Db::open(loc)?)
+    }
+
+    /// The cache in `db` (the table made when missing).
+    pub fn with_db(db: Db) -> Result<Self> {
         if db.is_postgres() {
             db.transaction(|db| db.batch(POSTGRES_TABLE))?;
         } else {
@@ -367,9 +374,22 @@ impl StageCache {
         }))
     }
 
-    /// Keeps `entry` (of a successful stage) under `key`.
+    /// Keeps `entry` (of a successful stage) under `key`, and only the
+    /// newest [`ENTRIES_PER_STAGE`] of the stage.
     pub fn store(&self, pipeline: &str, stage: &str, key: &CacheKey, entry: &Entry) -> Result<()> {
-        self.db.lock().execute(
+        let db = self.db.lock();
+        // After the stage's newest even within one millisecond: which
+        // entries are the newest is never a tie.
+        let newest = db
+            .query_opt(
+                "SELECT MAX(stored_at) FROM stage_cache WHERE pipeline = ?1 AND stage = ?2",
+                &params![pipeline, stage],
+            )?
+            .map(|r| r.opt_i64(0))
+            .transpose()?
+            .flatten()
+            .unwrap_or(0);
+        db.execute(
             "INSERT INTO stage_cache (pipeline, stage, key, parts, entry, stored_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (pipeline, stage, key) DO UPDATE SET parts = excluded.parts,
@@ -380,8 +400,14 @@ impl StageCache {
                 key.digest(),
                 serde_json::to_string(key)?,
                 serde_json::to_string(entry)?,
-                unix_ms()
+                unix_ms().max(newest + 1)
             ],
+        )?;
+        db.execute(
+            "DELETE FROM stage_cache WHERE pipeline = ?1 AND stage = ?2 AND key NOT IN
+                (SELECT key FROM stage_cache WHERE pipeline = ?1 AND stage = ?2
+                 ORDER BY stored_at DESC LIMIT ?3)",
+            &params![pipeline, stage, ENTRIES_PER_STAGE as i64],
         )?;
         Ok(())
     }

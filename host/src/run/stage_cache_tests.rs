@@ -121,10 +121,10 @@ fn limits_are_named_when_exceeded() {
     ));
 }
 
-#[test]
-fn the_store_hits_on_the_same_key_and_says_what_changed_otherwise() {
-    let t = tempfile::tempdir().unwrap();
-    let cache = StageCache::open(t.path()).unwrap();
+crate::both_engines!(owned: the_store_hits_on_the_same_key_and_says_what_changed_otherwise, only_the_newest_entries_of_a_stage_are_kept);
+
+fn the_store_hits_on_the_same_key_and_says_what_changed_otherwise(db: Db) {
+    let cache = StageCache::with_db(db).unwrap();
     let k = key();
     let miss = |l: Lookup| match l {
         Lookup::Miss(why) => why,
@@ -198,4 +198,29 @@ fn another_repository_or_file_is_another_pipeline() {
         id(&Origin::Operator, "/a/ci.toml", None),
         id(&Origin::Operator, "/b/ci.toml", None)
     );
+}
+
+fn only_the_newest_entries_of_a_stage_are_kept(db: Db) {
+    let cache = StageCache::with_db(db).unwrap();
+    let keyed = |i: usize| {
+        let mut k = key();
+        k.part("with", i.to_string().as_bytes());
+        k
+    };
+    for i in 0..=ENTRIES_PER_STAGE {
+        let entry = Entry {
+            run_id: format!("r{i}"),
+            ..Entry::default()
+        };
+        cache.store("p", "s", &keyed(i), &entry).unwrap();
+    }
+    cache
+        .store("p", "other", &keyed(0), &Entry::default())
+        .unwrap();
+    let hit = |stage: &str, i: usize| {
+        matches!(cache.lookup("p", stage, &keyed(i)).unwrap(), Lookup::Hit(_))
+    };
+    assert!(!hit("s", 0), "the oldest entry is dropped");
+    assert!((1..=ENTRIES_PER_STAGE).all(|i| hit("s", i)));
+    assert!(hit("other", 0), "another stage's entries are its own");
 }
