@@ -37,6 +37,9 @@ pub const MAX_INPUT_BYTES: u64 = 1 << 30;
 /// Entries kept per stage (the newest): branches and reverts hit, the
 /// table does not grow without end.
 pub const ENTRIES_PER_STAGE: usize = 32;
+/// Deepest directory listed: a hostile tree nested deeper would exhaust
+/// the listing thread's stack or the open files.
+pub const MAX_DEPTH: usize = 64;
 /// Most directory entries looked at while listing inputs.
 const MAX_ENTRIES: usize = 200_000;
 
@@ -53,6 +56,8 @@ pub enum InputError {
     TooManyBytes { max: u64 },
     #[error("the workspace has more than {max} entries to look through for cache inputs")]
     TooManyEntries { max: usize },
+    #[error("`{path}` is nested more than {max} directories deep; cache inputs are not looked for there")]
+    TooDeep { path: String, max: usize },
     #[error("cache input pattern `{0}` is not valid")]
     Pattern(String),
 }
@@ -167,7 +172,7 @@ pub fn hash_inputs(
         .map_err(InputError::Workspace)?;
     let mut found = Vec::new();
     let mut seen = 0usize;
-    list(&dir, "", &mut |rel, is_dir| {
+    list(&dir, "", 0, &mut |rel, is_dir| {
         seen += 1;
         if seen > limits.entries {
             return Err(InputError::TooManyEntries {
@@ -199,6 +204,7 @@ pub fn hash_inputs(
 fn list(
     dir: &Dir,
     prefix: &str,
+    depth: usize,
     visit: &mut dyn FnMut(&str, bool) -> Result<(), InputError>,
 ) -> Result<(), InputError> {
     let entries = dir.entries().map_err(InputError::Workspace)?;
@@ -212,8 +218,14 @@ fn list(
         let kind = e.file_type().map_err(InputError::Workspace)?;
         visit(&rel, kind.is_dir())?;
         if kind.is_dir() {
+            if depth >= MAX_DEPTH {
+                return Err(InputError::TooDeep {
+                    path: rel,
+                    max: MAX_DEPTH,
+                });
+            }
             let sub = e.open_dir().map_err(InputError::Workspace)?;
-            list(&sub, &format!("{rel}/"), visit)?;
+            list(&sub, &format!("{rel}/"), depth + 1, visit)?;
         }
     }
     Ok(())

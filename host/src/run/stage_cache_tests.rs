@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use super::*;
 
 fn key() -> CacheKey {
@@ -119,6 +121,13 @@ fn limits_are_named_when_exceeded() {
         hash_inputs(t.path(), &pats, entries),
         Err(InputError::TooManyEntries { max: 3 })
     ));
+    let deep: PathBuf = std::iter::repeat_n("d", MAX_DEPTH + 1).collect();
+    std::fs::create_dir_all(t.path().join(&deep)).unwrap();
+    let e = hash_inputs(t.path(), &pats, Limits::default()).unwrap_err();
+    assert!(
+        matches!(e, InputError::TooDeep { max: MAX_DEPTH, .. }),
+        "{e}"
+    );
 }
 
 crate::both_engines!(owned: the_store_hits_on_the_same_key_and_says_what_changed_otherwise, only_the_newest_entries_of_a_stage_are_kept);
