@@ -258,9 +258,10 @@ impl StageRun {
             return rec;
         }
         // A rollback restores what was approved before: never replayed.
-        let (probe, replayed) = match self.rollback {
-            true => (Probe::none(), false),
-            false => Probe::start(&shared, stage, &self.ctx, &self.upstream, &mut rec).await,
+        let (probe, replayed) = if self.rollback {
+            (Probe::none(), false)
+        } else {
+            Probe::start(&shared, stage, &self.ctx, &self.upstream, &mut rec).await
         };
         if !replayed {
             self.attempts(&shared, plugin, &mut rec).await;
