@@ -572,3 +572,29 @@ fn a_users_password_hash_and_token_come_from_the_cli() {
     );
     assert!(printed.contains(&line), "{printed}");
 }
+
+/// A long-lived host (`host serve`, an agent) does not read and hash an
+/// unchanged plugin again for every run, but a file rewritten in place,
+/// to the same size and modification time, is read again.
+#[test]
+fn a_plugin_rewritten_in_place_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = host::runtime::Runtime::new(dir.path().join("cache")).unwrap();
+    let file = dir.path().join("p.wasm");
+    std::fs::copy(plugin("tag"), &file).unwrap();
+    let first = rt.load(&file).unwrap();
+    assert_eq!(rt.load(&file).unwrap().sha256, first.sha256);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    match rt.load(&file) {
+        Ok(p) => assert_eq!(p.sha256, host::digest::sha256_hex(&bytes)),
+        // A changed byte may make it no component at all: read either way.
+        Err(e) => assert!(e.to_string().contains("p.wasm"), "{e}"),
+    }
+}

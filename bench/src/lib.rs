@@ -28,6 +28,8 @@ pub struct Options {
     pub smoke: bool,
     pub out: Option<PathBuf>,
     pub docker: bool,
+    /// Only what one stage costs (sections 1, 3 and 5).
+    pub stages_only: bool,
 }
 
 pub fn main() -> Result<()> {
@@ -36,6 +38,7 @@ pub fn main() -> Result<()> {
         smoke: false,
         out: None,
         docker: true,
+        stages_only: false,
     };
     // Only section 7 (quick, no Docker).
     let mut cached_only = false;
@@ -52,8 +55,9 @@ pub fn main() -> Result<()> {
             // `cargo bench` passes this.
             "--bench" => {}
             "--cached-only" => cached_only = true,
+            "--stages-only" => opts.stages_only = true,
             "--help" | "-h" => {
-                println!("usage: pipeline-bench [--smoke] [--no-docker] [--cached-only] [--out FILE.json]");
+                println!("usage: pipeline-bench [--smoke] [--no-docker] [--cached-only] [--stages-only] [--out FILE.json]");
                 return Ok(());
             }
             other => bail!("unknown argument `{other}` (try --help)"),
@@ -68,6 +72,10 @@ pub fn main() -> Result<()> {
         return Ok(());
     }
     let results = rt.block_on(measure::all(&opts))?;
+    if opts.stages_only {
+        print!("{}", report::table(&results));
+        return Ok(());
+    }
     let cached = rt.block_on(cached::measure(opts.smoke))?;
     print!("{}{}", report::table(&results), cached::table(&cached));
     let mut json = serde_json::to_value(&results)?;

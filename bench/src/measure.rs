@@ -29,6 +29,8 @@ pub struct Results {
     pub per_stage_ms: f64,
     pub per_container_ms: Option<f64>,
     pub docker_note: Option<String>,
+    /// Where the longest chain's time goes.
+    pub phases: Vec<PhaseRow>,
     pub loads: Vec<LoadRow>,
     pub load_total: LoadRow,
     pub scaling: Vec<ScalingRow>,
@@ -46,7 +48,16 @@ pub struct OverheadRow {
     pub ratio: Option<f64>,
 }
 
-#[derive(Serialize, Clone)]
+/// One phase of a run (host::perf): how often it ran per run, and its
+/// mean time each time.
+#[derive(Serialize)]
+pub struct PhaseRow {
+    pub phase: &'static str,
+    pub count: u64,
+    pub mean_us: f64,
+}
+
+#[derive(Serialize, Clone, Default)]
 pub struct LoadRow {
     pub plugin: String,
     pub size_bytes: u64,
@@ -195,6 +206,9 @@ fn independent(n: usize, with: &str, grants: &str) -> String {
 }
 
 pub async fn all(opts: &Options) -> Result<Results> {
+    if opts.stages_only {
+        return stages_only(opts).await;
+    }
     let bench = Bench::new(None)?;
     let reps = if opts.smoke { 2 } else { 7 };
     eprintln!("bench: building the plugins and a container image…");
@@ -203,28 +217,7 @@ pub async fn all(opts: &Options) -> Result<Results> {
     } else {
         Some("--no-docker".to_string())
     };
-    let docker_ok = docker.is_none();
-
-    // 1. Stage overhead.
-    let sizes: &[usize] = if opts.smoke { &[1, 2] } else { &[1, 10, 50] };
-    let mut overhead = Vec::new();
-    for &n in sizes {
-        eprintln!("bench: {n} no-op stages");
-        let file = bench.pipeline(&chain(n, "{ mode = \"noop\" }"))?;
-        let wasm_ms = bench.time(&file, reps).await?;
-        let docker_ms = if docker_ok {
-            let docker_reps = if n == 1 { 3 } else { 1 };
-            Some(tokio::task::spawn_blocking(move || docker_steps(n, docker_reps)).await??)
-        } else {
-            None
-        };
-        overhead.push(OverheadRow {
-            stages: n,
-            wasm_ms,
-            docker_ms,
-            ratio: docker_ms.map(|d| d / wasm_ms),
-        });
-    }
+    let (overhead, phases) = overhead(&bench, opts, reps, docker.is_none()).await?;
     let (first, last) = (&overhead[0], &overhead[overhead.len() - 1]);
     let span = (last.stages - first.stages) as f64;
     let per_stage_ms = (last.wasm_ms - first.wasm_ms) / span;
@@ -232,14 +225,9 @@ pub async fn all(opts: &Options) -> Result<Results> {
         (Some(a), Some(b)) => Some((b - a) / span),
         _ => None,
     };
-
-    // 2. Plugin load.
     eprintln!("bench: plugin loads (compiling every built-in plugin)");
-    let loads = tokio::task::spawn_blocking({
-        let smoke = opts.smoke;
-        move || plugin_loads(smoke)
-    })
-    .await??;
+    let smoke = opts.smoke;
+    let loads = tokio::task::spawn_blocking(move || plugin_loads(smoke)).await??;
     let load_total = LoadRow {
         plugin: format!("all {} built-in", loads.len()),
         size_bytes: loads.iter().map(|l| l.size_bytes).sum(),
@@ -248,30 +236,153 @@ pub async fn all(opts: &Options) -> Result<Results> {
         ratio: loads.iter().map(|l| l.compile_ms).sum::<f64>()
             / loads.iter().map(|l| l.cached_ms).sum::<f64>(),
     };
+    let scaling = scaling(&bench, opts, reps).await?;
+    let mut memory = Vec::new();
+    for k in if opts.smoke { [1, 4] } else { [1, 64] } {
+        eprintln!("bench: peak memory with {k} concurrent stages");
+        memory.push(rss_of_child(k, &bench.state)?);
+    }
+    let calls = calls(&bench, opts, reps).await?;
+    let queued = tokio::task::spawn_blocking(move || crate::queued::run(smoke)).await??;
+    Ok(Results {
+        date: host::run::record::now_rfc3339(),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        smoke: opts.smoke,
+        overhead,
+        per_stage_ms,
+        per_container_ms,
+        docker_note: docker,
+        phases,
+        loads,
+        load_total,
+        scaling,
+        memory,
+        calls,
+        queued,
+    })
+}
 
-    // 3. Parallel scaling.
-    let widths: &[usize] = if opts.smoke { &[1, 4] } else { &[1, 8, 64] };
-    let mut scaling = Vec::new();
+/// Sections 1, 3 and 5 only (`--stages-only`): what a stage costs, without
+/// containers, plugin compiles, memory children or servers.
+async fn stages_only(opts: &Options) -> Result<Results> {
+    let bench = Bench::new(None)?;
+    let reps = if opts.smoke { 2 } else { 7 };
+    let (overhead, phases) = overhead(&bench, opts, reps, false).await?;
+    let (first, last) = (&overhead[0], &overhead[overhead.len() - 1]);
+    let per_stage_ms = (last.wasm_ms - first.wasm_ms) / (last.stages - first.stages) as f64;
+    Ok(Results {
+        date: host::run::record::now_rfc3339(),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        smoke: opts.smoke,
+        overhead,
+        per_stage_ms,
+        per_container_ms: None,
+        docker_note: Some("--stages-only".into()),
+        phases,
+        loads: Vec::new(),
+        load_total: LoadRow::default(),
+        scaling: scaling(&bench, opts, reps).await?,
+        memory: Vec::new(),
+        calls: calls(&bench, opts, reps).await?,
+        queued: crate::queued::Queued::default(),
+    })
+}
+
+/// 1. N chained no-op stages vs N `docker run --rm`, and where the time
+/// of the longest chain goes, phase by phase.
+async fn overhead(
+    bench: &Bench,
+    opts: &Options,
+    reps: usize,
+    docker: bool,
+) -> Result<(Vec<OverheadRow>, Vec<PhaseRow>)> {
+    let sizes: &[usize] = if opts.smoke { &[1, 2] } else { &[1, 10, 50] };
+    let mut rows = Vec::new();
+    let mut phases = Vec::new();
+    for &n in sizes {
+        eprintln!("bench: {n} no-op stages");
+        let file = bench.pipeline(&chain(n, "{ mode = \"noop\" }"))?;
+        let wasm_ms = bench.time(&file, reps).await?;
+        if n == *sizes.last().unwrap() {
+            phases = phase_rows(bench, &file, reps).await?;
+        }
+        let docker_ms = if docker {
+            let docker_reps = if n == 1 { 3 } else { 1 };
+            Some(tokio::task::spawn_blocking(move || docker_steps(n, docker_reps)).await??)
+        } else {
+            None
+        };
+        rows.push(OverheadRow {
+            stages: n,
+            wasm_ms,
+            docker_ms,
+            ratio: docker_ms.map(|d| d / wasm_ms),
+        });
+    }
+    Ok((rows, phases))
+}
+
+/// The host's phase timers over `reps` runs of `file`: each phase's mean
+/// per time it ran (per stage, or per run).
+async fn phase_rows(bench: &Bench, file: &Path, reps: usize) -> Result<Vec<PhaseRow>> {
+    host::perf::enable(true);
+    let mut total = 0.0;
+    for _ in 0..reps {
+        total += ms(bench.run(file).await?);
+    }
+    let totals = host::perf::totals();
+    host::perf::enable(false);
+    let mut rows: Vec<PhaseRow> = totals
+        .into_iter()
+        .filter(|(_, _, count)| *count > 0)
+        .map(|(phase, ns, count)| PhaseRow {
+            phase,
+            count: count / reps as u64,
+            mean_us: ns as f64 / count as f64 / 1000.0,
+        })
+        .collect();
+    let timed: f64 = rows
+        .iter()
+        .map(|r| r.mean_us * r.count as f64)
+        .sum::<f64>();
+    rows.push(PhaseRow {
+        phase: "untimed",
+        count: 1,
+        mean_us: total / reps as f64 * 1000.0 - timed,
+    });
+    Ok(rows)
+}
+
+/// 3. K independent stages that each wait 100 ms.
+async fn scaling(bench: &Bench, opts: &Options, reps: usize) -> Result<Vec<ScalingRow>> {
+    let widths: &[usize] = if opts.smoke { &[1, 4] } else { &[1, 8, 64, 256] };
+    let mut rows = Vec::new();
     for &k in widths {
         eprintln!("bench: {k} parallel stages of 100 ms");
         let file = bench.pipeline(&independent(k, "{ mode = \"sleep\", ms = 100 }", ""))?;
         let total_ms = bench.time(&file, reps.min(3)).await?;
-        scaling.push(ScalingRow {
+        rows.push(ScalingRow {
             stages: k,
             total_ms,
             ideal_ms: 100.0,
             ratio: total_ms / 100.0,
         });
     }
+    Ok(rows)
+}
 
-    // 4. Memory, each in a fresh process sharing the warm cache.
-    let mut memory = Vec::new();
-    for k in if opts.smoke { [1, 4] } else { [1, 64] } {
-        eprintln!("bench: peak memory with {k} concurrent stages");
-        memory.push(rss_of_child(k, &bench.state)?);
-    }
-
-    // 5. Capability calls.
+/// 5. `log` and `http` calls from a stage vs the same natively.
+async fn calls(bench: &Bench, opts: &Options, reps: usize) -> Result<Vec<CallRow>> {
     let noop = bench.pipeline(&chain(1, "{ mode = \"noop\" }"))?;
     let t0 = bench.time(&noop, reps).await?;
     let mut calls = Vec::new();
@@ -279,6 +390,11 @@ pub async fn all(opts: &Options) -> Result<Results> {
     eprintln!("bench: {logs} log calls");
     let file = bench.pipeline(&chain(1, &format!("{{ mode = \"log\", count = {logs} }}")))?;
     let stage_us = (bench.time(&file, reps).await? - t0) * 1000.0 / logs as f64;
+    if std::env::var_os("BENCH_LOG_PHASES").is_some() {
+        for r in phase_rows(bench, &file, reps).await? {
+            eprintln!("log run: {} {:.1} µs ×{}", r.phase, r.mean_us, r.count);
+        }
+    }
     let native_us = native_logs(logs);
     calls.push(CallRow {
         call: "log",
@@ -305,34 +421,7 @@ pub async fn all(opts: &Options) -> Result<Results> {
         native_us,
         ratio: stage_us / native_us,
     });
-
-    // 6. Queued runs through `host serve`, one machine and a cluster.
-    let queued = tokio::task::spawn_blocking({
-        let smoke = opts.smoke;
-        move || crate::queued::run(smoke)
-    })
-    .await??;
-
-    Ok(Results {
-        date: host::run::record::now_rfc3339(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        smoke: opts.smoke,
-        overhead,
-        per_stage_ms,
-        per_container_ms,
-        docker_note: docker,
-        loads,
-        load_total,
-        scaling,
-        memory,
-        calls,
-        queued,
-    })
+    Ok(calls)
 }
 
 const IMAGE: &str = "pipeline-bench/noop:latest";
@@ -509,16 +598,33 @@ fn native_logs(n: usize) -> f64 {
     ms(took) * 1000.0 / n as f64
 }
 
-/// The same GETs with the host's HTTP client, natively.
+/// The same GETs with the host's HTTP client, natively, measured like a
+/// stage's: from a task on the runtime's workers (a stage runs in one;
+/// the bench's own `block_on` thread would add a cross-thread hop to every
+/// request), over one kept-alive connection, after a warm-up.
 async fn native_gets(url: &str, n: usize) -> Result<f64> {
-    let client = HttpCap::client();
-    let started = Instant::now();
-    for _ in 0..n {
-        let r = client.get(url).send().await?;
-        if !r.status().is_success() {
-            bail!("GET {url}: {}", r.status());
+    let url = url.to_string();
+    tokio::spawn(async move {
+        let client = HttpCap::client();
+        let get = |client: &reqwest::Client| {
+            let req = client.get(&url);
+            async move {
+                let r = req.send().await?;
+                if !r.status().is_success() {
+                    bail!("GET: {}", r.status());
+                }
+                r.bytes().await?;
+                Ok(())
+            }
+        };
+        for _ in 0..10 {
+            get(&client).await?;
         }
-        r.bytes().await?;
-    }
-    Ok(ms(started.elapsed()) * 1000.0 / n as f64)
+        let started = Instant::now();
+        for _ in 0..n {
+            get(&client).await?;
+        }
+        Ok(ms(started.elapsed()) * 1000.0 / n as f64)
+    })
+    .await?
 }

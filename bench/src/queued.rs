@@ -29,7 +29,7 @@ pub const DELIVERY_THREADS: usize = 4;
 pub const AGENT_CONCURRENCY: usize = 1;
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:55432/pipeline";
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 pub struct Queued {
     pub runs: usize,
     pub delivery_threads: usize,

@@ -73,6 +73,22 @@ pub fn table(r: &Results) -> String {
         }
     );
 
+    phases(&mut t, r);
+    if !r.loads.is_empty() {
+        loads(&mut t, r);
+    }
+    scaling(&mut t, r);
+    if !r.memory.is_empty() {
+        memory(&mut t, r);
+    }
+    calls(&mut t, r);
+    if !r.queued.rows.is_empty() || r.queued.cluster_note.is_some() {
+        queued(&mut t, &r.queued);
+    }
+    t
+}
+
+fn loads(t: &mut String, r: &Results) {
     let _ = writeln!(
         t,
         "\n2. Plugin load: first run (compile) vs later runs (precompiled cache)"
@@ -93,7 +109,9 @@ pub fn table(r: &Results) -> String {
             ratio(l.ratio)
         );
     }
+}
 
+fn scaling(t: &mut String, r: &Results) {
     let _ = writeln!(
         t,
         "\n3. Parallel scaling: K independent stages that each wait 100 ms"
@@ -113,7 +131,9 @@ pub fn table(r: &Results) -> String {
             format!("{:.2}", s.ratio)
         );
     }
+}
 
+fn memory(t: &mut String, r: &Results) {
     let _ = writeln!(
         t,
         "\n4. Host memory: peak RSS with K concurrent stages (fresh process each)"
@@ -133,7 +153,9 @@ pub fn table(r: &Results) -> String {
             (b.peak_mib - a.peak_mib) / (b.stages - a.stages) as f64
         );
     }
+}
 
+fn calls(t: &mut String, r: &Results) {
     let _ = writeln!(
         t,
         "\n5. Capability calls: from a stage vs the host doing the same natively"
@@ -154,8 +176,23 @@ pub fn table(r: &Results) -> String {
             ratio(c.ratio)
         );
     }
-    queued(&mut t, &r.queued);
-    t
+}
+
+/// Where the longest chain's time went (host::perf timers).
+fn phases(t: &mut String, r: &Results) {
+    let n = r.overhead.last().map_or(0, |o| o.stages);
+    let _ = writeln!(
+        t,
+        "   where a run of {n} stages goes (mean per time a phase ran; ×: times per run):"
+    );
+    let parts: Vec<String> = r
+        .phases
+        .iter()
+        .map(|p| format!("{} {:.1} µs ×{}", p.phase, p.mean_us, p.count))
+        .collect();
+    for chunk in parts.chunks(4) {
+        let _ = writeln!(t, "     {}", chunk.join(" · "));
+    }
 }
 
 /// Section 6: queued runs, one machine vs a cluster on this machine.

@@ -22,6 +22,7 @@ pub mod digest;
 pub mod distribution;
 pub mod exec;
 pub mod grants;
+pub mod perf;
 pub mod pipeline;
 pub mod plugin_source;
 pub mod run;

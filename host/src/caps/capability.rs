@@ -138,8 +138,16 @@ pub struct Shared {
 
 impl Default for Shared {
     fn default() -> Self {
+        Self::with_http(super::http::HttpCap::client())
+    }
+}
+
+impl Shared {
+    /// With this HTTP client (a process keeps one: building a client
+    /// loads the TLS roots, which costs more than running a stage).
+    pub fn with_http(http: reqwest::Client) -> Self {
         Self {
-            http: super::http::HttpCap::client(),
+            http,
             http_limits: HttpLimits::default(),
             docker: DockerEngine::default(),
             scan: ScanConfig::from_env(&std::env::temp_dir().join("pipeline-host")),

@@ -300,7 +300,7 @@ pub fn level_name(level: Level) -> &'static str {
 }
 
 impl Host for StageLog {
-    async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+    fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         for line in message.lines() {
             self.push(level_name(level), line)?;
         }

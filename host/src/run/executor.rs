@@ -38,8 +38,8 @@ pub struct Executor {
 impl Executor {
     pub fn new(runtime: Arc<Runtime>) -> Self {
         Self {
+            caps: caps::Shared::with_http(runtime.http_client()),
             runtime,
-            caps: caps::Shared::default(),
             hooks: RunHooks::default(),
             artifact_store: None,
             stage_cache: None,

@@ -89,9 +89,12 @@ impl Launch<'_> {
         hooks: RunHooks,
     ) -> Result<RunRecord, LaunchError> {
         guard_state_dir(&pipeline, &opts.workspace, self.state_dir)?;
+        let timer = crate::perf::start(crate::perf::Phase::Preflight);
         let plugins = preflight::load_plugins(&pipeline, &self.runtime)
             .await
             .map_err(LaunchError::Plugins)?;
+        drop(timer);
+        let timer = crate::perf::start(crate::perf::Phase::Stores);
         let mut executor = Executor::new(self.runtime.clone())
             .with_scanner(ScanConfig::from_env(self.state_dir))
             .with_approvals(ApprovalStore::open(self.state_dir)?)
@@ -109,6 +112,7 @@ impl Launch<'_> {
             &opts.secret_files,
         );
         let recorder = LiveRecorder::start(self.state_dir, self.observer)?;
+        drop(timer);
         let mut record = executor
             .run(
                 pipeline,
@@ -122,6 +126,7 @@ impl Launch<'_> {
         if record.status == Status::Cancelled {
             record.reason = self.control.reason();
         }
+        let _timer = crate::perf::start(crate::perf::Phase::Finish);
         recorder.finish(&record).await?;
         Ok(record)
     }

@@ -147,8 +147,6 @@ impl LiveRecorder {
         let Some(handle) = handle else {
             return Err(anyhow!("the run recorder was already finished"));
         };
-        // It may be lingering for more messages: the last one is here.
-        handle.thread().unpark();
         tokio::task::spawn_blocking(move || {
             handle
                 .join()
@@ -198,22 +196,33 @@ impl RunObserver for LiveRecorder {
 fn write_loop(store: RunStore, rx: mpsc::Receiver<RunEvent>) -> Result<()> {
     let mut live = LiveRecord::default();
     while let Ok(first) = rx.recv() {
-        if !matches!(first, RunEvent::Finish { .. }) {
-            std::thread::park_timeout(LINGER);
-        }
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
+        let batch = gather(&rx, first);
         let applied = live.apply(batch);
         if save_batch(&store, live.current.as_ref(), applied)? {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// A batch starting with `first`: what else comes within [`LINGER`], up to
+/// [`BATCH`] messages, ending early at the run's end (a full batch is
+/// written at once, never held back).
+fn gather(rx: &mpsc::Receiver<RunEvent>, first: RunEvent) -> Vec<RunEvent> {
+    let deadline = std::time::Instant::now() + LINGER;
+    let mut done = matches!(first, RunEvent::Finish { .. });
+    let mut batch = vec![first];
+    while !done && batch.len() < BATCH {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(m) => {
+                done = matches!(m, RunEvent::Finish { .. });
+                batch.push(m);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Write what one batch changed, in one transaction; true once the run's

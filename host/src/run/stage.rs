@@ -296,7 +296,10 @@ impl StageRun {
                 break;
             }
             let audit = Audit::new(masker.clone(), attempt);
-            let (caps, sandbox) = match build_caps(shared, stage, &audit) {
+            let timer = crate::perf::start(crate::perf::Phase::Caps);
+            let built = build_caps(shared, stage, &audit);
+            drop(timer);
+            let (caps, sandbox) = match built {
                 Ok(x) => x,
                 Err(e) => {
                     rec.status = Status::Failure;
@@ -318,6 +321,7 @@ impl StageRun {
                 .runtime
                 .run_stage(plugin, &sandbox, caps, &self.ctx)
                 .await;
+            let _timer = crate::perf::start(crate::perf::Phase::Report);
             rec.log.extend(log.take());
             rec.audit.extend(audit.entries());
             match outcome {

@@ -40,6 +40,36 @@ pub struct Runtime {
     /// `describe()` answer: a long-lived host (`host serve`) loads each
     /// plugin once, not once per run.
     loaded: Mutex<HashMap<String, Loaded>>,
+    /// The digest of each plugin file read, by path, with what its inode
+    /// said then: a file whose inode, size, mtime and ctime are unchanged
+    /// (ctime cannot be set back) is not read and hashed again.
+    stamps: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+    /// The HTTP client the `http` capability sends with, built once.
+    http: std::sync::OnceLock<reqwest::Client>,
+}
+
+/// What says a file is the one read before.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -47,6 +77,20 @@ struct Loaded {
     component: Component,
     pre: StagePre<StageState>,
     info: Option<PluginInfo>,
+}
+
+impl Loaded {
+    /// This process's plugin of these bytes, as found at `path`.
+    fn plugin(self, path: &Path, sha256: String, started: Instant) -> Plugin {
+        Plugin {
+            path: path.to_path_buf(),
+            sha256,
+            component: self.component,
+            cache: CacheOutcome::Hit,
+            load_time: started.elapsed(),
+            pre: self.pre,
+        }
+    }
 }
 
 /// A loaded, linked plugin ready to instantiate.
@@ -129,11 +173,20 @@ impl Runtime {
             cache,
             ticker_stop,
             loaded: Mutex::new(HashMap::new()),
+            stamps: Mutex::new(HashMap::new()),
+            http: std::sync::OnceLock::new(),
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// This process's client for the `http` capability (connections are
+    /// reused across stages and runs; each request is still checked
+    /// against its stage's grants).
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http.get_or_init(caps::http::HttpCap::client).clone()
     }
 
     pub fn cache_dir(&self) -> &Path {
@@ -143,12 +196,38 @@ impl Runtime {
     /// Read, verify, compile (or load from cache) and link a plugin.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        let io = |source| LoadError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let stamp = FileStamp::of(&std::fs::metadata(path).map_err(io)?);
+        if let Some(plugin) = self.unchanged(path, stamp, started) {
+            return Ok(plugin);
+        }
+        let file = std::fs::File::open(path).map_err(io)?;
+        // The stamp of the file actually read (not of the path a moment
+        // before).
+        let stamp = FileStamp::of(&file.metadata().map_err(io)?);
+        let mut bytes = Vec::with_capacity(stamp.len as usize);
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        self.load_bytes(path, &bytes, sha256, started)
+        let plugin = self.load_bytes(path, &bytes, sha256.clone(), started)?;
+        if FileStamp::of(&file.metadata().map_err(io)?) == stamp {
+            self.stamps
+                .lock()
+                .insert(path.to_path_buf(), (stamp, sha256));
+        }
+        Ok(plugin)
+    }
+
+    /// The plugin at `path` as loaded before, when the file is unchanged.
+    fn unchanged(&self, path: &Path, stamp: FileStamp, started: Instant) -> Option<Plugin> {
+        let sha256 = match self.stamps.lock().get(path) {
+            Some((s, sha)) if *s == stamp => sha.clone(),
+            _ => return None,
+        };
+        let l = self.loaded.lock().get(&sha256).cloned()?;
+        Some(l.plugin(path, sha256, started))
     }
 
     fn load_bytes(
@@ -160,14 +239,7 @@ impl Runtime {
     ) -> Result<Plugin, LoadError> {
         check_component_header(path, bytes)?;
         if let Some(l) = self.loaded.lock().get(&sha256).cloned() {
-            return Ok(Plugin {
-                path: path.to_path_buf(),
-                sha256,
-                component: l.component,
-                cache: CacheOutcome::Hit,
-                load_time: started.elapsed(),
-                pre: l.pre,
-            });
+            return Ok(l.plugin(path, sha256, started));
         }
         let (component, cache) =
             self.cache
@@ -282,11 +354,16 @@ impl Runtime {
         ctx: &StageContext,
     ) -> Result<StageReport, StageFailure> {
         let log = caps.log.clone();
+        let timer = crate::perf::start(crate::perf::Phase::Store);
         let mut store = self
             .store(sandbox, caps)
             .map_err(|e| StageFailure::Setup(format!("{e:#}")))?;
+        drop(timer);
         let fut = async {
+            let timer = crate::perf::start(crate::perf::Phase::Instantiate);
             let stage = plugin.pre.instantiate_async(&mut store).await?;
+            drop(timer);
+            let _timer = crate::perf::start(crate::perf::Phase::Call);
             stage.call_run(&mut store, ctx).await
         };
         let outcome = tokio::time::timeout(sandbox.timeout, fut).await;
