@@ -148,7 +148,9 @@ impl Bench {
     /// checks, executor, live record. Fails unless every stage passed.
     async fn run(&self, file: &Path) -> Result<Duration> {
         let started = Instant::now();
+        let timer = host::perf::start(host::perf::Phase::Load);
         let pipeline = Arc::new(host::pipeline::load(file).map_err(|e| anyhow::anyhow!("{e}"))?);
+        drop(timer);
         let opts = RunOptions::new(host::run::record::new_run_id(), self.workspace.clone());
         let launch = Launch {
             runtime: self.runtime.clone(),
@@ -298,8 +300,8 @@ async fn stages_only(opts: &Options) -> Result<Results> {
     })
 }
 
-/// 1. N chained no-op stages vs N `docker run --rm`, and where the time
-/// of the longest chain goes, phase by phase.
+/// Section 1: N chained no-op stages vs N `docker run --rm`, and where
+/// the time of the longest chain goes, phase by phase.
 async fn overhead(
     bench: &Bench,
     opts: &Options,
@@ -351,10 +353,7 @@ async fn phase_rows(bench: &Bench, file: &Path, reps: usize) -> Result<Vec<Phase
             mean_us: ns as f64 / count as f64 / 1000.0,
         })
         .collect();
-    let timed: f64 = rows
-        .iter()
-        .map(|r| r.mean_us * r.count as f64)
-        .sum::<f64>();
+    let timed: f64 = rows.iter().map(|r| r.mean_us * r.count as f64).sum::<f64>();
     rows.push(PhaseRow {
         phase: "untimed",
         count: 1,
@@ -363,9 +362,13 @@ async fn phase_rows(bench: &Bench, file: &Path, reps: usize) -> Result<Vec<Phase
     Ok(rows)
 }
 
-/// 3. K independent stages that each wait 100 ms.
+/// Section 3: K independent stages that each wait 100 ms.
 async fn scaling(bench: &Bench, opts: &Options, reps: usize) -> Result<Vec<ScalingRow>> {
-    let widths: &[usize] = if opts.smoke { &[1, 4] } else { &[1, 8, 64, 256] };
+    let widths: &[usize] = if opts.smoke {
+        &[1, 4]
+    } else {
+        &[1, 8, 64, 256]
+    };
     let mut rows = Vec::new();
     for &k in widths {
         eprintln!("bench: {k} parallel stages of 100 ms");
@@ -381,7 +384,7 @@ async fn scaling(bench: &Bench, opts: &Options, reps: usize) -> Result<Vec<Scali
     Ok(rows)
 }
 
-/// 5. `log` and `http` calls from a stage vs the same natively.
+/// Section 5: `log` and `http` calls from a stage vs the same natively.
 async fn calls(bench: &Bench, opts: &Options, reps: usize) -> Result<Vec<CallRow>> {
     let noop = bench.pipeline(&chain(1, "{ mode = \"noop\" }"))?;
     let t0 = bench.time(&noop, reps).await?;

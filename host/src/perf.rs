@@ -7,6 +7,8 @@ use std::time::Instant;
 /// The phases timed, in the order a run meets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The pipeline file read and checked.
+    Load,
     /// Reading, hashing and linking the plugins; `describe`.
     Preflight,
     /// Opening the run's stores (approvals, artifacts, live record).
@@ -25,7 +27,8 @@ pub enum Phase {
     Finish,
 }
 
-const PHASES: [Phase; 8] = [
+const PHASES: [Phase; 9] = [
+    Phase::Load,
     Phase::Preflight,
     Phase::Stores,
     Phase::Caps,
@@ -39,6 +42,7 @@ const PHASES: [Phase; 8] = [
 impl Phase {
     pub fn name(self) -> &'static str {
         match self {
+            Phase::Load => "load",
             Phase::Preflight => "preflight",
             Phase::Stores => "stores",
             Phase::Caps => "caps",
@@ -52,8 +56,8 @@ impl Phase {
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
-static COUNT: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static NANOS: [AtomicU64; PHASES.len()] = [const { AtomicU64::new(0) }; PHASES.len()];
+static COUNT: [AtomicU64; PHASES.len()] = [const { AtomicU64::new(0) }; PHASES.len()];
 
 /// Turn the timers on (or off), from zero.
 pub fn enable(on: bool) {
