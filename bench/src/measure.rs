@@ -208,29 +208,28 @@ fn independent(n: usize, with: &str, grants: &str) -> String {
 }
 
 pub async fn all(opts: &Options) -> Result<Results> {
-    if opts.stages_only {
-        return stages_only(opts).await;
-    }
     let bench = Bench::new(None)?;
     let reps = if opts.smoke { 2 } else { 7 };
+    if opts.stages_only {
+        // Sections 1, 3 and 5 only: what a stage costs, without
+        // containers, plugin compiles, memory children or servers.
+        let mut r = stage_overhead(&bench, opts, reps, Some("--stages-only".into())).await?;
+        r.scaling = scaling(&bench, opts, reps).await?;
+        r.calls = calls(&bench, opts, reps).await?;
+        return Ok(r);
+    }
     eprintln!("bench: building the plugins and a container image…");
     let docker = if opts.docker {
         docker_image().err()
     } else {
         Some("--no-docker".to_string())
     };
-    let (overhead, phases) = overhead(&bench, opts, reps, docker.is_none()).await?;
-    let (first, last) = (&overhead[0], &overhead[overhead.len() - 1]);
-    let span = (last.stages - first.stages) as f64;
-    let per_stage_ms = (last.wasm_ms - first.wasm_ms) / span;
-    let per_container_ms = match (first.docker_ms, last.docker_ms) {
-        (Some(a), Some(b)) => Some((b - a) / span),
-        _ => None,
-    };
+    let mut r = stage_overhead(&bench, opts, reps, docker).await?;
     eprintln!("bench: plugin loads (compiling every built-in plugin)");
     let smoke = opts.smoke;
-    let loads = tokio::task::spawn_blocking(move || plugin_loads(smoke)).await??;
-    let load_total = LoadRow {
+    r.loads = tokio::task::spawn_blocking(move || plugin_loads(smoke)).await??;
+    let loads = &r.loads;
+    r.load_total = LoadRow {
         plugin: format!("all {} built-in", loads.len()),
         size_bytes: loads.iter().map(|l| l.size_bytes).sum(),
         compile_ms: loads.iter().map(|l| l.compile_ms).sum(),
@@ -238,14 +237,33 @@ pub async fn all(opts: &Options) -> Result<Results> {
         ratio: loads.iter().map(|l| l.compile_ms).sum::<f64>()
             / loads.iter().map(|l| l.cached_ms).sum::<f64>(),
     };
-    let scaling = scaling(&bench, opts, reps).await?;
-    let mut memory = Vec::new();
+    r.scaling = scaling(&bench, opts, reps).await?;
     for k in if opts.smoke { [1, 4] } else { [1, 64] } {
         eprintln!("bench: peak memory with {k} concurrent stages");
-        memory.push(rss_of_child(k, &bench.state)?);
+        r.memory.push(rss_of_child(k, &bench.state)?);
     }
-    let calls = calls(&bench, opts, reps).await?;
-    let queued = tokio::task::spawn_blocking(move || crate::queued::run(smoke)).await??;
+    r.calls = calls(&bench, opts, reps).await?;
+    r.queued = tokio::task::spawn_blocking(move || crate::queued::run(smoke)).await??;
+    Ok(r)
+}
+
+/// Section 1 and the results' header; the other sections empty, for the
+/// caller to fill. `docker_note`: why containers are not measured (none:
+/// they are).
+async fn stage_overhead(
+    bench: &Bench,
+    opts: &Options,
+    reps: usize,
+    docker_note: Option<String>,
+) -> Result<Results> {
+    let (overhead, phases) = overhead(bench, opts, reps, docker_note.is_none()).await?;
+    let (first, last) = (&overhead[0], &overhead[overhead.len() - 1]);
+    let span = (last.stages - first.stages) as f64;
+    let per_stage_ms = (last.wasm_ms - first.wasm_ms) / span;
+    let per_container_ms = match (first.docker_ms, last.docker_ms) {
+        (Some(a), Some(b)) => Some((b - a) / span),
+        _ => None,
+    };
     Ok(Results {
         date: host::run::record::now_rfc3339(),
         build: if cfg!(debug_assertions) {
@@ -258,44 +276,13 @@ pub async fn all(opts: &Options) -> Result<Results> {
         overhead,
         per_stage_ms,
         per_container_ms,
-        docker_note: docker,
-        phases,
-        loads,
-        load_total,
-        scaling,
-        memory,
-        calls,
-        queued,
-    })
-}
-
-/// Sections 1, 3 and 5 only (`--stages-only`): what a stage costs, without
-/// containers, plugin compiles, memory children or servers.
-async fn stages_only(opts: &Options) -> Result<Results> {
-    let bench = Bench::new(None)?;
-    let reps = if opts.smoke { 2 } else { 7 };
-    let (overhead, phases) = overhead(&bench, opts, reps, false).await?;
-    let (first, last) = (&overhead[0], &overhead[overhead.len() - 1]);
-    let per_stage_ms = (last.wasm_ms - first.wasm_ms) / (last.stages - first.stages) as f64;
-    Ok(Results {
-        date: host::run::record::now_rfc3339(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        smoke: opts.smoke,
-        overhead,
-        per_stage_ms,
-        per_container_ms: None,
-        docker_note: Some("--stages-only".into()),
+        docker_note,
         phases,
         loads: Vec::new(),
         load_total: LoadRow::default(),
-        scaling: scaling(&bench, opts, reps).await?,
+        scaling: Vec::new(),
         memory: Vec::new(),
-        calls: calls(&bench, opts, reps).await?,
+        calls: Vec::new(),
         queued: crate::queued::Queued::default(),
     })
 }
