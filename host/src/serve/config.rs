@@ -626,7 +626,7 @@ pub fn parse_window(s: &str) -> anyhow::Result<Duration> {
     Ok(total)
 }
 
-fn required(
+pub(crate) fn required(
     src: &Source<'_>,
     span: std::ops::Range<usize>,
     v: Option<Str>,

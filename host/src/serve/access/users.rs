@@ -65,18 +65,13 @@ fn user(
     u: RawUser,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<User> {
-    let name = match u.name {
-        Some(n) if valid_name(n.get_ref()) => n.into_inner(),
-        Some(n) => {
-            let why = "user.name: letters, digits, `.`, `_`, `-` and `@` (1–64)";
-            diags.push(src.diag(n.span(), why));
-            return None;
-        }
-        None => {
-            diags.push(src.diag(span, "user.name is required"));
-            return None;
-        }
-    };
+    let name = crate::serve::config::required(src, span, u.name, "user.name", diags)?;
+    if !valid_name(name.get_ref()) {
+        let why = "user.name: letters, digits, `.`, `_`, `-` and `@` (1–64)";
+        diags.push(src.diag(name.span(), why));
+        return None;
+    }
+    let name = name.into_inner();
     let mut operator = false;
     for r in &u.roles {
         match r.get_ref().as_str() {
