@@ -119,7 +119,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    let result = rt.block_on(async move {
+    // On a worker thread, not the thread that blocks on it: a run's
+    // stages then share threads with the tasks their I/O wakes.
+    let command = rt.spawn(async move {
         match cli.command {
             Command::Run(a) => run::run(a, &state_dir).await,
             Command::Check(a) => check::check(a, &state_dir).await,
@@ -144,6 +146,9 @@ pub fn main() -> ExitCode {
             Command::NewToken(a) => users::new_token(a),
         }
     });
+    let result = rt
+        .block_on(command)
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the command stopped: {e}")));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
