@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use host::run::launch::{Launch, RunControl};
+use host::run::stores::RunStores;
 use host::run::{Quiet, RunOptions, RunRecord, Status};
 use host::runtime::Runtime;
 
@@ -71,7 +72,7 @@ fn source_tree(ws: &Path, files: usize) -> Result<u64> {
 
 async fn run_once(
     runtime: &Arc<Runtime>,
-    state: &Path,
+    stores: &RunStores,
     ws: &Path,
     file: &Path,
 ) -> Result<(Duration, RunRecord)> {
@@ -79,7 +80,7 @@ async fn run_once(
     let pipeline = Arc::new(host::pipeline::load(file).map_err(|e| anyhow::anyhow!("{e}"))?);
     let launch = Launch {
         runtime: runtime.clone(),
-        state_dir: state,
+        stores,
         observer: Arc::new(Quiet),
         control: RunControl::new(),
     };
@@ -116,13 +117,13 @@ pub async fn measure(smoke: bool) -> Result<Cached> {
     let reps = if smoke { 2 } else { 5 };
     let (mut first, mut cached) = (Vec::new(), Vec::new());
     for rep in 0..reps {
-        let state = dir.path().join(format!("state-{rep}"));
-        let (took, rec) = run_once(&runtime, &state, &ws, &file).await?;
+        let stores = RunStores::open(&dir.path().join(format!("state-{rep}")))?;
+        let (took, rec) = run_once(&runtime, &stores, &ws, &file).await?;
         if rec.stages.iter().any(|s| s.cached_from.is_some()) {
             bail!("a first run replayed a stage");
         }
         first.push(took.as_secs_f64() * 1000.0);
-        let (took, rec) = run_once(&runtime, &state, &ws, &file).await?;
+        let (took, rec) = run_once(&runtime, &stores, &ws, &file).await?;
         if let Some(s) = rec.stages.iter().find(|s| s.cached_from.is_none()) {
             bail!("stage `{}` was not replayed on a re-run", s.name);
         }

@@ -55,9 +55,16 @@ pub fn main() -> Result<()> {
             // `cargo bench` passes this.
             "--bench" => {}
             "--cached-only" => cached_only = true,
+            // For a profiler (`perf record`): N chained no-op stages, run
+            // again and again for a few seconds.
+            "--chain" => {
+                let n: usize = args.next().context("--chain needs a count")?.parse()?;
+                let rt = tokio::runtime::Runtime::new()?;
+                return rt.block_on(measure::profile_chain(n));
+            }
             "--stages-only" => opts.stages_only = true,
             "--help" | "-h" => {
-                println!("usage: pipeline-bench [--smoke] [--no-docker] [--cached-only] [--stages-only] [--out FILE.json]");
+                println!("usage: pipeline-bench [--smoke] [--no-docker] [--cached-only] [--stages-only] [--chain N] [--out FILE.json]");
                 return Ok(());
             }
             other => bail!("unknown argument `{other}` (try --help)"),

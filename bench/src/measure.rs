@@ -12,6 +12,7 @@ use host::caps::http::HttpCap;
 use host::caps::log::{LogLine, LogSink, StageLog, DEFAULT_LOG_LIMIT};
 use host::caps::secrets::Masker;
 use host::run::launch::{Launch, RunControl};
+use host::run::stores::RunStores;
 use host::run::{Quiet, RunOptions, Status};
 use host::runtime::Runtime;
 
@@ -112,6 +113,7 @@ struct Bench {
     workspace: PathBuf,
     plugin: PathBuf,
     runtime: Arc<Runtime>,
+    stores: Arc<RunStores>,
     files: AtomicUsize,
 }
 
@@ -123,6 +125,7 @@ impl Bench {
         std::fs::create_dir_all(&workspace)?;
         let runtime = Arc::new(Runtime::new(state.join("cache").join("components"))?);
         Ok(Self {
+            stores: RunStores::open(&state)?,
             workspace: workspace.canonicalize()?,
             _dir: dir,
             state,
@@ -144,37 +147,56 @@ impl Bench {
         Ok(path)
     }
 
-    /// Run a pipeline file as `host run` does (after parsing): plugin
-    /// checks, executor, live record. Fails unless every stage passed.
+    /// Run a pipeline file as `host run` does, on a worker thread:
+    /// parsing, plugin checks, executor, live record. Fails unless every
+    /// stage passed.
     async fn run(&self, file: &Path) -> Result<Duration> {
-        let started = Instant::now();
-        let timer = host::perf::start(host::perf::Phase::Load);
-        let pipeline = Arc::new(host::pipeline::load(file).map_err(|e| anyhow::anyhow!("{e}"))?);
-        drop(timer);
-        let opts = RunOptions::new(host::run::record::new_run_id(), self.workspace.clone());
-        let launch = Launch {
-            runtime: self.runtime.clone(),
-            state_dir: &self.state,
-            observer: Arc::new(Quiet),
-            control: RunControl::new(),
-        };
-        let record = launch
-            .run(pipeline, opts)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let took = started.elapsed();
-        if record.status != Status::Success {
-            let why: Vec<String> = record
-                .stages
-                .iter()
-                .filter(|s| s.status != Status::Success)
-                .map(|s| format!("{}: {}", s.name, s.error.clone().unwrap_or_default()))
-                .collect();
-            bail!("benchmark run failed: {}", why.join("; "));
-        }
-        Ok(took)
+        let (runtime, stores, workspace) = (
+            self.runtime.clone(),
+            self.stores.clone(),
+            self.workspace.clone(),
+        );
+        let file = file.to_path_buf();
+        tokio::spawn(async move { run_on(runtime, &stores, workspace, &file).await }).await?
     }
+}
 
+/// [`Bench::run`]'s task.
+async fn run_on(
+    runtime: Arc<Runtime>,
+    stores: &RunStores,
+    workspace: PathBuf,
+    file: &Path,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let timer = host::perf::start(host::perf::Phase::Load);
+    let pipeline = Arc::new(host::pipeline::load(file).map_err(|e| anyhow::anyhow!("{e}"))?);
+    drop(timer);
+    let opts = RunOptions::new(host::run::record::new_run_id(), workspace);
+    let launch = Launch {
+        runtime,
+        stores,
+        observer: Arc::new(Quiet),
+        control: RunControl::new(),
+    };
+    let record = launch
+        .run(pipeline, opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let took = started.elapsed();
+    if record.status != Status::Success {
+        let why: Vec<String> = record
+            .stages
+            .iter()
+            .filter(|s| s.status != Status::Success)
+            .map(|s| format!("{}: {}", s.name, s.error.clone().unwrap_or_default()))
+            .collect();
+        bail!("benchmark run failed: {}", why.join("; "));
+    }
+    Ok(took)
+}
+
+impl Bench {
     /// Median of `reps` runs after one warm-up, in ms.
     async fn time(&self, file: &Path, reps: usize) -> Result<f64> {
         self.run(file).await?;
@@ -197,6 +219,28 @@ fn chain(n: usize, with: &str) -> String {
             format!("[[stage]]\nname = \"s{i}\"\nplugin = \"bench\"\n{needs}with = {with}\n\n")
         })
         .collect()
+}
+
+/// `--chain N`: a chain of N no-op stages run for about five seconds
+/// (something for a profiler to look at), printing the mean run time.
+pub async fn profile_chain(n: usize) -> Result<()> {
+    let bench = Bench::new(None)?;
+    let file = bench.pipeline(&chain(n, "{ mode = \"noop\" }"))?;
+    bench.run(&file).await?;
+    let (started, mut runs) = (Instant::now(), 0u32);
+    while started.elapsed() < Duration::from_secs(5) {
+        bench.run(&file).await?;
+        runs += 1;
+    }
+    println!(
+        "{n} stages: {:.2} ms per run ({runs} runs)",
+        ms(started.elapsed()) / f64::from(runs)
+    );
+    for row in phase_rows(&bench, &file, 200).await? {
+        print!("{} {:.1} µs ×{} · ", row.phase, row.mean_us, row.count);
+    }
+    println!();
+    Ok(())
 }
 
 fn independent(n: usize, with: &str, grants: &str) -> String {
@@ -332,15 +376,20 @@ async fn phase_rows(bench: &Bench, file: &Path, reps: usize) -> Result<Vec<Phase
     let totals = host::perf::totals();
     host::perf::enable(false);
     let mut rows: Vec<PhaseRow> = totals
-        .into_iter()
-        .filter(|(_, _, count)| *count > 0)
-        .map(|(phase, ns, count)| PhaseRow {
-            phase,
-            count: count / reps as u64,
-            mean_us: ns as f64 / count as f64 / 1000.0,
+        .iter()
+        .filter(|t| t.count > 0)
+        .map(|t| PhaseRow {
+            phase: t.name,
+            count: t.count / reps as u64,
+            mean_us: t.nanos as f64 / t.count as f64 / 1000.0,
         })
         .collect();
-    let timed: f64 = rows.iter().map(|r| r.mean_us * r.count as f64).sum::<f64>();
+    // Phases inside a stage are part of the stage's own time.
+    let timed: f64 = totals
+        .iter()
+        .filter(|t| !t.in_stage)
+        .map(|t| t.nanos as f64 / reps as f64 / 1000.0)
+        .sum();
     rows.push(PhaseRow {
         phase: "untimed",
         count: 1,

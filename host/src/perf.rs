@@ -21,13 +21,18 @@ pub enum Phase {
     Instantiate,
     /// The stage's `run` export, until it returns.
     Call,
+    /// The stage's store and instance freed (its memory unmapped).
+    Teardown,
     /// The stage's record: report checked, masked, applied.
     Report,
+    /// A stage task from its first poll to its record (holds the phases
+    /// above; the rest of a stage's time is hand-offs between threads).
+    Stage,
     /// The final record written.
     Finish,
 }
 
-const PHASES: [Phase; 9] = [
+const PHASES: [Phase; 11] = [
     Phase::Load,
     Phase::Preflight,
     Phase::Stores,
@@ -35,7 +40,9 @@ const PHASES: [Phase; 9] = [
     Phase::Store,
     Phase::Instantiate,
     Phase::Call,
+    Phase::Teardown,
     Phase::Report,
+    Phase::Stage,
     Phase::Finish,
 ];
 
@@ -49,7 +56,9 @@ impl Phase {
             Phase::Store => "store",
             Phase::Instantiate => "instantiate",
             Phase::Call => "call",
+            Phase::Teardown => "teardown",
             Phase::Report => "report",
+            Phase::Stage => "stage",
             Phase::Finish => "finish",
         }
     }
@@ -85,17 +94,35 @@ impl Drop for Timer {
     }
 }
 
-/// Each phase's total time (ns) and how often it ran, since [`enable`].
-pub fn totals() -> Vec<(&'static str, u64, u64)> {
+/// One phase's total since [`enable`].
+pub struct PhaseTotal {
+    pub name: &'static str,
+    pub nanos: u64,
+    pub count: u64,
+    /// Timed inside [`Phase::Stage`] (its time is part of that phase's).
+    pub in_stage: bool,
+}
+
+/// Each phase's total time and how often it ran, since [`enable`].
+pub fn totals() -> Vec<PhaseTotal> {
     PHASES
         .iter()
         .map(|p| {
             let i = *p as usize;
-            (
-                p.name(),
-                NANOS[i].load(Ordering::Relaxed),
-                COUNT[i].load(Ordering::Relaxed),
-            )
+            PhaseTotal {
+                name: p.name(),
+                nanos: NANOS[i].load(Ordering::Relaxed),
+                count: COUNT[i].load(Ordering::Relaxed),
+                in_stage: matches!(
+                    p,
+                    Phase::Caps
+                        | Phase::Store
+                        | Phase::Instantiate
+                        | Phase::Call
+                        | Phase::Teardown
+                        | Phase::Report
+                ),
+            }
         })
         .collect()
 }

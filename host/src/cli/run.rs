@@ -336,9 +336,10 @@ pub(super) async fn execute(
             }
         });
     }
+    let stores = crate::run::stores::RunStores::open(state_dir)?;
     let launch = Launch {
         runtime,
-        state_dir,
+        stores: &stores,
         observer: console.clone(),
         control,
     };

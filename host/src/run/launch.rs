@@ -11,11 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
 use crate::pipeline::{Diagnostic, Pipeline};
-use crate::run::approvals::ApprovalStore;
-use crate::run::artifact_store::ArtifactStore;
 use crate::run::hooks::RunHooks;
-use crate::run::live::LiveRecorder;
-use crate::run::stage_cache::StageCache;
+use crate::run::stores::RunStores;
 use crate::run::{preflight, Executor, RunObserver, RunOptions, RunRecord, Status};
 use crate::runtime::Runtime;
 
@@ -65,7 +62,8 @@ pub enum LaunchError {
 /// Everything a run needs besides the pipeline and its options.
 pub struct Launch<'a> {
     pub runtime: Arc<Runtime>,
-    pub state_dir: &'a Path,
+    /// The state directory's stores (kept open across runs).
+    pub stores: &'a RunStores,
     /// Hears about the run besides the store (the console).
     pub observer: Arc<dyn RunObserver>,
     pub control: RunControl,
@@ -88,7 +86,8 @@ impl Launch<'_> {
         opts: RunOptions,
         hooks: RunHooks,
     ) -> Result<RunRecord, LaunchError> {
-        guard_state_dir(&pipeline, &opts.workspace, self.state_dir)?;
+        let state_dir = self.stores.dir();
+        guard_state_dir(&pipeline, &opts.workspace, state_dir)?;
         let timer = crate::perf::start(crate::perf::Phase::Preflight);
         let plugins = preflight::load_plugins(&pipeline, &self.runtime)
             .await
@@ -96,13 +95,12 @@ impl Launch<'_> {
         drop(timer);
         let timer = crate::perf::start(crate::perf::Phase::Stores);
         let mut executor = Executor::new(self.runtime.clone())
-            .with_scanner(ScanConfig::from_env(self.state_dir))
-            .with_approvals(ApprovalStore::open(self.state_dir)?)
-            .with_artifact_store(ArtifactStore::open(self.state_dir).map_err(anyhow::Error::from)?)
+            .with_scanner(ScanConfig::from_env(state_dir))
+            .with_approvals(self.stores.approvals.clone())
+            .with_artifact_store(self.stores.artifacts.clone())
             .with_hooks(hooks);
-        // Opened only when used: every run pays for each store it opens.
         if pipeline.stages.iter().any(|s| s.cache.is_some()) {
-            executor = executor.with_stage_cache(StageCache::open(self.state_dir)?);
+            executor = executor.with_stage_cache(self.stores.stage_cache()?);
         }
         let env = opts.env.clone();
         let secrets = SecretStore::resolve(
@@ -111,7 +109,7 @@ impl Launch<'_> {
             &|k| env.get(k).cloned(),
             &opts.secret_files,
         );
-        let recorder = LiveRecorder::start(self.state_dir, self.observer)?;
+        let recorder = self.stores.recorder(&opts.id, self.observer);
         drop(timer);
         let mut record = executor
             .run(

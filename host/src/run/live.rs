@@ -4,15 +4,17 @@
 //!
 //! Observer callbacks come from stage tasks and must not block them: they
 //! go through a channel to one writer thread that owns its own database
-//! connection and writes in batches (one transaction per batch).
+//! connection and writes in batches (one transaction per batch). While a
+//! batch gathers the writer sleeps instead of waiting on the channel, so a
+//! send is a queue push, not a wake-up of another thread.
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use parking_lot::Mutex;
 
 use crate::caps::log::LogLine;
 use crate::run::observer::RunObserver;
@@ -103,70 +105,128 @@ impl LiveRecord {
     }
 }
 
-/// A [`RunObserver`] that records, then passes every event on to `inner`.
-pub struct LiveRecorder {
-    inner: Arc<dyn RunObserver>,
-    tx: mpsc::Sender<RunEvent>,
-    writer: Mutex<Option<JoinHandle<Result<()>>>>,
+/// The one writer of a state directory's live records: a thread with its
+/// own connection, kept for as long as the [`RunStores`] that opened it
+/// (a server or an agent keeps it for every run; opening the store per run
+/// cost its schema check, and closing it a WAL checkpoint with an fsync).
+/// Runs send it their events; it writes them in batches.
+///
+/// [`RunStores`]: crate::run::stores::RunStores
+pub struct RecordWriter {
+    tx: mpsc::Sender<Message>,
+    /// Messages sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+    /// The writer's thread, to wake early (a full batch, a run's end).
+    thread: std::thread::Thread,
+}
+
+/// One event of one run; a run's last carries where to say it is saved.
+struct Message {
+    run: Arc<str>,
+    event: RunEvent,
+    saved: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 /// How many messages one write may take (bounds a transaction).
 const BATCH: usize = 4096;
 /// After the first message of a batch, wait this long for more (unless
-/// the run ends): stages that log a lot then cost a channel push per line,
+/// a run ends): stages that log a lot then cost a channel push per line,
 /// not a wake-up and a transaction.
 const LINGER: Duration = Duration::from_millis(25);
 
-impl LiveRecorder {
-    /// Start the writer for the store in `state_dir`.
-    pub fn start(state_dir: &Path, inner: Arc<dyn RunObserver>) -> Result<Arc<Self>> {
-        // Open here, so a store that cannot be opened fails the caller now.
+impl RecordWriter {
+    /// Start the writer for the store in `state_dir` (opened here, so a
+    /// store that cannot be opened fails the caller now). It stops when
+    /// the writer and every recorder made from it are dropped.
+    pub fn start(state_dir: &Path) -> Result<Self> {
         let store = RunStore::open(state_dir)?;
         let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         let dir: PathBuf = state_dir.to_path_buf();
-        let writer = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("run-recorder".into())
-            .spawn(move || {
-                write_loop(store, rx)
-                    .with_context(|| format!("recording runs in {}", dir.display()))
-            })
-            .context("starting the run recorder")?;
-        Ok(Arc::new(Self {
-            inner,
-            tx,
-            writer: Mutex::new(Some(writer)),
-        }))
+            .spawn(move || write_loop(&store, &rx, &taken, &dir))
+            .context("starting the run recorder")?
+            .thread()
+            .clone();
+        Ok(Self { tx, queued, thread })
     }
 
-    /// Save the final record (after everything sent before it) and stop.
-    pub async fn finish(&self, record: &RunRecord) -> Result<()> {
-        let _ = self.tx.send(RunEvent::Finish {
-            record: Box::new(record.without_logs()),
-        });
-        let handle = self.writer.lock().take();
-        let Some(handle) = handle else {
-            return Err(anyhow!("the run recorder was already finished"));
-        };
-        tokio::task::spawn_blocking(move || {
-            handle
-                .join()
-                .map_err(|_| anyhow!("the run recorder panicked"))?
+    fn handle(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            queued: self.queued.clone(),
+            thread: self.thread.clone(),
+        }
+    }
+
+    /// A recorder of the run `run_id` that passes events on to `inner`.
+    pub fn recorder(&self, run_id: &str, inner: Arc<dyn RunObserver>) -> Arc<LiveRecorder> {
+        Arc::new(LiveRecorder {
+            inner,
+            run: run_id.into(),
+            writer: self.handle(),
         })
-        .await?
+    }
+
+    /// Queue a message; wake the writer when a batch is full (or `now`).
+    fn send(&self, message: Message, now: bool) {
+        let _ = self.tx.send(message);
+        if self.queued.fetch_add(1, Ordering::AcqRel) + 1 == BATCH || now {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// A [`RunObserver`] that records one run, then passes every event on to
+/// `inner`.
+pub struct LiveRecorder {
+    inner: Arc<dyn RunObserver>,
+    run: Arc<str>,
+    writer: RecordWriter,
+}
+
+impl LiveRecorder {
+    fn send(&self, event: RunEvent) {
+        let run = self.run.clone();
+        let message = Message {
+            run,
+            event,
+            saved: None,
+        };
+        self.writer.send(message, false);
+    }
+
+    /// Save the final record (after everything sent before it).
+    pub async fn finish(&self, record: &RunRecord) -> Result<()> {
+        let (saved, done) = tokio::sync::oneshot::channel();
+        let message = Message {
+            run: self.run.clone(),
+            event: RunEvent::Finish {
+                record: Box::new(record.without_logs()),
+            },
+            saved: Some(saved),
+        };
+        self.writer.send(message, true);
+        match done.await {
+            Ok(result) => result.map_err(|e| anyhow!(e)),
+            Err(_) => Err(anyhow!("the run recorder stopped")),
+        }
         .context("saving the run record")
     }
 }
 
 impl RunObserver for LiveRecorder {
     fn run_started(&self, record: &RunRecord) {
-        let _ = self.tx.send(RunEvent::Started {
+        self.send(RunEvent::Started {
             record: Box::new(record.without_logs()),
         });
         self.inner.run_started(record);
     }
 
     fn stage_started(&self, stage: &str, attempt: u32) {
-        let _ = self.tx.send(RunEvent::StageStarted {
+        self.send(RunEvent::StageStarted {
             stage: stage.to_string(),
         });
         self.inner.stage_started(stage, attempt);
@@ -178,7 +238,7 @@ impl RunObserver for LiveRecorder {
     }
 
     fn stage_log(&self, stage: &str, line: &LogLine) {
-        let _ = self.tx.send(RunEvent::Log {
+        self.send(RunEvent::Log {
             stage: stage.to_string(),
             line: line.clone(),
         });
@@ -186,43 +246,97 @@ impl RunObserver for LiveRecorder {
     }
 
     fn stage_finished(&self, record: &StageRecord) {
-        let _ = self.tx.send(RunEvent::StageFinished {
+        self.send(RunEvent::StageFinished {
             record: Box::new(record.without_log()),
         });
         self.inner.stage_finished(record);
     }
 }
 
-fn write_loop(store: RunStore, rx: mpsc::Receiver<RunEvent>) -> Result<()> {
-    let mut live = LiveRecord::default();
+/// The runs being recorded: each one's record, and the first write that
+/// failed (reported when the run finishes).
+#[derive(Default)]
+struct Recording {
+    record: LiveRecord,
+    failed: Option<String>,
+}
+
+fn write_loop(store: &RunStore, rx: &mpsc::Receiver<Message>, queued: &AtomicUsize, dir: &Path) {
+    let mut runs: HashMap<Arc<str>, Recording> = HashMap::new();
     while let Ok(first) = rx.recv() {
-        let batch = gather(&rx, first);
-        let applied = live.apply(batch);
-        if save_batch(&store, live.current.as_ref(), applied)? {
-            return Ok(());
+        let batch = gather(rx, first);
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        for (run, events, saved) in by_run(batch) {
+            let rec = runs.entry(run.clone()).or_default();
+            let applied = rec.record.apply(events);
+            let finished = applied.finished.is_some();
+            match save_batch(store, rec.record.current.as_ref(), applied) {
+                Ok(_) => {}
+                Err(e) => {
+                    let e = format!("recording runs in {}: {e:#}", dir.display());
+                    tracing::warn!("run {run}: {e}");
+                    rec.failed.get_or_insert(e);
+                }
+            }
+            if finished {
+                let rec = runs.remove(&run).unwrap_or_default();
+                for s in saved {
+                    let _ = s.send(rec.failed.clone().map_or(Ok(()), Err));
+                }
+            }
         }
     }
-    Ok(())
+}
+
+/// A batch's messages by run (in the order each run first appears), each
+/// run's events in order, with who waits for its save.
+#[allow(clippy::type_complexity)]
+fn by_run(
+    batch: Vec<Message>,
+) -> Vec<(
+    Arc<str>,
+    Vec<RunEvent>,
+    Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+)> {
+    let mut out: Vec<(Arc<str>, Vec<RunEvent>, Vec<_>)> = Vec::new();
+    for m in batch {
+        let at = match out.iter().position(|(run, _, _)| *run == m.run) {
+            Some(at) => at,
+            None => {
+                out.push((m.run.clone(), Vec::new(), Vec::new()));
+                out.len() - 1
+            }
+        };
+        out[at].1.push(m.event);
+        out[at].2.extend(m.saved);
+    }
+    out
 }
 
 /// A batch starting with `first`: what else comes within [`LINGER`], up to
-/// [`BATCH`] messages, ending early at the run's end (a full batch is
-/// written at once, never held back).
-fn gather(rx: &mpsc::Receiver<RunEvent>, first: RunEvent) -> Vec<RunEvent> {
+/// [`BATCH`] messages, ending early at a run's end (a full batch is
+/// written at once, never held back). Sleeps between looks: senders wake
+/// it only for a full batch or a run's end.
+fn gather(rx: &mpsc::Receiver<Message>, first: Message) -> Vec<Message> {
     let deadline = std::time::Instant::now() + LINGER;
-    let mut done = matches!(first, RunEvent::Finish { .. });
+    let mut done = first.saved.is_some();
     let mut batch = vec![first];
-    while !done && batch.len() < BATCH {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(m) => {
-                done = matches!(m, RunEvent::Finish { .. });
-                batch.push(m);
+    loop {
+        while !done && batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => {
+                    done = m.saved.is_some();
+                    batch.push(m);
+                }
+                Err(_) => break,
             }
-            Err(_) => break,
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done || batch.len() >= BATCH || left.is_zero() {
+            return batch;
+        }
+        std::thread::park_timeout(left);
     }
-    batch
 }
 
 /// Write what one batch changed, in one transaction; true once the run's

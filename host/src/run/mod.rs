@@ -18,6 +18,7 @@ pub mod record;
 pub mod scheduler;
 mod stage;
 pub mod stage_cache;
+pub mod stores;
 
 pub use executor::Executor;
 pub use observer::{Quiet, RunObserver};

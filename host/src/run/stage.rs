@@ -231,6 +231,7 @@ impl StageRun {
 
     /// Run it to its record.
     pub(super) async fn run(self, shared: Arc<RunShared>) -> StageRecord {
+        let _timer = crate::perf::start(crate::perf::Phase::Stage);
         let stage = &self.stage;
         let mut rec = pending(stage);
         rec.started_at = Some(now_rfc3339());

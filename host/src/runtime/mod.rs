@@ -1,6 +1,7 @@
 //! The wasmtime side: one engine per host process, a linker holding every
 //! capability, precompiled-component cache, and per-stage stores.
 pub mod cache;
+pub mod pool;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ pub struct Runtime {
     stamps: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
     /// The HTTP client the `http` capability sends with, built once.
     http: std::sync::OnceLock<reqwest::Client>,
+    /// What is left of the instance pool.
+    pool: pool::Pool,
 }
 
 /// What says a file is the one read before.
@@ -75,6 +78,7 @@ impl FileStamp {
 #[derive(Clone)]
 struct Loaded {
     component: Component,
+    needs: pool::Needs,
     pre: StagePre<StageState>,
     info: Option<PluginInfo>,
 }
@@ -86,6 +90,7 @@ impl Loaded {
             path: path.to_path_buf(),
             sha256,
             component: self.component,
+            needs: self.needs,
             cache: CacheOutcome::Hit,
             load_time: started.elapsed(),
             pre: self.pre,
@@ -99,6 +104,8 @@ pub struct Plugin {
     pub path: PathBuf,
     pub sha256: String,
     pub component: Component,
+    /// What one instance of it takes from the instance pool.
+    pub needs: pool::Needs,
     pub cache: CacheOutcome,
     pub load_time: Duration,
     pre: StagePre<StageState>,
@@ -145,6 +152,7 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool::config()));
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::<StageState>::new(&engine);
@@ -175,6 +183,7 @@ impl Runtime {
             loaded: Mutex::new(HashMap::new()),
             stamps: Mutex::new(HashMap::new()),
             http: std::sync::OnceLock::new(),
+            pool: pool::Pool::default(),
         })
     }
 
@@ -257,10 +266,12 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = StagePre::new(instance_pre).map_err(wrong_world)?;
+        let needs = pool::Needs::of(&component);
         self.loaded.lock().insert(
             sha256.clone(),
             Loaded {
                 component: component.clone(),
+                needs,
                 pre: pre.clone(),
                 info: None,
             },
@@ -269,6 +280,7 @@ impl Runtime {
             path: path.to_path_buf(),
             sha256,
             component,
+            needs,
             cache,
             load_time: started.elapsed(),
             pre,
@@ -314,6 +326,7 @@ impl Runtime {
             memory_bytes: 64 * 1024 * 1024,
             timeout: Duration::from_secs(10),
         };
+        let _admitted = self.pool.admit(plugin.needs).await;
         let mut store = self.store(&sandbox, caps)?;
         let fut = async {
             let stage = plugin.pre.instantiate_async(&mut store).await?;
@@ -354,6 +367,8 @@ impl Runtime {
         ctx: &StageContext,
     ) -> Result<StageReport, StageFailure> {
         let log = caps.log.clone();
+        // Before the store: given back after it is dropped.
+        let _admitted = self.pool.admit(plugin.needs).await;
         let timer = crate::perf::start(crate::perf::Phase::Store);
         let mut store = self
             .store(sandbox, caps)
@@ -367,12 +382,15 @@ impl Runtime {
             stage.call_run(&mut store, ctx).await
         };
         let outcome = tokio::time::timeout(sandbox.timeout, fut).await;
-        match outcome {
+        let result = match outcome {
             Err(_) => Err(StageFailure::Timeout(sandbox.timeout)),
             Ok(Ok(Ok(report))) => Ok(report),
             Ok(Ok(Err(e))) => Err(StageFailure::Plugin(describe_stage_error(&e))),
             Ok(Err(trap)) => Err(classify_trap(trap, &log, store.data().limits.memory_hit)),
-        }
+        };
+        let _timer = crate::perf::start(crate::perf::Phase::Teardown);
+        drop(store);
+        result
     }
 }
 

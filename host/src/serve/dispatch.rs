@@ -193,7 +193,7 @@ async fn execute(
 
     let launch = Launch {
         runtime: s.runtime.clone(),
-        state_dir: &s.state_dir,
+        stores: &s.run_stores,
         observer: Arc::new(Quiet),
         control: control.clone(),
     };

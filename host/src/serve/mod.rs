@@ -47,6 +47,8 @@ pub struct ServerState {
     pub state_dir: PathBuf,
     pub workspaces: PathBuf,
     pub runtime: Arc<Runtime>,
+    /// The state directory's stores, shared by every run here.
+    pub run_stores: Arc<crate::run::stores::RunStores>,
     /// One connection for the handlers' reads and the queue's writes
     /// (each run's recorder has its own).
     db: Mutex<RunStore>,
@@ -103,6 +105,7 @@ impl ServerState {
             secret,
             state_dir: state_dir.to_path_buf(),
             workspaces: workspaces.canonicalize()?,
+            run_stores: crate::run::stores::RunStores::open(state_dir)?,
             runtime,
             db: Mutex::new(store),
             wake: Notify::new(),

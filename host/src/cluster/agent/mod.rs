@@ -38,6 +38,8 @@ pub struct Agent {
     pub cfg: AgentConfig,
     bus: Bus,
     runtime: Arc<Runtime>,
+    /// The state directory's stores, shared by every run here.
+    stores: Arc<crate::run::stores::RunStores>,
     /// Runs in progress here: attempt and control, to cancel them.
     running: Mutex<HashMap<String, (u32, RunControl)>>,
     slots: Arc<Semaphore>,
@@ -55,6 +57,7 @@ pub async fn run(
         .with_context(|| format!("creating {}", cfg.workspaces.display()))?;
     let bus = Bus::connect(&cfg.nats, &format!("agent {}", cfg.name)).await?;
     let agent = Arc::new(Agent {
+        stores: crate::run::stores::RunStores::open(&cfg.state_dir)?,
         slots: Arc::new(Semaphore::new(cfg.concurrency)),
         cfg,
         bus,

@@ -97,7 +97,7 @@ async fn run_it(
     });
     let launch = Launch {
         runtime: agent.runtime.clone(),
-        state_dir: &agent.cfg.state_dir,
+        stores: &agent.stores,
         observer: forwarder.clone(),
         control: control.clone(),
     };
