@@ -713,3 +713,36 @@ async fn host_headers_and_line_breaks_are_refused() {
     assert!(seen[0].contains("\nx-ok: fine"));
     assert!(!seen[0].contains("evil.example"));
 }
+
+/// Stages share the host's instance pool: a slot is reset before the next
+/// stage gets it. The second stage runs the same plugin in the slot the
+/// first left (the pool prefers it) and looks for what the first wrote.
+#[tokio::test]
+async fn a_stage_never_sees_what_an_earlier_stage_left_in_memory() {
+    let h = Harness::new().unwrap();
+    let run = h
+        .run(
+            r#"
+[pipeline]
+name = "remnants"
+
+[plugins]
+hostile = "{plugin:hostile}"
+
+[[stage]]
+name = "first"
+plugin = "hostile"
+with = { attack = "remnant", marker = "left-by-first-7f3a" }
+
+[[stage]]
+name = "second"
+plugin = "hostile"
+needs = ["first"]
+with = { attack = "remnant", marker = "left-by-first-7f3a" }
+"#,
+        )
+        .await;
+    assert_passed(&run, "first");
+    assert_passed(&run, "second");
+    assert!(run.stage("second").unwrap().summary.contains("clean"));
+}
