@@ -1,16 +1,19 @@
 //! Starting a run of a loaded pipeline: what `host run`, `host rollback`
 //! and `host serve` share (plugin checks, the executor with its scanner and
 //! approvals, secrets, the live record, the final save).
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::caps::scan::ScanConfig;
 use crate::caps::secrets::SecretStore;
 use crate::pipeline::{Diagnostic, Pipeline};
+use crate::run::executor::panic_text;
 use crate::run::hooks::RunHooks;
 use crate::run::stores::RunStores;
 use crate::run::{preflight, Executor, RunObserver, RunOptions, RunRecord, Status};
@@ -79,8 +82,25 @@ impl Launch<'_> {
         self.run_with(pipeline, opts, RunHooks::default()).await
     }
 
-    /// [`Launch::run`] with an agent's approvals and ownership check.
+    /// [`Launch::run`] with an agent's approvals and ownership check. A
+    /// host bug that panics mid-run fails the run (its caller records it)
+    /// instead of losing it with the task.
     pub async fn run_with(
+        self,
+        pipeline: Arc<Pipeline>,
+        opts: RunOptions,
+        hooks: RunHooks,
+    ) -> Result<RunRecord, LaunchError> {
+        AssertUnwindSafe(self.launch(pipeline, opts, hooks))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let why = panic_text(&*panic);
+                Err(anyhow!("the host stopped this run on a bug ({why})").into())
+            })
+    }
+
+    async fn launch(
         self,
         pipeline: Arc<Pipeline>,
         opts: RunOptions,

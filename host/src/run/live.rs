@@ -172,8 +172,11 @@ impl RecordWriter {
 
     /// Queue a message; wake the writer when a batch is full (or `now`).
     fn send(&self, message: Message, now: bool) {
+        // Counted before it is queued, so the writer never takes a message
+        // it has not been told about (the count cannot go below zero).
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
         let _ = self.tx.send(message);
-        if self.queued.fetch_add(1, Ordering::AcqRel) + 1 == BATCH || now {
+        if queued == BATCH || now {
             self.thread.unpark();
         }
     }
@@ -362,4 +365,51 @@ pub fn save_batch(store: &RunStore, current: Option<&RunRecord>, applied: Applie
         }
         Ok(finished)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Quiet, RunOptions};
+
+    /// Many runs recording at once from several threads: every one is saved,
+    /// and the writer's count of queued messages ends at zero.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn runs_recorded_together_are_each_saved_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Arc::new(RecordWriter::start(dir.path()).unwrap());
+        let mut runs = tokio::task::JoinSet::new();
+        for n in 0..32 {
+            let writer = writer.clone();
+            runs.spawn(async move {
+                let id = format!("run-{n}");
+                let opts = RunOptions::new(id.clone(), "/tmp".into());
+                let mut record = RunRecord::new("p", &opts);
+                let recorder = writer.recorder(&id, Arc::new(Quiet));
+                recorder.run_started(&record);
+                for i in 0..300 {
+                    let text = format!("line {i}");
+                    let line = LogLine {
+                        at_ms: i,
+                        stream: "info".into(),
+                        text,
+                    };
+                    recorder.stage_log("s", &line);
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                record.status = Status::Success;
+                recorder.finish(&record).await.unwrap();
+                id
+            });
+        }
+        let store = RunStore::open(dir.path()).unwrap();
+        while let Some(id) = runs.join_next().await {
+            let id = id.expect("a recording run panicked");
+            let saved = store.get(&id).unwrap().expect("saved");
+            assert_eq!(saved.status, Status::Success, "{id}");
+        }
+        assert_eq!(writer.queued.load(Ordering::Acquire), 0);
+    }
 }
