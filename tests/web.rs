@@ -77,13 +77,15 @@ async fn browser(driver: &str, profile: &std::path::Path) -> Client {
         .expect("a WebDriver session with headless Chromium")
 }
 
+/// The shown text of `css`, once the page has it (a click that submits a
+/// form returns before the next page is there).
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no element `{css}`: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let script = format!(
+        "var e = document.querySelector({}); return e && e.innerText;",
+        json!(css)
+    );
+    let shown = |v: Value| v.as_str().map(|s| s.trim().to_string());
+    until(c, &format!("element `{css}` shown"), shown, &script).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
