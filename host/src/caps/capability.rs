@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+use serde_spanned::Spanned;
+use toml::de::DeTable;
 use wasmtime::component::{HasData, Linker};
 
 use super::audit::Audit;
@@ -44,21 +46,22 @@ pub struct GrantCx<'a> {
     report: &'a mut dyn FnMut(Range<usize>, String),
     /// Names declared in `[secrets]` (a declaration may name one).
     pub secrets: &'a [String],
-    /// The pipeline file's text (for capabilities that read their own
-    /// top-level tables).
-    pub text: &'a str,
+    /// The pipeline file's parsed document (for capabilities that read
+    /// their own top-level tables); `None` when it does not parse (already
+    /// reported).
+    doc: Option<&'a Spanned<DeTable<'a>>>,
 }
 
 impl<'a> GrantCx<'a> {
     pub fn new(
-        text: &'a str,
+        doc: Option<&'a Spanned<DeTable<'a>>>,
         secrets: &'a [String],
         report: &'a mut dyn FnMut(Range<usize>, String),
     ) -> Self {
         Self {
             report,
             secrets,
-            text,
+            doc,
         }
     }
 
@@ -96,7 +99,8 @@ impl<'a> GrantCx<'a> {
     /// tables); the pipeline checks separately that no unknown table is
     /// there. `None` when the file does not decode (already reported).
     pub fn decode<T: DeserializeOwned>(&mut self) -> Option<T> {
-        match toml::from_str::<T>(self.text) {
+        let doc = self.doc?.clone();
+        match T::deserialize(toml::Deserializer::from(doc)) {
             Ok(t) => Some(t),
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);

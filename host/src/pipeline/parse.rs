@@ -10,9 +10,11 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
+use toml::de::DeTable;
 
 use super::{Diagnostic, Location};
 
@@ -106,13 +108,16 @@ pub(super) struct RawWhen {
     pub always: Option<bool>,
 }
 
-/// The file being checked: its name for messages and its text for turning
-/// byte offsets into line:col.
+/// The file being checked: its name for messages, its text for turning
+/// byte offsets into line:col, and its TOML document, parsed once for
+/// every view of the file decoded from it (the pipeline's own, each
+/// capability's tables, the top-level key check).
 pub(crate) struct Source<'a> {
     pub file: PathBuf,
     pub text: &'a str,
     /// Byte offset where each line starts.
     line_starts: Vec<usize>,
+    doc: OnceLock<Result<Spanned<DeTable<'a>>, toml::de::Error>>,
 }
 
 impl<'a> Source<'a> {
@@ -124,7 +129,21 @@ impl<'a> Source<'a> {
             file: file.to_path_buf(),
             text,
             line_starts,
+            doc: OnceLock::new(),
         }
+    }
+
+    /// The parsed document (parsed on first use).
+    pub fn document(&self) -> Result<&Spanned<DeTable<'a>>, toml::de::Error> {
+        self.doc
+            .get_or_init(|| DeTable::parse(self.text))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// A deserializer of the whole document, for one view of it.
+    pub fn deserializer(&self) -> Result<toml::Deserializer<'a>, toml::de::Error> {
+        Ok(toml::Deserializer::from(self.document()?.clone()))
     }
 
     /// 1-based line and character column of a byte offset (clamped to the
@@ -182,7 +201,7 @@ pub(crate) fn decode_toml<T: serde::de::DeserializeOwned>(
         Some(span) => src.span(span),
         None => src.location(0),
     };
-    let de = toml::Deserializer::parse(src.text).map_err(|e| Diagnostic {
+    let de = src.deserializer().map_err(|e| Diagnostic {
         location: at(&e),
         message: crate::text::tidy_message(e.message()),
     })?;

@@ -39,7 +39,7 @@ impl Ctx<'_, '_> {
         let mut found = Vec::new();
         let r = {
             let mut report = |span, message| found.push((span, message));
-            let mut g = GrantCx::new(self.src.text, secrets, &mut report);
+            let mut g = GrantCx::new(self.src.document().ok(), secrets, &mut report);
             f(&mut g)
         };
         for (span, message) in found {
@@ -104,12 +104,13 @@ fn check_tables(cx: &mut Ctx<'_, '_>) {
         "environments",
         "stage",
     ];
-    let Ok(top) = toml::from_str::<BTreeMap<Str, serde::de::IgnoredAny>>(cx.src.text) else {
+    let src = cx.src;
+    let Ok(top) = src.document() else {
         return; // the decode reported it
     };
     let theirs = caps::tables();
-    for key in top.keys() {
-        let k = key.get_ref().as_str();
+    for (key, _) in top.get_ref().iter() {
+        let k: &str = key.get_ref();
         if !OWN.contains(&k) && !theirs.contains(&k) {
             let known: Vec<String> = OWN
                 .iter()

@@ -132,6 +132,8 @@ pub struct Scheduler<'p> {
     scope: Scope,
     /// Started or skipped: handed out by `next_ready` once.
     started: HashSet<&'p str>,
+    /// Where in `order` the first stage not yet started may be.
+    unstarted: usize,
     running: HashSet<String>,
     done: HashMap<String, StageRecord>,
     /// Names in the order their records became final.
@@ -150,6 +152,7 @@ impl<'p> Scheduler<'p> {
             order: pipeline.topo_order(),
             scope,
             started: HashSet::new(),
+            unstarted: 0,
             running: HashSet::new(),
             done: HashMap::new(),
             finished: Vec::new(),
@@ -166,7 +169,16 @@ impl<'p> Scheduler<'p> {
         if self.cancelled {
             return None;
         }
-        let stage = *self.order.iter().find(|s| {
+        // Everything before `unstarted` has started: a long chain is not
+        // scanned from its start on every call.
+        while self
+            .order
+            .get(self.unstarted)
+            .is_some_and(|s| self.started.contains(s.name.as_str()))
+        {
+            self.unstarted += 1;
+        }
+        let stage = *self.order[self.unstarted..].iter().find(|s| {
             !self.started.contains(s.name.as_str())
                 && s.needs.iter().all(|n| self.done.contains_key(n))
         })?;
