@@ -74,8 +74,13 @@ impl ComponentCache {
             .join(format!(".{sha256}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, &compiled).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &entry)?;
-        // SAFETY: produced just above by this engine.
-        let component = unsafe { Component::deserialize(engine, &compiled)? };
+        // Loaded from the file, as a cache hit is: the memory images are
+        // then mapped from it. Loaded from bytes, wasmtime copies each
+        // image into a sealed memfd, and sealing can fail with EBUSY while
+        // another core still holds the freshly written pages (seen in CI).
+        // SAFETY: written just above by this engine.
+        let component = unsafe { Component::deserialize_file(engine, &entry) }
+            .map_err(|e| anyhow::anyhow!("loading {}: {e:#}", entry.display()))?;
         Ok((component, CacheOutcome::Compiled))
     }
 }
