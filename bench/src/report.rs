@@ -5,7 +5,10 @@ use crate::measure::Results;
 use crate::queued::Queued;
 
 fn fmt_ms(v: f64) -> String {
-    if v >= 1000.0 {
+    if v < 1.0 {
+        // Below a millisecond (a stage's overhead): in µs, to the µs.
+        format!("{:.0} µs", v * 1000.0)
+    } else if v >= 1000.0 {
         format!("{:.2} s", v / 1000.0)
     } else if v >= 10.0 {
         format!("{v:.0} ms")
