@@ -17,6 +17,15 @@ fn fmt_ms(v: f64) -> String {
     }
 }
 
+/// A time read from the run store, which keeps whole milliseconds.
+fn fmt_whole_ms(v: f64) -> String {
+    if v < 1000.0 {
+        format!("{v:.0} ms")
+    } else {
+        fmt_ms(v)
+    }
+}
+
 fn ratio(v: f64) -> String {
     if v >= 10.0 {
         format!("{v:.0}×")
@@ -229,9 +238,9 @@ pub fn queued(t: &mut String, q: &Queued) {
             r.runs,
             fmt_ms(r.seconds * 1000.0),
             r.runs_per_s,
-            fmt_ms(r.p50_ms),
-            fmt_ms(r.p99_ms),
-            fmt_ms(r.run_p50_ms),
+            fmt_whole_ms(r.p50_ms),
+            fmt_whole_ms(r.p99_ms),
+            fmt_whole_ms(r.run_p50_ms),
             r.vs_sqlite.map_or("-".into(), |v| format!("{v:.2}×"))
         );
     }
