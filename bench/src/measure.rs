@@ -617,8 +617,6 @@ pub fn rss_child(k: usize) -> Result<()> {
     })
 }
 
-/// The host's own side of a `log` call, without the Wasm boundary: the
-/// same masking, budget and hand-off to a recorder thread.
 /// The same lines pushed by the host itself, like with like: through a
 /// stage's log (budget, masking) into the live record of a run of their
 /// own, from a task on the runtime's workers, until the record is saved;
