@@ -227,14 +227,19 @@ pub async fn profile_chain(n: usize) -> Result<()> {
     let bench = Bench::new(None)?;
     let file = bench.pipeline(&chain(n, "{ mode = \"noop\" }"))?;
     bench.run(&file).await?;
-    let (started, mut runs) = (Instant::now(), 0u32);
+    let (started, mut runs) = (Instant::now(), Vec::new());
     while started.elapsed() < Duration::from_secs(5) {
-        bench.run(&file).await?;
-        runs += 1;
+        runs.push(ms(bench.run(&file).await?));
     }
+    let count = runs.len();
+    let mean = ms(started.elapsed()) / count as f64;
+    runs.sort_by(f64::total_cmp);
+    // The fastest tenth shows the cost with the least interference from
+    // the rest of the machine (what A/B comparisons of a change need).
     println!(
-        "{n} stages: {:.2} ms per run ({runs} runs)",
-        ms(started.elapsed()) / f64::from(runs)
+        "{n} stages: {mean:.3} ms per run, median {:.3}, p10 {:.3} ({count} runs)",
+        runs[count / 2],
+        runs[count / 10]
     );
     for row in phase_rows(&bench, &file, 200).await? {
         print!("{} {:.1} µs ×{} · ", row.phase, row.mean_us, row.count);

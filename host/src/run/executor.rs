@@ -27,7 +27,7 @@ use crate::run::observer::RunObserver;
 use crate::run::options::RunOptions;
 use crate::run::record::{RunRecord, StageRecord, Status};
 use crate::run::scheduler::{pending, Next, Ready, Scheduler, Scope, SkipReason};
-use crate::run::stage::{RunShared, StageRun};
+use crate::run::stage::{RunShared, StageRun, Told};
 use crate::run::stage_cache::StageCache;
 use crate::runtime::{Plugin, Runtime};
 
@@ -254,11 +254,14 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 /// the guest stops at its next epoch tick).
 async fn drive(shared: &Arc<RunShared>, sched: &mut Scheduler<'_>, cancel: CancellationToken) {
     let mut running = Running::default();
+    let mut told = Told::default();
     loop {
         while let Some(ready) = sched.next_ready() {
             match ready {
                 Ready::Skipped(name) => report(shared, sched, [name]),
-                Ready::Start(stage) => running.start(shared, StageRun::new(shared, stage, sched)),
+                Ready::Start(stage) => {
+                    running.start(shared, StageRun::new(shared, stage, sched, &mut told))
+                }
             }
         }
         if running.is_empty() {
@@ -272,7 +275,7 @@ async fn drive(shared: &Arc<RunShared>, sched: &mut Scheduler<'_>, cancel: Cance
                 };
                 match sched.finish(rec) {
                     Next::Final(names) => report(shared, sched, names.iter().map(String::as_str)),
-                    Next::Rollback(rb) => running.start(shared, StageRun::rollback(shared, rb, sched)),
+                    Next::Rollback(rb) => running.start(shared, StageRun::rollback(shared, rb, sched, &mut told)),
                 }
             }
             _ = cancel.cancelled(), if !sched.is_cancelled() => {

@@ -264,6 +264,12 @@ impl<'p> Scheduler<'p> {
         self.finished.iter().filter_map(|n| self.done.get(n))
     }
 
+    /// Final records from the `n`th to become final on, in that order.
+    pub fn finished_since(&self, n: usize) -> impl Iterator<Item = &StageRecord> {
+        let names = self.finished.get(n..).unwrap_or_default();
+        names.iter().filter_map(|n| self.done.get(n))
+    }
+
     /// Stages and rollbacks started and not finished, by name.
     pub fn running(&self) -> impl Iterator<Item = &str> {
         self.running.iter().map(String::as_str)

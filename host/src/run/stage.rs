@@ -50,7 +50,12 @@ fn stage_status(s: Status) -> StageStatus {
     }
 }
 
-fn stage_context(shared: &RunShared, stage: &Stage, sched: &Scheduler<'_>) -> StageContext {
+fn stage_context(
+    shared: &RunShared,
+    stage: &Stage,
+    sched: &Scheduler<'_>,
+    told: &mut Told,
+) -> StageContext {
     let o = &shared.opts;
     StageContext {
         run: RunContext {
@@ -80,9 +85,25 @@ fn stage_context(shared: &RunShared, stage: &Stage, sched: &Scheduler<'_>) -> St
                 outputs: r.outputs.clone().into_iter().collect(),
             })
             .collect(),
-        finished: sched
-            .finished()
-            .map(|r| StageSummary {
+        finished: told.update(sched).summaries.clone(),
+    }
+}
+
+/// What stages are told of the stages finished before them, kept up to
+/// date as the run goes (a record is final once finished, so this only
+/// grows) instead of rebuilt for every stage.
+#[derive(Default)]
+pub(super) struct Told {
+    summaries: Vec<StageSummary>,
+    /// Some stage finished so far made artifacts.
+    artifacts: bool,
+}
+
+impl Told {
+    fn update(&mut self, sched: &Scheduler<'_>) -> &Self {
+        for r in sched.finished_since(self.summaries.len()) {
+            self.artifacts |= !r.artifacts.is_empty();
+            self.summaries.push(StageSummary {
                 stage: r.name.clone(),
                 status: stage_status(r.status),
                 duration_ms: r.duration_ms,
@@ -91,8 +112,9 @@ fn stage_context(shared: &RunShared, stage: &Stage, sched: &Scheduler<'_>) -> St
                 } else {
                     r.summary.clone()
                 },
-            })
-            .collect(),
+            });
+        }
+        self
     }
 }
 
@@ -170,10 +192,11 @@ fn upstream_artifacts(
     pipeline: &Pipeline,
     stage: &Stage,
     sched: &Scheduler<'_>,
+    told: &mut Told,
 ) -> Vec<(String, artifacts::Digests)> {
     // Most stages before this one made no artifacts: then there is no
     // need to walk its ancestry.
-    if sched.finished().all(|r| r.artifacts.is_empty()) {
+    if !told.update(sched).artifacts {
         return Vec::new();
     }
     pipeline
@@ -197,47 +220,79 @@ async fn blocking<T: Send + 'static>(
 /// One stage to run, with what it is told: its context and the
 /// artifacts it must find as recorded.
 pub(super) struct StageRun {
-    stage: Stage,
+    stage: Which,
     ctx: StageContext,
     upstream: Vec<(String, artifacts::Digests)>,
     /// A rollback restores what was approved before; it does not wait.
     rollback: bool,
 }
 
+/// The stage a [`StageRun`] runs: a pipeline stage by its place (the
+/// pipeline is shared: no copy per stage), or a rollback's own.
+enum Which {
+    At(usize),
+    Own(Box<Stage>),
+}
+
 impl StageRun {
     /// `stage`, as the scheduler's records stand now.
-    pub(super) fn new(shared: &RunShared, stage: &Stage, sched: &Scheduler<'_>) -> Self {
+    pub(super) fn new(
+        shared: &RunShared,
+        stage: &Stage,
+        sched: &Scheduler<'_>,
+        told: &mut Told,
+    ) -> Self {
+        let at = shared
+            .pipeline
+            .stages
+            .iter()
+            .position(|s| std::ptr::eq(s, stage));
         Self {
-            stage: stage.clone(),
-            ctx: stage_context(shared, stage, sched),
-            upstream: upstream_artifacts(&shared.pipeline, stage, sched),
+            stage: match at {
+                Some(at) => Which::At(at),
+                None => Which::Own(Box::new(stage.clone())),
+            },
+            ctx: stage_context(shared, stage, sched, told),
+            upstream: upstream_artifacts(&shared.pipeline, stage, sched, told),
             rollback: false,
         }
     }
 
     /// The rollback of `rb.target`: told what the target was told, with
     /// `with.image` set to the image to go back to.
-    pub(super) fn rollback(shared: &RunShared, rb: Rollback<'_>, sched: &Scheduler<'_>) -> Self {
-        let mut ctx = stage_context(shared, rb.target, sched);
+    pub(super) fn rollback(
+        shared: &RunShared,
+        rb: Rollback<'_>,
+        sched: &Scheduler<'_>,
+        told: &mut Told,
+    ) -> Self {
+        let mut ctx = stage_context(shared, rb.target, sched, told);
         let base: serde_json::Value = serde_json::from_str(&ctx.config).unwrap_or_default();
         ctx.config = merged(&base, &serde_json::json!({ "image": rb.image })).to_string();
         ctx.stage = rb.stage.name.clone();
         Self {
-            upstream: upstream_artifacts(&shared.pipeline, rb.target, sched),
-            stage: *rb.stage,
+            upstream: upstream_artifacts(&shared.pipeline, rb.target, sched, told),
+            stage: Which::Own(rb.stage),
             ctx,
             rollback: true,
         }
     }
 
     pub(super) fn name(&self) -> &str {
-        &self.stage.name
+        &self.ctx.stage
+    }
+
+    fn stage<'a>(&'a self, pipeline: &'a Pipeline) -> &'a Stage {
+        match &self.stage {
+            Which::At(at) => &pipeline.stages[*at],
+            Which::Own(stage) => stage,
+        }
     }
 
     /// Run it to its record.
     pub(super) async fn run(self, shared: Arc<RunShared>) -> StageRecord {
         let _timer = crate::perf::start(crate::perf::Phase::Stage);
-        let stage = &self.stage;
+        let stage = self.stage(&shared.pipeline);
         let mut rec = pending(stage);
         rec.started_at = Some(now_rfc3339());
         rec.status = Status::Running;
@@ -289,7 +344,7 @@ impl StageRun {
 
     /// Up to `retries + 1` attempts, until one succeeds.
     async fn attempts(&self, shared: &RunShared, plugin: &Plugin, rec: &mut StageRecord) {
-        let (stage, masker) = (&self.stage, shared.secrets.masker());
+        let (stage, masker) = (self.stage(&shared.pipeline), shared.secrets.masker());
         let attempts = stage.retries + 1;
         for attempt in 1..=attempts {
             rec.attempts = attempt;
