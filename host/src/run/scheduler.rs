@@ -261,7 +261,7 @@ impl<'p> Scheduler<'p> {
 
     /// Final records in the order they became final.
     pub fn finished(&self) -> impl Iterator<Item = &StageRecord> {
-        self.finished.iter().filter_map(|n| self.done.get(n))
+        self.finished_since(0)
     }
 
     /// Final records from the `n`th to become final on, in that order.

@@ -54,7 +54,7 @@ fn stage_context(
     shared: &RunShared,
     stage: &Stage,
     sched: &Scheduler<'_>,
-    told: &mut Told,
+    told: &Told,
 ) -> StageContext {
     let o = &shared.opts;
     StageContext {
@@ -85,7 +85,7 @@ fn stage_context(
                 outputs: r.outputs.clone().into_iter().collect(),
             })
             .collect(),
-        finished: told.update(sched).summaries.clone(),
+        finished: told.summaries.clone(),
     }
 }
 
@@ -100,6 +100,7 @@ pub(super) struct Told {
 }
 
 impl Told {
+    /// Add what finished since the last update.
     fn update(&mut self, sched: &Scheduler<'_>) -> &Self {
         for r in sched.finished_since(self.summaries.len()) {
             self.artifacts |= !r.artifacts.is_empty();
@@ -192,11 +193,11 @@ fn upstream_artifacts(
     pipeline: &Pipeline,
     stage: &Stage,
     sched: &Scheduler<'_>,
-    told: &mut Told,
+    told: &Told,
 ) -> Vec<(String, artifacts::Digests)> {
     // Most stages before this one made no artifacts: then there is no
     // need to walk its ancestry.
-    if !told.update(sched).artifacts {
+    if !told.artifacts {
         return Vec::new();
     }
     pipeline
@@ -247,6 +248,7 @@ impl StageRun {
             .stages
             .iter()
             .position(|s| std::ptr::eq(s, stage));
+        let told = told.update(sched);
         Self {
             stage: match at {
                 Some(at) => Which::At(at),
@@ -266,6 +268,7 @@ impl StageRun {
         sched: &Scheduler<'_>,
         told: &mut Told,
     ) -> Self {
+        let told = told.update(sched);
         let mut ctx = stage_context(shared, rb.target, sched, told);
         let base: serde_json::Value = serde_json::from_str(&ctx.config).unwrap_or_default();
         ctx.config = merged(&base, &serde_json::json!({ "image": rb.image })).to_string();
@@ -623,6 +626,55 @@ mod tests {
                 line: Some(3),
             }],
         }
+    }
+
+    #[test]
+    fn stages_are_told_everything_finished_before_them_in_order() {
+        let text = "[pipeline]\nname = \"t\"\n\n[plugins]\np = \"p.wasm\"\n\n\
+            [[stage]]\nname = \"a\"\nplugin = \"p\"\n\n\
+            [[stage]]\nname = \"b\"\nplugin = \"p\"\nneeds = [\"a\"]\n\n\
+            [[stage]]\nname = \"c\"\nplugin = \"p\"\nneeds = [\"a\"]\n";
+        let p = crate::pipeline::parse(std::path::Path::new("pipeline.toml"), text).unwrap();
+        let mut sched = Scheduler::new(
+            &p,
+            crate::run::scheduler::Scope::of(&RunOptions::new("r".into(), "/tmp".into())),
+        );
+        let ended = |name: &str, status: Status| {
+            let mut rec = StageRecord::pending(name, "p");
+            rec.status = status;
+            rec
+        };
+        let mut told = Told::default();
+        let names = |t: &Told| {
+            t.summaries
+                .iter()
+                .map(|s| s.stage.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(told.update(&sched).summaries.is_empty());
+        assert!(sched.next_ready().is_some());
+        sched.finish(ended("a", Status::Success));
+        assert_eq!(names(told.update(&sched)), ["a"]);
+        assert!(!told.artifacts);
+        while sched.next_ready().is_some() {}
+        // c ends before b, failing with no summary: told its error, and
+        // that a stage so far made artifacts.
+        let mut c = ended("c", Status::Failure);
+        c.error = Some("c broke".into());
+        c.artifacts.insert("out.txt".into(), "sha256:00".into());
+        sched.finish(c);
+        sched.finish(ended("b", Status::Success));
+        told.update(&sched);
+        assert_eq!(names(&told), ["a", "c", "b"]);
+        assert!(matches!(told.summaries[1].status, StageStatus::Failure));
+        assert_eq!(told.summaries[1].summary, "c broke");
+        assert!(told.artifacts);
+        // Updated with nothing new, it adds nothing: it is what one update
+        // from the start makes.
+        assert_eq!(
+            names(told.update(&sched)),
+            names(Told::default().update(&sched))
+        );
     }
 
     #[test]
