@@ -49,13 +49,13 @@ pub struct OverheadRow {
     pub ratio: Option<f64>,
 }
 
-/// One phase of a run (host::perf): how often it ran per run, and its
-/// mean time each time.
+/// One phase of a run (host::perf): how often it ran per run, and the
+/// median over the runs of its time each time.
 #[derive(Serialize)]
 pub struct PhaseRow {
     pub phase: &'static str,
     pub count: u64,
-    pub mean_us: f64,
+    pub median_us: f64,
 }
 
 #[derive(Serialize, Clone, Default)]
@@ -242,7 +242,7 @@ pub async fn profile_chain(n: usize) -> Result<()> {
         runs[count / 10]
     );
     for row in phase_rows(&bench, &file, 200).await? {
-        print!("{} {:.1} µs ×{} · ", row.phase, row.mean_us, row.count);
+        print!("{} {:.1} µs ×{} · ", row.phase, row.median_us, row.count);
     }
     println!();
     Ok(())
@@ -373,32 +373,44 @@ async fn overhead(
 /// The host's phase timers over `reps` runs of `file`: each phase's mean
 /// per time it ran (per stage, or per run).
 async fn phase_rows(bench: &Bench, file: &Path, reps: usize) -> Result<Vec<PhaseRow>> {
-    host::perf::enable(true);
-    let mut total = 0.0;
+    // Each run is timed alone and each phase's figure is its median over
+    // the runs: one run the machine disturbed (a page-cache flush, another
+    // process) moves a mean far more than the cost of a phase.
+    let mut runs: Vec<(f64, Vec<host::perf::PhaseTotal>)> = Vec::new();
     for _ in 0..reps {
-        total += ms(bench.run(file).await?);
+        host::perf::enable(true);
+        let took = ms(bench.run(file).await?) * 1000.0;
+        runs.push((took, host::perf::totals()));
     }
-    let totals = host::perf::totals();
     host::perf::enable(false);
-    let mut rows: Vec<PhaseRow> = totals
-        .iter()
-        .filter(|t| t.count > 0)
-        .map(|t| PhaseRow {
+    let phases = runs.first().map_or(0, |(_, t)| t.len());
+    let mut rows = Vec::new();
+    for i in 0..phases {
+        let t = &runs[0].1[i];
+        let count = runs.iter().map(|(_, t)| t[i].count).max().unwrap_or(0);
+        if count == 0 {
+            continue;
+        }
+        let per_time = |t: &host::perf::PhaseTotal| t.nanos as f64 / 1000.0 / count as f64;
+        rows.push(PhaseRow {
             phase: t.name,
-            count: t.count / reps as u64,
-            mean_us: t.nanos as f64 / t.count as f64 / 1000.0,
-        })
-        .collect();
+            count,
+            median_us: median(runs.iter().map(|(_, t)| per_time(&t[i])).collect()),
+        });
+    }
     // Phases inside a stage are part of the stage's own time.
-    let timed: f64 = totals
-        .iter()
-        .filter(|t| !t.in_stage)
-        .map(|t| t.nanos as f64 / reps as f64 / 1000.0)
-        .sum();
+    let untimed = runs.iter().map(|(took, totals)| {
+        let timed: f64 = totals
+            .iter()
+            .filter(|t| !t.in_stage)
+            .map(|t| t.nanos as f64 / 1000.0)
+            .sum();
+        took - timed
+    });
     rows.push(PhaseRow {
         phase: "untimed",
         count: 1,
-        mean_us: total / reps as f64 * 1000.0 - timed,
+        median_us: median(untimed.collect()),
     });
     Ok(rows)
 }
@@ -436,7 +448,7 @@ async fn calls(bench: &Bench, opts: &Options, reps: usize) -> Result<Vec<CallRow
     let stage_us = (bench.time(&file, reps).await? - t0) * 1000.0 / logs as f64;
     if std::env::var_os("BENCH_LOG_PHASES").is_some() {
         for r in phase_rows(bench, &file, reps).await? {
-            eprintln!("log run: {} {:.1} µs ×{}", r.phase, r.mean_us, r.count);
+            eprintln!("log run: {} {:.1} µs ×{}", r.phase, r.median_us, r.count);
         }
     }
     let native_us = native_logs(bench, logs, reps).await?;

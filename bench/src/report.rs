@@ -195,12 +195,12 @@ fn phases(t: &mut String, r: &Results) {
     let n = r.overhead.last().map_or(0, |o| o.stages);
     let _ = writeln!(
         t,
-        "   where a run of {n} stages goes (mean per time a phase ran; ×: times per run):"
+        "   where a run of {n} stages goes (median over the runs per time a phase ran; ×: times per run):"
     );
     let parts: Vec<String> = r
         .phases
         .iter()
-        .map(|p| format!("{} {:.1} µs ×{}", p.phase, p.mean_us, p.count))
+        .map(|p| format!("{} {:.1} µs ×{}", p.phase, p.median_us, p.count))
         .collect();
     for chunk in parts.chunks(4) {
         let _ = writeln!(t, "     {}", chunk.join(" · "));
