@@ -95,12 +95,21 @@ impl<'a> GrantCx<'a> {
         out
     }
 
-    /// Decode the capability's own view of the whole file (its top-level
-    /// tables); the pipeline checks separately that no unknown table is
-    /// there. `None` when the file does not decode (already reported).
-    pub fn decode<T: DeserializeOwned>(&mut self) -> Option<T> {
-        let doc = self.doc?.clone();
-        match T::deserialize(toml::Deserializer::from(doc)) {
+    /// Decode the capability's own view of the file: its top-level
+    /// `tables` (the pipeline checks separately that no unknown table is
+    /// there). Only those tables are copied out of the document, not the
+    /// whole file with its stages. `None` when the file does not decode
+    /// (already reported).
+    pub fn decode<T: DeserializeOwned>(&mut self, tables: &[&str]) -> Option<T> {
+        let doc = self.doc?;
+        let mut view = DeTable::new();
+        for (key, value) in doc.get_ref() {
+            if tables.contains(&key.get_ref().as_ref()) {
+                view.insert(key.clone(), value.clone());
+            }
+        }
+        let view = Spanned::new(doc.span(), view);
+        match T::deserialize(toml::Deserializer::from(view)) {
             Ok(t) => Some(t),
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);

@@ -201,11 +201,18 @@ pub(crate) fn decode_toml<T: serde::de::DeserializeOwned>(
         Some(span) => src.span(span),
         None => src.location(0),
     };
-    let de = src.deserializer().map_err(|e| Diagnostic {
-        location: at(&e),
-        message: crate::text::tidy_message(e.message()),
-    })?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let de = || {
+        src.deserializer().map_err(|e| Diagnostic {
+            location: at(&e),
+            message: crate::text::tidy_message(e.message()),
+        })
+    };
+    // Most files decode: tracking the key path of every value (what the
+    // message names) is only paid for again when one does not.
+    if let Ok(t) = T::deserialize(de()?) {
+        return Ok(t);
+    }
+    serde_path_to_error::deserialize(de()?).map_err(|e| {
         let mut keys = key_segments(e.path());
         let e = e.into_inner();
         let location = at(&e);

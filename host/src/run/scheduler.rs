@@ -16,7 +16,7 @@
 //!   it reported; then both count as finished;
 //! - once cancelled, nothing new starts, and whatever never finished is
 //!   cancelled when the run closes.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use crate::pipeline::{Pipeline, Stage, Trigger};
@@ -130,10 +130,16 @@ pub struct Scheduler<'p> {
     pipeline: &'p Pipeline,
     order: Vec<&'p Stage>,
     scope: Scope,
-    /// Started or skipped: handed out by `next_ready` once.
-    started: HashSet<&'p str>,
-    /// Where in `order` the first stage not yet started may be.
-    unstarted: usize,
+    /// For each stage, by its place in `order`: how many of the stages it
+    /// needs are not final yet.
+    waiting: Vec<usize>,
+    /// The places in `order` of the stages that need a stage, by its name.
+    dependents: HashMap<&'p str, Vec<usize>>,
+    /// The places in `order` of the stages whose needs are all final and
+    /// that `next_ready` has not handed out yet: finding the next stage
+    /// does not scan the stages still waiting (a long chain would cost a
+    /// scan per stage).
+    ready: BTreeSet<usize>,
     running: HashSet<String>,
     done: HashMap<String, StageRecord>,
     /// Names in the order their records became final.
@@ -147,12 +153,24 @@ pub struct Scheduler<'p> {
 
 impl<'p> Scheduler<'p> {
     pub fn new(pipeline: &'p Pipeline, scope: Scope) -> Self {
+        let order = pipeline.topo_order();
+        let mut waiting = vec![0; order.len()];
+        let mut dependents: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (at, stage) in order.iter().enumerate() {
+            let needs: BTreeSet<&str> = stage.needs.iter().map(String::as_str).collect();
+            waiting[at] = needs.len();
+            for need in needs {
+                dependents.entry(need).or_default().push(at);
+            }
+        }
+        let ready = (0..order.len()).filter(|&at| waiting[at] == 0).collect();
         Self {
             pipeline,
-            order: pipeline.topo_order(),
+            order,
             scope,
-            started: HashSet::new(),
-            unstarted: 0,
+            waiting,
+            dependents,
+            ready,
             running: HashSet::new(),
             done: HashMap::new(),
             finished: Vec::new(),
@@ -169,20 +187,7 @@ impl<'p> Scheduler<'p> {
         if self.cancelled {
             return None;
         }
-        // Everything before `unstarted` has started: a long chain is not
-        // scanned from its start on every call.
-        while self
-            .order
-            .get(self.unstarted)
-            .is_some_and(|s| self.started.contains(s.name.as_str()))
-        {
-            self.unstarted += 1;
-        }
-        let stage = *self.order[self.unstarted..].iter().find(|s| {
-            !self.started.contains(s.name.as_str())
-                && s.needs.iter().all(|n| self.done.contains_key(n))
-        })?;
-        self.started.insert(&stage.name);
+        let stage = self.order[self.ready.pop_first()?];
         match self.skip_reason_for(stage) {
             Some(reason) => {
                 let mut rec = pending(stage);
@@ -327,7 +332,15 @@ impl<'p> Scheduler<'p> {
     fn record_final(&mut self, rec: StageRecord) -> String {
         let name = rec.name.clone();
         self.finished.push(name.clone());
-        self.done.insert(name.clone(), rec);
+        if self.done.insert(name.clone(), rec).is_none() {
+            // The stages that need it are one need closer to ready.
+            for &at in self.dependents.get(name.as_str()).into_iter().flatten() {
+                self.waiting[at] -= 1;
+                if self.waiting[at] == 0 {
+                    self.ready.insert(at);
+                }
+            }
+        }
         name
     }
 
@@ -544,6 +557,26 @@ mod tests {
         assert!(end.cancelled.is_empty());
         let names: Vec<&str> = end.stages.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "d"], "pipeline order");
+    }
+
+    #[test]
+    fn stages_ready_together_come_in_pipeline_order_not_the_order_they_became_ready() {
+        let p = pipeline(&[
+            ("p", ""),
+            ("q", ""),
+            ("r", "needs = [\"q\"]"),
+            ("s", "needs = [\"p\"]"),
+        ]);
+        let mut s = Scheduler::new(&p, scope());
+        assert_eq!(drain(&mut s), ["+p", "+q"]);
+        // s becomes ready before r, but r comes first in the pipeline.
+        s.finish(ended("p", Status::Success));
+        s.finish(ended("q", Status::Success));
+        assert_eq!(drain(&mut s), ["+r", "+s"]);
+        s.finish(ended("s", Status::Success));
+        s.finish(ended("r", Status::Success));
+        assert!(drain(&mut s).is_empty(), "each stage is handed out once");
+        assert_eq!(s.close().status, Status::Success);
     }
 
     #[test]

@@ -329,7 +329,7 @@ impl Runtime {
         let _admitted = self.pool.admit(plugin.needs).await;
         let mut store = self.store(&sandbox, caps)?;
         let fut = async {
-            let stage = plugin.pre.instantiate_async(&mut store).await?;
+            let stage = plugin.pre.instantiate_checked(&mut store).await?;
             stage.call_describe(&mut store).await
         };
         tokio::time::timeout(sandbox.timeout, fut)
@@ -376,7 +376,7 @@ impl Runtime {
         drop(timer);
         let fut = async {
             let timer = crate::perf::start(crate::perf::Phase::Instantiate);
-            let stage = plugin.pre.instantiate_async(&mut store).await?;
+            let stage = plugin.pre.instantiate_checked(&mut store).await?;
             drop(timer);
             let _timer = crate::perf::start(crate::perf::Phase::Call);
             stage.call_run(&mut store, ctx).await

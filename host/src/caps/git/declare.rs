@@ -38,7 +38,7 @@ struct RawGitRemote {
 
 /// Every `[git.NAME]` table, checked.
 pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, GitRemote> {
-    let Some(doc) = cx.decode::<Doc>() else {
+    let Some(doc) = cx.decode::<Doc>(&["git"]) else {
         return BTreeMap::new();
     };
     cx.declarations(doc.git, "git repository", remote)

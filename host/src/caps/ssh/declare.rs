@@ -65,7 +65,7 @@ struct RawSshHost {
 
 /// Every `[ssh.NAME]` table, checked.
 pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, SshHost> {
-    let Some(doc) = cx.decode::<Doc>() else {
+    let Some(doc) = cx.decode::<Doc>(&["ssh"]) else {
         return BTreeMap::new();
     };
     cx.declarations(doc.ssh, "ssh host", host)
