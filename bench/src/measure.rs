@@ -370,8 +370,8 @@ async fn overhead(
     Ok((rows, phases))
 }
 
-/// The host's phase timers over `reps` runs of `file`: each phase's mean
-/// per time it ran (per stage, or per run).
+/// The host's phase timers over `reps` runs of `file`: each phase's median
+/// over the runs of its time per time it ran (per stage, or per run).
 async fn phase_rows(bench: &Bench, file: &Path, reps: usize) -> Result<Vec<PhaseRow>> {
     // Each run is timed alone and each phase's figure is its median over
     // the runs: one run the machine disturbed (a page-cache flush, another

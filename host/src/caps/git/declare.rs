@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::caps::capability::{GrantCx, Str, StrList};
+use crate::caps::capability::{Capability, GrantCx, Str, StrList};
 use crate::grants::branch::{BranchPattern, BranchPatterns};
 
 /// A repository the host clones and pushes for the stages granted it.
@@ -38,7 +38,7 @@ struct RawGitRemote {
 
 /// Every `[git.NAME]` table, checked.
 pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, GitRemote> {
-    let Some(doc) = cx.decode::<Doc>(&["git"]) else {
+    let Some(doc) = cx.decode::<Doc>(super::GitCap::TABLE.as_slice()) else {
         return BTreeMap::new();
     };
     cx.declarations(doc.git, "git repository", remote)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::caps::capability::{GrantCx, Str};
+use crate::caps::capability::{Capability, GrantCx, Str};
 
 /// A host the system `ssh` reaches for the stages granted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,7 @@ struct RawSshHost {
 
 /// Every `[ssh.NAME]` table, checked.
 pub(super) fn declare(cx: &mut GrantCx<'_>) -> BTreeMap<String, SshHost> {
-    let Some(doc) = cx.decode::<Doc>(&["ssh"]) else {
+    let Some(doc) = cx.decode::<Doc>(super::SshCap::TABLE.as_slice()) else {
         return BTreeMap::new();
     };
     cx.declarations(doc.ssh, "ssh host", host)
