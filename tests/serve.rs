@@ -995,6 +995,72 @@ tokens = ["sha256:VIC"]
             .replace("VIC", &digest("tok-vic"))
     }
 
+    /// A stage whose result the cache may replay.
+    const CACHED: &str = r#"
+[[stage]]
+name = "read"
+plugin = "hostile"
+with = { attack = "read-workspace", path = "VERSION" }
+grants = { workspace = "ro" }
+cache = { inputs = ["VERSION"] }
+"#;
+
+    /// Stage `read`'s log lines, as the API serves them.
+    fn log_text(server: &Server, run: &str) -> String {
+        server.get_json(&format!("/api/runs/{run}/logs?stage=read"))["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| format!("{}\n", l["text"].as_str().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_rerun_replays_cached_stages_unless_asked_without_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = GitRepo::new(dir.path());
+        let p = pipeline("cached", CACHED);
+        let sha = repo.push("main", &[("pipeline.toml", &p), ("VERSION", "1.0.0")]);
+        let mut cfg = config(&repo.url(), "", "", PUSH_MAIN);
+        cfg.push_str(&users());
+        let server = Server::start(dir.path(), &cfg);
+        let first = server.push("c-1", "refs/heads/main", &sha);
+        let r1 = server.wait_run(&first, RUN);
+        assert_eq!(r1["status"], "success", "{r1}");
+        assert!(stage(&r1, "read").get("cached_from").is_none(), "{r1}");
+
+        let rerun = |of: &str, body: Value| {
+            let path = format!("/api/runs/{of}/rerun");
+            let (status, v) = post(&server, &path, Some("tok-olga"), body);
+            assert_eq!(status, 202, "{v}");
+            let run = v["queued"][0].as_str().unwrap().to_string();
+            server.wait_run(&run, RUN)
+        };
+        // A plain re-run: the same inputs, so the stage is replayed.
+        let r2 = rerun(&first, json!({}));
+        assert_eq!(r2["status"], "success", "{r2}");
+        assert_eq!(stage(&r2, "read")["cached_from"]["run_id"], first.as_str());
+        assert!(r2["trigger"].get("no_cache").is_none(), "{r2}");
+
+        // Without the cache: it runs, and its log says who asked so.
+        let second = r2["id"].as_str().unwrap().to_string();
+        let r3 = rerun(&second, json!({ "no_cache": true }));
+        assert_eq!(r3["status"], "success", "{r3}");
+        assert!(stage(&r3, "read").get("cached_from").is_none(), "{r3}");
+        assert_eq!(stage(&r3, "read")["outputs"]["content"], "1.0.0");
+        assert_eq!(r3["trigger"]["no_cache"], true, "{r3}");
+        let third = r3["id"].as_str().unwrap();
+        let log = log_text(&server, third);
+        assert!(
+            log.contains(&format!(
+                "cache: not looked up (olga re-ran {second} without the cache)"
+            )),
+            "{log}"
+        );
+        let (_, page) = server.get(&format!("/runs/{third}"));
+        assert!(page.contains("without the stage cache"), "{page}");
+    }
+
     #[test]
     fn cancel_rerun_approve_and_reject_need_a_token_and_the_right_role() {
         let dir = tempfile::tempdir().unwrap();

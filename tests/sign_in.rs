@@ -371,7 +371,12 @@ fn the_forms_of_a_run_page_act_for_their_session_only() {
         .status,
         403
     );
-    let a = olga.submit(&format!("/runs/{run}/rerun"), &[("csrf", &csrf)]);
+    // The button that runs every stage again, none from the cache.
+    assert!(olga.get(&page).body.contains("id=\"rerun-no-cache\""));
+    let a = olga.submit(
+        &format!("/runs/{run}/rerun"),
+        &[("csrf", &csrf), ("no_cache", "1")],
+    );
     assert_eq!(a.status, 303, "{}", a.body);
     let again = a
         .location
@@ -383,12 +388,14 @@ fn the_forms_of_a_run_page_act_for_their_session_only() {
     wait_for_approval(&server, &again);
     let a = olga.get(&format!("/runs/{again}"));
     assert!(a.body.contains("re-run of"), "{}", a.body);
+    assert!(a.body.contains("without the stage cache"), "{}", a.body);
     assert!(a.body.contains("id=\"cancel-run\""));
     let a = olga.submit(&format!("/runs/{again}/cancel"), &[("csrf", &csrf)]);
     assert_eq!(a.status, 303, "{}", a.body);
     let r = server.wait_run(&again, RUN);
     assert_eq!(r["status"], "cancelled");
     assert_eq!(r["reason"], "cancelled by olga");
+    assert_eq!(r["trigger"]["no_cache"], true, "{r}");
     let v = server.get_json(&format!("/api/runs/{run}"));
     let who: Vec<(&str, &str)> = v["actions"]
         .as_array()

@@ -104,4 +104,8 @@ pub struct TriggerInfo {
     pub rerun_of: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_by: Option<String>,
+    /// Asked for without the stage cache (a re-run that must run every
+    /// stage, as `host run --no-cache` does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
 }

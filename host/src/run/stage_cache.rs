@@ -512,6 +512,17 @@ pub(super) struct Probe {
 }
 
 /// A host line in the stage's log (and the live log).
+/// Why this run does not look stages up: who asked for it so.
+fn no_cache_reason(opts: &crate::run::options::RunOptions) -> String {
+    match opts.trigger.as_ref() {
+        Some(t) if t.no_cache => match (&t.rerun_of, &t.rerun_by) {
+            (Some(of), Some(by)) => format!("{by} re-ran {of} without the cache"),
+            _ => "the run was asked for without the cache".into(),
+        },
+        _ => "--no-cache".into(),
+    }
+}
+
 fn host_line(shared: &RunShared, stage: &str, rec: &mut StageRecord, text: String) {
     let line = LogLine {
         at_ms: 0,
@@ -566,7 +577,7 @@ impl Probe {
                 shared,
                 &stage.name,
                 rec,
-                "cache: not looked up (--no-cache)".into(),
+                format!("cache: not looked up ({})", no_cache_reason(&shared.opts)),
             );
             return (probe, false);
         }

@@ -215,6 +215,7 @@ pub fn job_options(q: &QueuedJob, workspace: &Path) -> RunOptions {
     opts.tag = job.tag.clone();
     opts.event = job.event.clone();
     opts.environment = job.environment.clone();
+    opts.no_cache = job.trigger.no_cache;
     opts.trigger = Some(job.trigger.clone());
     opts
 }

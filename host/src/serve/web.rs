@@ -335,7 +335,7 @@ pub fn run_page(run: &RunRecord, extras: &RunExtras, viewer: &Viewer) -> String 
             dt { "duration" } dd id="run-duration" { (duration(run.status, run.duration_ms)) }
             @if let Some(t) = &run.trigger {
                 @if let Some(of) = &t.rerun_of {
-                    dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (t.rerun_by.as_deref().unwrap_or("?")) }
+                    dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (t.rerun_by.as_deref().unwrap_or("?")) @if t.no_cache { ", without the stage cache" } }
                 }
             }
         }
@@ -394,7 +394,7 @@ pub fn queued_page(q: &QueuedJob, viewer: &Viewer) -> String {
             dt { "trigger" } dd { (q.job.event) " of " (ref_name(q.job.branch.as_deref(), q.job.tag.as_deref())) }
             dt { "commit" } dd { code { (q.job.sha) } }
             @if let Some(of) = &q.job.trigger.rerun_of {
-                dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (q.job.trigger.rerun_by.as_deref().unwrap_or("?")) }
+                dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (q.job.trigger.rerun_by.as_deref().unwrap_or("?")) @if q.job.trigger.no_cache { ", without the stage cache" } }
             }
             dt { "queued at" } dd { (format_time(&q.enqueued_at)) }
         }
@@ -516,6 +516,9 @@ fn actions_panel(run: &RunRecord, extras: &RunExtras, viewer: &Viewer) -> Markup
                     form method="post" action={ "/runs/" (run.id) "/rerun" } {
                         input type="hidden" name="csrf" value=(csrf);
                         button class="plain" type="submit" id="rerun" { "Re-run" }
+                        button class="plain" type="submit" name="no_cache" value="1"
+                            id="rerun-no-cache" title="every stage runs: none is replayed from the stage cache"
+                            { "Re-run without cache" }
                     }
                 }
             }

@@ -88,8 +88,14 @@ pub async fn cancel(s: &Arc<ServerState>, p: &Principal, id: &str) -> Result<Don
     }
 }
 
-/// The same commit again: a new run linked to the old one.
-pub async fn rerun(s: &Arc<ServerState>, p: &Principal, id: &str) -> Result<Done, Refused> {
+/// The same commit again: a new run linked to the old one; with
+/// `no_cache`, every stage runs (none is replayed from the stage cache).
+pub async fn rerun(
+    s: &Arc<ServerState>,
+    p: &Principal,
+    id: &str,
+    no_cache: bool,
+) -> Result<Done, Refused> {
     operator(p, "re-run runs")?;
     let (old, who) = (id.to_string(), p.user.clone());
     let new = new_run_id();
@@ -108,6 +114,7 @@ pub async fn rerun(s: &Arc<ServerState>, p: &Principal, id: &str) -> Result<Done
             }
             job.trigger.rerun_of = Some(old.clone());
             job.trigger.rerun_by = Some(who.clone());
+            job.trigger.no_cache = no_cache;
             job.trigger.delivery = format!("rerun-{new}");
             db.db().transaction(|tx| {
                 let jobs = [(new.clone(), job.clone())];

@@ -299,6 +299,9 @@ async fn sign_out(State(s): S, headers: HeaderMap, Form(f): Form<CsrfForm>) -> R
 struct ActForm {
     csrf: String,
     comment: Option<String>,
+    /// The re-run button that runs every stage (none from the cache).
+    #[serde(default)]
+    no_cache: Option<String>,
 }
 
 /// Runs an action for a form and goes on to its page.
@@ -340,8 +343,9 @@ async fn rerun(
     headers: HeaderMap,
     Form(f): Form<ActForm>,
 ) -> Response {
+    let no_cache = f.no_cache.is_some();
     act_then_show(&s, &headers, &f, |s, p| async move {
-        act::rerun(&s, &p, &id).await
+        act::rerun(&s, &p, &id, no_cache).await
     })
     .await
 }

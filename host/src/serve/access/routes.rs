@@ -53,9 +53,22 @@ async fn cancel(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Resp
     }
 }
 
-async fn rerun(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Response {
+/// `{"no_cache": true}`: run every stage (none replayed from the cache).
+#[derive(Deserialize, Default)]
+struct RerunBody {
+    #[serde(default)]
+    no_cache: bool,
+}
+
+async fn rerun(
+    State(s): S,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RerunBody>>,
+) -> Response {
+    let no_cache = body.is_some_and(|b| b.0.no_cache);
     match principal(&s, &headers).await {
-        Ok(p) => reply(act::rerun(&s, &p, &id).await),
+        Ok(p) => reply(act::rerun(&s, &p, &id, no_cache).await),
         Err(r) => r,
     }
 }
