@@ -511,7 +511,6 @@ pub(super) struct Probe {
     key: Option<CacheKey>,
 }
 
-/// A host line in the stage's log (and the live log).
 /// Why this run does not look stages up: who asked for it so.
 fn no_cache_reason(opts: &crate::run::options::RunOptions) -> String {
     match opts.trigger.as_ref() {
@@ -523,6 +522,7 @@ fn no_cache_reason(opts: &crate::run::options::RunOptions) -> String {
     }
 }
 
+/// A host line in the stage's log (and the live log).
 fn host_line(shared: &RunShared, stage: &str, rec: &mut StageRecord, text: String) {
     let line = LogLine {
         at_ms: 0,

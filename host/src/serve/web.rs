@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::run::display::{format_duration, format_time, ref_name, short_sha, status_word};
+use crate::run::record::TriggerInfo;
 use crate::run::{RunRecord, RunSummary, StageRecord, Status};
 pub use crate::serve::access::forms::{viewer, Viewer};
 use crate::serve::queue::QueuedJob;
@@ -308,6 +309,20 @@ fn extras_section(extras: &RunExtras) -> Markup {
     }
 }
 
+/// "re-run of RUN by WHO" for a re-run (queued or started), else nothing.
+fn rerun_of(t: &TriggerInfo) -> Markup {
+    html! {
+        @if let Some(of) = &t.rerun_of {
+            dt { "re-run of" }
+            dd {
+                a href={ "/runs/" (of) } { code { (of) } }
+                " by " (t.rerun_by.as_deref().unwrap_or("?"))
+                @if t.no_cache { ", without the stage cache" }
+            }
+        }
+    }
+}
+
 pub fn run_page(run: &RunRecord, extras: &RunExtras, viewer: &Viewer) -> String {
     let waiting = &extras.waiting;
     let title = format!("{} #{}", run.pipeline, run.build_number);
@@ -334,9 +349,7 @@ pub fn run_page(run: &RunRecord, extras: &RunExtras, viewer: &Viewer) -> String 
             dt { "started" } dd { (format_time(&run.started_at)) }
             dt { "duration" } dd id="run-duration" { (duration(run.status, run.duration_ms)) }
             @if let Some(t) = &run.trigger {
-                @if let Some(of) = &t.rerun_of {
-                    dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (t.rerun_by.as_deref().unwrap_or("?")) @if t.no_cache { ", without the stage cache" } }
-                }
+                (rerun_of(t))
             }
         }
         (test_results(&run.stages))
@@ -393,9 +406,7 @@ pub fn queued_page(q: &QueuedJob, viewer: &Viewer) -> String {
             dt { "repository" } dd { (q.repository) }
             dt { "trigger" } dd { (q.job.event) " of " (ref_name(q.job.branch.as_deref(), q.job.tag.as_deref())) }
             dt { "commit" } dd { code { (q.job.sha) } }
-            @if let Some(of) = &q.job.trigger.rerun_of {
-                dt { "re-run of" } dd { a href={ "/runs/" (of) } { code { (of) } } " by " (q.job.trigger.rerun_by.as_deref().unwrap_or("?")) @if q.job.trigger.no_cache { ", without the stage cache" } }
-            }
+            (rerun_of(&q.job.trigger))
             dt { "queued at" } dd { (format_time(&q.enqueued_at)) }
         }
         @if let (Some(p), Some(csrf)) = (&viewer.principal, &viewer.csrf) {

@@ -300,7 +300,6 @@ struct ActForm {
     csrf: String,
     comment: Option<String>,
     /// The re-run button that runs every stage (none from the cache).
-    #[serde(default)]
     no_cache: Option<String>,
 }
 
